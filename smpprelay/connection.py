@@ -1,0 +1,250 @@
+"""The one SMPP connection both sides use.
+
+It frames the stream, numbers and times the requests it sends, answers ``enquire_link`` itself,
+keeps its own link alive, and hands every other inbound request to an injected handler.
+It is never subclassed per side: downstream and upstream differ only in their handler.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from smpprelay import pdu
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, FramingError, Status
+
+_CONNECTION_LOST = Failure(ConnectionLost())
+
+
+class ResponseTimeout(TimeoutError):
+    """The peer did not answer a request within the response timer."""
+
+
+class RequestHandler(TypingProtocol):
+    """What a connection calls for the events it does not handle itself."""
+
+    def connection_made(self, connection: SmppConnection) -> None: ...
+
+    def request_received(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None: ...
+
+    def connection_lost(self, connection: SmppConnection, reason: Failure) -> None: ...
+
+
+class SmppConnection(Protocol):
+    """An SMPP session over one transport.
+
+    ``send_request`` returns a Deferred that fires with the response frame (a ``generic_nack``
+    answering the same sequence number counts as the response) or fails with
+    `ResponseTimeout` or the connection's loss. Every request sent gets exactly one outcome.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        clock: IReactorTime,
+        metrics: Metrics,
+        *,
+        side: str,
+        max_pdu: int,
+        response_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self.clock = clock
+        self.metrics = metrics
+        self.side = side
+        self.response_timeout = response_timeout
+        self.enquire_link_interval: float | None = None
+        self.peer = "?"
+        self.closed = False
+        self._framer = pdu.Framer(max_pdu)
+        # Insertion order is deadline order (one timeout for every request), so expiring
+        # requests only ever looks at the front of this dict and one timer suffices.
+        self._pending: dict[int, tuple[float, Deferred[bytes]]] = {}
+        self._timer: IDelayedCall | None = None
+        self._keepalive: IDelayedCall | None = None
+        self._last_sequence = 0
+
+    # --- Twisted hooks ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.handler.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self._framer.feed(data)
+        except FramingError as error:
+            self.log.warn(
+                "{side} {peer}: framing error ({error}); closing",
+                side=self.side,
+                peer=self.peer,
+                error=str(error),
+            )
+            self.metrics.framing_errors.labels(self.side, error.reason).inc()
+            self.send(pdu.generic_nack(error.sequence, Status.ESME_RINVCMDLEN))
+            self.close()
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            self._dispatch(frame)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:  # type: ignore[override]
+        self.closed = True
+        for call in (self._timer, self._keepalive):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._keepalive = None
+        pending, self._pending = self._pending, {}
+        for _, deferred in pending.values():
+            deferred.errback(reason)
+        self.handler.connection_lost(self, reason)
+
+    # --- sending ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    def send(self, frame: bytes) -> None:
+        """Write a PDU as it is (responses, or requests whose answer nobody waits for)."""
+        if not self.closed:
+            self.transport.write(frame)  # type: ignore[union-attr]
+
+    def send_request(self, frame: bytes) -> Deferred[bytes]:
+        """Send a request under a fresh sequence number; the Deferred fires with the answer."""
+        deferred: Deferred[bytes] = Deferred()
+        if self.closed:
+            deferred.errback(ConnectionLost("connection closed"))
+            return deferred
+        sequence = self._next_sequence()
+        self._pending[sequence] = (self.clock.seconds() + self.response_timeout, deferred)
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.response_timeout, self._expire)
+        self.transport.write(pdu.with_sequence(frame, sequence))  # type: ignore[union-attr]
+        return deferred
+
+    def respond(self, command_id: int, sequence: int, status: int, body: bytes = b"") -> None:
+        """Answer a request."""
+        self.send(pdu.response(command_id, sequence, status, body))
+
+    def unbind(self) -> Deferred[None]:
+        """Send unbind, wait for its answer (or the response timer), then close."""
+        finished: Deferred[None] = Deferred()
+
+        def close(_: object) -> None:
+            self.close()
+            finished.callback(None)
+
+        self.send_request(pdu.build(CommandId.unbind, 0)).addBoth(close)
+        return finished
+
+    def start_keepalive(self, interval: float) -> None:
+        """Send enquire_link every ``interval`` seconds; one left unanswered kills the link."""
+        self.enquire_link_interval = interval
+        if self._keepalive is None and not self.closed:
+            self._keepalive = self.clock.callLater(interval, self._send_keepalive)
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if not self.closed:
+            self.closed = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """Drop the connection now: the peer is gone or the stream is lost."""
+        self.closed = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _next_sequence(self) -> int:
+        sequence = self._last_sequence
+        while True:
+            sequence = sequence + 1 if sequence < pdu.MAX_SEQUENCE else 1
+            if sequence not in self._pending:
+                self._last_sequence = sequence
+                return sequence
+
+    def _dispatch(self, frame: bytes) -> None:
+        _, command_id, _, sequence = pdu.HEADER.unpack_from(frame, 0)
+        if command_id & pdu.RESPONSE_BIT:
+            entry = self._pending.pop(sequence, None)
+            if entry is None:
+                self._unexpected(command_id, sequence)
+            else:
+                entry[1].callback(frame)
+            return
+        if command_id == CommandId.enquire_link:
+            self.respond(CommandId.enquire_link, sequence, Status.ESME_ROK)
+            return
+        try:
+            self.handler.request_received(self, command_id, sequence, frame)
+        except Exception:
+            # A bug must cost one answer, not the session: every request gets one reply.
+            self.log.failure(
+                "{side} {peer}: handling {command} failed",
+                side=self.side,
+                peer=self.peer,
+                command=pdu.command_name(command_id),
+            )
+            self.send(pdu.generic_nack(sequence, Status.ESME_RSYSERR))
+
+    def _unexpected(self, command_id: int, sequence: int) -> None:
+        # Never answer a response or a generic_nack: that is how nack loops start.
+        name = pdu.command_name(command_id)
+        self.log.info(
+            "{side} {peer}: dropped {command} seq {sequence} that answers nothing in flight",
+            side=self.side,
+            peer=self.peer,
+            command=name,
+            sequence=sequence,
+        )
+        self.metrics.unexpected_pdus.labels(self.side, name).inc()
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        while self._pending:
+            sequence, (deadline, deferred) = next(iter(self._pending.items()))
+            if deadline > now:
+                self._timer = self.clock.callLater(deadline - now, self._expire)
+                return
+            del self._pending[sequence]
+            deferred.errback(ResponseTimeout(f"no answer within {self.response_timeout} s"))
+
+    def _send_keepalive(self) -> None:
+        self._keepalive = None
+        if self.closed:
+            return
+
+        def answered(_: bytes) -> None:
+            if not self.closed and self.enquire_link_interval:
+                self._keepalive = self.clock.callLater(
+                    self.enquire_link_interval, self._send_keepalive
+                )
+
+        def unanswered(reason: Failure) -> None:
+            if reason.check(ResponseTimeout):
+                self.log.warn(
+                    "{side} {peer}: enquire_link unanswered; declaring the link dead",
+                    side=self.side,
+                    peer=self.peer,
+                )
+                self.metrics.session_timeouts.labels(self.side, "enquire_link").inc()
+                self.abort()
+
+        self.send_request(pdu.build(CommandId.enquire_link, 0)).addCallbacks(answered, unanswered)

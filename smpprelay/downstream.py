@@ -1,0 +1,422 @@
+"""App sessions: apps bind to us exactly as they would to their operator's SMSC.
+
+`DownstreamSession` is the request handler of one app connection: the bind (through a
+``twisted.cred`` portal), the session state machine, the hand-over of each submit to the relay
+and the delivery of receipts and MO. `SessionRegistry` knows who is bound.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from smpprelay import pdu
+from smpprelay.config import Client
+from smpprelay.connection import SmppConnection
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, DecodeError, Status
+
+# What we call ourselves in bind responses.
+SYSTEM_ID = "smpprelay"
+
+
+class IAccount(Interface):
+    """The avatar of a bound app: its `Client` configuration."""
+
+
+@implementer(ICredentialsChecker)
+class AccountChecker:
+    """Checks an app's system_id and password against the configured accounts."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self._clients = clients
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        system_id = credentials.username.decode("latin-1")
+        client = self._clients.get(system_id)
+        # Compare even for an unknown system_id, so the answer takes as long either way.
+        expected = client.password if client is not None else "\0" * 9
+        matches = hmac.compare_digest(expected.encode("latin-1"), credentials.password)
+        if client is None:
+            return fail(UnauthorizedLogin(f"unknown system_id {system_id!r}"))
+        if not matches:
+            return fail(UnauthorizedLogin(f"wrong password for {system_id!r}"))
+        return succeed(credentials.username)
+
+
+@implementer(IRealm)
+class AccountRealm:
+    """Gives each authenticated system_id its `Client` configuration."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self._clients = clients
+
+    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> Any:
+        return IAccount, self._clients[avatarId.decode("latin-1")], lambda: None
+
+
+def address_allowed(peer: IAddress, allowed: tuple[str, ...]) -> bool:
+    """True when the peer's IP address is inside one of the ``allowed`` networks."""
+    host = getattr(peer, "host", None)
+    if host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net) for net in allowed)
+
+
+class State(Enum):
+    """SMPP session states (3.4 section 2.3), plus UNBINDING while in-flight submits drain."""
+
+    OPEN = "open"
+    BINDING = "binding"
+    BOUND_TX = "transmitter"
+    BOUND_RX = "receiver"
+    BOUND_TRX = "transceiver"
+    UNBINDING = "unbinding"
+    CLOSED = "closed"
+
+
+_BOUND = {State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX}
+_TRANSMITTING = {State.BOUND_TX, State.BOUND_TRX}
+_STATE_OF_KIND = {
+    "transmitter": State.BOUND_TX,
+    "receiver": State.BOUND_RX,
+    "transceiver": State.BOUND_TRX,
+}
+# Requests an app may send that the relay answers but does not carry (3.4 table 2-1).
+_ANSWERED_WITH_RESP = {
+    CommandId.submit_sm,
+    CommandId.query_sm,
+    CommandId.replace_sm,
+    CommandId.cancel_sm,
+    CommandId.submit_multi,
+    CommandId.data_sm,
+    CommandId.deliver_sm,
+    CommandId.unbind,
+}
+
+Submitter = Callable[[str, bytes], Deferred[bytes]]
+
+
+class SessionRegistry:
+    """Who is bound: sessions by account, and the receiving ones the router delivers to."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.on_receiver_bound: list[Callable[[str], None]] = []
+        self._sessions: dict[str, list[DownstreamSession]] = {}
+        self.connections: set[DownstreamSession] = set()
+
+    def bound(self, session: DownstreamSession) -> None:
+        """``session`` finished binding."""
+        self._sessions.setdefault(session.account, []).append(session)
+        self._gauge(session)
+        if session.receives:
+            for hook in self.on_receiver_bound:
+                hook(session.account)
+
+    def unbound(self, session: DownstreamSession) -> None:
+        """``session`` is gone."""
+        sessions = self._sessions.get(session.account, [])
+        if session in sessions:
+            sessions.remove(session)
+            self._gauge(session)
+
+    def _gauge(self, session: DownstreamSession) -> None:
+        kind = session.bind_kind
+        count = sum(1 for s in self._sessions.get(session.account, []) if s.bind_kind == kind)
+        self.metrics.bound_sessions.labels(session.account, kind).set(count)
+
+    def receivers(self, account: str) -> list[DownstreamSession]:
+        """The sessions of ``account`` that take deliver_sm (receiver or transceiver)."""
+        return [s for s in self._sessions.get(account, ()) if s.receives]
+
+    def shutdown(self) -> Deferred[Any]:
+        """Unbind every app (after its in-flight submits are answered) and close the rest."""
+        return DeferredList([session.shutdown() for session in list(self.connections)])
+
+
+class DownstreamSession:
+    """The handler of one app connection."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        portal: Portal,
+        registry: SessionRegistry,
+        submit: Submitter,
+        clock: IReactorTime,
+        metrics: Metrics,
+        session_init: float,
+        window: int,
+    ) -> None:
+        self.portal = portal
+        self.registry = registry
+        self.submit = submit
+        self.clock = clock
+        self.metrics = metrics
+        self.session_init = session_init
+        self.window = window
+        self.state = State.OPEN
+        self.account = ""
+        self.bind_kind = ""
+        self.connection: SmppConnection | None = None
+        self._in_flight = 0
+        self._unbind_sequence: int | None = None
+        self._init_timer: IDelayedCall | None = None
+        self._drained: list[Deferred[None]] = []
+
+    @property
+    def receives(self) -> bool:
+        """True for receiver and transceiver binds."""
+        return self.state in (State.BOUND_RX, State.BOUND_TRX)
+
+    @property
+    def can_deliver(self) -> bool:
+        """True when a deliver_sm may be sent now (bound to receive, window not full)."""
+        c = self.connection
+        return self.receives and c is not None and not c.closed and c.in_flight < self.window
+
+    def deliver(self, frame: bytes) -> Deferred[bytes]:
+        """Send a deliver_sm; fires with the app's deliver_sm_resp."""
+        assert self.connection is not None
+        return self.connection.send_request(frame)
+
+    # --- RequestHandler -------------------------------------------------------------------
+
+    def connection_made(self, connection: SmppConnection) -> None:
+        self.connection = connection
+        self.registry.connections.add(self)
+        self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
+
+    def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+        if self._init_timer is not None and self._init_timer.active():
+            self._init_timer.cancel()
+        was_bound = self.state in _BOUND or self.state is State.UNBINDING
+        self.state = State.CLOSED
+        self.registry.connections.discard(self)
+        if was_bound:
+            self.registry.unbound(self)
+            self.log.info(
+                "{account} ({kind}) from {peer} disconnected",
+                account=self.account,
+                kind=self.bind_kind,
+                peer=connection.peer,
+            )
+        self._notify_drained()
+
+    def request_received(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None:
+        state = self.state
+        if command_id == CommandId.submit_sm and state in _TRANSMITTING:
+            self._submit(connection, sequence, frame)
+        elif command_id in pdu.BIND_KINDS:
+            if state is State.OPEN:
+                self._bind(connection, command_id, sequence, frame)
+            else:
+                self._reject(connection, command_id, sequence, Status.ESME_RALYBND)
+        elif command_id == CommandId.unbind and state in _BOUND:
+            self._unbind(connection, sequence)
+        elif command_id in _ANSWERED_WITH_RESP:
+            # Out of its state (3.4 table 2-1); before a bind, nothing is read and we hang up.
+            self._reject(connection, command_id, sequence, Status.ESME_RINVBNDSTS)
+            if state in (State.OPEN, State.BINDING):
+                connection.close()
+        else:
+            self.metrics.rejected_requests.labels(
+                "downstream", pdu.command_name(command_id), "ESME_RINVCMDID"
+            ).inc()
+            connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
+            if state in (State.OPEN, State.BINDING):
+                connection.close()
+
+    def _reject(
+        self, connection: SmppConnection, command_id: int, sequence: int, status: int
+    ) -> None:
+        self.log.info(
+            "{peer}: {command} in state {state} answered {status}",
+            peer=connection.peer,
+            command=pdu.command_name(command_id),
+            state=self.state.value,
+            status=pdu.status_name(status),
+        )
+        self.metrics.rejected_requests.labels(
+            "downstream", pdu.command_name(command_id), pdu.status_name(status)
+        ).inc()
+        connection.respond(command_id, sequence, status)
+
+    # --- bind -----------------------------------------------------------------------------
+
+    def _bind(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None:
+        kind = pdu.BIND_KINDS[CommandId(command_id)]
+        try:
+            request = pdu.read_bind(frame)
+        except DecodeError as error:
+            self._bind_failed(connection, kind, sequence, "malformed", str(error))
+            return
+        self.state = State.BINDING
+        credentials = UsernamePassword(
+            request.system_id.encode("latin-1"), request.password.encode("latin-1")
+        )
+
+        def authenticated(result: tuple[Any, Client, Callable[[], None]]) -> None:
+            client = result[1]
+            if self.state is not State.BINDING:
+                return  # the connection went away meanwhile
+            if not address_allowed(connection.transport.getPeer(), client.allowed_ips):  # type: ignore[union-attr]
+                self._bind_failed(
+                    connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
+                )
+                return
+            self._bound(connection, kind, sequence, client)
+
+        def refused(reason: Failure) -> None:
+            if self.state is State.BINDING:
+                self._bind_failed(
+                    connection, kind, sequence, "credentials", reason.getErrorMessage()
+                )
+
+        self.portal.login(credentials, None, IAccount).addCallbacks(authenticated, refused)
+
+    def _bound(self, connection: SmppConnection, kind: str, sequence: int, client: Client) -> None:
+        if self._init_timer is not None and self._init_timer.active():
+            self._init_timer.cancel()
+        self.state = _STATE_OF_KIND[kind]
+        self.account = client.system_id
+        self.bind_kind = kind
+        connection.send(pdu.bind_response(kind, sequence, Status.ESME_ROK, SYSTEM_ID))
+        self.metrics.bind_attempts.labels("ok").inc()
+        self.log.info(
+            "{account} bound as {kind} from {peer}",
+            account=self.account,
+            kind=kind,
+            peer=connection.peer,
+        )
+        self.registry.bound(self)
+
+    def _bind_failed(
+        self, connection: SmppConnection, kind: str, sequence: int, reason: str, detail: str
+    ) -> None:
+        # One answer for every failure, so a prober learns nothing about which accounts exist;
+        # the real reason goes to the log only (never the password).
+        self.state = State.OPEN
+        self.log.warn(
+            "bind refused from {peer}: {reason} ({detail})",
+            peer=connection.peer,
+            reason=reason,
+            detail=detail,
+        )
+        self.metrics.bind_attempts.labels(reason).inc()
+        connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
+        connection.close()
+
+    def _init_expired(self) -> None:
+        self._init_timer = None
+        if self.connection is not None and self.state in (State.OPEN, State.BINDING):
+            self.log.info(
+                "{peer}: no bind within {s} s; closing",
+                peer=self.connection.peer,
+                s=self.session_init,
+            )
+            self.metrics.session_timeouts.labels("downstream", "session_init").inc()
+            self.connection.close()
+
+    # --- submit and unbind ------------------------------------------------------------------
+
+    def _submit(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
+        started = self.clock.seconds()
+        account = self.account
+        if self._in_flight >= self.window:
+            self.metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
+            connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
+            return
+        self._in_flight += 1
+
+        def answer(resp: bytes) -> None:
+            self._in_flight -= 1
+            status = pdu.header(resp)[2]
+            self.metrics.count_submit(account, status, self.clock.seconds() - started)
+            connection.send(pdu.with_sequence(resp, sequence))
+            if self._in_flight == 0:
+                self._notify_drained()
+
+        self.submit(account, frame).addCallback(answer)
+
+    def _unbind(self, connection: SmppConnection, sequence: int) -> None:
+        self.state = State.UNBINDING
+        self.registry.unbound(self)
+
+        def finish(_: object) -> None:
+            connection.respond(CommandId.unbind, sequence, Status.ESME_ROK)
+            connection.close()
+
+        self._when_drained().addCallback(finish)
+
+    def _when_drained(self) -> Deferred[None]:
+        if self._in_flight == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drained.append(waiter)
+        return waiter
+
+    def _notify_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def shutdown(self) -> Deferred[None]:
+        """On relay shutdown: answer what is in flight, then unbind the app and close."""
+        connection = self.connection
+        if connection is None or connection.closed:
+            return succeed(None)
+        if self.state not in _BOUND:
+            connection.close()
+            return succeed(None)
+        self.state = State.UNBINDING
+        self.registry.unbound(self)
+        return self._when_drained().addCallback(lambda _: connection.unbind())
+
+
+class DownstreamFactory(Factory):
+    """Builds one `SmppConnection` + `DownstreamSession` per accepted app connection."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        make_session: Callable[[], DownstreamSession],
+        make_connection: Callable[[DownstreamSession], SmppConnection],
+    ) -> None:
+        self._make_session = make_session
+        self._make_connection = make_connection
+
+    def buildProtocol(self, addr: IAddress) -> SmppConnection:
+        return self._make_connection(self._make_session())
+
+
+def make_portal(clients: dict[str, Client]) -> Portal:
+    """The cred portal that authenticates app binds."""
+    return Portal(AccountRealm(clients), [AccountChecker(clients)])

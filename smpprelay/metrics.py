@@ -1,0 +1,200 @@
+"""Every Prometheus metric of the relay, on a registry that is passed in (never the global one).
+
+Labels are accounts, sessions, commands, status names and reasons, never phone numbers or
+message ids, so the number of series stays bounded. Hot-path children are cached because
+``labels()`` costs about four times what ``inc()`` on a cached child does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import Resource
+
+from smpprelay import __version__
+from smpprelay.pdu import status_name
+
+# SMPP latencies run from a fraction of a millisecond (loopback) to the 30 s response timer.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    """The relay's metric families and cached children for the hot path."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge(
+            "smpprelay_build_info", "Version of the running relay.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        self.start_time = Gauge(
+            "smpprelay_start_time_seconds", "When the relay started (unix time).", registry=r
+        )
+        self.start_time.set(time.time())
+        # downstream
+        self.bound_sessions = Gauge(
+            "smpprelay_bound_sessions",
+            "App sessions bound now, by account and bind type.",
+            ["account", "bind_type"],
+            registry=r,
+        )
+        self.bind_attempts = Counter(
+            "smpprelay_bind_attempts_total",
+            "Bind requests from apps, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.submits = Counter(
+            "smpprelay_submits_total",
+            "submit_sm from apps, by account and the status they were answered.",
+            ["account", "status"],
+            registry=r,
+        )
+        self.submit_latency = Histogram(
+            "smpprelay_submit_latency_seconds",
+            "From an app's submit_sm in to its submit_sm_resp out.",
+            ["account"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.framing_errors = Counter(
+            "smpprelay_framing_errors_total",
+            "Streams that could not be split into PDUs (the connection is closed).",
+            ["side", "reason"],
+            registry=r,
+        )
+        self.unexpected_pdus = Counter(
+            "smpprelay_unexpected_pdus_total",
+            "PDUs dropped without an answer: responses to nothing, generic_nacks, late answers.",
+            ["side", "command"],
+            registry=r,
+        )
+        self.rejected_requests = Counter(
+            "smpprelay_rejected_requests_total",
+            "Requests answered with an error before reaching the relay, by command and status.",
+            ["side", "command", "status"],
+            registry=r,
+        )
+        self.session_timeouts = Counter(
+            "smpprelay_session_timeouts_total",
+            "Sessions closed by a timer, by timer.",
+            ["side", "timer"],
+            registry=r,
+        )
+        # upstream
+        self.upstream_sessions = Gauge(
+            "smpprelay_upstream_sessions",
+            "Upstream sessions by state (connecting, bound).",
+            ["session", "state"],
+            registry=r,
+        )
+        self.upstream_submits = Counter(
+            "smpprelay_upstream_submits_total",
+            "submit_sm sent to the operator, by the status it answered.",
+            ["status"],
+            registry=r,
+        )
+        self.upstream_window = Gauge(
+            "smpprelay_upstream_window_used",
+            "Requests in flight on each upstream session.",
+            ["session"],
+            registry=r,
+        )
+        self.upstream_reconnects = Counter(
+            "smpprelay_upstream_reconnects_total",
+            "Upstream connection or bind attempts that failed, by reason.",
+            ["session", "reason"],
+            registry=r,
+        )
+        self.upstream_queue = Gauge(
+            "smpprelay_upstream_queue",
+            "Submits waiting for an upstream session with room in its window.",
+            registry=r,
+        )
+        # receipts and MO
+        self.deliveries = Counter(
+            "smpprelay_deliveries_total",
+            "Receipts and MO from the operator, by kind and what became of them.",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "smpprelay_held_deliveries",
+            "Receipts and MO waiting for an app to bind a receiver or to accept them.",
+            ["account"],
+            registry=r,
+        )
+        self.receipt_routes = Gauge(
+            "smpprelay_receipt_routes",
+            "Operator message ids remembered to route their receipts.",
+            registry=r,
+        )
+        self._submit_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self._upstream_children: dict[int, Any] = {}
+
+    def count_submit(self, account: str, status: int, seconds: float) -> None:
+        """An app's submit_sm was answered with ``status`` after ``seconds``."""
+        child = self._submit_children.get((account, status))
+        if child is None:
+            child = self.submits.labels(account, status_name(status))
+            self._submit_children[(account, status)] = child
+        child.inc()
+        hist = self._latency_children.get(account)
+        if hist is None:
+            hist = self._latency_children[account] = self.submit_latency.labels(account)
+        hist.observe(seconds)
+
+    def count_upstream_submit(self, status: int) -> None:
+        """The operator answered a submit_sm with ``status``."""
+        child = self._upstream_children.get(status)
+        if child is None:
+            child = self._upstream_children[status] = self.upstream_submits.labels(
+                status_name(status)
+            )
+        child.inc()
+
+
+def metrics_resource(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Resource:
+    """The HTTP tree: ``/metrics`` and ``/healthz``, ``/readyz``."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    root.putChild(b"healthz", _Health(lambda: (True, "alive")))
+    root.putChild(b"readyz", _Health(ready))
+    return root
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], tuple[bool, str]]) -> None:
+        super().__init__()
+        self._check = check
+
+    def render_GET(self, request: Any) -> bytes:
+        ok, why = self._check()
+        request.setResponseCode(200 if ok else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"ready": ok, "reason": why}).encode()

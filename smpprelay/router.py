@@ -1,0 +1,232 @@
+"""Where receipts and MO from the operator go.
+
+A receipt goes to the account that submitted the message it is about (the route is written
+before that account got its ``ESME_ROK``); an MO goes to the account whose ``mo_prefixes``
+match its destination. Either is delivered to a receiving bind of that account and the app's
+``deliver_sm_resp`` is awaited. With no receiving bind, or when the app answers
+``ESME_RX_T_APPN`` or not at all, it is held and delivered later; the operator is answered
+``ESME_ROK`` once the relay has it one way or the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from smpprelay import pdu
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import DecodeError, Status
+from smpprelay.store.memory import Held, HeldDeliveries, ReceiptRoutes
+
+# A receipt can overtake its own submit_sm_resp when the operator sends them on different
+# binds (deps.md P14); one second look after this long catches that race.
+UNMATCHED_RETRY = 1.0
+
+
+class Receiver(Protocol):
+    """A bound app session that can take deliver_sm."""
+
+    account: str
+
+    @property
+    def can_deliver(self) -> bool: ...
+
+    def deliver(self, frame: bytes) -> Deferred[bytes]: ...
+
+
+class Router:
+    """Receipt routes, MO routes and held deliveries."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        metrics: Metrics,
+        routes: ReceiptRoutes,
+        held: HeldDeliveries,
+        mo_prefixes: dict[str, str],
+        receivers: Callable[[str], Sequence[Receiver]],
+        retry: float,
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.routes = routes
+        self.held = held
+        # Longest prefix first, so "79001" wins over "7900".
+        self._mo_prefixes = sorted(mo_prefixes.items(), key=lambda kv: -len(kv[0]))
+        self._receivers = receivers
+        self.retry = retry
+        self._retry_call: IDelayedCall | None = None
+
+    # --- routes ---------------------------------------------------------------------------
+
+    def remember(
+        self, message_id: bytes, account: str, app_message_id: bytes | None = None
+    ) -> None:
+        """Route receipts for operator ``message_id`` to ``account``."""
+        self.routes.add(
+            pdu.normalise_message_id(message_id), account, self.clock.seconds(), app_message_id
+        )
+
+    def mo_account(self, destination: bytes) -> str | None:
+        """The account whose mo_prefixes match ``destination`` best."""
+        number = destination.decode("latin-1").lstrip("+")
+        for prefix, account in self._mo_prefixes:
+            if number.startswith(prefix):
+                return account
+        return None
+
+    # --- from the operator ----------------------------------------------------------------
+
+    def route(self, frame: bytes) -> Deferred[int]:
+        """Take a deliver_sm from the operator; fires with the status to answer it."""
+        try:
+            message = pdu.read_short_message(frame)
+        except DecodeError as error:
+            self.log.warn("upstream deliver_sm unreadable ({error})", error=str(error))
+            self.metrics.deliveries.labels("unknown", "malformed").inc()
+            return succeed(error.status)
+        if message.esm_class & pdu.RECEIPT_ESM_BITS:
+            return self._route_receipt(frame, message, retried=False)
+        account = self.mo_account(message.destination_addr)
+        if account is None:
+            self.log.warn(
+                "MO to {destination} matches no account's mo_prefixes; rejected",
+                destination=message.destination_addr.decode("latin-1"),
+            )
+            self.metrics.deliveries.labels("mo", "unroutable").inc()
+            return succeed(Status.ESME_RX_R_APPN)
+        return self._deliver("mo", account, frame)
+
+    def _route_receipt(
+        self, frame: bytes, message: pdu.ShortMessage, retried: bool
+    ) -> Deferred[int]:
+        message_id = pdu.receipt_id(message)
+        route = None
+        if message_id is not None:
+            route = self.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
+        if route is None:
+            if message_id is not None and not retried:
+                later: Deferred[int] = Deferred()
+                self.clock.callLater(
+                    UNMATCHED_RETRY,
+                    lambda: self._route_receipt(frame, message, True).chainDeferred(later),
+                )
+                return later
+            self.log.info("receipt for unknown message id {id}", id=message_id)
+            self.metrics.deliveries.labels("receipt", "unmatched").inc()
+            return succeed(Status.ESME_ROK)
+        if route.app_message_id is not None and message_id is not None:
+            frame = pdu.replace_receipt_id(frame, message, message_id, route.app_message_id)
+        return self._deliver("receipt", route.account, frame)
+
+    # --- to the apps ----------------------------------------------------------------------
+
+    def _deliver(self, kind: str, account: str, frame: bytes) -> Deferred[int]:
+        item = Held(kind, account, frame, self.clock.seconds() + self.held.ttl)
+        receiver = self._receiver_with_room(account)
+        if receiver is None:
+            return succeed(self._hold(item))
+        return self._send(receiver, item)
+
+    def _receiver_with_room(self, account: str) -> Receiver | None:
+        best = None
+        for receiver in self._receivers(account):
+            if receiver.can_deliver:
+                best = receiver
+                break
+        return best
+
+    def _send(self, receiver: Receiver, item: Held) -> Deferred[int]:
+        item.attempts += 1
+
+        def answered(resp: bytes) -> int:
+            status = pdu.header(resp)[2]
+            if status == Status.ESME_ROK:
+                self.metrics.deliveries.labels(item.kind, "delivered").inc()
+                self.flush(item.account)
+                return Status.ESME_ROK
+            if status == Status.ESME_RX_T_APPN:
+                return self._hold(item, refused=True)
+            # A permanent refusal is the app's answer to give: pass it to the operator.
+            self.log.info(
+                "{account} refused a {kind} with {status}",
+                account=item.account,
+                kind=item.kind,
+                status=pdu.status_name(status),
+            )
+            self.metrics.deliveries.labels(item.kind, "refused").inc()
+            return int(status)
+
+        def failed(reason: Failure) -> int:
+            self.log.info(
+                "{kind} to {account} not acknowledged ({why}); holding it",
+                kind=item.kind,
+                account=item.account,
+                why=reason.getErrorMessage(),
+            )
+            return self._hold(item, refused=True)
+
+        return receiver.deliver(item.frame).addCallbacks(answered, failed)
+
+    def _hold(self, item: Held, refused: bool = False) -> int:
+        if not self.held.hold(item):
+            self.log.warn("held deliveries full; asking the operator to retry later")
+            self.metrics.deliveries.labels(item.kind, "store_full").inc()
+            return Status.ESME_RX_T_APPN
+        self.metrics.deliveries.labels(item.kind, "held").inc()
+        self.metrics.held.labels(item.account).set(self.held.count(item.account))
+        if refused:
+            self._schedule_retry()
+        return Status.ESME_ROK
+
+    def flush(self, account: str) -> None:
+        """Deliver what waits for ``account`` while one of its receivers has room."""
+        while self.held.count(account):
+            receiver = self._receiver_with_room(account)
+            if receiver is None:
+                break
+            item = self.held.take(account)
+            assert item is not None
+            self.metrics.held.labels(account).set(self.held.count(account))
+            self._send(receiver, item)
+
+    def receiver_bound(self, account: str) -> None:
+        """An app bound a receiver: hand it what was held for it."""
+        self.flush(account)
+
+    def _schedule_retry(self) -> None:
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self.clock.callLater(self.retry, self._retry_all)
+
+    def _retry_all(self) -> None:
+        self._retry_call = None
+        for account in self.held.accounts():
+            self.flush(account)
+
+    def expire(self) -> None:
+        """Drop held deliveries past their deadline and routes past theirs (runs periodically)."""
+        now = self.clock.seconds()
+        for item in self.held.expire(now):
+            self.log.warn(
+                "{kind} for {account} expired after {attempts} attempts",
+                kind=item.kind,
+                account=item.account,
+                attempts=item.attempts,
+            )
+            self.metrics.deliveries.labels(item.kind, "expired").inc()
+            self.metrics.held.labels(item.account).set(self.held.count(item.account))
+        self.routes.expire(now)
+        self.metrics.receipt_routes.set(len(self.routes))
+
+    def stop(self) -> None:
+        """Cancel the pending retry (on shutdown)."""
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None

@@ -1,0 +1,227 @@
+"""``build(config, reactor) -> RelayService``: the only place that knows every part."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from smpprelay.config import Config, Upstream
+from smpprelay.connection import SmppConnection
+from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
+from smpprelay.metrics import Metrics, metrics_resource
+from smpprelay.relay import Relay
+from smpprelay.router import Router
+from smpprelay.simulator import Simulator, SimulatorFactory
+from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.upstream import UpstreamService, build_upstream
+
+log = Logger()
+
+# How often expired receipt routes and held deliveries are swept.
+SWEEP_INTERVAL = 10.0
+
+
+def tcp_server(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+    """A TCP listening endpoint on ``host`` (IPv4 or IPv6) and ``port``."""
+    interface = host.replace(":", r"\:")
+    return serverFromString(reactor, f"tcp:{port}:interface={interface}")  # type: ignore[no-any-return]
+
+
+class Listener(Service):
+    """Listens on an endpoint while running; ``port`` is readable once listening (port 0)."""
+
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self.label = name
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            address = port.getHost()
+            log.info(
+                "{name} listening on {host}:{port}",
+                name=self.label,
+                host=getattr(address, "host", "?"),
+                port=getattr(address, "port", "?"),
+            )
+            return port
+
+        self.listening = self.endpoint.listen(self.factory).addCallback(listening)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)  # type: ignore[arg-type]
+
+
+class RelayService(MultiService):
+    """The whole relay: upstream first, then the app listener, metrics and housekeeping.
+
+    Stopping runs in the other order and in sequence: stop listening, let every app's
+    in-flight submits be answered and unbind the apps, and only then unbind upstream.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        metrics: Metrics,
+        registry: SessionRegistry,
+        router: Router,
+        upstream: UpstreamService,
+        listener: Listener,
+        simulator: Listener | None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.metrics = metrics
+        self.registry = registry
+        self.router = router
+        self.upstream = upstream
+        self.listener = listener
+        self.simulator = simulator
+        site = Site(metrics_resource(metrics, self.ready))
+        self.metrics_listener = Listener(
+            "metrics", tcp_server(reactor, config.metrics.host, config.metrics.port), site
+        )
+        for child in (simulator, upstream, listener, self.metrics_listener):
+            if child is not None:
+                child.setServiceParent(self)
+        TimerService(SWEEP_INTERVAL, router.expire).setServiceParent(self)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready while an upstream session is bound and the app listener is open."""
+        if self.listener.port is None:
+            return False, "app listener not open"
+        if self.upstream.pool.bound == 0:
+            return False, "no upstream session bound"
+        return True, "ok"
+
+    def startService(self) -> None:
+        if self.config.upstream is None:
+            log.info("no upstream configured: relaying to the built-in simulated SMSC")
+        for client in self.config.clients:
+            log.info(
+                "account {account} may bind from {nets}",
+                account=client.system_id,
+                nets=", ".join(client.allowed_ips),
+            )
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        self.running = 0
+
+        async def in_order() -> None:
+            await maybeDeferred(self.listener.stopService)
+            await self.registry.shutdown()
+            self.router.stop()
+            for service in reversed(list(self)):
+                if service is not self.listener and service.running:
+                    await maybeDeferred(service.stopService)
+
+        return Deferred.fromCoroutine(in_order())
+
+
+class _LazyEndpoint:
+    """Makes its endpoint at connect time: the simulator's port is known once it listens."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+
+    def connect(self, factory: Any) -> Any:
+        return self._make().connect(factory)
+
+
+def build(
+    config: Config,
+    reactor: Any,
+    metrics: Metrics | None = None,
+    jitter: Callable[[], float] = random.random,
+) -> RelayService:
+    """Wire every part of the relay for ``config``."""
+    metrics = metrics if metrics is not None else Metrics()
+    limits = config.limits
+    registry = SessionRegistry(metrics)
+    router = Router(
+        reactor,
+        metrics,
+        ReceiptRoutes(config.receipts.map_ttl, config.receipts.map_max),
+        HeldDeliveries(config.receipts.hold_ttl, config.receipts.hold_max),
+        {p.lstrip("+"): c.system_id for c in config.clients for p in c.mo_prefixes},
+        registry.receivers,
+        config.receipts.retry,
+    )
+    registry.on_receiver_bound.append(router.receiver_bound)
+
+    simulator: Listener | None = None
+    upstream_config = config.upstream
+    if upstream_config is None:
+        sim = Simulator(reactor, config.simulator.receipt_delay, config.simulator.stat)
+        simulator = Listener(
+            "built-in simulated SMSC",
+            tcp_server(reactor, "127.0.0.1", 0),
+            SimulatorFactory(sim, metrics, limits.max_pdu),
+        )
+        upstream_config = Upstream(host="127.0.0.1", port=1, system_id="smpprelay", password="sim")
+        listener_of_sim = simulator
+
+        def endpoint() -> Any:
+            assert listener_of_sim.port is not None
+            port = listener_of_sim.port.getHost().port  # type: ignore[attr-defined]
+            return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    else:
+        host, port = upstream_config.host, upstream_config.port
+
+        def endpoint() -> Any:
+            return TCP4ClientEndpoint(reactor, host, port, timeout=10)
+
+    upstream = build_upstream(
+        upstream_config,
+        lambda: _LazyEndpoint(endpoint),  # type: ignore[arg-type,return-value]
+        router.route,
+        reactor,
+        metrics,
+        limits.max_pdu,
+        jitter,
+    )
+    relay = Relay(upstream.pool, router, metrics)
+    portal = make_portal({client.system_id: client for client in config.clients})
+
+    def make_session() -> DownstreamSession:
+        return DownstreamSession(
+            portal, registry, relay.submit, reactor, metrics, limits.session_init, limits.window
+        )
+
+    def make_connection(session: DownstreamSession) -> SmppConnection:
+        return SmppConnection(
+            session,
+            reactor,
+            metrics,
+            side="downstream",
+            max_pdu=limits.max_pdu,
+            response_timeout=limits.response,
+        )
+
+    listener = Listener(
+        "SMPP",
+        tcp_server(reactor, config.listen.host, config.listen.port),
+        DownstreamFactory(make_session, make_connection),
+    )
+    return RelayService(config, reactor, metrics, registry, router, upstream, listener, simulator)

@@ -1,0 +1,137 @@
+"""In-memory stores: bounded in size, entries expire; everything is lost on restart."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+
+import attrs
+
+
+@attrs.frozen(slots=True)
+class Route:
+    """Where a receipt for one operator message id goes.
+
+    ``app_message_id`` is set only when the app was given another id than the operator's
+    (the receipt must then be rewritten); ``None`` means the ids are the same.
+    """
+
+    account: str
+    app_message_id: bytes | None
+    expires: float
+
+
+class ReceiptRoutes:
+    """Operator message id (normalised) -> `Route`, oldest first, bounded and expiring.
+
+    Every entry lives equally long, so insertion order is expiry order and expiring only ever
+    looks at the front.
+    """
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._routes: OrderedDict[str, Route] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def add(self, message_id: str, account: str, now: float, app_id: bytes | None = None) -> None:
+        """Remember where the receipt for ``message_id`` goes."""
+        routes = self._routes
+        routes.pop(message_id, None)
+        routes[message_id] = Route(account, app_id, now + self.ttl)
+        if len(routes) > self.max_entries:
+            routes.popitem(last=False)
+            self.evicted += 1
+
+    def get(self, message_id: str, now: float) -> Route | None:
+        """The route for ``message_id``, if it is known and has not expired."""
+        route = self._routes.get(message_id)
+        if route is None or route.expires <= now:
+            return None
+        return route
+
+    def expire(self, now: float) -> int:
+        """Forget every expired route; return how many."""
+        routes = self._routes
+        dropped = 0
+        while routes:
+            first = next(iter(routes.values()))
+            if first.expires > now:
+                break
+            routes.popitem(last=False)
+            dropped += 1
+        return dropped
+
+
+@attrs.define(slots=True)
+class Held:
+    """One receipt or MO waiting for its app."""
+
+    kind: str  # "receipt" or "mo"
+    account: str
+    frame: bytes  # the deliver_sm to send the app (its sequence number is replaced on send)
+    expires: float
+    attempts: int = 0
+
+
+class HeldDeliveries:
+    """Receipts and MO waiting per account; bounded in total, each with a deadline."""
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._queues: dict[str, deque[Held]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def count(self, account: str) -> int:
+        """How many deliveries wait for ``account``."""
+        queue = self._queues.get(account)
+        return len(queue) if queue else 0
+
+    @property
+    def full(self) -> bool:
+        """True when nothing more can be held."""
+        return self._count >= self.max_entries
+
+    def hold(self, item: Held) -> bool:
+        """Keep ``item``; False when the store is full."""
+        if self.full:
+            return False
+        self._queues.setdefault(item.account, deque()).append(item)
+        self._count += 1
+        return True
+
+    def take(self, account: str) -> Held | None:
+        """The oldest delivery waiting for ``account``."""
+        queue = self._queues.get(account)
+        if not queue:
+            return None
+        self._count -= 1
+        item = queue.popleft()
+        if not queue:
+            del self._queues[account]
+        return item
+
+    def accounts(self) -> list[str]:
+        """Accounts with something waiting."""
+        return list(self._queues)
+
+    def expire(self, now: float) -> Iterator[Held]:
+        """Remove and yield every delivery past its deadline."""
+        for account in list(self._queues):
+            queue = self._queues[account]
+            kept = deque(item for item in queue if item.expires > now)
+            for item in queue:
+                if item.expires <= now:
+                    self._count -= 1
+                    yield item
+            if kept:
+                self._queues[account] = kept
+            else:
+                del self._queues[account]

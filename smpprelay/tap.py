@@ -1,0 +1,40 @@
+"""``twistd smpprelay``: options and the service maker."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from smpprelay.config import Config, ConfigError, default_config, load_config
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd smpprelay``."""
+
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (default: built-in demo settings)."],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        try:
+            self.relay_config: Config = load_config(path) if path else default_config()
+        except ConfigError as error:
+            # One line naming the file and the key, a non-zero exit, and no usage dump or
+            # traceback: UsageError would print the whole --help first.
+            raise SystemExit(f"smpprelay: {error}") from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the relay for the parsed options."""
+    from twisted.internet import reactor
+
+    from smpprelay.service import build
+
+    return build(options.relay_config, reactor)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run it with: twistd -n smpprelay [--config FILE]")

@@ -1,0 +1,406 @@
+"""The relay's own binds to the operator.
+
+One `ClientService` per session: it connects, binds in ``prepareConnection``, reconnects with
+capped exponential back-off and jitter, and is told to unbind cleanly on shutdown. The
+`UpstreamPool` hands each submit to a bound session with room in its window; when none has
+room, the submit waits in a bounded queue for at most ``queue_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from smpprelay import pdu
+from smpprelay.config import Upstream as UpstreamConfig
+from smpprelay.connection import SmppConnection
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, Status
+
+
+class QueueFull(Exception):
+    """No upstream session could take the submit in time, or the waiting queue is full."""
+
+
+class BindRefused(Exception):
+    """The operator answered our bind with an error."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"bind refused: {pdu.status_name(status)}")
+        self.status = status
+
+
+def backoff(
+    initial: float, cap: float, jitter: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """Exponential back-off, doubled each failure, never above ``cap`` seconds.
+
+    The jitter takes up to half of the delay away, so a fleet of relays that lost the operator
+    at the same moment does not come back at the same moment.
+    """
+
+    def policy(attempt: int) -> float:
+        delay = min(cap, initial * 2.0 ** min(attempt, 32))
+        return delay * (1.0 - 0.5 * jitter())
+
+    return policy
+
+
+class UpstreamHandler:
+    """Handles what the operator sends us on one session: receipts, MO, unbind."""
+
+    log = Logger()
+
+    def __init__(self, route: Callable[[bytes], Deferred[int]]) -> None:
+        self._route = route
+
+    def connection_made(self, connection: SmppConnection) -> None:
+        pass
+
+    def request_received(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None:
+        if command_id == CommandId.deliver_sm:
+
+            def answer(status: int) -> None:
+                connection.respond(CommandId.deliver_sm, sequence, status, b"\0")
+
+            def failed(reason: Failure) -> None:
+                self.log.failure("routing a deliver_sm failed", reason)
+                connection.respond(CommandId.deliver_sm, sequence, Status.ESME_RX_T_APPN)
+
+            self._route(frame).addCallbacks(answer, failed)
+        elif command_id == CommandId.unbind:
+            self.log.info(
+                "operator {peer} unbinds; answering and reconnecting", peer=connection.peer
+            )
+            connection.respond(CommandId.unbind, sequence, Status.ESME_ROK)
+            connection.close()
+        elif command_id in (CommandId.alert_notification, CommandId.outbind):
+            pass  # no response exists for these
+        else:
+            connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
+
+    def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+        pass
+
+
+class UpstreamPool:
+    """Bound upstream sessions and the submits waiting for room in one of their windows."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        metrics: Metrics,
+        window: int,
+        queue_timeout: float,
+        queue_max: int,
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.window = window
+        self.queue_timeout = queue_timeout
+        self.queue_max = queue_max
+        self.transmitters: list[SmppConnection] = []
+        self.receivers: list[SmppConnection] = []
+        self._next = 0
+        self._queue: deque[tuple[float, bytes, Deferred[bytes]]] = deque()
+        self._timer: IDelayedCall | None = None
+
+    @property
+    def bound(self) -> int:
+        """Sessions bound now (transmitting or receiving)."""
+        return len(self.transmitters) + len(self.receivers)
+
+    def add(self, connection: SmppConnection, transmits: bool, receives: bool) -> None:
+        """A session finished binding."""
+        if transmits:
+            self.transmitters.append(connection)
+            self._drain()
+        elif receives:
+            self.receivers.append(connection)
+
+    def remove(self, connection: SmppConnection) -> None:
+        """A session is gone."""
+        for sessions in (self.transmitters, self.receivers):
+            if connection in sessions:
+                sessions.remove(connection)
+
+    def submit(self, frame: bytes) -> Deferred[bytes]:
+        """Send a submit_sm upstream; fires with the operator's answer frame."""
+        connection = self._with_room()
+        if connection is not None and not self._queue:
+            return self._send(connection, frame)
+        if len(self._queue) >= self.queue_max:
+            return fail(QueueFull(f"{self.queue_max} submits already wait for upstream"))
+        waiting: Deferred[bytes] = Deferred()
+        self._queue.append((self.clock.seconds() + self.queue_timeout, frame, waiting))
+        self.metrics.upstream_queue.set(len(self._queue))
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.queue_timeout, self._expire)
+        return waiting
+
+    def _with_room(self) -> SmppConnection | None:
+        sessions = self.transmitters
+        count = len(sessions)
+        for i in range(count):
+            index = (self._next + i) % count
+            connection = sessions[index]
+            if connection.in_flight < self.window and not connection.closed:
+                self._next = index + 1
+                return connection
+        return None
+
+    def _send(self, connection: SmppConnection, frame: bytes) -> Deferred[bytes]:
+        return connection.send_request(frame).addBoth(self._freed)
+
+    def _freed(self, result: Any) -> Any:
+        if self._queue:
+            self._drain()
+        return result
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            connection = self._with_room()
+            if connection is None:
+                break
+            _, frame, waiting = queue.popleft()
+            self._send(connection, frame).chainDeferred(waiting)
+        self.metrics.upstream_queue.set(len(queue))
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        queue = self._queue
+        while queue:
+            deadline, _, waiting = queue[0]
+            if deadline > now:
+                self._timer = self.clock.callLater(deadline - now, self._expire)
+                break
+            queue.popleft()
+            waiting.errback(QueueFull(f"no upstream session free within {self.queue_timeout} s"))
+        self.metrics.upstream_queue.set(len(queue))
+
+    def stop(self) -> None:
+        """Fail whatever still waits (on shutdown)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        while self._queue:
+            self._queue.popleft()[2].errback(QueueFull("relay stopping"))
+
+
+class _CountingEndpoint:
+    """An endpoint that reports failed connection attempts (ClientService does not)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+        def failed(reason: Failure) -> Failure:
+            self._failed(reason)
+            return reason
+
+        return self._endpoint.connect(factory).addErrback(failed)  # type: ignore[no-any-return]
+
+
+class UpstreamSession(ClientService):
+    """One bind to the operator, kept up for as long as the service runs."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        endpoint: IStreamClientEndpoint,
+        config: UpstreamConfig,
+        pool: UpstreamPool,
+        route: Callable[[bytes], Deferred[int]],
+        clock: IReactorTime,
+        metrics: Metrics,
+        max_pdu: int,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.session_name = name
+        self.kind = kind
+        self.config = config
+        self.pool = pool
+        self.metrics = metrics
+        self.connection: SmppConnection | None = None
+        self._connecting: SmppConnection | None = None
+        outer = self
+
+        class _Handler(UpstreamHandler):
+            def connection_made(self, connection: SmppConnection) -> None:
+                outer._connecting = connection
+
+            def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+                outer._lost(connection, reason)
+
+        handler = _Handler(route)
+        factory: Factory = Factory.forProtocol(
+            lambda: SmppConnection(
+                handler,
+                clock,
+                metrics,
+                side="upstream",
+                max_pdu=max_pdu,
+                response_timeout=config.response_timeout,
+            )
+        )
+        factory.noisy = False
+        super().__init__(
+            _CountingEndpoint(endpoint, self._connect_failed),  # type: ignore[arg-type]
+            factory,
+            retryPolicy=backoff(config.reconnect_initial, config.reconnect_max, jitter),
+            clock=clock,
+            prepareConnection=lambda protocol: Deferred.fromCoroutine(self._bind(protocol)),
+        )
+        self._set_state("connecting")
+
+    def _set_state(self, state: str) -> None:
+        for known in ("connecting", "bound"):
+            self.metrics.upstream_sessions.labels(self.session_name, known).set(
+                1 if known == state else 0
+            )
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self.log.warn(
+            "upstream {name}: connection failed ({why})",
+            name=self.session_name,
+            why=reason.getErrorMessage(),
+        )
+        self.metrics.upstream_reconnects.labels(self.session_name, "connect").inc()
+
+    async def _bind(self, protocol: IProtocol) -> None:
+        # ClientService hands us a proxy of the protocol; the handler saw the real one.
+        connection = self._connecting
+        assert connection is not None
+        c = self.config
+        request = pdu.bind_request(
+            self.kind,
+            1,  # replaced by send_request
+            c.system_id,
+            c.password,
+            c.system_type,
+            c.interface_version,
+            c.addr_ton,
+            c.addr_npi,
+            c.address_range,
+        )
+        try:
+            resp = await connection.send_request(request)
+        except Exception as error:
+            self.metrics.upstream_reconnects.labels(self.session_name, "bind_timeout").inc()
+            self.log.warn("upstream {name}: no bind answer ({e})", name=self.session_name, e=error)
+            raise
+        status = pdu.header(resp)[2]
+        if status != Status.ESME_ROK:
+            self.metrics.upstream_reconnects.labels(self.session_name, "bind_refused").inc()
+            self.log.warn(
+                "upstream {name}: bind refused with {status}",
+                name=self.session_name,
+                status=pdu.status_name(status),
+            )
+            raise BindRefused(status)
+        self.log.info(
+            "upstream {name}: bound as {kind} to {peer}",
+            name=self.session_name,
+            kind=self.kind,
+            peer=connection.peer,
+        )
+        self.connection = connection
+        connection.start_keepalive(c.enquire_link)
+        self._set_state("bound")
+        self.pool.add(
+            connection,
+            transmits=self.kind in ("transmitter", "transceiver"),
+            receives=self.kind in ("receiver", "transceiver"),
+        )
+
+    def _lost(self, connection: SmppConnection, reason: Failure) -> None:
+        if connection is self.connection:
+            self.connection = None
+            self.pool.remove(connection)
+            self.log.warn(
+                "upstream {name}: connection lost ({why})",
+                name=self.session_name,
+                why=reason.getErrorMessage(),
+            )
+            self.metrics.upstream_reconnects.labels(self.session_name, "lost").inc()
+        self._set_state("connecting")
+
+    def unbind(self) -> Deferred[None]:
+        """Unbind cleanly if bound (on shutdown); fires once the session is closed."""
+        connection = self.connection
+        if connection is None or connection.closed:
+            return succeed(None)
+        self.pool.remove(connection)
+        return connection.unbind()
+
+
+class UpstreamService(MultiService):
+    """Every upstream session and their pool."""
+
+    def __init__(self, pool: UpstreamPool, sessions: list[UpstreamSession]) -> None:
+        super().__init__()
+        self.pool = pool
+        self.sessions = sessions
+        for session in sessions:
+            session.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        # Unbind first, so the operator sees a clean unbind rather than a dropped socket.
+        unbinds = [session.unbind() for session in self.sessions]
+        self.pool.stop()
+
+        def stop_clients(_: object) -> Deferred[None]:
+            return super(UpstreamService, self).stopService()  # type: ignore[no-any-return]
+
+        return DeferredList(unbinds).addCallback(stop_clients)  # type: ignore[return-value]
+
+
+def build_upstream(
+    config: UpstreamConfig,
+    endpoint: Callable[[], IStreamClientEndpoint],
+    route: Callable[[bytes], Deferred[int]],
+    clock: IReactorTime,
+    metrics: Metrics,
+    max_pdu: int,
+    jitter: Callable[[], float] = random.random,
+) -> UpstreamService:
+    """The sessions the config asks for: ``binds`` transceivers, or as many TX+RX pairs."""
+    pool = UpstreamPool(clock, metrics, config.window, config.queue_timeout, config.queue_max)
+    kinds = ["transceiver"] if config.bind == "transceiver" else ["transmitter", "receiver"]
+    sessions = [
+        UpstreamSession(
+            f"{index}-{kind[:2]}x" if len(kinds) > 1 else str(index),
+            kind,
+            endpoint(),
+            config,
+            pool,
+            route,
+            clock,
+            metrics,
+            max_pdu,
+            jitter,
+        )
+        for index in range(config.binds)
+        for kind in kinds
+    ]
+    return UpstreamService(pool, sessions)

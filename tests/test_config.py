@@ -1,0 +1,379 @@
+"""Tests for smpprelay.config: YAML loading, defaults and validation messages."""
+
+import pathlib
+from typing import Any
+
+import attrs
+import pytest
+import yaml
+
+from smpprelay.config import (
+    Client,
+    Config,
+    ConfigError,
+    Limits,
+    Listen,
+    Metrics,
+    Receipts,
+    Simulator,
+    Upstream,
+    default_config,
+    load_config,
+    parse_config,
+)
+
+EXAMPLE = pathlib.Path(__file__).parent.parent / "etc" / "smpprelay.yaml"
+
+
+def _minimal(**extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"clients": [{"system_id": "app1", "password": "pw"}]}
+    data.update(extra)
+    return data
+
+
+def _upstream(**extra: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"host": "smsc", "system_id": "relay", "password": "pw"}
+    section.update(extra)
+    return section
+
+
+def _error(data: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "x.yaml")
+    return str(info.value)
+
+
+def _write(tmp_path: pathlib.Path, text: str) -> str:
+    path = tmp_path / "relay.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_example_file_loads() -> None:
+    """etc/smpprelay.yaml loads and carries its non-default values."""
+    config = load_config(str(EXAMPLE))
+    assert [c.system_id for c in config.clients] == ["app1", "app2"]
+    assert config.clients[0].mo_prefixes == ("7900",)
+    assert config.clients[0].allowed_ips == ("0.0.0.0/0", "::/0")
+    assert config.clients[1].allowed_ips == ("10.20.0.0/16", "192.0.2.15/32", "2001:db8::/32")
+    assert config.upstream is not None
+    assert config.upstream.host == "smpp.example.net"
+    assert config.upstream.system_id == "relay"
+    assert config.upstream.interface_version == 0x34
+    assert config.simulator.receipt_delay == 0.5
+    assert config.limits == Limits()
+    assert config.receipts == Receipts()
+    assert config.filters == {}
+
+
+def test_example_file_lists_every_key() -> None:
+    """etc/smpprelay.yaml documents every key of every section."""
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    for section, cls in [
+        ("listen", Listen),
+        ("metrics", Metrics),
+        ("upstream", Upstream),
+        ("limits", Limits),
+        ("receipts", Receipts),
+        ("simulator", Simulator),
+    ]:
+        assert set(data[section]) == {f.name for f in attrs.fields(cls)}, section
+    client_keys = {key for client in data["clients"] for key in client}
+    assert client_keys == {f.name for f in attrs.fields(Client)}
+    assert "filters" not in data
+
+
+def test_default_config() -> None:
+    """default_config() is all defaults with the simulator and one local demo account."""
+    config = default_config()
+    assert config.upstream is None
+    assert config.clients == (
+        Client(system_id="demo", password="demo", allowed_ips=("127.0.0.0/8", "::1/128")),
+    )
+    assert config.listen == Listen(host="127.0.0.1", port=2775)
+    assert config.metrics.port == 9775
+    assert config.limits.max_pdu == 70_000
+    assert config.receipts.map_ttl == 172_800
+    assert config.simulator == Simulator(receipt_delay=0.0, stat="DELIVRD")
+    assert config.filters == {}
+    hash(config)  # frozen and hashable
+
+
+def test_minimal_file_gets_defaults_and_simulator(tmp_path: pathlib.Path) -> None:
+    """A file with only clients gets every default and upstream=None."""
+    path = _write(tmp_path, "clients:\n  - {system_id: a, password: b}\n")
+    config = load_config(path)
+    assert config.upstream is None
+    assert config.clients == (Client(system_id="a", password="b"),)
+    assert config.clients[0].allowed_ips == ("0.0.0.0/0", "::/0")
+    assert config == Config(clients=config.clients)
+
+
+def test_upstream_defaults() -> None:
+    """An upstream with only the required keys gets the documented defaults."""
+    up = parse_config(_minimal(upstream=_upstream())).upstream
+    assert up is not None
+    assert up == Upstream(host="smsc", system_id="relay", password="pw")
+    assert (up.port, up.bind, up.binds, up.window) == (2775, "transceiver", 1, 10)
+    assert (up.enquire_link, up.reconnect_initial, up.reconnect_max) == (30.0, 1.0, 60.0)
+
+
+def test_missing_file(tmp_path: pathlib.Path) -> None:
+    """A missing file is a one-line ConfigError naming it."""
+    path = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read: No such file"):
+        load_config(path)
+
+
+def test_not_utf8(tmp_path: pathlib.Path) -> None:
+    """A file that is not UTF-8 is a ConfigError, not a UnicodeDecodeError."""
+    path = tmp_path / "relay.yaml"
+    path.write_bytes(b"clients: \xff\n")
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        load_config(str(path))
+
+
+def test_yaml_syntax_error(tmp_path: pathlib.Path) -> None:
+    """A YAML syntax error names the file and the line, on one line."""
+    path = _write(tmp_path, "listen:\n  host: [127.0.0.1\n  port: 2775\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: invalid YAML at line ")
+    assert "\n" not in message
+
+
+def test_empty_file_is_empty_mapping(tmp_path: pathlib.Path) -> None:
+    """An empty file reads as {} and so fails only for the missing clients."""
+    path = _write(tmp_path, "# nothing here\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: clients: at least one account is required"
+
+
+def test_clients_empty_list() -> None:
+    """An empty clients list is refused."""
+    assert _error({"clients": []}) == "x.yaml: clients: at least one account is required"
+
+
+def test_top_level_not_mapping() -> None:
+    """The document must be a mapping."""
+    assert _error(["a"]) == "x.yaml: expected a mapping, got a list"
+
+
+def test_clients_must_be_list_of_mappings() -> None:
+    """clients must be a list, and each item a mapping."""
+    assert _error({"clients": {"a": 1}}) == "x.yaml: clients: expected a list, got a mapping"
+    assert _error({"clients": ["app1"]}) == "x.yaml: clients[0]: expected a mapping, got 'app1'"
+
+
+def test_unknown_key_top_level() -> None:
+    """An unknown top-level key is named."""
+    assert _error(_minimal(upstreams={})) == "x.yaml: upstreams: unknown key"
+
+
+def test_unknown_key_nested() -> None:
+    """An unknown nested key is named with its dotted path."""
+    data = _minimal(upstream=_upstream(widnow=5))
+    assert _error(data) == "x.yaml: upstream.widnow: unknown key"
+    data = {"clients": [{"system_id": "a", "password": "b", "pasword": "c"}]}
+    assert _error(data) == "x.yaml: clients[0].pasword: unknown key"
+
+
+def test_filters_kept_raw() -> None:
+    """A top-level filters section is accepted unvalidated and kept read-only."""
+    raw = {"anything": [1, {"x": "y"}]}
+    config = parse_config(_minimal(filters=raw))
+    assert config.filters == raw
+    with pytest.raises(TypeError):
+        config.filters["new"] = 1  # type: ignore[index]
+    assert _error(_minimal(filters=[1])) == "x.yaml: filters: expected a mapping, got a list"
+
+
+def test_missing_required() -> None:
+    """A missing required key is named."""
+    data = {"clients": [{"system_id": "a", "password": "b"}, {"system_id": "c"}]}
+    assert _error(data) == "x.yaml: clients[1].password: missing"
+    data = _minimal(upstream={"host": "smsc", "password": "pw"})
+    assert _error(data) == "x.yaml: upstream.system_id: missing"
+
+
+def test_bool_is_not_an_int() -> None:
+    """YAML yes/true is refused where an integer or number is expected."""
+    message = _error(_minimal(upstream=_upstream(window=True)))
+    assert message == "x.yaml: upstream.window: expected an integer, got a boolean (true)"
+    message = _error(_minimal(limits={"response": False}))
+    assert message == "x.yaml: limits.response: expected a number, got a boolean (false)"
+
+
+def test_float_is_not_an_int() -> None:
+    """Fractional values are refused for integer keys, as are strings."""
+    message = _error(_minimal(upstream=_upstream(binds=2.5)))
+    assert message == "x.yaml: upstream.binds: expected an integer, got 2.5"
+    message = _error(_minimal(upstream=_upstream(window="ten")))
+    assert message == "x.yaml: upstream.window: expected an integer, got 'ten'"
+
+
+def test_int_is_not_a_string(tmp_path: pathlib.Path) -> None:
+    """An unquoted numeric password is refused with a hint to quote it."""
+    path = _write(tmp_path, "clients:\n  - system_id: app1\n    password: 1234\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: clients[0].password: expected a string, got 1234 (put it in quotes)"
+    )
+
+
+def test_fractional_durations_accepted(tmp_path: pathlib.Path) -> None:
+    """Durations take fractional and integer values, stored as floats."""
+    text = (
+        "clients: [{system_id: a, password: b}]\n"
+        "upstream: {host: h, system_id: s, password: p, enquire_link: 0.5, reconnect_initial: 2}\n"
+        "limits: {session_init: 0.25}\n"
+        "simulator: {receipt_delay: 0}\n"
+    )
+    config = load_config(_write(tmp_path, text))
+    assert config.upstream is not None
+    assert config.upstream.enquire_link == 0.5
+    assert config.upstream.reconnect_initial == 2.0
+    assert isinstance(config.upstream.reconnect_initial, float)
+    assert config.limits.session_init == 0.25
+    assert config.simulator.receipt_delay == 0.0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_minimal(upstream=_upstream(binds=0)), "upstream.binds: must be between 1 and 64, got 0"),
+        (
+            _minimal(upstream=_upstream(binds=65)),
+            "upstream.binds: must be between 1 and 64, got 65",
+        ),
+        (_minimal(upstream=_upstream(enquire_link=0)), "upstream.enquire_link: must be greater"),
+        (
+            _minimal(upstream=_upstream(addr_ton=256)),
+            "upstream.addr_ton: must be between 0 and 255",
+        ),
+        (_minimal(limits={"max_pdu": 1023}), "limits.max_pdu: must be between 1024 and 16777216"),
+        (_minimal(limits={"window": 0}), "limits.window: must be at least 1, got 0"),
+        (_minimal(receipts={"retry": -1}), "receipts.retry: must be greater than 0, got -1.0"),
+        (_minimal(simulator={"receipt_delay": -0.5}), "simulator.receipt_delay: must be at least"),
+        (_minimal(listen={"port": 70000}), "listen.port: must be between 0 and 65535"),
+        (_minimal(limits={"response": float("inf")}), "limits.response: expected a finite number"),
+        (
+            _minimal(upstream=_upstream(reconnect_initial=10, reconnect_max=5)),
+            "upstream.reconnect_max: must be at least reconnect_initial (10.0), got 5.0",
+        ),
+    ],
+)
+def test_ranges(data: dict[str, Any], message: str) -> None:
+    """Out-of-range numbers name the key and the allowed range."""
+    assert _error(data).startswith(f"x.yaml: {message}")
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        ({"system_id": "", "password": "b"}, "clients[0].system_id: must not be empty"),
+        (
+            {"system_id": "a" * 16, "password": "b"},
+            "clients[0].system_id: must be 1 to 15 characters long, got 16",
+        ),
+        (
+            {"system_id": "a", "password": "123456789"},
+            "clients[0].password: must be 1 to 8 characters long, got 9",
+        ),
+        ({"system_id": "a", "password": "pä"}, "clients[0].password: must be printable ASCII"),
+    ],
+)
+def test_string_limits(client: dict[str, Any], message: str) -> None:
+    """SMPP strings respect their length limits and ASCII."""
+    assert _error({"clients": [client]}).startswith(f"x.yaml: {message}")
+
+
+def test_literal_choices() -> None:
+    """bind and stat accept only their listed values."""
+    message = _error(_minimal(upstream=_upstream(bind="receiver")))
+    assert message == (
+        "x.yaml: upstream.bind: expected one of transceiver, transmitter_receiver, got 'receiver'"
+    )
+    assert "simulator.stat: expected one of DELIVRD" in _error(_minimal(simulator={"stat": "OK"}))
+    config = parse_config(_minimal(upstream=_upstream(bind="transmitter_receiver")))
+    assert config.upstream is not None
+    assert config.upstream.bind == "transmitter_receiver"
+
+
+def test_duplicate_system_id() -> None:
+    """A second client with the same system_id is refused."""
+    data = {
+        "clients": [
+            {"system_id": "app1", "password": "a"},
+            {"system_id": "app1", "password": "b"},
+        ]
+    }
+    assert _error(data) == "x.yaml: clients[1].system_id: duplicate 'app1'"
+
+
+def test_duplicate_mo_prefix() -> None:
+    """The same MO prefix claimed by two clients is refused."""
+    data = {
+        "clients": [
+            {"system_id": "app1", "password": "a", "mo_prefixes": ["7900"]},
+            {"system_id": "app2", "password": "b", "mo_prefixes": ["7901", "7900"]},
+        ]
+    }
+    assert _error(data) == (
+        "x.yaml: clients[1].mo_prefixes[1]: '7900' is already claimed by 'app1'"
+    )
+
+
+def test_bad_mo_prefix() -> None:
+    """MO prefixes are digits with an optional leading '+'."""
+    data: dict[str, Any]
+    data = {"clients": [{"system_id": "a", "password": "b", "mo_prefixes": ["+79", "79x"]}]}
+    assert _error(data).startswith("x.yaml: clients[0].mo_prefixes[1]: expected digits")
+    data = {"clients": [{"system_id": "a", "password": "b", "mo_prefixes": [7900]}]}
+    assert "mo_prefixes[0]: expected a string, got 7900 (put it in quotes)" in _error(data)
+
+
+def test_allowed_ips_normalised() -> None:
+    """allowed_ips entries are stored as normalised networks."""
+    data = {"clients": [{"system_id": "a", "password": "b", "allowed_ips": ["10.1.2.3/8", "::1"]}]}
+    assert parse_config(data).clients[0].allowed_ips == ("10.0.0.0/8", "::1/128")
+
+
+def test_bad_cidr() -> None:
+    """An allowed_ips entry that is not a network is refused."""
+    data = {
+        "clients": [
+            {"system_id": "a", "password": "b"},
+            {"system_id": "c", "password": "d", "allowed_ips": ["10.0.0.0/33"]},
+        ]
+    }
+    assert _error(data) == (
+        "x.yaml: clients[1].allowed_ips[0]: not an IP address or CIDR network: '10.0.0.0/33'"
+    )
+
+
+def test_error_is_one_line_with_file_and_key(tmp_path: pathlib.Path) -> None:
+    """str(err) is a single line holding the file name and the dotted key."""
+    text = "clients: [{system_id: a, password: b}]\nupstream:\n  host: h\n  window: ten\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: upstream.")
+    assert "relay.yaml" in message
+
+
+def test_null_section_means_defaults() -> None:
+    """A section left empty (null) gets its defaults; a null upstream means the simulator."""
+    config = parse_config(_minimal(limits=None, upstream=None))
+    assert config.limits == Limits()
+    assert config.upstream is None
+
+
+def test_empty_list_item() -> None:
+    """A bare "-" in clients is refused rather than read as an empty account."""
+    assert _error({"clients": [None]}) == "x.yaml: clients[0]: empty list item"

@@ -101,7 +101,7 @@ class SmppConnection(Protocol):
                 return
             self._dispatch(frame)
 
-    def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:
         self.closed = True
         for call in (self._timer, self._keepalive):
             if call is not None and call.active():

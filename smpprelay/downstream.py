@@ -47,7 +47,7 @@ class AccountChecker:
     def __init__(self, clients: dict[str, Client]) -> None:
         self._clients = clients
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         system_id = credentials.username.decode("latin-1")
         client = self._clients.get(system_id)
         # Compare even for an unknown system_id, so the answer takes as long either way.
@@ -67,7 +67,8 @@ class AccountRealm:
     def __init__(self, clients: dict[str, Client]) -> None:
         self._clients = clients
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> Any:
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> Any:
+        assert isinstance(avatarId, bytes)  # AccountChecker never gives an anonymous id
         return IAccount, self._clients[avatarId.decode("latin-1")], lambda: None
 
 
@@ -413,7 +414,7 @@ class DownstreamFactory(Factory):
         self._make_session = make_session
         self._make_connection = make_connection
 
-    def buildProtocol(self, addr: IAddress) -> SmppConnection:
+    def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return self._make_connection(self._make_session())
 
 

@@ -190,7 +190,7 @@ class _Health(Resource):
     isLeaf = True
 
     def __init__(self, check: Callable[[], tuple[bool, str]]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._check = check
 
     def render_GET(self, request: Any) -> bytes:

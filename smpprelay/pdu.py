@@ -191,7 +191,7 @@ class Framer:
 
 def header(frame: bytes) -> tuple[int, int, int, int]:
     """(command_length, command_id, command_status, sequence_number)."""
-    return HEADER.unpack_from(frame, 0)  # type: ignore[return-value]
+    return HEADER.unpack_from(frame, 0)
 
 
 def sequence_of(frame: bytes) -> int:

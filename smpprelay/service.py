@@ -10,8 +10,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -40,7 +39,9 @@ def tcp_server(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
 class Listener(Service):
     """Listens on an endpoint while running; ``port`` is readable once listening (port 0)."""
 
-    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+    def __init__(
+        self, name: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
         self.label = name
         self.endpoint = endpoint
         self.factory = factory
@@ -48,7 +49,7 @@ class Listener(Service):
         self.listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
@@ -64,11 +65,12 @@ class Listener(Service):
         self.listening = self.endpoint.listen(self.factory).addCallback(listening)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)  # type: ignore[arg-type]
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else succeed(None)
 
 
 class RelayService(MultiService):
@@ -89,7 +91,7 @@ class RelayService(MultiService):
         listener: Listener,
         simulator: Listener | None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.metrics = metrics
         self.registry = registry
@@ -103,7 +105,7 @@ class RelayService(MultiService):
         )
         for child in (simulator, upstream, listener, self.metrics_listener):
             if child is not None:
-                child.setServiceParent(self)
+                child.setServiceParent(self)  # type: ignore[no-untyped-call]
         TimerService(SWEEP_INTERVAL, router.expire).setServiceParent(self)
 
     def ready(self) -> tuple[bool, str]:
@@ -123,7 +125,7 @@ class RelayService(MultiService):
                 account=client.system_id,
                 nets=", ".join(client.allowed_ips),
             )
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
         self.running = 0

@@ -246,7 +246,7 @@ class SimulatorFactory(Factory):
         self.metrics = metrics
         self.max_pdu = max_pdu
 
-    def buildProtocol(self, addr: IAddress) -> SmppConnection:
+    def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return SmppConnection(
             SimulatedSession(self.simulator),
             self.simulator.clock,

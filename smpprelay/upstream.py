@@ -215,7 +215,7 @@ class _CountingEndpoint:
             self._failed(reason)
             return reason
 
-        return self._endpoint.connect(factory).addErrback(failed)  # type: ignore[no-any-return]
+        return self._endpoint.connect(factory).addErrback(failed)
 
 
 class UpstreamSession(ClientService):
@@ -358,11 +358,11 @@ class UpstreamService(MultiService):
     """Every upstream session and their pool."""
 
     def __init__(self, pool: UpstreamPool, sessions: list[UpstreamSession]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.pool = pool
         self.sessions = sessions
         for session in sessions:
-            session.setServiceParent(self)
+            session.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
         # Unbind first, so the operator sees a clean unbind rather than a dropped socket.
@@ -370,9 +370,9 @@ class UpstreamService(MultiService):
         self.pool.stop()
 
         def stop_clients(_: object) -> Deferred[None]:
-            return super(UpstreamService, self).stopService()  # type: ignore[no-any-return]
+            return super(UpstreamService, self).stopService()  # type: ignore[no-any-return, no-untyped-call]
 
-        return DeferredList(unbinds).addCallback(stop_clients)  # type: ignore[return-value]
+        return DeferredList(unbinds).addCallback(stop_clients)
 
 
 def build_upstream(

@@ -364,7 +364,12 @@ class DownstreamSession:
             if self._in_flight == 0:
                 self._notify_drained()
 
-        self.submit(account, frame).addCallback(answer)
+        def failed(reason: Failure) -> None:
+            # The relay promises never to fail; if a bug makes it, the app still gets an answer.
+            self.log.failure("relaying a submit failed", reason)
+            answer(pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR))
+
+        self.submit(account, frame).addCallbacks(answer, failed)
 
     def _unbind(self, connection: SmppConnection, sequence: int) -> None:
         self.state = State.UNBINDING

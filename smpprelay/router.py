@@ -63,6 +63,7 @@ class Router:
         self._receivers = receivers
         self.retry = retry
         self._retry_call: IDelayedCall | None = None
+        self._second_looks: dict[IDelayedCall, Callable[[], None]] = {}
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -114,10 +115,13 @@ class Router:
         if route is None:
             if message_id is not None and not retried:
                 later: Deferred[int] = Deferred()
-                self.clock.callLater(
-                    UNMATCHED_RETRY,
-                    lambda: self._route_receipt(frame, message, True).chainDeferred(later),
-                )
+
+                def look_again() -> None:
+                    self._second_looks.pop(call, None)
+                    self._route_receipt(frame, message, True).chainDeferred(later)
+
+                call = self.clock.callLater(UNMATCHED_RETRY, look_again)
+                self._second_looks[call] = look_again
                 return later
             self.log.info("receipt for unknown message id {id}", id=message_id)
             self.metrics.deliveries.labels("receipt", "unmatched").inc()
@@ -230,3 +234,7 @@ class Router:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
+        # Receipts waiting for their second look get it now, so each is still answered.
+        for call, look_again in list(self._second_looks.items()):
+            call.cancel()
+            look_again()

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from smpprelay.config import Config, Upstream
+from smpprelay.config import Config, Upstream, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
 from smpprelay.metrics import Metrics, metrics_resource
@@ -117,6 +117,11 @@ class RelayService(MultiService):
         return True, "ok"
 
     def startService(self) -> None:
+        if self.config.clients == default_config().clients:
+            log.warn(
+                "no configuration given: account demo (password demo) is accepted from "
+                "loopback only; use --config FILE for real accounts"
+            )
         if self.config.upstream is None:
             log.info("no upstream configured: relaying to the built-in simulated SMSC")
         for client in self.config.clients:

@@ -16,10 +16,19 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from smpprelay import pdu
 from smpprelay.config import Upstream as UpstreamConfig
@@ -45,12 +54,13 @@ def backoff(
 ) -> Callable[[int], float]:
     """Exponential back-off, doubled each failure, never above ``cap`` seconds.
 
-    The jitter takes up to half of the delay away, so a fleet of relays that lost the operator
-    at the same moment does not come back at the same moment.
+    ``attempt`` counts failures in a row from 1, as ClientService does: the first retry waits
+    ``initial`` seconds. The jitter takes up to half of the delay away, so a fleet of relays
+    that lost the operator at the same moment does not come back at the same moment.
     """
 
     def policy(attempt: int) -> float:
-        delay = min(cap, initial * 2.0 ** min(attempt, 32))
+        delay = min(cap, initial * 2.0 ** min(max(attempt - 1, 0), 32))
         return delay * (1.0 - 0.5 * jitter())
 
     return policy
@@ -203,19 +213,84 @@ class UpstreamPool:
             self._queue.popleft()[2].errback(QueueFull("relay stopping"))
 
 
-class _CountingEndpoint:
-    """An endpoint that reports failed connection attempts (ClientService does not)."""
+@implementer(IProtocol)
+class _BoundLossOnly:
+    """Stands between the transport and ClientService's protocol proxy.
 
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+    ClientService counts a connection whose ``prepareConnection`` (our bind) failed as a failed
+    attempt and forgets it, but its proxy still reports that connection's loss when it comes:
+    in Waiting, Connecting or Stopped that raises automat's ``NoTransition`` (logged as an
+    Unhandled Error), and once a newer connection is up it would wrongly end that one in
+    ClientService's books. So only the loss of the bound connection reaches ClientService;
+    the loss of any other reaches the connection alone.
+    """
+
+    def __init__(self, proxy: IProtocol, session: UpstreamSession) -> None:
+        self.proxy = proxy
+        self._session = session
+        self._connection: SmppConnection | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.proxy.makeConnection(transport)
+        self._connection = self._session._connecting  # set by the handler just now
+
+    def connectionMade(self) -> None:
+        pass  # the proxy's makeConnection made the connection
+
+    def dataReceived(self, data: bytes) -> None:
+        self.proxy.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        connection = self._connection
+        if connection is None or connection is self._session.connection:
+            self.proxy.connectionLost(reason)
+        else:
+            connection.connectionLost(reason)
+
+
+@implementer(IProtocolFactory)
+class _BoundLossOnlyFactory:
+    """Wraps ClientService's factory: each protocol it builds sits behind `_BoundLossOnly`."""
+
+    def __init__(self, factory: IProtocolFactory, session: UpstreamSession) -> None:
+        self._factory = factory
+        self._session = session
+
+    def buildProtocol(self, addr: IAddress) -> _BoundLossOnly | None:
+        proxy = self._factory.buildProtocol(addr)
+        return None if proxy is None else _BoundLossOnly(proxy, self._session)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+
+class _SessionEndpoint:
+    """The endpoint ClientService connects through.
+
+    It reports failed connection attempts (ClientService does not) and puts each connection
+    behind `_BoundLossOnly`, handing ClientService its own proxy back.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, session: UpstreamSession) -> None:
         self._endpoint = endpoint
-        self._failed = failed
+        self._session = session
 
-    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def failed(reason: Failure) -> Failure:
-            self._failed(reason)
+            self._session._connect_failed(reason)
             return reason
 
-        return self._endpoint.connect(factory).addErrback(failed)
+        def unwrap(guard: IProtocol) -> IProtocol:
+            assert isinstance(guard, _BoundLossOnly)
+            return guard.proxy
+
+        connecting: Deferred[IProtocol] = self._endpoint.connect(
+            _BoundLossOnlyFactory(factory, self._session)
+        )
+        return connecting.addCallback(unwrap).addErrback(failed)
 
 
 class UpstreamSession(ClientService):
@@ -265,7 +340,7 @@ class UpstreamSession(ClientService):
         )
         factory.noisy = False
         super().__init__(
-            _CountingEndpoint(endpoint, self._connect_failed),  # type: ignore[arg-type]
+            _SessionEndpoint(endpoint, self),  # type: ignore[arg-type]
             factory,
             retryPolicy=backoff(config.reconnect_initial, config.reconnect_max, jitter),
             clock=clock,
@@ -308,6 +383,8 @@ class UpstreamSession(ClientService):
         except Exception as error:
             self.metrics.upstream_reconnects.labels(self.session_name, "bind_timeout").inc()
             self.log.warn("upstream {name}: no bind answer ({e})", name=self.session_name, e=error)
+            if not connection.closed:  # ClientService leaves a connection it failed to prepare open
+                connection.abort()
             raise
         status = pdu.header(resp)[2]
         if status != Status.ESME_ROK:
@@ -317,6 +394,7 @@ class UpstreamSession(ClientService):
                 name=self.session_name,
                 status=pdu.status_name(status),
             )
+            connection.close()
             raise BindRefused(status)
         self.log.info(
             "upstream {name}: bound as {kind} to {peer}",

@@ -127,11 +127,11 @@ class HeldDeliveries:
         for account in list(self._queues):
             queue = self._queues[account]
             kept = deque(item for item in queue if item.expires > now)
-            for item in queue:
-                if item.expires <= now:
-                    self._count -= 1
-                    yield item
+            expired = [item for item in queue if item.expires <= now]
+            # Update the store before yielding, so count() is right for whoever iterates.
+            self._count -= len(expired)
             if kept:
                 self._queues[account] = kept
             else:
                 del self._queues[account]
+            yield from expired

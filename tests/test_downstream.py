@@ -1,0 +1,490 @@
+"""DownstreamSession behind an SmppConnection: binds, session states, submit relay, unbind."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+
+from smpprelay import pdu
+from smpprelay.config import Client
+from smpprelay.connection import SmppConnection
+from smpprelay.downstream import DownstreamSession, SessionRegistry, State, make_portal
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, ShortMessage, Status
+from tests.support import frames_of
+
+PASSWORD = "s3cr3tPw"
+SESSION_INIT = 5.0
+
+
+class FakeSubmit:
+    """The relay's submit callable: records (account, frame) and lets the test answer."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.pending: list[Deferred[bytes]] = []
+
+    def __call__(self, account: str, frame: bytes) -> Deferred[bytes]:
+        deferred: Deferred[bytes] = Deferred()
+        self.calls.append((account, frame))
+        self.pending.append(deferred)
+        return deferred
+
+    def answer(self, index: int, message_id: bytes, status: int = Status.ESME_ROK) -> None:
+        """Answer call ``index`` the way the relay does (sequence 0, operator's bytes)."""
+        self.pending[index].callback(pdu.submit_sm_resp(0, status, message_id))
+
+
+class Harness:
+    """One app connection: transport, connection, session and its collaborators."""
+
+    def __init__(
+        self,
+        clients: tuple[Client, ...] = (Client(system_id="app", password=PASSWORD),),
+        window: int = 10,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.registry = SessionRegistry(self.metrics)
+        self.receiver_hooks: list[str] = []
+        self.registry.on_receiver_bound.append(self.receiver_hooks.append)
+        self.submit = FakeSubmit()
+        self.session = DownstreamSession(
+            make_portal({c.system_id: c for c in clients}),
+            self.registry,
+            self.submit,
+            self.clock,
+            self.metrics,
+            SESSION_INIT,
+            window,
+        )
+        self.connection = SmppConnection(
+            self.session,
+            self.clock,
+            self.metrics,
+            side="downstream",
+            max_pdu=70_000,
+            response_timeout=30.0,
+        )
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
+
+    def send(self, frame: bytes) -> None:
+        self.connection.dataReceived(frame)
+
+    def written(self) -> bytes:
+        """Everything written since the last call."""
+        data = bytes(self.transport.value())
+        self.transport.clear()
+        return data
+
+    def frames(self) -> list[bytes]:
+        """The PDUs written since the last call, split on command_length."""
+        return frames_of(self.written())
+
+    @property
+    def closing(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def bind(self, kind: str = "transmitter", sequence: int = 1) -> None:
+        self.send(pdu.bind_request(kind, sequence, "app", PASSWORD))
+        assert pdu.header(self.written())[2] == Status.ESME_ROK
+
+
+def resp_header(command_id: int, status: int, sequence: int) -> bytes:
+    """A header-only response, packed by hand."""
+    return struct.pack("!IIII", 16, command_id, status, sequence)
+
+
+def submit_frame(sequence: int, text: bytes = b"hello") -> bytes:
+    message = ShortMessage(
+        b"", 1, 1, b"12345", 1, 1, b"79001234567", 0, 0, 0, b"", b"", 1, 0, 0, 0, text, ()
+    )
+    return pdu.encode_short_message(CommandId.submit_sm, sequence, message)
+
+
+def submit_resp(sequence: int, message_id: bytes) -> bytes:
+    body = message_id + b"\0"
+    return struct.pack("!IIII", 16 + len(body), 0x80000004, 0, sequence) + body
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def _bind_ok_bytes(command_id: int, sequence: int) -> bytes:
+    body = b"smpprelay\0" + b"\x02\x10\x00\x01\x34"
+    return struct.pack("!IIII", 16 + len(body), command_id, 0, sequence) + body
+
+
+# --- bind ------------------------------------------------------------------------------------
+
+
+def test_bind_transmitter_ok() -> None:
+    """bind_transmitter with the right credentials is answered OK with our system_id."""
+    h = Harness()
+    h.send(pdu.bind_request("transmitter", 7, "app", PASSWORD))
+    assert h.written() == _bind_ok_bytes(0x80000002, 7)
+    assert not h.closing
+    assert h.session.state is State.BOUND_TX
+    assert h.registry.receivers("app") == []
+    assert h.receiver_hooks == []
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="transmitter") == 1
+    assert h.sample("smpprelay_bind_attempts_total", result="ok") == 1
+
+
+def test_bind_receiver_ok() -> None:
+    """bind_receiver is answered OK, listed as a receiver, and the router is told."""
+    h = Harness()
+    h.send(pdu.bind_request("receiver", 3, "app", PASSWORD))
+    assert h.written() == _bind_ok_bytes(0x80000001, 3)
+    assert not h.closing
+    assert h.registry.receivers("app") == [h.session]
+    assert h.receiver_hooks == ["app"]
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="receiver") == 1
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="transmitter") is None
+
+
+def test_bind_transceiver_ok() -> None:
+    """bind_transceiver is answered OK, listed as a receiver, and the router is told."""
+    h = Harness()
+    h.send(pdu.bind_request("transceiver", 9, "app", PASSWORD))
+    assert h.written() == _bind_ok_bytes(0x80000009, 9)
+    assert not h.closing
+    assert h.registry.receivers("app") == [h.session]
+    assert h.receiver_hooks == ["app"]
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="transceiver") == 1
+
+
+def test_bound_gauge_drops_when_the_connection_is_lost() -> None:
+    """A bound session that disconnects leaves the registry and the gauge."""
+    h = Harness()
+    h.bind("transceiver")
+    h.connection.connectionLost()
+    assert h.registry.receivers("app") == []
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="transceiver") == 0
+
+
+def _assert_bind_refused(h: Harness, command_id: int, sequence: int) -> None:
+    assert h.written() == resp_header(command_id, 0x0D, sequence)
+    assert h.closing
+    assert h.registry.receivers("app") == []
+    assert h.session.account == ""
+
+
+def test_bind_wrong_password_refused_without_logging_it() -> None:
+    """A wrong password gets ESME_RBINDFAIL, no body, a close, and is never logged."""
+    h = Harness()
+    with captured_logs() as events:
+        h.send(pdu.bind_request("transceiver", 4, "app", "wr0ngPw!"))
+    _assert_bind_refused(h, 0x80000009, 4)
+    assert h.sample("smpprelay_bind_attempts_total", result="credentials") == 1
+    assert events, "the refusal should be logged"
+    for event in events:
+        text = formatEvent(event) + repr(event)
+        assert "wr0ngPw!" not in text
+        assert PASSWORD not in text
+
+
+def test_bind_unknown_system_id_refused_like_a_wrong_password() -> None:
+    """An unknown system_id gets the same ESME_RBINDFAIL answer and a close."""
+    h = Harness()
+    with captured_logs() as events:
+        h.send(pdu.bind_request("transmitter", 5, "nobody", PASSWORD))
+    _assert_bind_refused(h, 0x80000002, 5)
+    assert h.sample("smpprelay_bind_attempts_total", result="credentials") == 1
+    for event in events:
+        assert PASSWORD not in formatEvent(event) + repr(event)
+
+
+def test_bind_from_address_not_allowed_refused() -> None:
+    """Right credentials from outside allowed_ips get ESME_RBINDFAIL and a close."""
+    client = Client(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
+    h = Harness(clients=(client,), host="127.0.0.1")
+    h.send(pdu.bind_request("transmitter", 6, "app", PASSWORD))
+    _assert_bind_refused(h, 0x80000002, 6)
+    assert h.sample("smpprelay_bind_attempts_total", result="address_not_allowed") == 1
+
+
+def test_bind_from_allowed_network_ok() -> None:
+    """A peer inside allowed_ips binds."""
+    client = Client(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
+    h = Harness(clients=(client,), host="10.1.2.3")
+    h.send(pdu.bind_request("transmitter", 6, "app", PASSWORD))
+    assert h.written() == _bind_ok_bytes(0x80000002, 6)
+    assert not h.closing
+
+
+def test_malformed_bind_refused() -> None:
+    """A bind whose body cannot be decoded gets ESME_RBINDFAIL and a close."""
+    h = Harness()
+    h.send(pdu.build(CommandId.bind_transmitter, 8, b"app"))
+    _assert_bind_refused(h, 0x80000002, 8)
+    assert h.sample("smpprelay_bind_attempts_total", result="malformed") == 1
+
+
+# --- session_init --------------------------------------------------------------------------
+
+
+def test_no_bind_within_session_init_closes() -> None:
+    """A connection that never binds is closed when session_init runs out."""
+    h = Harness()
+    h.clock.advance(SESSION_INIT - 0.01)
+    assert not h.closing
+    h.clock.advance(0.01)
+    assert h.closing
+    assert h.written() == b""
+    assert (
+        h.sample("smpprelay_session_timeouts_total", side="downstream", timer="session_init") == 1
+    )
+
+
+def test_enquire_link_before_bind_does_not_extend_session_init() -> None:
+    """enquire_link before a bind is answered OK but the session_init timer keeps running."""
+    h = Harness()
+    h.clock.advance(SESSION_INIT - 1)
+    h.send(pdu.build(CommandId.enquire_link, 11))
+    assert h.written() == resp_header(0x80000015, 0, 11)
+    assert not h.closing
+    h.clock.advance(1)
+    assert h.closing
+
+
+def test_bind_cancels_session_init() -> None:
+    """After a successful bind the session_init timer no longer fires."""
+    h = Harness()
+    h.clock.advance(SESSION_INIT - 1)
+    h.bind()
+    assert h.clock.getDelayedCalls() == []
+    h.clock.advance(SESSION_INIT * 10)
+    assert not h.closing
+    assert h.clock.getDelayedCalls() == []
+
+
+# --- session states --------------------------------------------------------------------------
+
+
+def test_submit_before_bind_rejected_and_closed() -> None:
+    """submit_sm in OPEN gets ESME_RINVBNDSTS, a close, and never reaches the relay."""
+    h = Harness()
+    h.send(submit_frame(2))
+    assert h.written() == resp_header(0x80000004, 0x04, 2)
+    assert h.closing
+    assert h.submit.calls == []
+
+
+def test_submit_on_receiver_rejected_session_kept() -> None:
+    """submit_sm on a receiver bind gets ESME_RINVBNDSTS and the session stays."""
+    h = Harness()
+    h.bind("receiver")
+    h.send(submit_frame(2))
+    assert h.written() == resp_header(0x80000004, 0x04, 2)
+    assert not h.closing
+    assert h.submit.calls == []
+    assert h.session.state is State.BOUND_RX
+
+
+def test_second_bind_rejected_already_bound() -> None:
+    """A second bind on a bound session gets ESME_RALYBND; the first bind still works."""
+    h = Harness()
+    h.bind("transmitter")
+    h.send(pdu.bind_request("transceiver", 2, "app", PASSWORD))
+    assert h.written() == resp_header(0x80000009, 0x05, 2)
+    assert not h.closing
+    assert h.session.state is State.BOUND_TX
+    h.send(submit_frame(3))
+    assert len(h.submit.calls) == 1
+
+
+def test_unknown_command_generic_nack_session_kept() -> None:
+    """An unknown command_id gets generic_nack ESME_RINVCMDID with its sequence; session kept."""
+    h = Harness()
+    h.bind()
+    h.send(pdu.build(0x00000077, 42))
+    assert h.written() == resp_header(0x80000000, 0x03, 42)
+    assert not h.closing
+
+
+def test_unknown_command_before_bind_closes() -> None:
+    """An unknown command_id before a bind is nacked and the connection closed."""
+    h = Harness()
+    h.send(pdu.build(0x00000077, 42))
+    assert h.written() == resp_header(0x80000000, 0x03, 42)
+    assert h.closing
+
+
+def test_responses_to_nothing_are_not_answered() -> None:
+    """A deliver_sm_resp or generic_nack answering nothing in flight gets no answer at all."""
+    h = Harness()
+    h.bind("transceiver")
+    h.send(pdu.build(CommandId.deliver_sm_resp, 5, b"\0"))
+    h.send(pdu.generic_nack(6, Status.ESME_RINVCMDID))
+    assert h.written() == b""
+    assert not h.closing
+    assert (
+        h.sample("smpprelay_unexpected_pdus_total", side="downstream", command="deliver_sm_resp")
+        == 1
+    )
+    assert (
+        h.sample("smpprelay_unexpected_pdus_total", side="downstream", command="generic_nack") == 1
+    )
+
+
+# --- submit relay ----------------------------------------------------------------------------
+
+
+def test_submit_relayed_unchanged_and_answered_with_app_sequence() -> None:
+    """The app's bytes reach the relay as they are; the answer carries the app's sequence."""
+    h = Harness()
+    h.bind()
+    frame = submit_frame(77, b"relay me")
+    h.send(frame)
+    assert h.submit.calls == [("app", frame)]
+    assert h.written() == b""
+    h.clock.advance(0.25)
+    h.submit.answer(0, b"OP-1")
+    assert h.written() == submit_resp(77, b"OP-1")
+    assert not h.closing
+    assert h.sample("smpprelay_submits_total", account="app", status="ESME_ROK") == 1
+    assert h.sample("smpprelay_submit_latency_seconds_sum", account="app") == 0.25
+
+
+def test_submit_error_status_passed_through() -> None:
+    """The relay's error answer reaches the app with its status and the app's sequence."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(12))
+    h.submit.pending[0].callback(pdu.submit_sm_resp(0, 0x45))
+    assert h.written() == resp_header(0x80000004, 0x45, 12)
+    assert h.sample("smpprelay_submits_total", account="app", status="ESME_RSUBMITFAIL") == 1
+
+
+def test_submits_answered_out_of_order_keep_their_sequences() -> None:
+    """Two submits answered in reverse order each get their own sequence number."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(10, b"first"))
+    h.send(submit_frame(11, b"second"))
+    assert [frame for _, frame in h.submit.calls] == [
+        submit_frame(10, b"first"),
+        submit_frame(11, b"second"),
+    ]
+    h.submit.answer(1, b"B")
+    h.submit.answer(0, b"A")
+    assert h.frames() == [submit_resp(11, b"B"), submit_resp(10, b"A")]
+    assert h.sample("smpprelay_submits_total", account="app", status="ESME_ROK") == 2
+
+
+def test_window_full_throttles_immediately() -> None:
+    """With window=2 a third concurrent submit gets ESME_RTHROTTLED at once."""
+    h = Harness(window=2)
+    h.bind()
+    h.send(submit_frame(1))
+    h.send(submit_frame(2))
+    assert h.written() == b""
+    h.send(submit_frame(3))
+    assert h.written() == resp_header(0x80000004, 0x58, 3)
+    assert len(h.submit.calls) == 2
+    assert not h.closing
+    assert h.sample("smpprelay_submits_total", account="app", status="ESME_RTHROTTLED") == 1
+    # Once one is answered there is room again.
+    h.submit.answer(0, b"X")
+    h.written()
+    h.send(submit_frame(4))
+    assert h.written() == b""
+    assert len(h.submit.calls) == 3
+
+
+# --- unbind and shutdown ---------------------------------------------------------------------
+
+
+def test_unbind_waits_for_in_flight_submits() -> None:
+    """unbind_resp is written only after both in-flight submit_sm_resp, then the close."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(20))
+    h.send(submit_frame(21))
+    h.send(pdu.build(CommandId.unbind, 22))
+    assert h.transport.value() == b""
+    assert not h.closing
+    assert h.sample("smpprelay_bound_sessions", account="app", bind_type="transmitter") == 0
+    h.submit.answer(1, b"M21")
+    assert not h.closing
+    h.submit.answer(0, b"M20")
+    assert h.frames() == [
+        submit_resp(21, b"M21"),
+        submit_resp(20, b"M20"),
+        resp_header(0x80000006, 0, 22),
+    ]
+    assert h.closing
+
+
+def test_submit_while_unbinding_rejected() -> None:
+    """A submit after the app's unbind is answered ESME_RINVBNDSTS and not relayed."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(20))
+    h.send(pdu.build(CommandId.unbind, 21))
+    h.send(submit_frame(22))
+    assert h.written() == resp_header(0x80000004, 0x04, 22)
+    assert len(h.submit.calls) == 1
+
+
+def test_unbind_with_nothing_in_flight_answers_at_once() -> None:
+    """unbind with no submit in flight is answered OK at once and the connection closed."""
+    h = Harness()
+    h.bind()
+    h.send(pdu.build(CommandId.unbind, 3))
+    assert h.written() == resp_header(0x80000006, 0, 3)
+    assert h.closing
+
+
+def test_shutdown_waits_for_in_flight_then_unbinds() -> None:
+    """shutdown() on a bound session answers the in-flight submit, then sends unbind."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(30))
+    done: list[Any] = []
+    h.session.shutdown().addBoth(done.append)
+    assert h.written() == b""
+    assert h.registry.receivers("app") == []
+    h.submit.answer(0, b"M30")
+    frames = h.frames()
+    assert frames[0] == submit_resp(30, b"M30")
+    assert len(frames) == 2
+    _, command_id, status, unbind_sequence = pdu.header(frames[1])
+    assert (command_id, status, len(frames[1])) == (CommandId.unbind, 0, 16)
+    assert done == []
+    assert not h.closing
+    h.send(pdu.build(CommandId.unbind_resp, unbind_sequence))
+    assert h.closing
+    assert done == [None]
+
+
+def test_shutdown_unbound_session_closes() -> None:
+    """shutdown() before a bind just closes the connection."""
+    h = Harness()
+    done: list[Any] = []
+    h.session.shutdown().addBoth(done.append)
+    assert done == [None]
+    assert h.closing
+    assert h.written() == b""

@@ -1,0 +1,415 @@
+"""Router: receipts by message id, MO by prefix, held deliveries and their retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from smpprelay import pdu, router
+from smpprelay.connection import ResponseTimeout
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, ShortMessage, Status, Tag
+from smpprelay.router import Router
+from smpprelay.simulator import Simulator
+from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+
+RETRY = 30.0
+HOLD_TTL = 600.0
+MAP_TTL = 3600.0
+
+SUBMITTED = ShortMessage(
+    b"", 1, 1, b"12345", 1, 1, b"79001234567", 0, 0, 0, b"", b"", 1, 0, 0, 0, b"hi there", ()
+)
+
+
+class FakeReceiver:
+    """A bound receiving app session: records deliver_sm frames, the test answers them."""
+
+    def __init__(self, account: str, window: int = 10) -> None:
+        self.account = account
+        self.bound = True
+        self.window = window
+        self.frames: list[bytes] = []
+        self.pending: list[Deferred[bytes]] = []
+
+    @property
+    def can_deliver(self) -> bool:
+        unanswered = sum(1 for d in self.pending if not d.called)
+        return self.bound and unanswered < self.window
+
+    def deliver(self, frame: bytes) -> Deferred[bytes]:
+        deferred: Deferred[bytes] = Deferred()
+        self.frames.append(frame)
+        self.pending.append(deferred)
+        return deferred
+
+    def answer(self, index: int, status: int = Status.ESME_ROK) -> None:
+        self.pending[index].callback(pdu.response(CommandId.deliver_sm, 0, status, b"\0"))
+
+
+class Harness:
+    def __init__(
+        self,
+        mo_prefixes: dict[str, str] | None = None,
+        hold_max: int = 100,
+        map_max: int = 1000,
+    ) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.receivers: dict[str, list[FakeReceiver]] = {}
+        self.routes = ReceiptRoutes(MAP_TTL, map_max)
+        self.held = HeldDeliveries(HOLD_TTL, hold_max)
+        self.router = Router(
+            self.clock,
+            self.metrics,
+            self.routes,
+            self.held,
+            mo_prefixes or {},
+            lambda account: self.receivers.get(account, []),
+            RETRY,
+        )
+
+    def receiver(self, account: str = "app", window: int = 10) -> FakeReceiver:
+        receiver = FakeReceiver(account, window)
+        self.receivers.setdefault(account, []).append(receiver)
+        return receiver
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def deliveries(self, kind: str, result: str) -> float | None:
+        return self.sample("smpprelay_deliveries_total", kind=kind, result=result)
+
+
+def outcome(deferred: Deferred[int]) -> list[Any]:
+    """A list that holds the Deferred's result once it has fired."""
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    return results
+
+
+def receipt(message_id: bytes) -> bytes:
+    """A receipt as the simulator sends it: TLV receipted_message_id and text ``id:``."""
+    return Simulator(Clock()).receipt(SUBMITTED, message_id, 0.0)
+
+
+def receipt_without_tlv(text_id: bytes) -> bytes:
+    message = pdu.read_short_message(receipt(text_id))
+    stripped = attrs.evolve(
+        message, tlvs=tuple(t for t in message.tlvs if t[0] != Tag.receipted_message_id)
+    )
+    return pdu.encode_short_message(CommandId.deliver_sm, 0, stripped)
+
+
+def mo(destination: bytes) -> bytes:
+    message = ShortMessage(
+        b"", 1, 1, b"79991112233", 1, 1, destination, 0, 0, 0, b"", b"", 0, 0, 0, 0, b"hey", ()
+    )
+    return pdu.encode_short_message(CommandId.deliver_sm, 0, message)
+
+
+# --- receipts --------------------------------------------------------------------------------
+
+
+def test_receipt_routed_by_receipted_message_id() -> None:
+    """A receipt goes to its account; the operator hears ESME_ROK only after the app's resp."""
+    h = Harness()
+    app = h.receiver("app")
+    other = h.receiver("other")
+    h.router.remember(b"ABC123", "app")
+    frame = receipt(b"ABC123")
+    result = outcome(h.router.route(frame))
+    assert app.frames == [frame]
+    assert other.frames == []
+    assert result == []
+    app.answer(0)
+    assert result == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "delivered") == 1
+    assert len(h.held) == 0
+
+
+def test_receipt_matched_by_text_id_ignoring_case_and_zeros() -> None:
+    """A receipt without the TLV is matched by its text ``id:``, case and leading zeros aside."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"00abc123", "app")
+    frame = receipt_without_tlv(b"Abc123")
+    assert pdu.read_short_message(frame).tlv(Tag.receipted_message_id) is None
+    result = outcome(h.router.route(frame))
+    assert app.frames == [frame]
+    app.answer(0)
+    assert result == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "delivered") == 1
+
+
+def test_unknown_receipt_answered_after_second_look() -> None:
+    """An unknown id is answered ESME_ROK only after UNMATCHED_RETRY, counted unmatched."""
+    h = Harness()
+    app = h.receiver()
+    result = outcome(h.router.route(receipt(b"NOPE")))
+    h.clock.advance(router.UNMATCHED_RETRY - 0.001)
+    assert result == []
+    h.clock.advance(0.001)
+    assert result == [Status.ESME_ROK]
+    assert app.frames == []
+    assert h.deliveries("receipt", "unmatched") == 1
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_receipt_without_any_id_is_unmatched_at_once() -> None:
+    """A receipt with neither the TLV nor ``id:`` cannot match later: answered at once."""
+    h = Harness()
+    message = attrs.evolve(
+        pdu.read_short_message(receipt_without_tlv(b"X")), short_message=b"stat:DELIVRD"
+    )
+    frame = pdu.encode_short_message(CommandId.deliver_sm, 0, message)
+    assert outcome(h.router.route(frame)) == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "unmatched") == 1
+
+
+def test_receipt_before_its_submit_resp_matches_on_second_look() -> None:
+    """A route remembered within UNMATCHED_RETRY of the receipt still gets it delivered."""
+    h = Harness()
+    app = h.receiver()
+    frame = receipt(b"RACE1")
+    result = outcome(h.router.route(frame))
+    h.clock.advance(router.UNMATCHED_RETRY / 2)
+    h.router.remember(b"RACE1", "app")
+    assert app.frames == []
+    h.clock.advance(router.UNMATCHED_RETRY / 2)
+    assert app.frames == [frame]
+    assert result == []
+    app.answer(0)
+    assert result == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "unmatched") is None
+    assert h.deliveries("receipt", "delivered") == 1
+
+
+def test_receipt_rewritten_to_app_message_id() -> None:
+    """With app_message_id, the delivered receipt carries that id in the TLV and the text."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"OPID1", "app", b"APPID9")
+    outcome(h.router.route(receipt(b"OPID1")))
+    assert app.frames == [receipt(b"APPID9")]
+    delivered = pdu.read_short_message(app.frames[0])
+    assert delivered.tlv(Tag.receipted_message_id) == b"APPID9\0"
+    assert delivered.short_message.startswith(b"id:APPID9 sub:001")
+    assert b"OPID1" not in app.frames[0]
+
+
+# --- held deliveries -------------------------------------------------------------------------
+
+
+def test_receipt_held_without_receiver_then_delivered_on_bind() -> None:
+    """With no receiving bind a receipt is held, acknowledged, and delivered when one binds."""
+    h = Harness()
+    h.router.remember(b"M1", "app")
+    frame = receipt(b"M1")
+    assert outcome(h.router.route(frame)) == [Status.ESME_ROK]
+    assert h.sample("smpprelay_held_deliveries", account="app") == 1
+    assert h.deliveries("receipt", "held") == 1
+    app = h.receiver()
+    h.router.receiver_bound("app")
+    assert app.frames == [frame]
+    assert h.sample("smpprelay_held_deliveries", account="app") == 0
+    app.answer(0)
+    assert h.deliveries("receipt", "delivered") == 1
+    assert len(h.held) == 0
+
+
+def test_receiver_without_room_means_held() -> None:
+    """A receiver whose window is full does not get the delivery; it is held."""
+    h = Harness()
+    app = h.receiver()
+    app.bound = False
+    h.router.remember(b"M1", "app")
+    assert outcome(h.router.route(receipt(b"M1"))) == [Status.ESME_ROK]
+    assert app.frames == []
+    assert h.held.count("app") == 1
+
+
+def test_held_deliveries_flow_as_the_window_frees() -> None:
+    """Held deliveries go out one by one as the app answers, oldest first."""
+    h = Harness()
+    h.router.remember(b"M1", "app")
+    h.router.remember(b"M2", "app")
+    outcome(h.router.route(receipt(b"M1")))
+    outcome(h.router.route(receipt(b"M2")))
+    app = h.receiver(window=1)
+    h.router.receiver_bound("app")
+    assert app.frames == [receipt(b"M1")]
+    assert h.sample("smpprelay_held_deliveries", account="app") == 1
+    app.answer(0)
+    assert app.frames == [receipt(b"M1"), receipt(b"M2")]
+    assert h.sample("smpprelay_held_deliveries", account="app") == 0
+    app.answer(1)
+    assert h.deliveries("receipt", "delivered") == 2
+
+
+def test_app_temporary_refusal_held_and_retried() -> None:
+    """ESME_RX_T_APPN from the app: held, operator answered OK, retried after ``retry``."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"M1", "app")
+    frame = receipt(b"M1")
+    result = outcome(h.router.route(frame))
+    app.answer(0, Status.ESME_RX_T_APPN)
+    assert result == [Status.ESME_ROK]
+    assert h.held.count("app") == 1
+    assert h.sample("smpprelay_held_deliveries", account="app") == 1
+    h.clock.advance(RETRY - 0.01)
+    assert len(app.frames) == 1
+    h.clock.advance(0.01)
+    assert app.frames == [frame, frame]
+    app.answer(1)
+    assert h.held.count("app") == 0
+    assert h.deliveries("receipt", "delivered") == 1
+
+
+def test_deliver_timeout_held_and_retried() -> None:
+    """A deliver_sm that is not answered (errback) is held and retried after ``retry``."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"M1", "app")
+    result = outcome(h.router.route(receipt(b"M1")))
+    app.pending[0].errback(ResponseTimeout("no answer"))
+    assert result == [Status.ESME_ROK]
+    assert h.held.count("app") == 1
+    h.clock.advance(RETRY)
+    assert len(app.frames) == 2
+    app.answer(1)
+    assert h.deliveries("receipt", "delivered") == 1
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_app_permanent_refusal_goes_upstream() -> None:
+    """ESME_RX_P_APPN from the app is the operator's answer; nothing is held or retried."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"M1", "app")
+    result = outcome(h.router.route(receipt(b"M1")))
+    app.answer(0, Status.ESME_RX_P_APPN)
+    assert result == [Status.ESME_RX_P_APPN]
+    assert len(h.held) == 0
+    assert h.deliveries("receipt", "refused") == 1
+    h.clock.advance(RETRY * 2)
+    assert len(app.frames) == 1
+
+
+def test_hold_store_full_asks_operator_to_retry() -> None:
+    """When nothing more can be held, the operator gets ESME_RX_T_APPN."""
+    h = Harness(hold_max=1)
+    h.router.remember(b"M1", "app")
+    h.router.remember(b"M2", "app")
+    assert outcome(h.router.route(receipt(b"M1"))) == [Status.ESME_ROK]
+    assert outcome(h.router.route(receipt(b"M2"))) == [Status.ESME_RX_T_APPN]
+    assert h.deliveries("receipt", "store_full") == 1
+    assert len(h.held) == 1
+
+
+# --- expiry ----------------------------------------------------------------------------------
+
+
+def test_held_delivery_expires_after_hold_ttl() -> None:
+    """expire() drops a held delivery at hold_ttl and counts it expired."""
+    h = Harness()
+    h.router.remember(b"M1", "app")
+    outcome(h.router.route(receipt(b"M1")))
+    h.clock.advance(HOLD_TTL - 1)
+    h.router.expire()
+    assert h.held.count("app") == 1
+    h.clock.advance(1)
+    h.router.expire()
+    assert len(h.held) == 0
+    assert h.deliveries("receipt", "expired") == 1
+    assert h.sample("smpprelay_held_deliveries", account="app") == 0
+    app = h.receiver()
+    h.router.receiver_bound("app")
+    assert app.frames == []
+
+
+def test_routes_forgotten_after_map_ttl() -> None:
+    """A route past map_ttl no longer matches and expire() forgets it."""
+    h = Harness()
+    app = h.receiver()
+    h.router.remember(b"OLD", "app")
+    h.clock.advance(MAP_TTL - 1)
+    h.router.remember(b"NEW", "app")
+    h.router.expire()
+    assert len(h.routes) == 2
+    h.clock.advance(1)
+    h.router.expire()
+    assert len(h.routes) == 1
+    assert h.sample("smpprelay_receipt_routes") == 1
+    result = outcome(h.router.route(receipt(b"OLD")))
+    h.clock.advance(router.UNMATCHED_RETRY)
+    assert result == [Status.ESME_ROK]
+    assert app.frames == []
+    assert h.deliveries("receipt", "unmatched") == 1
+
+
+def test_route_map_evicts_oldest_when_full() -> None:
+    """ReceiptRoutes keeps max_entries routes, dropping the oldest."""
+    h = Harness(map_max=2)
+    app = h.receiver()
+    for message_id in (b"A", b"B", b"C"):
+        h.router.remember(message_id, "app")
+    assert len(h.routes) == 2
+    assert h.routes.evicted == 1
+    lost = outcome(h.router.route(receipt(b"A")))
+    h.clock.advance(router.UNMATCHED_RETRY)
+    assert lost == [Status.ESME_ROK]
+    assert app.frames == []
+    outcome(h.router.route(receipt(b"B")))
+    outcome(h.router.route(receipt(b"C")))
+    assert app.frames == [receipt(b"B"), receipt(b"C")]
+
+
+# --- MO --------------------------------------------------------------------------------------
+
+
+def test_mo_routed_by_longest_prefix() -> None:
+    """An MO goes to the account with the longest matching mo_prefix; '+' is ignored."""
+    h = Harness(mo_prefixes={"7900": "short", "79001": "long"})
+    short = h.receiver("short")
+    long = h.receiver("long")
+    to_long = mo(b"+790012345")
+    to_short = mo(b"79009999")
+    outcome(h.router.route(to_long))
+    outcome(h.router.route(to_short))
+    assert long.frames == [to_long]
+    assert short.frames == [to_short]
+    long.answer(0)
+    assert h.deliveries("mo", "delivered") == 1
+
+
+def test_mo_without_matching_prefix_rejected() -> None:
+    """An MO no prefix matches gets ESME_RX_R_APPN and is counted unroutable."""
+    h = Harness(mo_prefixes={"7900": "short"})
+    short = h.receiver("short")
+    assert outcome(h.router.route(mo(b"4412345"))) == [Status.ESME_RX_R_APPN]
+    assert short.frames == []
+    assert h.deliveries("mo", "unroutable") == 1
+    assert len(h.held) == 0
+
+
+def test_mo_held_without_receiver() -> None:
+    """An MO for an account with no receiving bind is held like a receipt."""
+    h = Harness(mo_prefixes={"7900": "short"})
+    assert outcome(h.router.route(mo(b"790011"))) == [Status.ESME_ROK]
+    assert h.sample("smpprelay_held_deliveries", account="short") == 1
+    assert h.deliveries("mo", "held") == 1
+
+
+def test_malformed_deliver_sm_answered_with_its_status() -> None:
+    """A deliver_sm whose body runs past the PDU gets the decode status, nothing delivered."""
+    h = Harness(mo_prefixes={"7900": "short"})
+    short = h.receiver("short")
+    frame = pdu.build(CommandId.deliver_sm, 0, b"\0\1\1123")
+    assert outcome(h.router.route(frame)) == [Status.ESME_RINVSRCADR]
+    assert short.frames == []
+    assert h.deliveries("unknown", "malformed") == 1

@@ -86,6 +86,9 @@ class SmppConnection(Protocol):
         try:
             frames = self._framer.feed(data)
         except FramingError as error:
+            for frame in error.frames:
+                if not self.closed:
+                    self._dispatch(frame)
             self.log.warn(
                 "{side} {peer}: framing error ({error}); closing",
                 side=self.side,

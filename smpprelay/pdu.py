@@ -134,11 +134,15 @@ def command_name(code: int) -> str:
 class FramingError(Exception):
     """The stream cannot be split into PDUs any more: the connection must be closed."""
 
-    def __init__(self, reason: str, length: int, sequence: int) -> None:
+    def __init__(
+        self, reason: str, length: int, sequence: int, frames: list[bytes] | None = None
+    ) -> None:
         super().__init__(f"{reason}: command_length {length}")
         self.reason = reason
         self.length = length
         self.sequence = sequence
+        # Whole PDUs that came before the bad length in the same read: still to be answered.
+        self.frames = frames or []
 
 
 class DecodeError(Exception):
@@ -172,14 +176,14 @@ class Framer:
         buf = self._buffer + data if self._buffer else data
         end = len(buf)
         pos = 0
-        frames = []
+        frames: list[bytes] = []
         while end - pos >= 4:
             (length,) = _U32.unpack_from(buf, pos)
             if length < HEADER_LEN or length > self.max_pdu:
                 sequence = _U32.unpack_from(buf, pos + 12)[0] if end - pos >= 16 else 0
                 self._buffer = b""
                 raise FramingError(
-                    "too_short" if length < HEADER_LEN else "too_long", length, sequence
+                    "too_short" if length < HEADER_LEN else "too_long", length, sequence, frames
                 )
             if end - pos < length:
                 break

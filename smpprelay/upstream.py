@@ -15,10 +15,11 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    ILoggingContext,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -213,7 +214,7 @@ class UpstreamPool:
             self._queue.popleft()[2].errback(QueueFull("relay stopping"))
 
 
-@implementer(IProtocol)
+@implementer(IProtocol, ILoggingContext)
 class _BoundLossOnly:
     """Stands between the transport and ClientService's protocol proxy.
 
@@ -237,12 +238,15 @@ class _BoundLossOnly:
     def connectionMade(self) -> None:
         pass  # the proxy's makeConnection made the connection
 
+    def logPrefix(self) -> str:
+        return f"upstream {self._session.session_name}"
+
     def dataReceived(self, data: bytes) -> None:
         self.proxy.dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:
         connection = self._connection
-        if connection is None or connection is self._session.connection:
+        if connection is None or connection is self._session._prepared:
             self.proxy.connectionLost(reason)
         else:
             connection.connectionLost(reason)
@@ -318,6 +322,8 @@ class UpstreamSession(ClientService):
         self.metrics = metrics
         self.connection: SmppConnection | None = None
         self._connecting: SmppConnection | None = None
+        # The connection ClientService holds as connected (it bound); `unbind` keeps it.
+        self._prepared: SmppConnection | None = None
         outer = self
 
         class _Handler(UpstreamHandler):
@@ -402,7 +408,7 @@ class UpstreamSession(ClientService):
             kind=self.kind,
             peer=connection.peer,
         )
-        self.connection = connection
+        self.connection = self._prepared = connection
         connection.start_keepalive(c.enquire_link)
         self._set_state("bound")
         self.pool.add(
@@ -421,15 +427,26 @@ class UpstreamSession(ClientService):
                 why=reason.getErrorMessage(),
             )
             self.metrics.upstream_reconnects.labels(self.session_name, "lost").inc()
-        self._set_state("connecting")
+            self._set_state("connecting")
 
     def unbind(self) -> Deferred[None]:
         """Unbind cleanly if bound (on shutdown); fires once the session is closed."""
         connection = self.connection
         if connection is None or connection.closed:
             return succeed(None)
+        # Forgotten first, so the close that follows is not reported as a lost link.
+        self.connection = None
         self.pool.remove(connection)
+        self._set_state("connecting")
         return connection.unbind()
+
+    def stopService(self) -> Deferred[None]:
+        # Unbind first, so the operator sees a clean unbind rather than a dropped socket, and
+        # stop reconnecting as soon as that is done, not once every session has unbound.
+        def stop(_: object) -> Deferred[None]:
+            return ClientService.stopService(self)
+
+        return self.unbind().addCallback(stop)
 
 
 class UpstreamService(MultiService):
@@ -443,14 +460,9 @@ class UpstreamService(MultiService):
             session.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
-        # Unbind first, so the operator sees a clean unbind rather than a dropped socket.
-        unbinds = [session.unbind() for session in self.sessions]
         self.pool.stop()
-
-        def stop_clients(_: object) -> Deferred[None]:
-            return super(UpstreamService, self).stopService()  # type: ignore[no-any-return, no-untyped-call]
-
-        return DeferredList(unbinds).addCallback(stop_clients)
+        # Each session unbinds, then stops (UpstreamSession.stopService).
+        return super().stopService()  # type: ignore[no-any-return, no-untyped-call]
 
 
 def build_upstream(

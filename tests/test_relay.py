@@ -1,0 +1,211 @@
+"""`Relay`: an app's submit_sm to the operator, and the operator's answer back to the app.
+
+The pool is a fake whose answers the test gives; the router is the real one, so the receipt
+routes the relay writes can be read back.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from smpprelay import pdu
+from smpprelay.connection import ResponseTimeout
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import CommandId, Status
+from smpprelay.relay import Relay
+from smpprelay.router import Router
+from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.upstream import QueueFull
+from tests.support import result_of, submit_sm
+
+ACCOUNT = "acme"
+
+
+class FakePool:
+    """Records each submit and hands back a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.answers: list[Deferred[bytes]] = []
+
+    def submit(self, frame: bytes) -> Deferred[bytes]:
+        self.frames.append(frame)
+        answer: Deferred[bytes] = Deferred()
+        self.answers.append(answer)
+        return answer
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.metrics = Metrics(CollectorRegistry())
+        self.pool = FakePool()
+        self.router = Router(
+            self.clock,
+            self.metrics,
+            ReceiptRoutes(ttl=3600.0, max_entries=100),
+            HeldDeliveries(ttl=3600.0, max_entries=100),
+            {},
+            lambda account: [],
+            retry=5.0,
+        )
+        self.relay = Relay(self.pool, self.router, self.metrics)  # type: ignore[arg-type]
+
+    def route_of(self, message_id: bytes) -> str | None:
+        route = self.router.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
+        return None if route is None else route.account
+
+    def upstream_submits(self, status: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "smpprelay_upstream_submits_total", {"status": status}
+        )
+
+
+def bare_submit_sm_resp(status: int) -> bytes:
+    """A body-less submit_sm_resp with sequence 0, spelled out byte by byte."""
+    return struct.pack("!IIII", 16, 0x80000004, status, 0)
+
+
+def test_submit_reaches_the_pool_byte_for_byte() -> None:
+    """The app's submit_sm, vendor TLV 0x1403 included, goes to the pool unchanged."""
+    h = Harness()
+    frame = submit_sm(sequence=31, tlvs=((0x1403, b"\x01vendor"), (0x0204, b"\x00\x07")))
+    assert b"\x14\x03\x00\x07\x01vendor" in frame
+    h.relay.submit(ACCOUNT, frame)
+    assert h.pool.frames == [frame]
+
+
+def test_operator_ok_comes_back_unchanged() -> None:
+    """The operator's submit_sm_resp with ESME_ROK and its message_id reaches the app as is."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0))
+    resp = pdu.submit_sm_resp(5, Status.ESME_ROK, b"0a1B2c")
+    assert not answer.called
+    h.pool.answers[0].callback(resp)
+    assert result_of(answer) == resp
+    assert h.upstream_submits("ESME_ROK") == 1.0
+
+
+def test_operator_vendor_status_comes_back_unchanged() -> None:
+    """A vendor command_status (0x400) with no body reaches the app as the operator sent it."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1))
+    resp = struct.pack("!IIII", 16, 0x80000004, 0x400, 5)
+    h.pool.answers[0].callback(resp)
+    assert result_of(answer) == resp
+    assert len(h.router.routes) == 0
+    assert h.upstream_submits("0x00000400") == 1.0
+
+
+@pytest.mark.parametrize("registered_delivery", [0x01, 0x02, 0x10])
+def test_receipt_route_is_written_before_the_app_hears_ok(registered_delivery: int) -> None:
+    """With a receipt asked for, the message id routes to the account before the app's OK."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=registered_delivery))
+    seen_by_app: list[str | None] = []
+
+    def app_hears(resp: bytes) -> bytes:
+        seen_by_app.append(h.route_of(b"0A1B2C"))
+        return resp
+
+    answer.addCallback(app_hears)
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"0a1B2c"))
+    assert seen_by_app == [ACCOUNT]
+    assert len(h.router.routes) == 1
+
+
+def test_no_route_without_a_receipt_request() -> None:
+    """registered_delivery=0: the OK comes back and no route is stored."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0))
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"77"))
+    assert pdu.message_id_of(result_of(answer)) == b"77"
+    assert len(h.router.routes) == 0
+    assert h.route_of(b"77") is None
+
+
+def test_refused_submit_stores_no_route() -> None:
+    """A refusal (ESME_RTHROTTLED) with a receipt asked for stores no route."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1))
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_RTHROTTLED))
+    assert result_of(answer) == struct.pack("!IIII", 16, 0x80000004, 0x58, 5)
+    assert len(h.router.routes) == 0
+
+
+def test_generic_nack_becomes_a_submit_sm_resp_with_its_status() -> None:
+    """A generic_nack from the operator reaches the app as a submit_sm_resp with that status."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm())
+    h.pool.answers[0].callback(pdu.generic_nack(5, Status.ESME_RINVCMDLEN))
+    assert result_of(answer) == bare_submit_sm_resp(0x02)
+    assert len(h.router.routes) == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (QueueFull("no room"), 0x14),
+        (ResponseTimeout("no answer"), 0x08),
+        (ConnectionLost("gone"), 0x08),
+        (RuntimeError("unexpected"), 0x08),
+    ],
+)
+def test_upstream_failures_become_a_status_never_a_failure(error: Exception, status: int) -> None:
+    """QueueFull gives ESME_RMSGQFUL; a timeout or a lost connection gives ESME_RSYSERR."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1))
+    h.pool.answers[0].errback(Failure(error))
+    assert result_of(answer) == bare_submit_sm_resp(status)
+    assert len(h.router.routes) == 0
+
+
+def test_failure_already_known_when_submitting_is_answered_too() -> None:
+    """A pool that fails at once (queue full) still yields a submit_sm_resp."""
+    h = Harness()
+
+    class FullPool:
+        def submit(self, frame: bytes) -> Deferred[bytes]:
+            failed: Deferred[bytes] = Deferred()
+            failed.errback(QueueFull("full"))
+            return failed
+
+    relay = Relay(FullPool(), h.router, h.metrics)  # type: ignore[arg-type]
+    assert result_of(relay.submit(ACCOUNT, submit_sm())) == bare_submit_sm_resp(0x14)
+
+
+def _with_length(frame: bytes) -> bytes:
+    """The frame with its command_length made right again."""
+    return struct.pack("!I", len(frame)) + frame[4:]
+
+
+def _long_sm_length() -> bytes:
+    frame = submit_sm(sequence=9, short_message=b"hello")
+    at = frame.index(b"\x05hello")
+    return frame[:at] + b"\xc8" + frame[at + 1 :]  # sm_length 200, five octets follow
+
+
+@pytest.mark.parametrize(
+    ("frame", "status"),
+    [
+        # service_type "", ton, npi, then a source_addr that is never terminated
+        (pdu.build(CommandId.submit_sm, 9, b"\0\x05\x00MyBrand"), Status.ESME_RINVSRCADR),
+        (_long_sm_length(), Status.ESME_RINVMSGLEN),
+        # a TLV header cut short after the mandatory fields
+        (_with_length(submit_sm(sequence=9) + b"\x14"), Status.ESME_RINVOPTPARSTREAM),
+    ],
+)
+def test_unreadable_submit_is_answered_and_not_relayed(frame: bytes, status: int) -> None:
+    """A submit_sm whose body cannot be read gets the DecodeError status; nothing goes upstream."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, frame)
+    assert result_of(answer) == bare_submit_sm_resp(status)
+    assert h.pool.frames == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -42,7 +41,7 @@ DEFAULT_MESSAGE = pdu.ShortMessage(
 
 def short_message(**fields: Any) -> pdu.ShortMessage:
     """`DEFAULT_MESSAGE` with some fields replaced."""
-    return attrs.evolve(DEFAULT_MESSAGE, **fields)
+    return DEFAULT_MESSAGE._replace(**fields)
 
 
 def submit_sm(sequence: int = 1, **fields: Any) -> bytes:

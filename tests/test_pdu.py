@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -405,8 +404,7 @@ def test_replace_receipt_id_rewrites_tlv_and_text_only() -> None:
 
     assert pdu.header(rewritten) == (len(rewritten), CommandId.deliver_sm, 0, 99)
     new_text = b"id:relay-000123" + text[len(b"id:op-7") :]  # only the first id: is the id
-    expected = attrs.evolve(
-        message,
+    expected = message._replace(
         short_message=new_text,
         tlvs=(
             (Tag.message_state, b"\x02"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -98,8 +97,8 @@ def receipt(message_id: bytes) -> bytes:
 
 def receipt_without_tlv(text_id: bytes) -> bytes:
     message = pdu.read_short_message(receipt(text_id))
-    stripped = attrs.evolve(
-        message, tlvs=tuple(t for t in message.tlvs if t[0] != Tag.receipted_message_id)
+    stripped = message._replace(
+        tlvs=tuple(t for t in message.tlvs if t[0] != Tag.receipted_message_id)
     )
     return pdu.encode_short_message(CommandId.deliver_sm, 0, stripped)
 
@@ -162,8 +161,8 @@ def test_unknown_receipt_answered_after_second_look() -> None:
 def test_receipt_without_any_id_is_unmatched_at_once() -> None:
     """A receipt with neither the TLV nor ``id:`` cannot match later: answered at once."""
     h = Harness()
-    message = attrs.evolve(
-        pdu.read_short_message(receipt_without_tlv(b"X")), short_message=b"stat:DELIVRD"
+    message = pdu.read_short_message(receipt_without_tlv(b"X"))._replace(
+        short_message=b"stat:DELIVRD"
     )
     frame = pdu.encode_short_message(CommandId.deliver_sm, 0, message)
     assert outcome(h.router.route(frame)) == [Status.ESME_ROK]

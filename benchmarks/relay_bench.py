@@ -1,0 +1,961 @@
+"""Relay benchmark: windowed clients -> relay -> simulated SMSC, all on 127.0.0.1.
+
+Run ``python benchmarks/relay_bench.py [--quick] [--profile]``. It starts three child
+processes (this same file under ``--role``): the simulated SMSC, the relay, and a raw
+forwarder that only splits the stream on ``command_length`` and copies frames both ways.
+The relay and the forwarder are pinned to one core (``--relay-cpu``); the simulator and the
+load client in this process share the other (``--load-cpu``).
+
+Phases, each bounded in count and in time:
+
+1. throughput: ``--count`` submits with ``--window`` requests in flight per client, through
+   the relay, through the forwarder and straight to the simulator (the client and simulator's
+   own ceiling);
+2. latency: ``--rate`` submits/s for ``--seconds`` seconds, paced, straight to the simulator,
+   through the relay and through the forwarder; the latency the relay adds is its percentile
+   minus the direct one.
+
+It prints a table, the targets met or missed, and one JSON line last. A missed target is a
+measurement, not a failure: the exit code is 0 unless something broke. ``--profile`` runs the
+relay child under cProfile and prints its top functions by own time (numbers are then slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IConnector
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from smpprelay import pdu  # noqa: E402
+from smpprelay.pdu import CommandId, ShortMessage  # noqa: E402
+
+HOST = "127.0.0.1"
+ACCOUNT = "bench"
+PASSWORD = "bench"
+TEXT = (b"relay benchmark " * 10)[:160]
+
+# Targets from the issue: one relay process on one core, window 100.
+TARGET_RATE = 20_000.0
+TARGET_RATIO = 0.5
+TARGET_P99_ADDED_MS = 2.0
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+IDLE_TIMEOUT = 10.0  # a phase with no answer for this long is abandoned
+DRAIN_TIMEOUT = 5.0
+_LOST = Failure(ConnectionDone())
+
+
+# --- the load client (plain sockets, in this process) ---------------------------------------
+
+
+def submit_template() -> bytes:
+    """One 160-character GSM submit_sm, no receipt asked; its sequence is patched per send."""
+    message = ShortMessage(
+        service_type=b"",
+        source_ton=5,
+        source_npi=0,
+        source_addr=b"BENCH",
+        dest_ton=1,
+        dest_npi=1,
+        destination_addr=b"447700900123",
+        esm_class=0,
+        protocol_id=0,
+        priority_flag=0,
+        schedule_delivery_time=b"",
+        validity_period=b"",
+        registered_delivery=0,
+        replace_if_present=0,
+        data_coding=0,
+        sm_default_msg_id=0,
+        short_message=TEXT,
+        tlvs=(),
+    )
+    return pdu.encode_short_message(CommandId.submit_sm, 0, message)
+
+
+class LoadError(Exception):
+    """The load client could not do its job (refused bind, connection lost, no answers)."""
+
+
+class ClientConnection:
+    """One bound transmitter with its requests in flight and their send times."""
+
+    def __init__(self, port: int, template: bytes) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=IDLE_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.template = template
+        self.framer = pdu.Framer(1 << 20)
+        self.sent: dict[int, int] = {}  # sequence -> perf_counter_ns at send
+        self.next_sequence = 2
+        self.closed = False
+
+    def _request(self, frame: bytes) -> bytes:
+        """Send one request and wait for the frame that answers it."""
+        sequence = pdu.sequence_of(frame)
+        self.sock.sendall(frame)
+        deadline = time.monotonic() + IDLE_TIMEOUT
+        while time.monotonic() < deadline:
+            data = self.sock.recv(65536)
+            if not data:
+                raise LoadError("connection closed while waiting for an answer")
+            for answer in self.framer.feed(data):
+                _, command_id, _, seq = pdu.header(answer)
+                if command_id & pdu.RESPONSE_BIT and seq == sequence:
+                    return answer
+                self.answer_request(answer)
+        raise LoadError("no answer within the idle timeout")
+
+    def bind(self) -> None:
+        answer = self._request(pdu.bind_request("transmitter", 1, ACCOUNT, PASSWORD))
+        _, command_id, status, _ = pdu.header(answer)
+        if command_id != CommandId.bind_transmitter_resp or status != 0:
+            raise LoadError(f"bind refused: {pdu.command_name(command_id)} status {status:#x}")
+
+    def send(self, count: int) -> None:
+        """Send ``count`` submits in one write."""
+        frames = []
+        sequence = self.next_sequence
+        for _ in range(count):
+            frames.append(pdu.with_sequence(self.template, sequence))
+            sequence += 1
+        now = time.perf_counter_ns()
+        sent = self.sent
+        for seq in range(self.next_sequence, sequence):
+            sent[seq] = now
+        self.next_sequence = sequence
+        self.sock.sendall(b"".join(frames))
+
+    def answer_request(self, frame: bytes) -> None:
+        """Answer a request the peer sent us (enquire_link, a stray deliver_sm)."""
+        _, command_id, _, sequence = pdu.header(frame)
+        if command_id & pdu.RESPONSE_BIT:
+            return
+        if command_id == CommandId.enquire_link:
+            self.sock.sendall(pdu.response(command_id, sequence))
+        elif command_id == CommandId.deliver_sm:
+            self.sock.sendall(pdu.response(command_id, sequence, 0, b"\0"))
+        else:
+            self.sock.sendall(pdu.generic_nack(sequence, pdu.Status.ESME_RINVCMDID))
+
+    def close(self) -> None:
+        """Unbind (waiting briefly for the answer) and close; never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.settimeout(DRAIN_TIMEOUT)
+            self._request(pdu.build(CommandId.unbind, 1))
+        except (OSError, LoadError):
+            pass
+        finally:
+            self.sock.close()
+
+
+@dataclass
+class LoadResult:
+    """What one phase measured."""
+
+    answered: int = 0
+    errors: int = 0  # answers other than ESME_ROK, generic_nack included
+    elapsed: float = 0.0  # first send to last answer
+    latencies_ns: list[int] = field(default_factory=list)
+    timed_out: bool = False
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> share of one core
+    wall: float = 0.0  # the whole phase, bind to unbind: what ``cpu`` is a share of
+
+    def cpu_us_per_submit(self, process: str) -> float:
+        """CPU time ``process`` spent per answered submit, in microseconds."""
+        if not self.answered:
+            return float("nan")
+        return self.cpu.get(process, 0.0) * self.wall / self.answered * 1e6
+
+    @property
+    def rate(self) -> float:
+        return self.answered / self.elapsed if self.elapsed > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile of the latencies (nearest rank), in milliseconds."""
+        values = self.latencies_ns  # sorted by run_load
+        if not values:
+            return float("nan")
+        index = min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))
+        return values[index] / 1e6
+
+
+def run_load(
+    port: int,
+    template: bytes,
+    *,
+    count: int,
+    window: int,
+    clients: int,
+    max_seconds: float,
+    rate: float | None = None,
+) -> LoadResult:
+    """Send ``count`` submits over ``clients`` connections and time every answer.
+
+    Without ``rate`` each connection keeps ``window`` submits in flight (maximum throughput);
+    with it, submits go out at ``rate`` per second in total, never more than ``window`` in
+    flight on a connection. Stops after ``count`` answers or ``max_seconds``, whichever first.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the client's own collections would show up as latency on every path
+    try:
+        return _run_load(port, template, count, window, clients, max_seconds, rate)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _run_load(
+    port: int,
+    template: bytes,
+    count: int,
+    window: int,
+    clients: int,
+    max_seconds: float,
+    rate: float | None,
+) -> LoadResult:
+    connections: list[ClientConnection] = []
+    selector = selectors.DefaultSelector()
+    result = LoadResult()
+    latencies = result.latencies_ns
+    to_send = count
+    try:
+        for _ in range(clients):
+            connection = ClientConnection(port, template)
+            connections.append(connection)
+            connection.bind()
+            connection.sock.setblocking(True)
+            selector.register(connection.sock, selectors.EVENT_READ, connection)
+        start = time.perf_counter()
+        hard_stop = start + max_seconds
+        last_answer = last_activity = start
+        sent_total = 0
+        if rate is None:
+            for connection in connections:
+                n = min(window, to_send - sent_total)
+                if n > 0:
+                    connection.send(n)
+                    sent_total += n
+        turn = 0
+        while result.answered + result.errors < sent_total or sent_total < to_send:
+            now = time.perf_counter()
+            if now >= hard_stop:
+                result.timed_out = sent_total < to_send
+                break
+            timeout = min(IDLE_TIMEOUT, hard_stop - now)
+            if rate is not None and sent_total < to_send:
+                due = min(to_send, int((now - start) * rate) + 1) - sent_total
+                full = False
+                while due > 0:
+                    if all(len(c.sent) >= window for c in connections):
+                        full = True  # the next send waits for an answer, not for the clock
+                        break
+                    connection = connections[turn % clients]
+                    turn += 1
+                    n = min(due, window - len(connection.sent))
+                    if n > 0:
+                        connection.send(n)
+                        sent_total += n
+                        due -= n
+                        last_activity = now
+                if sent_total < to_send and not full:
+                    next_due = start + sent_total / rate
+                    timeout = max(0.0, min(timeout, next_due - time.perf_counter()))
+            events = selector.select(timeout)
+            if not events:
+                waiting = any(c.sent for c in connections)
+                if waiting and time.perf_counter() - last_activity >= IDLE_TIMEOUT:
+                    raise LoadError(f"no answer for {IDLE_TIMEOUT:.0f} s")
+                continue
+            for key, _ in events:
+                connection = cast(ClientConnection, key.data)
+                data = connection.sock.recv(262144)
+                if not data:
+                    raise LoadError("the peer closed the connection")
+                answered_now = 0
+                stamp = time.perf_counter_ns()
+                sent = connection.sent
+                for frame in connection.framer.feed(data):
+                    _, command_id, status, sequence = pdu.HEADER.unpack_from(frame, 0)
+                    if command_id & pdu.RESPONSE_BIT:
+                        started = sent.pop(sequence, None)
+                        if started is None:
+                            continue
+                        answered_now += 1
+                        if status == 0 and command_id == CommandId.submit_sm_resp:
+                            result.answered += 1
+                            latencies.append(stamp - started)
+                        else:
+                            result.errors += 1
+                    else:
+                        connection.answer_request(frame)
+                if answered_now:
+                    last_answer = last_activity = time.perf_counter()
+                    if rate is None and sent_total < to_send:
+                        n = min(answered_now, to_send - sent_total)
+                        connection.send(n)
+                        sent_total += n
+        result.elapsed = last_answer - start
+        _drain(connections, selector)
+    finally:
+        selector.close()
+        for connection in connections:
+            connection.close()
+    latencies.sort()
+    return result
+
+
+def _drain(connections: list[ClientConnection], selector: selectors.BaseSelector) -> None:
+    """Wait briefly for answers still in flight so the unbind that follows is clean."""
+    deadline = time.perf_counter() + DRAIN_TIMEOUT
+    while any(c.sent for c in connections) and time.perf_counter() < deadline:
+        for key, _ in selector.select(deadline - time.perf_counter()):
+            connection = cast(ClientConnection, key.data)
+            data = connection.sock.recv(262144)
+            if not data:
+                return
+            for frame in connection.framer.feed(data):
+                if pdu.header(frame)[1] & pdu.RESPONSE_BIT:
+                    connection.sent.pop(pdu.sequence_of(frame), None)
+
+
+# --- child processes ------------------------------------------------------------------------
+
+
+def _cpu_ticks(pid: int) -> float:
+    """utime + stime of a process in seconds (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class Child:
+    """One child process running a role of this file; stopped for sure by `stop`."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name = name
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by children())
+        path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *args, "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+        )
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self) -> int:
+        """Wait for the child's ``READY <port>`` line; return the port."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = _select([stdout], deadline - time.monotonic())
+            if not ready:
+                break
+            line = stdout.readline()
+            if not line:
+                break
+            if line.startswith(b"READY "):
+                self.port = int(line.split()[1])
+                return self.port
+        raise RuntimeError(f"{self.name} did not start: {line!r}\n{self.stderr_text()}")
+
+    def cpu_seconds(self) -> float:
+        return _cpu_ticks(self.pid)
+
+    def max_rss_mb(self) -> float:
+        """The peak resident set size so far (VmHWM), in MiB."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stderr_text(self, limit: int = 4000) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")[-limit:]
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT; its exit code."""
+        process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        return process.returncode
+
+
+def _select(readers: list[IO[bytes]], timeout: float) -> tuple[list[Any], list[Any], list[Any]]:
+    return select.select(readers, [], [], max(0.0, timeout))
+
+
+@contextmanager
+def children() -> Iterator[list[Child]]:
+    """Every child started inside is stopped on the way out, whatever happened."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            try:
+                child.stop()
+            finally:
+                child.stderr.close()
+
+
+# --- roles run in the children --------------------------------------------------------------
+
+
+def _pin(cpu: int) -> None:
+    """Run this process on ``cpu`` only (-1: leave it alone)."""
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _affinity(pid: int) -> str:
+    try:
+        return ",".join(map(str, sorted(os.sched_getaffinity(pid))))
+    except (AttributeError, OSError):
+        return "?"
+
+
+def _run_child(args: argparse.Namespace) -> None:
+    """Run one role on the default reactor until SIGTERM (or until the parent is gone)."""
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.task import LoopingCall
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    reactor = cast(Any, global_reactor)
+    _pin(args.cpu)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    if args.role == "simulator":
+        ready = _start_simulator(reactor)
+    elif args.role == "relay":
+        ready = _start_relay(reactor, args)
+    else:
+        ready = _start_forwarder(reactor, args.upstream_port)
+
+    def orphaned() -> None:
+        if os.getppid() != args.parent:  # the benchmark is gone: so are we
+            reactor.stop()
+
+    def announce() -> None:
+        port = ready()
+        if port:
+            announcer.stop()
+            sys.stdout.write(f"READY {port}\n")
+            sys.stdout.flush()
+
+    LoopingCall(orphaned).start(1.0)
+    announcer = LoopingCall(announce)
+    announcer.start(0.02)
+    profiler = None
+    if args.profile_out:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    reactor.run()
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        with open(args.profile_out, "w") as out:
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(25)
+            out.write("relay functions by cumulative time:\n")
+            stats.sort_stats("cumulative").print_stats(r"smpprelay[/\\]", 15)
+
+
+def _listening_port(port: Any) -> int:
+    return int(port.getHost().port)
+
+
+def _start_simulator(reactor: Any) -> Callable[[], int]:
+    from smpprelay.metrics import Metrics
+    from smpprelay.simulator import Simulator, SimulatorFactory
+
+    factory = SimulatorFactory(Simulator(reactor), Metrics())
+    port = reactor.listenTCP(0, factory, interface=HOST)
+    return lambda: _listening_port(port)
+
+
+def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
+    from smpprelay.config import parse_config
+    from smpprelay.service import build
+
+    config = parse_config(
+        {
+            "listen": {"host": HOST, "port": 0},
+            "metrics": {"host": HOST, "port": 0},
+            "clients": [
+                {"system_id": ACCOUNT, "password": PASSWORD, "allowed_ips": ["127.0.0.0/8"]}
+            ],
+            "upstream": {
+                "host": HOST,
+                "port": args.upstream_port,
+                "system_id": "relay",
+                "password": "relay",
+                "window": args.upstream_window,
+                "binds": args.binds,
+            },
+            "limits": {"window": args.window},
+        },
+        "benchmark",
+    )
+    service = build(config, reactor)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    def ready() -> int:
+        if not service.ready()[0] or service.upstream.pool.bound < args.binds:
+            return 0
+        assert service.listener.port is not None
+        return _listening_port(service.listener.port)
+
+    return ready
+
+
+class _Half(Protocol):
+    """One side of the raw forwarder: splits what it reads into frames, writes them across."""
+
+    def __init__(self) -> None:
+        self.framer = pdu.Framer(1 << 20)
+        self.other: _Half | None = None
+        self.waiting: list[bytes] = []  # frames read before the other side was connected
+
+    def dataReceived(self, data: bytes) -> None:
+        frames = self.framer.feed(data)
+        other = self.other
+        if other is None or other.transport is None:
+            self.waiting.extend(frames)
+            return
+        write = other.transport.write
+        for frame in frames:
+            write(frame)
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        other, self.other = self.other, None
+        if other is not None:
+            other.other = None
+            if other.transport is not None:
+                other.transport.loseConnection()
+
+
+class _Inbound(_Half):
+    """The client's side: opens the connection to the simulator as soon as it is accepted."""
+
+    reactor: Any = None
+    upstream_port = 0
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+        self.reactor.connectTCP(HOST, self.upstream_port, _OutboundFactory(self))
+
+
+class _Outbound(_Half):
+    """The simulator's side: sends what the client wrote before it was connected."""
+
+    def connectionMade(self) -> None:
+        inbound = self.other
+        assert inbound is not None
+        assert self.transport is not None
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        for frame in inbound.waiting:
+            self.transport.write(frame)
+        inbound.waiting.clear()
+
+
+class _OutboundFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, inbound: _Inbound) -> None:
+        self.inbound = inbound
+
+    def buildProtocol(self, addr: IAddress | None) -> _Outbound:
+        outbound = _Outbound()
+        outbound.other, self.inbound.other = self.inbound, outbound
+        return outbound
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if self.inbound.transport is not None:
+            self.inbound.transport.loseConnection()
+
+
+def _start_forwarder(reactor: Any, upstream_port: int) -> Callable[[], int]:
+    _Inbound.reactor = reactor
+    _Inbound.upstream_port = upstream_port
+    factory = Factory.forProtocol(_Inbound)
+    factory.noisy = False
+    port = reactor.listenTCP(0, factory, interface=HOST)
+    return lambda: _listening_port(port)
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Throughput, latency and memory of the relay against a raw forwarder."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke run: 20,000 submits, 3 s of paced load"
+    )
+    parser.add_argument(
+        "--count", type=int, help="submits per throughput run (200,000; 20,000 with --quick)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="length of each paced latency run (10; 3 with --quick)"
+    )
+    parser.add_argument("--rate", type=float, default=2000.0, help="paced rate, submits/s")
+    parser.add_argument("--window", type=int, default=100, help="requests in flight per client")
+    parser.add_argument("--clients", type=int, default=1, help="client connections")
+    parser.add_argument("--binds", type=int, default=1, help="relay's upstream binds")
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="time cap on each throughput run"
+    )
+    parser.add_argument("--relay-cpu", type=int, default=1, help="core of relay and forwarder")
+    parser.add_argument("--load-cpu", type=int, default=0, help="core of client and simulator")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the relay under cProfile and print its top 25 functions by own time",
+    )
+    hidden = argparse.SUPPRESS
+    parser.add_argument("--role", choices=("simulator", "relay", "forwarder"), help=hidden)
+    parser.add_argument("--cpu", type=int, default=-1, help=hidden)
+    parser.add_argument("--parent", type=int, default=0, help=hidden)
+    parser.add_argument("--upstream-port", type=int, default=0, help=hidden)
+    parser.add_argument("--upstream-window", type=int, default=100, help=hidden)
+    parser.add_argument("--profile-out", default="", help=hidden)
+    args = parser.parse_args(argv)
+    if args.count is None:
+        args.count = 20_000 if args.quick else 200_000
+    if args.seconds is None:
+        args.seconds = 3.0 if args.quick else 10.0
+    for name in ("count", "window", "clients", "binds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.rate <= 0 or args.seconds <= 0 or args.max_seconds <= 0:
+        parser.error("--rate, --seconds and --max-seconds must be positive")
+    return args
+
+
+def _measure(
+    port: int,
+    template: bytes,
+    watched: dict[str, Child],
+    *,
+    count: int,
+    window: int,
+    clients: int,
+    max_seconds: float,
+    rate: float | None = None,
+) -> LoadResult:
+    before = {name: child.cpu_seconds() for name, child in watched.items()}
+    before_self = _self_cpu()
+    started = time.monotonic()
+    result = run_load(
+        port,
+        template,
+        count=count,
+        window=window,
+        clients=clients,
+        max_seconds=max_seconds,
+        rate=rate,
+    )
+    wall = time.monotonic() - started
+    result.cpu = {
+        name: (child.cpu_seconds() - before[name]) / wall for name, child in watched.items()
+    }
+    result.cpu["client"] = (_self_cpu() - before_self) / wall
+    result.wall = wall
+    return result
+
+
+def _ms(value: float) -> str:
+    return f"{value:8.3f}" if value == value else "     n/a"
+
+
+def _row(label: str, result: LoadResult, hop: str) -> str:
+    timed_out = " (time cap hit)" if result.timed_out else ""
+    return (
+        f"{label:<22}{result.answered:>9,}{result.errors:>7,}{result.rate:>11,.0f}"
+        f"{_ms(result.percentile_ms(50))}{_ms(result.percentile_ms(99))}"
+        f"{_ms(result.percentile_ms(99.9))}"
+        f"{result.cpu.get(hop, 0.0):>7.0%}{result.cpu.get('simulator', 0.0):>7.0%}"
+        f"{result.cpu.get('client', 0.0):>7.0%}{timed_out}"
+    )
+
+
+def _header() -> str:
+    return (
+        f"{'run':<22}{'answered':>9}{'errors':>7}{'submits/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'p99.9':>8}"
+        f"{'hop':>7}{'sim':>7}{'client':>7}"
+    )
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    pinned = args.relay_cpu in cpus and args.load_cpu in cpus and args.relay_cpu != args.load_cpu
+    relay_cpu, load_cpu = (args.relay_cpu, args.load_cpu) if pinned else (-1, -1)
+    template = submit_template()
+    window, clients = args.window, args.clients
+    profile_out = ""
+    load_before = os.getloadavg()[0]
+    print(
+        f"relay benchmark: {args.count:,} submits per throughput run, window {window} x "
+        f"{clients} client(s), {args.rate:,.0f}/s paced for {args.seconds:g} s, "
+        f"{args.binds} upstream bind(s); "
+        + (
+            f"relay/forwarder on cpu {relay_cpu}, client/simulator on cpu {load_cpu}"
+            if pinned
+            else "not pinned (needs two usable cores)"
+        )
+        + f"; load average {load_before:.2f}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as scratch, children() as started:
+        if args.profile:
+            profile_out = os.path.join(scratch, "relay.prof.txt")
+        simulator = Child("simulator", ["--role", "simulator", "--cpu", str(load_cpu)])
+        started.append(simulator)
+        sim_port = simulator.wait_ready()
+        relay = Child(
+            "relay",
+            [
+                "--role",
+                "relay",
+                "--cpu",
+                str(relay_cpu),
+                "--upstream-port",
+                str(sim_port),
+                "--upstream-window",
+                str(window * clients),
+                "--window",
+                str(window),
+                "--binds",
+                str(args.binds),
+                *(["--profile-out", profile_out] if profile_out else []),
+            ],
+        )
+        started.append(relay)
+        forwarder = Child(
+            "forwarder",
+            ["--role", "forwarder", "--cpu", str(relay_cpu), "--upstream-port", str(sim_port)],
+        )
+        started.append(forwarder)
+        relay_port, forwarder_port = relay.wait_ready(), forwarder.wait_ready()
+        _pin(load_cpu)  # only now: the children would inherit it before pinning themselves
+        print(
+            f"cpus: relay {_affinity(relay.pid)}, forwarder {_affinity(forwarder.pid)}, "
+            f"simulator {_affinity(simulator.pid)}, client {_affinity(0)}",
+            flush=True,
+        )
+        paths = {
+            "relay": (relay_port, {"relay": relay, "simulator": simulator}),
+            "forwarder": (forwarder_port, {"forwarder": forwarder, "simulator": simulator}),
+            "direct": (sim_port, {"simulator": simulator}),
+        }
+        warmup = max(1000, min(10_000, args.count // 10))
+        for port, watched in paths.values():
+            _measure(
+                port,
+                template,
+                watched,
+                count=warmup,
+                window=window,
+                clients=clients,
+                max_seconds=10,
+            )
+
+        print("\nmaximum throughput (hop = relay or forwarder CPU, one core = 100%)")
+        print(_header())
+        throughput: dict[str, LoadResult] = {}
+        for name, (port, watched) in paths.items():
+            throughput[name] = _measure(
+                port,
+                template,
+                watched,
+                count=args.count,
+                window=window,
+                clients=clients,
+                max_seconds=args.max_seconds,
+            )
+            print(_row(name, throughput[name], name), flush=True)
+
+        print(f"\npaced at {args.rate:,.0f} submits/s for {args.seconds:g} s")
+        print(_header())
+        paced: dict[str, LoadResult] = {}
+        paced_count = max(1, round(args.rate * args.seconds))
+        for name in ("direct", "relay", "forwarder"):
+            port, watched = paths[name]
+            paced[name] = _measure(
+                port,
+                template,
+                watched,
+                count=paced_count,
+                window=window,
+                clients=clients,
+                max_seconds=args.seconds + 30,
+                rate=args.rate,
+            )
+            print(_row(name, paced[name], name), flush=True)
+        relay_rss = relay.max_rss_mb()
+        forwarder_rss = forwarder.max_rss_mb()
+        relay_exit = relay.stop()
+        profile_text = ""
+        if profile_out and os.path.exists(profile_out):
+            profile_text = Path(profile_out).read_text()
+        relay_errors = relay.stderr_text()
+
+    relay_rate = throughput["relay"].rate
+    forwarder_rate = throughput["forwarder"].rate
+    ratio = relay_rate / forwarder_rate if forwarder_rate else 0.0
+    direct = paced["direct"]
+    added50 = paced["relay"].percentile_ms(50) - direct.percentile_ms(50)
+    added99 = paced["relay"].percentile_ms(99) - direct.percentile_ms(99)
+    fwd_added99 = paced["forwarder"].percentile_ms(99) - direct.percentile_ms(99)
+    print(
+        f"\nlatency added by the relay at {args.rate:,.0f}/s: p50 {added50:.3f} ms, "
+        f"p99 {added99:.3f} ms (forwarder p99 adds {fwd_added99:.3f} ms)"
+    )
+    relay_us = throughput["relay"].cpu_us_per_submit("relay")
+    forwarder_us = throughput["forwarder"].cpu_us_per_submit("forwarder")
+    print(
+        f"CPU per submit at maximum throughput: relay {relay_us:.1f} us, "
+        f"forwarder {forwarder_us:.1f} us, simulator "
+        f"{throughput['direct'].cpu_us_per_submit('simulator'):.1f} us"
+    )
+    print(f"relay max RSS {relay_rss:.1f} MiB (forwarder {forwarder_rss:.1f} MiB)")
+    load_after = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(
+            f"note: the load average was {load_before:.2f} before the run: other processes "
+            "share these cores and the numbers are noisy"
+        )
+    if relay_exit not in (0, None):
+        print(f"relay exited with {relay_exit}:\n{relay_errors}")
+    elif relay_errors.strip():
+        print(f"relay stderr (warnings):\n{relay_errors}")
+
+    targets = [
+        (f"relay >= {TARGET_RATE:,.0f} submits/s", relay_rate >= TARGET_RATE, f"{relay_rate:,.0f}"),
+        (
+            f"relay >= {TARGET_RATIO:.0%} of forwarder",
+            ratio >= TARGET_RATIO,
+            f"{ratio:.2f}",
+        ),
+        (
+            f"p99 added at {args.rate:,.0f}/s < {TARGET_P99_ADDED_MS:g} ms",
+            added99 < TARGET_P99_ADDED_MS,
+            f"{added99:.3f} ms",
+        ),
+    ]
+    print("\ntargets (one relay process on one core, window 100):")
+    for label, met, value in targets:
+        print(f"  [{'PASS' if met else 'MISS'}] {label}: {value}")
+    if args.profile:
+        note = "cProfile slows the relay: the rates above are not comparable"
+        print(f"\nrelay profile, top 25 by own time ({note}):\n{profile_text}")
+
+    errors = sum(r.errors for r in (*throughput.values(), *paced.values()))
+    return {
+        "relay_submits_per_s": round(relay_rate, 1),
+        "forwarder_submits_per_s": round(forwarder_rate, 1),
+        "ratio": round(ratio, 3),
+        "p50_added_ms_at_2000": round(added50, 3),
+        "p99_added_ms_at_2000": round(added99, 3),
+        "relay_max_rss_mb": round(relay_rss, 1),
+        "direct_submits_per_s": round(throughput["direct"].rate, 1),
+        "relay_p50_ms_at_max": round(throughput["relay"].percentile_ms(50), 3),
+        "relay_p99_ms_at_max": round(throughput["relay"].percentile_ms(99), 3),
+        "forwarder_p99_ms_at_max": round(throughput["forwarder"].percentile_ms(99), 3),
+        "relay_cpu_at_max": round(throughput["relay"].cpu.get("relay", 0.0), 3),
+        "relay_cpu_us_per_submit": round(relay_us, 2),
+        "forwarder_cpu_us_per_submit": round(forwarder_us, 2),
+        "loadavg_before": round(load_before, 2),
+        "loadavg_after": round(load_after, 2),
+        "paced_rate": args.rate,
+        "window": window,
+        "clients": clients,
+        "count": args.count,
+        "errors": errors,
+        "profiled": bool(args.profile),
+        "targets_met": {label: met for label, met, _ in targets},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role:
+        _run_child(args)
+        return 0
+    # A plain SIGTERM must still run the finally blocks that stop the children.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    summary = benchmark(args)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

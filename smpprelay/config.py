@@ -8,7 +8,7 @@ import ipaddress
 import math
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import attrs
@@ -146,7 +146,63 @@ class Simulator:
     stat: ReceiptStat = "DELIVRD"
 
 
-_NO_FILTERS: Mapping[str, object] = types.MappingProxyType({})
+DedupAction = Literal["reject", "replay"]
+RuleScope = Literal["upstream", "client"]
+
+
+@attrs.frozen(kw_only=True)
+class EncodingRule:
+    """Content must be valid for its data_coding; conventions are transcoded losslessly."""
+
+    enabled: bool = True
+    # data_coding values passed through untouched (binary, pictograms, ...): none by default.
+    allow: tuple[int, ...] = attrs.field(default=(), metadata=_rule(ge=0, le=255))
+    status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
+
+
+@attrs.frozen(kw_only=True)
+class ConcatRule:
+    """Every part of a concatenated message must arrive within ``window`` seconds."""
+
+    enabled: bool = True
+    window: float = attrs.field(default=60.0, metadata=_rule(gt=0))
+    status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
+    max_open: int = attrs.field(default=100_000, metadata=_rule(ge=1))
+    max_open_per_account: int = attrs.field(default=10_000, metadata=_rule(ge=1))
+
+
+@attrs.frozen(kw_only=True)
+class DedupRule:
+    """An identical message within ``window`` seconds of an accepted one is not sent."""
+
+    enabled: bool = True
+    window: float = attrs.field(default=60.0, metadata=_rule(gt=0))
+    action: DedupAction = "reject"
+    status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
+    scope: RuleScope = "upstream"
+    max_entries: int = attrs.field(default=2_000_000, metadata=_rule(ge=1))
+
+
+@attrs.frozen(kw_only=True)
+class FloodRule:
+    """At most ``max_messages`` to one number, each less than ``gap`` s after the last."""
+
+    enabled: bool = True
+    max_messages: int = attrs.field(default=50, metadata=_rule(ge=1))
+    gap: float = attrs.field(default=30.0, metadata=_rule(gt=0))
+    status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
+    scope: RuleScope = "upstream"
+    max_entries: int = attrs.field(default=2_000_000, metadata=_rule(ge=1))
+
+
+@attrs.frozen(kw_only=True)
+class Filters:
+    """The operator's rules, checked in this order: encoding, concat, dedup, flood."""
+
+    encoding: EncodingRule = EncodingRule()
+    concat: ConcatRule = ConcatRule()
+    dedup: DedupRule = DedupRule()
+    flood: FloodRule = FloodRule()
 
 
 @attrs.frozen(kw_only=True)
@@ -160,9 +216,7 @@ class Config:
     limits: Limits = Limits()
     receipts: Receipts = Receipts()
     simulator: Simulator = Simulator()
-    # Kept raw: the filters module validates its own section.  Excluded from the hash
-    # because a mapping is unhashable and would make the whole Config unhashable.
-    filters: Mapping[str, object] = attrs.field(default=_NO_FILTERS, hash=False)
+    filters: Filters = Filters()
 
 
 _A = TypeVar("_A", bound=AttrsInstance)
@@ -226,7 +280,10 @@ def _value(tp: Any, data: object, path: str, rule: _Rule) -> object:
         for i, raw in enumerate(data):
             if raw is None:  # a bare "-": not an all-defaults mapping
                 raise _Invalid(f"{path}[{i}]", "empty list item")
-            item = _value(get_args(tp)[0], raw, f"{path}[{i}]", _NO_RULE)
+            item_type = get_args(tp)[0]
+            # A range given for a list of numbers applies to each number.
+            item_rule = rule if item_type in (int, float) else _NO_RULE
+            item = _value(item_type, raw, f"{path}[{i}]", item_rule)
             if rule.item is not None and isinstance(item, str):
                 try:
                     item = rule.item(item)
@@ -238,12 +295,10 @@ def _value(tp: Any, data: object, path: str, rule: _Rule) -> object:
         if not isinstance(data, str) or data not in get_args(tp):
             raise _Invalid(path, f"expected one of {', '.join(get_args(tp))}, got {_show(data)}")
         return data
-    if origin is Mapping:
-        if data is None:
-            return _NO_FILTERS
-        if not isinstance(data, dict):
-            raise _Invalid(path, f"expected a mapping, got {_show(data)}")
-        return types.MappingProxyType(dict(data))
+    if tp is bool:
+        if not isinstance(data, bool):
+            raise _Invalid(path, f"expected true or false, got {_show(data)}")
+        return data
     if tp is str:
         if not isinstance(data, str):
             # YAML turns unquoted 1234, 0079, yes or 2024-01-01 into non-strings.

@@ -103,6 +103,30 @@ class Metrics:
             ["side", "timer"],
             registry=r,
         )
+        # rules
+        self.filter_decisions = Counter(
+            "smpprelay_filter_decisions_total",
+            "Decisions of the operator rules, by rule, action and reason.",
+            ["filter", "action", "reason"],
+            registry=r,
+        )
+        self.parts_billed = Counter(
+            "smpprelay_parts_billed_total",
+            "SMS parts the operator will bill for the submits relayed, by data_coding.",
+            ["data_coding"],
+            registry=r,
+        )
+        self.concat_open = Gauge(
+            "smpprelay_concat_open_messages",
+            "Concatenated messages waiting for their remaining parts.",
+            registry=r,
+        )
+        self.dedup_entries = Gauge(
+            "smpprelay_dedup_entries", "Messages remembered by the duplicate rule.", registry=r
+        )
+        self.flood_entries = Gauge(
+            "smpprelay_flood_entries", "Destinations tracked by the flood rule.", registry=r
+        )
         # upstream
         self.upstream_sessions = Gauge(
             "smpprelay_upstream_sessions",

@@ -9,6 +9,11 @@ import yaml
 
 from smpprelay.config import (
     Client,
+    ConcatRule,
+    DedupRule,
+    EncodingRule,
+    Filters,
+    FloodRule,
     Config,
     ConfigError,
     Limits,
@@ -63,7 +68,7 @@ def test_example_file_loads() -> None:
     assert config.simulator.receipt_delay == 0.5
     assert config.limits == Limits()
     assert config.receipts == Receipts()
-    assert config.filters == {}
+    assert config.filters == Filters()
 
 
 def test_example_file_lists_every_key() -> None:
@@ -80,7 +85,13 @@ def test_example_file_lists_every_key() -> None:
         assert set(data[section]) == {f.name for f in attrs.fields(cls)}, section
     client_keys = {key for client in data["clients"] for key in client}
     assert client_keys == {f.name for f in attrs.fields(Client)}
-    assert "filters" not in data
+    for rule, cls in [
+        ("encoding", EncodingRule),
+        ("concat", ConcatRule),
+        ("dedup", DedupRule),
+        ("flood", FloodRule),
+    ]:
+        assert set(data["filters"][rule]) == {f.name for f in attrs.fields(cls)}, rule
 
 
 def test_default_config() -> None:
@@ -95,7 +106,7 @@ def test_default_config() -> None:
     assert config.limits.max_pdu == 70_000
     assert config.receipts.map_ttl == 172_800
     assert config.simulator == Simulator(receipt_delay=0.0, stat="DELIVRD")
-    assert config.filters == {}
+    assert config.filters == Filters()
     hash(config)  # frozen and hashable
 
 
@@ -180,13 +191,29 @@ def test_unknown_key_nested() -> None:
     assert _error(data) == "x.yaml: clients[0].pasword: unknown key"
 
 
-def test_filters_kept_raw() -> None:
-    """A top-level filters section is accepted unvalidated and kept read-only."""
-    raw = {"anything": [1, {"x": "y"}]}
-    config = parse_config(_minimal(filters=raw))
-    assert config.filters == raw
-    with pytest.raises(TypeError):
-        config.filters["new"] = 1  # type: ignore[index]
+def test_filters_defaults_are_the_operators_values() -> None:
+    """Every rule is on by default with the operator's values and ESME_RSUBMITFAIL."""
+    filters = parse_config(_minimal()).filters
+    assert (filters.dedup.window, filters.dedup.action, filters.dedup.status) == (
+        60,
+        "reject",
+        0x45,
+    )
+    assert (filters.flood.max_messages, filters.flood.gap) == (50, 30)
+    assert filters.concat.window == 60
+    assert all(r.enabled for r in (filters.encoding, filters.concat, filters.dedup, filters.flood))
+
+
+def test_filters_are_validated() -> None:
+    """The filters section is checked like every other section."""
+    config = parse_config(_minimal(filters={"dedup": {"window": 0.5, "action": "replay"}}))
+    assert config.filters.dedup.window == 0.5
+    assert config.filters.dedup.action == "replay"
+    assert _error(_minimal(filters={"dedup": {"action": "drop"}})) == (
+        "x.yaml: filters.dedup.action: expected one of reject, replay, got 'drop'"
+    )
+    assert _error(_minimal(filters={"flood": {"gap": 0}})).startswith("x.yaml: filters.flood.gap")
+    assert _error(_minimal(filters={"anything": 1})) == "x.yaml: filters.anything: unknown key"
     assert _error(_minimal(filters=[1])) == "x.yaml: filters: expected a mapping, got a list"
 
 

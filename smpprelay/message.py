@@ -1,0 +1,125 @@
+"""`Message`: one submit_sm as the rules see it, and `Verdict`: what a rule decided."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import attrs
+
+from smpprelay import pdu
+from smpprelay.pdu import DecodeError, ShortMessage, Status, Tag
+
+UDHI = 0x40
+
+
+class Concat(NamedTuple):
+    """Where a part sits in a concatenated message, as its header says (not yet validated)."""
+
+    reference: int
+    total: int
+    sequence: int
+    scheme: str  # "udh8" (IE 0x00), "udh16" (IE 0x08) or "sar" (the sar_* TLVs)
+
+
+@attrs.define(slots=True, eq=False)
+class Message:
+    """One submit as the rules see it.
+
+    ``frame`` is what goes upstream; the encoding rule may replace it (and ``fields``) when it
+    transcodes. ``content`` is the user data without its header. A concatenated message that
+    the concat rule has glued carries its parts in order in ``parts`` and the glued content.
+    """
+
+    account: str
+    frame: bytes
+    fields: ShortMessage
+    udh: bytes
+    content: bytes
+    concat: Concat | None
+    app_iso: bool = False
+    parts: tuple[Message, ...] = ()
+    app_message_id: bytes = b""  # the id the relay gave the app, when not the operator's
+
+    @property
+    def source(self) -> bytes:
+        return self.fields.source_addr
+
+    @property
+    def destination(self) -> bytes:
+        return self.fields.destination_addr
+
+    @property
+    def data_coding(self) -> int:
+        return self.fields.data_coding
+
+    @property
+    def uses_payload(self) -> bool:
+        """True when the text travels in message_payload rather than short_message."""
+        return not self.fields.short_message and self.fields.tlv(Tag.message_payload) is not None
+
+
+def read_message(account: str, frame: bytes, app_iso: bool = False) -> Message:
+    """Read a submit_sm for the rules. Raises `DecodeError` for a header that lies."""
+    fields = pdu.read_short_message(frame)
+    data = fields.text
+    udh = b""
+    concat = None
+    if fields.esm_class & UDHI:
+        if not data or data[0] + 1 > len(data):
+            raise DecodeError(Status.ESME_RINVMSGLEN, "UDH length runs past the message")
+        udh = data[: data[0] + 1]
+        data = data[data[0] + 1 :]
+        concat = _udh_concat(udh)
+    if concat is None:
+        concat = _sar_concat(fields)
+    return Message(account, frame, fields, udh, data, concat, app_iso)
+
+
+def _udh_concat(udh: bytes) -> Concat | None:
+    pos, end = 1, len(udh)
+    while pos + 2 <= end:
+        iei, length = udh[pos], udh[pos + 1]
+        body = udh[pos + 2 : pos + 2 + length]
+        if len(body) != length:
+            raise DecodeError(Status.ESME_RINVMSGLEN, "UDH information element runs past the UDH")
+        if iei == 0x00 and length == 3:
+            return Concat(body[0], body[1], body[2], "udh8")
+        if iei == 0x08 and length == 4:
+            return Concat(body[0] << 8 | body[1], body[2], body[3], "udh16")
+        pos += 2 + length
+    return None
+
+
+def _sar_concat(fields: ShortMessage) -> Concat | None:
+    ref = fields.tlv(Tag.sar_msg_ref_num)
+    total = fields.tlv(Tag.sar_total_segments)
+    seq = fields.tlv(Tag.sar_segment_seqnum)
+    if ref is None and total is None and seq is None:
+        return None
+    if ref is None or total is None or seq is None:
+        raise DecodeError(0xC3, "sar_* TLVs must come as a set")  # ESME_RMISSINGOPTPARAM
+    if len(ref) != 2 or len(total) != 1 or len(seq) != 1:
+        raise DecodeError(Status.ESME_RINVPARLEN, "sar_* TLV of the wrong length")
+    return Concat(ref[0] << 8 | ref[1], total[0], seq[0], "sar")
+
+
+class Verdict(NamedTuple):
+    """A rule's decision about a message.
+
+    ``accept`` lets it go on; ``reject`` answers ``status``; ``hold`` keeps a part until its
+    message is whole; ``replay`` answers ESME_ROK with ``message_id`` and sends nothing.
+    ``reason`` is for logs and metrics only, never sent.
+    """
+
+    action: str
+    status: int = Status.ESME_ROK
+    reason: str = ""
+    message_id: bytes = b""
+
+
+ACCEPT = Verdict("accept")
+
+
+def reject(status: int, reason: str) -> Verdict:
+    """A rejection answered with ``status``."""
+    return Verdict("reject", status, reason)

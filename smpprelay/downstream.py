@@ -115,7 +115,8 @@ _ANSWERED_WITH_RESP = {
     CommandId.unbind,
 }
 
-Submitter = Callable[[str, bytes], Deferred[bytes]]
+# (account, the app's submit_sm, whether the app bound with system_type "ISO")
+Submitter = Callable[[str, bytes, bool], Deferred[bytes]]
 
 
 class SessionRegistry:
@@ -181,6 +182,8 @@ class DownstreamSession:
         self.state = State.OPEN
         self.account = ""
         self.bind_kind = ""
+        # An app that binds with system_type "ISO" sends Latin-1 under data_coding 0.
+        self.app_iso = False
         self.connection: SmppConnection | None = None
         self._in_flight = 0
         self._unbind_sequence: int | None = None
@@ -292,6 +295,7 @@ class DownstreamSession:
                     connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
                 )
                 return
+            self.app_iso = request.system_type.strip().upper() == "ISO"
             self._bound(connection, kind, sequence, client)
 
         def refused(reason: Failure) -> None:
@@ -369,7 +373,7 @@ class DownstreamSession:
             self.log.failure("relaying a submit failed", reason)
             answer(pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR))
 
-        self.submit(account, frame).addCallbacks(answer, failed)
+        self.submit(account, frame, self.app_iso).addCallbacks(answer, failed)
 
     def _unbind(self, connection: SmppConnection, sequence: int) -> None:
         self.state = State.UNBINDING

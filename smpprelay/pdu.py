@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from collections.abc import Iterator
 from enum import IntEnum
 from io import BytesIO
@@ -534,3 +535,60 @@ def replace_receipt_id(frame: bytes, message: ShortMessage, old_id: bytes, new_i
     rewritten = message._replace(short_message=swap(message.short_message), tlvs=tlvs)
     _, command_id, _, sequence = header(frame)
     return encode_short_message(command_id, sequence, rewritten)
+
+
+MESSAGE_STATES: Final = {
+    "ENROUTE": 1,
+    "DELIVRD": 2,
+    "EXPIRED": 3,
+    "DELETED": 4,
+    "UNDELIV": 5,
+    "ACCEPTD": 6,
+    "UNKNOWN": 7,
+    "REJECTD": 8,
+}
+
+
+def delivery_receipt(
+    message: ShortMessage, message_id: bytes, stat: str, submitted: float, done: float
+) -> bytes:
+    """A delivery receipt about ``message`` (3.4 appendix B text plus its TLVs).
+
+    It goes from the message's destination back to its source, as an SMSC sends it.
+    """
+    stamp = time.strftime("%y%m%d%H%M", time.gmtime(submitted)).encode()
+    finished = time.strftime("%y%m%d%H%M", time.gmtime(done)).encode()
+    # Only text codings are quoted back; binary or UCS-2 would make the text unreadable.
+    sample = message.text[:20] if message.data_coding in (0, 1, 3) else b""
+    text = b"id:%s sub:001 dlvrd:%s submit date:%s done date:%s stat:%s err:000 text:%s" % (
+        message_id,
+        b"001" if stat == "DELIVRD" else b"000",
+        stamp,
+        finished,
+        stat.encode(),
+        sample,
+    )
+    receipt = ShortMessage(
+        service_type=b"",
+        source_ton=message.dest_ton,
+        source_npi=message.dest_npi,
+        source_addr=message.destination_addr,
+        dest_ton=message.source_ton,
+        dest_npi=message.source_npi,
+        destination_addr=message.source_addr,
+        esm_class=0x04,
+        protocol_id=0,
+        priority_flag=0,
+        schedule_delivery_time=b"",
+        validity_period=b"",
+        registered_delivery=0,
+        replace_if_present=0,
+        data_coding=0,
+        sm_default_msg_id=0,
+        short_message=text,
+        tlvs=(
+            (Tag.receipted_message_id, message_id + b"\0"),
+            (Tag.message_state, bytes((MESSAGE_STATES.get(stat, 7),))),
+        ),
+    )
+    return encode_short_message(CommandId.deliver_sm, 1, receipt)

@@ -1,19 +1,33 @@
-"""The use case: an app's submit_sm goes to the operator and the operator's answer comes back.
+"""The use case: an app's submit_sm passes the operator's rules, goes to the operator, and the
+operator's answer comes back.
 
-The app's bytes travel upstream unchanged but for the sequence number; the operator's
-``submit_sm_resp`` travels back the same way, its ``command_status`` and ``message_id`` as
-the operator sent them. Every submit gets exactly one answer: the operator's, or one the
-relay makes when the operator cannot be reached or does not answer in time.
+The app's bytes travel upstream unchanged but for the sequence number (and, when the encoding
+rule must transcode, the text and its data_coding); the operator's ``submit_sm_resp`` travels
+back the same way, its ``command_status`` and ``message_id`` as the operator sent them. Every
+submit gets exactly one answer: the operator's, a rule's, or one the relay makes when the
+operator cannot be reached or does not answer in time.
+
+Concatenated parts are the exception to "the operator's answer" (design.md, acknowledgement
+contract): earlier parts are held and answered ``ESME_ROK`` at once with relay-issued ids;
+the part that completes the message carries the verdict of the whole, whose parts then go to
+the operator back to back on one session. Their receipts are rewritten to the app's ids.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.connection import ResponseTimeout
+from smpprelay.filters.base import FilterChain
+from smpprelay.filters.concat import ConcatFilter
+from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.router import Router
@@ -24,20 +38,56 @@ from smpprelay.upstream import QueueFull, UpstreamPool
 _WANTS_RECEIPT = 0x1F
 
 
+class MessageIds:
+    """Ids the relay gives apps for parts it holds: unique across restarts (random prefix)."""
+
+    def __init__(self) -> None:
+        self._prefix = b"R" + os.urandom(4).hex().upper().encode()
+        self._counter = itertools.count(1)
+
+    def next(self) -> bytes:
+        """A fresh message id."""
+        return b"%s%08X" % (self._prefix, next(self._counter))
+
+
+def _wants_receipt(message: Message) -> bool:
+    return bool(message.fields.registered_delivery & _WANTS_RECEIPT)
+
+
+def _status_of(answer: bytes | Failure) -> int:
+    """The status an upstream outcome stands for: the operator's, or the relay's own."""
+    if isinstance(answer, Failure):
+        return Status.ESME_RMSGQFUL if answer.check(QueueFull) else Status.ESME_RSYSERR
+    return pdu.header(answer)[2]
+
+
 class Relay:
-    """Carries submits upstream and routes what comes back."""
+    """Carries submits through the rules to the operator and answers the app."""
 
     log = Logger()
 
-    def __init__(self, pool: UpstreamPool, router: Router, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        router: Router,
+        metrics: Metrics,
+        clock: IReactorTime | None = None,
+        chain: FilterChain | None = None,
+    ) -> None:
         self.pool = pool
         self.router = router
         self.metrics = metrics
+        self.clock = clock if clock is not None else router.clock
+        self.chain = chain if chain is not None and chain.filters else None
+        self.ids = MessageIds()
 
-    def submit(self, account: str, frame: bytes) -> Deferred[bytes]:
-        """Relay one submit_sm; fires with the submit_sm_resp to give the app (never fails)."""
+    def submit(self, account: str, frame: bytes, app_iso: bool = False) -> Deferred[bytes]:
+        """Relay one submit_sm; fires with the submit_sm_resp to give the app (never fails).
+
+        The answer's sequence number is the caller's to set.
+        """
         try:
-            message = pdu.read_short_message(frame)
+            message = read_message(account, frame, app_iso)
         except DecodeError as error:
             self.log.info(
                 "{account}: submit_sm unreadable ({error}), answered {status}",
@@ -46,26 +96,52 @@ class Relay:
                 status=pdu.status_name(error.status),
             )
             return succeed(pdu.submit_sm_resp(0, error.status))
-        wants_receipt = bool(message.registered_delivery & _WANTS_RECEIPT)
+        chain = self.chain
+        if chain is None:
+            return self._send_one(message, None)
+        now = self.clock.seconds()
+        verdict = chain.check(message, now)
+        action = verdict.action
+        if action == "accept":
+            if message.parts:
+                return self._send_glued(message, chain, now)
+            return self._send_one(message, chain)
+        if action == "hold":
+            # The concat rule keeps this part (the object itself) until its message is whole.
+            message.app_message_id = self.ids.next()
+            return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id))
+        if action == "replay":
+            return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
+        if message.parts:
+            # A whole message refused: its held parts were answered OK, so their receipts say so.
+            # The completing part (not always the last by sequence) has no relay id: skipped.
+            self._receipts(message.parts, "REJECTD")
+        return succeed(pdu.submit_sm_resp(0, verdict.status))
+
+    # --- one message, one submit ------------------------------------------------------------
+
+    def _send_one(self, message: Message, chain: FilterChain | None) -> Deferred[bytes]:
+        account = message.account
+        wants_receipt = _wants_receipt(message)
 
         def answered(resp: bytes) -> bytes:
             _, command_id, status, _ = pdu.header(resp)
             self.metrics.count_upstream_submit(status)
+            message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
+            if chain is not None:
+                chain.settle(message, self.clock.seconds(), message_id)
             if command_id != CommandId.submit_sm_resp:
                 # A generic_nack answers for the submit: the app gets its status.
                 return pdu.submit_sm_resp(0, status)
-            if status == Status.ESME_ROK and wants_receipt:
+            if message_id is not None and wants_receipt:
                 # Written before the app hears ESME_ROK, so its receipt always has a route.
-                self.router.remember(pdu.message_id_of(resp), account)
+                self.router.remember(message_id, account)
             return resp
 
         def failed(reason: Failure) -> bytes:
-            if reason.check(QueueFull):
-                status = Status.ESME_RMSGQFUL
-            else:
-                status = Status.ESME_RSYSERR
-                if not reason.check(ResponseTimeout):
-                    self.log.info("submit lost upstream: {why}", why=reason.getErrorMessage())
+            if chain is not None:
+                chain.settle(message, self.clock.seconds(), None)
+            status = _status_of(reason)
             self.log.info(
                 "{account}: submit answered {status} ({why})",
                 account=account,
@@ -74,4 +150,77 @@ class Relay:
             )
             return pdu.submit_sm_resp(0, status)
 
-        return self.pool.submit(frame).addCallbacks(answered, failed)
+        return self.pool.submit(message.frame).addCallbacks(answered, failed)
+
+    # --- a glued concatenated message -------------------------------------------------------
+
+    def _send_glued(self, message: Message, chain: FilterChain, now: float) -> Deferred[bytes]:
+        """Send every part back to back on one session; the last part's answer is the verdict."""
+        parts = message.parts
+        message.app_message_id = self.ids.next()
+        account = message.account
+
+        def answered(results: list[bytes | Failure]) -> bytes:
+            statuses = [_status_of(result) for result in results]
+            for part, result, status in zip(parts, results, statuses, strict=True):
+                if isinstance(result, bytes):
+                    self.metrics.count_upstream_submit(status)
+                    if status == Status.ESME_ROK and _wants_receipt(part):
+                        self.router.remember(
+                            pdu.message_id_of(result), account, part.app_message_id
+                        )
+            refused = [status for status in statuses if status != Status.ESME_ROK]
+            if not refused:
+                chain.settle(message, self.clock.seconds(), message.app_message_id)
+                return pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
+            chain.settle(message, self.clock.seconds(), None)
+            self.log.info(
+                "{account}: the operator refused {n} of {total} parts ({status})",
+                account=account,
+                n=len(refused),
+                total=len(parts),
+                status=pdu.status_name(refused[0]),
+            )
+            # Parts arrive in any order: the one answering now is `message`, wherever it sits.
+            failed_parts = [
+                part
+                for part, status in zip(parts, statuses, strict=True)
+                if status != Status.ESME_ROK and part is not message
+            ]
+            self._receipts(failed_parts, "REJECTD")
+            own = statuses[parts.index(message)]
+            return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
+
+        return self.pool.submit_all([part.frame for part in parts]).addCallback(answered)
+
+    def _receipts(self, parts: Sequence[Message], stat: str) -> None:
+        """Tell the app about held parts that will never reach the operator."""
+        now = self.clock.seconds()
+        for part in parts:
+            if part.app_message_id and _wants_receipt(part):
+                receipt = pdu.delivery_receipt(part.fields, part.app_message_id, stat, now, now)
+                self.router.deliver("receipt", part.account, receipt)
+
+    def sweep(self) -> None:
+        """Expire the rules' old state; held parts whose window ended get EXPIRED receipts.
+
+        Runs about once a second.
+        """
+        if self.chain is None:
+            return
+        self.chain.flush_counts()
+        now = self.clock.seconds()
+        for rule in self.chain.filters:
+            if isinstance(rule, ConcatFilter):
+                for held in rule.expire(now):
+                    self.log.info(
+                        "{account}: concatenated message incomplete after its window; "
+                        "{n} held parts dropped",
+                        account=held.account,
+                        n=len(held.parts),
+                    )
+                    self._receipts(held.parts, "EXPIRED")
+            else:
+                expire = getattr(rule, "expire", None)
+                if expire is not None:
+                    expire(now)

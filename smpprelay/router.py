@@ -132,6 +132,10 @@ class Router:
 
     # --- to the apps ----------------------------------------------------------------------
 
+    def deliver(self, kind: str, account: str, frame: bytes) -> Deferred[int]:
+        """Deliver a deliver_sm the relay made itself (a receipt for a held part)."""
+        return self._deliver(kind, account, frame)
+
     def _deliver(self, kind: str, account: str, frame: bytes) -> Deferred[int]:
         item = Held(kind, account, frame, self.clock.seconds() + self.held.ttl)
         receiver = self._receiver_with_room(account)

@@ -18,6 +18,7 @@ from twisted.web.server import Site
 from smpprelay.config import Config, Upstream, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
+from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay
 from smpprelay.router import Router
@@ -29,6 +30,8 @@ log = Logger()
 
 # How often expired receipt routes and held deliveries are swept.
 SWEEP_INTERVAL = 10.0
+# How often the rules' windows are swept: held parts get their EXPIRED receipt this late at most.
+RULES_SWEEP_INTERVAL = 1.0
 
 
 def tcp_server(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
@@ -212,7 +215,10 @@ def build(
         limits.max_pdu,
         jitter,
     )
-    relay = Relay(upstream.pool, router, metrics)
+    chain = build_chain(
+        config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
+    )
+    relay = Relay(upstream.pool, router, metrics, reactor, chain)
     portal = make_portal({client.system_id: client for client in config.clients})
 
     def make_session() -> DownstreamSession:
@@ -235,4 +241,8 @@ def build(
         tcp_server(reactor, config.listen.host, config.listen.port),
         DownstreamFactory(make_session, make_connection),
     )
-    return RelayService(config, reactor, metrics, registry, router, upstream, listener, simulator)
+    service = RelayService(
+        config, reactor, metrics, registry, router, upstream, listener, simulator
+    )
+    TimerService(RULES_SWEEP_INTERVAL, relay.sweep).setServiceParent(service)
+    return service

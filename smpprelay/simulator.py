@@ -10,7 +10,6 @@ misbehave the way real SMSCs sometimes do.
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 
 import attrs
@@ -22,18 +21,8 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import CommandId, DecodeError, ShortMessage, Status, Tag
+from smpprelay.pdu import CommandId, DecodeError, ShortMessage, Status
 
-MESSAGE_STATES = {
-    "ENROUTE": 1,
-    "DELIVRD": 2,
-    "EXPIRED": 3,
-    "DELETED": 4,
-    "UNDELIV": 5,
-    "ACCEPTD": 6,
-    "UNKNOWN": 7,
-    "REJECTD": 8,
-}
 _HELD_MAX = 100_000
 
 
@@ -107,42 +96,7 @@ class Simulator:
 
     def receipt(self, message: ShortMessage, message_id: bytes, submitted: float) -> bytes:
         """The delivery receipt for ``message`` (3.4 appendix B, with its TLVs)."""
-        stamp = time.strftime("%y%m%d%H%M", time.gmtime(submitted)).encode()
-        done = time.strftime("%y%m%d%H%M", time.gmtime(self.clock.seconds())).encode()
-        # Only text codings are quoted back; binary or UCS-2 would make the text unreadable.
-        sample = message.text[:20] if message.data_coding in (0, 1, 3) else b""
-        text = b"id:%s sub:001 dlvrd:%s submit date:%s done date:%s stat:%s err:000 text:%s" % (
-            message_id,
-            b"001" if self.stat == "DELIVRD" else b"000",
-            stamp,
-            done,
-            self.stat.encode(),
-            sample,
-        )
-        deliver = ShortMessage(
-            service_type=b"",
-            source_ton=message.dest_ton,
-            source_npi=message.dest_npi,
-            source_addr=message.destination_addr,
-            dest_ton=message.source_ton,
-            dest_npi=message.source_npi,
-            destination_addr=message.source_addr,
-            esm_class=0x04,
-            protocol_id=0,
-            priority_flag=0,
-            schedule_delivery_time=b"",
-            validity_period=b"",
-            registered_delivery=0,
-            replace_if_present=0,
-            data_coding=0,
-            sm_default_msg_id=0,
-            short_message=text,
-            tlvs=(
-                (Tag.receipted_message_id, message_id + b"\0"),
-                (Tag.message_state, bytes((MESSAGE_STATES.get(self.stat, 7),))),
-            ),
-        )
-        return pdu.encode_short_message(CommandId.deliver_sm, 0, deliver)
+        return pdu.delivery_receipt(message, message_id, self.stat, submitted, self.clock.seconds())
 
     def send_mo(self, system_id: str, source: bytes, destination: bytes, text: bytes) -> None:
         """Inject a mobile-originated message for ``system_id`` (GSM default alphabet)."""

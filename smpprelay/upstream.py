@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -127,7 +127,9 @@ class UpstreamPool:
         self.transmitters: list[SmppConnection] = []
         self.receivers: list[SmppConnection] = []
         self._next = 0
-        self._queue: deque[tuple[float, bytes, Deferred[bytes]]] = deque()
+        # A waiting entry is one submit (bytes) or the parts of one message (a tuple), which
+        # must go out together on one session.
+        self._queue: deque[tuple[float, bytes | tuple[bytes, ...], Deferred[Any]]] = deque()
         self._timer: IDelayedCall | None = None
 
     @property
@@ -154,10 +156,32 @@ class UpstreamPool:
         connection = self._with_room()
         if connection is not None and not self._queue:
             return self._send(connection, frame)
+        return self._wait(frame)
+
+    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
+        """Send the parts of one message back to back on one session.
+
+        Fires with each part's answer frame, or the failure that stands for it, in order.
+        The parts may take the session a few requests past its window: the operator wants
+        them together, and they are few.
+        """
+        connection = self._with_room()
+        if connection is not None and not self._queue:
+            return self._send_all(connection, tuple(frames))
+        return self._wait(tuple(frames)).addErrback(lambda reason: [reason] * len(frames))
+
+    def _send_all(
+        self, connection: SmppConnection, frames: tuple[bytes, ...]
+    ) -> Deferred[list[bytes | Failure]]:
+        sent = [self._send(connection, frame) for frame in frames]
+        gathered: Deferred[list[tuple[bool, Any]]] = DeferredList(sent, consumeErrors=True)
+        return gathered.addCallback(lambda results: [result for _, result in results])
+
+    def _wait(self, item: bytes | tuple[bytes, ...]) -> Deferred[Any]:
         if len(self._queue) >= self.queue_max:
             return fail(QueueFull(f"{self.queue_max} submits already wait for upstream"))
-        waiting: Deferred[bytes] = Deferred()
-        self._queue.append((self.clock.seconds() + self.queue_timeout, frame, waiting))
+        waiting: Deferred[Any] = Deferred()
+        self._queue.append((self.clock.seconds() + self.queue_timeout, item, waiting))
         self.metrics.upstream_queue.set(len(self._queue))
         if self._timer is None:
             self._timer = self.clock.callLater(self.queue_timeout, self._expire)
@@ -188,8 +212,11 @@ class UpstreamPool:
             connection = self._with_room()
             if connection is None:
                 break
-            _, frame, waiting = queue.popleft()
-            self._send(connection, frame).chainDeferred(waiting)
+            _, item, waiting = queue.popleft()
+            if isinstance(item, tuple):
+                self._send_all(connection, item).chainDeferred(waiting)
+            else:
+                self._send(connection, item).chainDeferred(waiting)
         self.metrics.upstream_queue.set(len(queue))
 
     def _expire(self) -> None:

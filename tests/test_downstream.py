@@ -32,7 +32,7 @@ class FakeSubmit:
         self.calls: list[tuple[str, bytes]] = []
         self.pending: list[Deferred[bytes]] = []
 
-    def __call__(self, account: str, frame: bytes) -> Deferred[bytes]:
+    def __call__(self, account: str, frame: bytes, app_iso: bool = False) -> Deferred[bytes]:
         deferred: Deferred[bytes] = Deferred()
         self.calls.append((account, frame))
         self.pending.append(deferred)

@@ -1,1 +1,25 @@
 """The operator's rules, one module each, run in order by `smpprelay.filters.base.FilterChain`."""
+
+from __future__ import annotations
+
+from smpprelay.config import Filters
+from smpprelay.filters.base import Filter, FilterChain
+from smpprelay.filters.concat import ConcatFilter
+from smpprelay.filters.dedup import DedupFilter
+from smpprelay.filters.encoding import EncodingFilter
+from smpprelay.filters.flood import FloodFilter
+from smpprelay.metrics import Metrics
+
+
+def build_chain(config: Filters, upstream_iso: bool, metrics: Metrics) -> FilterChain:
+    """The enabled rules in the operator's order: encoding, concat, dedup, flood."""
+    rules: list[Filter] = []
+    if config.encoding.enabled:
+        rules.append(EncodingFilter(config.encoding, upstream_iso, metrics))
+    if config.concat.enabled:
+        rules.append(ConcatFilter(config.concat, metrics))
+    if config.dedup.enabled:
+        rules.append(DedupFilter(config.dedup, metrics))
+    if config.flood.enabled:
+        rules.append(FloodFilter(config.flood, metrics))
+    return FilterChain(rules, metrics)

@@ -40,6 +40,9 @@ class FilterChain:
         self.filters = filters
         self.metrics = metrics
         self._counters: dict[tuple[str, str, str], object] = {}
+        # Accepts are the common case: counted as plain integers and added to Prometheus by
+        # flush_counts() (every second), which saves a locked increment per rule per submit.
+        self._accepted = dict.fromkeys((rule.name for rule in filters), 0)
 
     def check(self, message: Message, now: float) -> Verdict:
         """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR."""
@@ -49,15 +52,24 @@ class FilterChain:
             except Exception:
                 self.log.failure("rule {rule} failed; rejecting", rule=rule.name)
                 verdict = reject(Status.ESME_RSYSERR, "rule_error")
+            if verdict.action == "accept":
+                self._accepted[rule.name] += 1
+                continue
             self._count(rule.name, verdict)
-            if verdict.action != "accept":
-                if verdict.action == "reject":
-                    self._log_rejection(rule.name, message, verdict)
-                # The rules before this one reserved state for a message that goes no further.
-                for earlier in self.filters[:index]:
-                    earlier.settle(message, now, None)
-                return verdict
+            if verdict.action == "reject":
+                self._log_rejection(rule.name, message, verdict)
+            # The rules before this one reserved state for a message that goes no further.
+            for earlier in self.filters[:index]:
+                earlier.settle(message, now, None)
+            return verdict
         return ACCEPT
+
+    def flush_counts(self) -> None:
+        """Add the accepts counted since the last flush to the decisions metric."""
+        for name, count in self._accepted.items():
+            if count:
+                self._count(name, ACCEPT, count)
+                self._accepted[name] = 0
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Tell every rule what became of a message the chain accepted."""
@@ -67,13 +79,13 @@ class FilterChain:
             except Exception:
                 self.log.failure("rule {rule} failed to settle", rule=rule.name)
 
-    def _count(self, name: str, verdict: Verdict) -> None:
+    def _count(self, name: str, verdict: Verdict, amount: int = 1) -> None:
         key = (name, verdict.action, verdict.reason)
         child = self._counters.get(key)
         if child is None:
             child = self.metrics.filter_decisions.labels(*key)
             self._counters[key] = child
-        child.inc()  # type: ignore[attr-defined]
+        child.inc(amount)  # type: ignore[attr-defined]
 
     def _log_rejection(self, name: str, message: Message, verdict: Verdict) -> None:
         # Ids and lengths only: the message text never reaches the log.

@@ -1,0 +1,77 @@
+"""The flood rule: at most ``max_messages`` to one number in a streak.
+
+A streak is a run of accepted messages to one destination, each less than ``gap`` seconds
+after the previous accepted one; a message that would make it longer than ``max_messages`` is
+rejected, and the streak starts over once ``gap`` seconds pass with nothing accepted. Rejected
+attempts do not extend it. A glued concatenated message counts once. The scope is as for the
+duplicate rule: one count per number for the whole upstream account (default), or per app
+account.
+
+A message that passes is counted as in flight toward its streak until ``settle`` says whether
+the operator accepted it, so that many concurrent submits to one number cannot all pass.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from twisted.logger import Logger
+
+from smpprelay.config import FloodRule
+from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.metrics import Metrics
+from smpprelay.store.windows import FloodStreaks
+
+
+class FloodFilter:
+    """Rejects a message that would make the streak to its number longer than allowed."""
+
+    name: ClassVar[str] = "flood"
+    log = Logger()
+
+    def __init__(self, config: FloodRule, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.max_messages = config.max_messages
+        self.per_client = config.scope == "client"
+        self.streaks = FloodStreaks(config.gap, config.max_entries)
+        self._flood = reject(config.status, "flood")
+        self._evictions_logged = 0
+
+    def __len__(self) -> int:
+        return len(self.streaks)
+
+    def key(self, message: Message) -> bytes:
+        """The number the streak is counted for (with the app account under ``scope: client``)."""
+        destination = message.fields.destination_addr
+        if self.per_client:
+            return message.account.encode() + b"\0" + destination
+        return destination
+
+    def check(self, message: Message, now: float) -> Verdict:
+        """Reject a message that would exceed the streak; otherwise count it as in flight."""
+        if self.streaks.claim(self.key(message), now, self.max_messages):
+            return ACCEPT
+        return self._flood
+
+    def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
+        """Count an accepted message in its streak at ``now``, or release one that was not."""
+        key = self.key(message)
+        if message_id is None:
+            self.streaks.release(key)
+        else:
+            self.streaks.accept(key, now)
+
+    def expire(self, now: float) -> int:
+        """Forget the streaks that have ended; return how many. Run about once a second."""
+        streaks = self.streaks
+        removed = streaks.expire(now)
+        self.metrics.flood_entries.set(len(streaks))
+        if streaks.evicted > self._evictions_logged:
+            self.log.warn(
+                "flood: {n} streaks forgotten before they ended (flood.max_entries {max} reached)",
+                n=streaks.evicted - self._evictions_logged,
+                max=streaks.max_entries,
+            )
+            self._evictions_logged = streaks.evicted
+        return removed

@@ -1,0 +1,328 @@
+"""`Relay` with a rule chain: rejections, replays, held parts and glued messages.
+
+The rules here are scripted fakes, so these tests pin the relay's side of the contract
+(design.md, acknowledgement contract) independently of the real rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from smpprelay import pdu
+from smpprelay.filters.base import FilterChain
+from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import Status, Tag
+from smpprelay.relay import Relay
+from smpprelay.router import Router
+from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.upstream import QueueFull
+from tests.support import result_of, submit_sm
+
+ACCOUNT = "acme"
+
+
+class ScriptedRule:
+    """A rule whose verdicts the test scripts; records what it was told in settle."""
+
+    name: ClassVar[str] = "scripted"
+
+    def __init__(self, decide: Callable[[Message], Verdict]) -> None:
+        self.decide = decide
+        self.settled: list[tuple[Message, bytes | None]] = []
+
+    def check(self, message: Message, now: float) -> Verdict:
+        return self.decide(message)
+
+    def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
+        self.settled.append((message, message_id))
+
+
+class FakePool:
+    """Answers single submits and batches with Deferreds the test fires."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.batches: list[list[bytes]] = []
+        self.answers: list[Deferred[bytes]] = []
+        self.batch_answers: list[Deferred[list[bytes | Failure]]] = []
+
+    def submit(self, frame: bytes) -> Deferred[bytes]:
+        self.frames.append(frame)
+        answer: Deferred[bytes] = Deferred()
+        self.answers.append(answer)
+        return answer
+
+    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
+        self.batches.append(frames)
+        answer: Deferred[list[bytes | Failure]] = Deferred()
+        self.batch_answers.append(answer)
+        return answer
+
+
+class FakeReceiver:
+    """An app receiving bind that acknowledges every deliver_sm."""
+
+    account = ACCOUNT
+    can_deliver = True
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def deliver(self, frame: bytes) -> Deferred[bytes]:
+        self.frames.append(frame)
+        return succeed(pdu.response(pdu.CommandId.deliver_sm, 1, 0, b"\0"))
+
+
+class Harness:
+    def __init__(self, *rules: ScriptedRule) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.metrics = Metrics(CollectorRegistry())
+        self.pool = FakePool()
+        self.receiver = FakeReceiver()
+        self.router = Router(
+            self.clock,
+            self.metrics,
+            ReceiptRoutes(ttl=3600.0, max_entries=100),
+            HeldDeliveries(ttl=3600.0, max_entries=100),
+            {},
+            lambda account: [self.receiver],
+            retry=5.0,
+        )
+        self.chain = FilterChain(list(rules), self.metrics)
+        self.relay = Relay(
+            self.pool,  # type: ignore[arg-type]
+            self.router,
+            self.metrics,
+            self.clock,
+            self.chain,
+        )
+
+    def route(self, operator_id: bytes) -> tuple[str, bytes | None] | None:
+        route = self.router.routes.get(pdu.normalise_message_id(operator_id), self.clock.seconds())
+        return None if route is None else (route.account, route.app_message_id)
+
+
+def ok(message_id: bytes) -> bytes:
+    return pdu.submit_sm_resp(9, Status.ESME_ROK, message_id)
+
+
+def part(seq: int, total: int = 2, receipt: int = 1) -> bytes:
+    udh = bytes((5, 0, 3, 0x42, total, seq))
+    return submit_sm(
+        seq, esm_class=0x40, short_message=udh + b"part %d" % seq, registered_delivery=receipt
+    )
+
+
+def test_a_rejection_is_answered_with_its_status_and_nothing_goes_upstream() -> None:
+    """A rule's reject verdict is the app's answer; the operator sees nothing."""
+    h = Harness(ScriptedRule(lambda m: reject(0x45, "duplicate")))
+    answer = result_of(h.relay.submit(ACCOUNT, submit_sm()))
+    assert pdu.header(answer)[2] == 0x45
+    assert h.pool.frames == []
+    assert h.pool.batches == []
+    sample = h.metrics.registry.get_sample_value(
+        "smpprelay_filter_decisions_total",
+        {"filter": "scripted", "action": "reject", "reason": "duplicate"},
+    )
+    assert sample == 1
+
+
+def test_a_replay_answers_ok_with_the_original_id_and_sends_nothing() -> None:
+    """dedup's replay: ESME_ROK with the id the first copy got; no second copy upstream."""
+    h = Harness(ScriptedRule(lambda m: Verdict("replay", message_id=b"FIRST1")))
+    answer = result_of(h.relay.submit(ACCOUNT, submit_sm()))
+    assert answer == pdu.submit_sm_resp(0, Status.ESME_ROK, b"FIRST1")
+    assert h.pool.frames == []
+
+
+def test_accepted_message_is_settled_with_the_operators_id() -> None:
+    """Only the operator's acceptance enters the rules' windows (settle with its id)."""
+    rule = ScriptedRule(lambda m: ACCEPT)
+    h = Harness(rule)
+    answer = h.relay.submit(ACCOUNT, submit_sm())
+    assert rule.settled == []  # nothing is settled before the operator answered
+    h.pool.answers[0].callback(ok(b"OP1"))
+    assert result_of(answer) == ok(b"OP1")
+    assert [mid for _, mid in rule.settled] == [b"OP1"]
+
+
+def test_an_operator_refusal_or_outage_settles_with_none() -> None:
+    """A refused or unanswered submit leaves no trace in the windows: a retry is no duplicate."""
+    rule = ScriptedRule(lambda m: ACCEPT)
+    h = Harness(rule)
+    refused = h.relay.submit(ACCOUNT, submit_sm())
+    h.pool.answers[0].callback(pdu.submit_sm_resp(9, Status.ESME_RTHROTTLED))
+    assert pdu.header(result_of(refused))[2] == Status.ESME_RTHROTTLED
+    queued = h.relay.submit(ACCOUNT, submit_sm())
+    h.pool.answers[1].errback(QueueFull("no session"))
+    assert pdu.header(result_of(queued))[2] == Status.ESME_RMSGQFUL
+    assert [mid for _, mid in rule.settled] == [None, None]
+
+
+def test_a_later_rejection_releases_what_earlier_rules_reserved() -> None:
+    """When flood rejects, dedup (earlier) is told the message went nowhere."""
+    first = ScriptedRule(lambda m: ACCEPT)
+    second = ScriptedRule(lambda m: reject(0x45, "flood"))
+    h = Harness(first, second)
+    result_of(h.relay.submit(ACCOUNT, submit_sm()))
+    assert [mid for _, mid in first.settled] == [None]
+    assert second.settled == []
+
+
+def test_a_rule_that_raises_fails_closed() -> None:
+    """A bug in a rule costs that submit ESME_RSYSERR, never a silent pass."""
+
+    def broken(message: Message) -> Verdict:
+        raise RuntimeError("bug")
+
+    h = Harness(ScriptedRule(broken))
+    answer = result_of(h.relay.submit(ACCOUNT, submit_sm()))
+    assert pdu.header(answer)[2] == Status.ESME_RSYSERR
+    assert h.pool.frames == []
+
+
+def glue_on_second_part() -> ScriptedRule:
+    """Holds the first part; the second completes the message (as the concat rule does)."""
+    held: list[Message] = []
+
+    def decide(message: Message) -> Verdict:
+        if not held:
+            held.append(message)
+            return Verdict("hold")
+        message.parts = (held[0], message)
+        message.content = held[0].content + message.content
+        return ACCEPT
+
+    return ScriptedRule(decide)
+
+
+def test_held_part_is_answered_ok_at_once_with_a_relay_id() -> None:
+    """An earlier part gets ESME_ROK at once, under an id the relay issued."""
+    h = Harness(glue_on_second_part())
+    answer = result_of(h.relay.submit(ACCOUNT, part(1)))
+    _, _, status, _ = pdu.header(answer)
+    assert status == Status.ESME_ROK
+    assert pdu.message_id_of(answer).startswith(b"R")
+    assert h.pool.frames == []
+    assert h.pool.batches == []
+
+
+def test_glued_message_goes_upstream_whole_and_receipts_map_to_the_apps_ids() -> None:
+    """All parts go out together; each part's receipt is routed under the app's id."""
+    rule = glue_on_second_part()
+    h = Harness(rule)
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    assert h.pool.batches == [[part(1), part(2)]]
+    h.pool.batch_answers[0].callback([ok(b"OPA"), ok(b"OPB")])
+    answer = result_of(last)
+    assert pdu.header(answer)[2] == Status.ESME_ROK
+    last_id = pdu.message_id_of(answer)
+    assert last_id.startswith(b"R")
+    assert last_id != first_id
+    assert h.route(b"OPA") == (ACCOUNT, first_id)
+    assert h.route(b"OPB") == (ACCOUNT, last_id)
+    assert [mid for _, mid in rule.settled] == [last_id]
+
+
+def test_receipt_for_a_part_reaches_the_app_under_its_own_id() -> None:
+    """The operator's receipt for a part is rewritten to the id the app was given."""
+    h = Harness(glue_on_second_part())
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([ok(b"OPA"), ok(b"OPB")])
+    result_of(last)
+    receipt = pdu.delivery_receipt(pdu.read_short_message(part(1)), b"OPA", "DELIVRD", 0, 0)
+    assert result_of(h.router.route(receipt)) == Status.ESME_ROK
+    delivered = pdu.read_short_message(h.receiver.frames[-1])
+    assert delivered.tlv(Tag.receipted_message_id) == first_id + b"\0"
+    assert b"id:" + first_id in delivered.short_message
+    assert b"OPA" not in h.receiver.frames[-1]
+
+
+def test_operator_refusing_a_part_fails_the_last_answer_and_sends_rejectd() -> None:
+    """A part the operator refused: the last part's answer carries the refusal and the
+    earlier part, already answered OK, gets a REJECTD receipt under its app id."""
+    rule = glue_on_second_part()
+    h = Harness(rule)
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([pdu.submit_sm_resp(9, 0x0B), ok(b"OPB")])
+    assert pdu.header(result_of(last))[2] == 0x0B
+    receipt = pdu.read_short_message(h.receiver.frames[-1])
+    assert receipt.tlv(Tag.receipted_message_id) == first_id + b"\0"
+    assert b"stat:REJECTD" in receipt.short_message
+    assert [mid for _, mid in rule.settled] == [None]
+
+
+def test_glued_message_rejected_by_a_later_rule_sends_rejectd_for_held_parts() -> None:
+    """dedup or flood refusing the whole: held parts that asked get REJECTD receipts."""
+    h = Harness(
+        glue_on_second_part(), ScriptedRule(lambda m: reject(0x45, "flood") if m.parts else ACCEPT)
+    )
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    assert pdu.header(result_of(h.relay.submit(ACCOUNT, part(2))))[2] == 0x45
+    assert h.pool.batches == []
+    receipt = pdu.read_short_message(h.receiver.frames[-1])
+    assert receipt.tlv(Tag.receipted_message_id) == first_id + b"\0"
+    assert b"stat:REJECTD" in receipt.short_message
+
+
+def test_held_parts_without_receipt_request_get_no_receipt() -> None:
+    """Only parts that asked for a receipt get one when the message is refused."""
+    h = Harness(
+        glue_on_second_part(), ScriptedRule(lambda m: reject(0x45, "flood") if m.parts else ACCEPT)
+    )
+    result_of(h.relay.submit(ACCOUNT, part(1, receipt=0)))
+    result_of(h.relay.submit(ACCOUNT, part(2, receipt=0)))
+    assert h.receiver.frames == []
+
+
+def test_without_rules_the_relay_sends_the_apps_bytes() -> None:
+    """An empty chain (every rule disabled) relays as before, byte for byte."""
+    h = Harness()
+    answer = h.relay.submit(ACCOUNT, submit_sm())
+    assert h.pool.frames == [submit_sm()]
+    h.pool.answers[0].callback(ok(b"X"))
+    assert result_of(answer) == ok(b"X")
+
+
+def test_completing_part_first_in_sequence_still_answers_for_the_whole() -> None:
+    """Parts 2 then 1: the part answering now sits first in sequence; the refused held part
+    (last by sequence) gets its REJECTD receipt and the answer carries the refusal."""
+    held: list[Message] = []
+
+    def decide(message: Message) -> Verdict:
+        if not held:
+            held.append(message)
+            return Verdict("hold")
+        message.parts = (message, held[0])
+        return ACCEPT
+
+    h = Harness(ScriptedRule(decide))
+    held_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(2))))
+    last = h.relay.submit(ACCOUNT, part(1))
+    h.pool.batch_answers[0].callback([ok(b"OPA"), pdu.submit_sm_resp(9, 0x0B)])
+    assert pdu.header(result_of(last))[2] == 0x0B
+    receipt = pdu.read_short_message(h.receiver.frames[-1])
+    assert receipt.tlv(Tag.receipted_message_id) == held_id + b"\0"
+    assert b"stat:REJECTD" in receipt.short_message
+
+
+def test_accept_decisions_are_counted_by_the_sweep() -> None:
+    """Accepts are added to smpprelay_filter_decisions_total once a second, not per submit."""
+    h = Harness(ScriptedRule(lambda m: ACCEPT))
+    h.relay.submit(ACCOUNT, submit_sm())
+    labels = {"filter": "scripted", "action": "accept", "reason": ""}
+    name = "smpprelay_filter_decisions_total"
+    assert h.metrics.registry.get_sample_value(name, labels) is None
+    h.relay.sweep()
+    assert h.metrics.registry.get_sample_value(name, labels) == 1

@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from smpprelay import pdu  # noqa: E402
-from smpprelay.pdu import CommandId, ShortMessage  # noqa: E402
+from smpprelay.pdu import BLANK_MESSAGE, CommandId  # noqa: E402
 
 HOST = "127.0.0.1"
 ACCOUNT = "bench"
@@ -89,25 +89,13 @@ _LOST = Failure(ConnectionDone())
 
 def submit_template(destination: bytes = b"447700900123") -> bytes:
     """One 160-character GSM submit_sm, no receipt asked; its sequence is patched per send."""
-    message = ShortMessage(
-        service_type=b"",
+    message = BLANK_MESSAGE._replace(
         source_ton=5,
-        source_npi=0,
         source_addr=b"BENCH",
         dest_ton=1,
         dest_npi=1,
         destination_addr=destination,
-        esm_class=0,
-        protocol_id=0,
-        priority_flag=0,
-        schedule_delivery_time=b"",
-        validity_period=b"",
-        registered_delivery=0,
-        replace_if_present=0,
-        data_coding=0,
-        sm_default_msg_id=0,
         short_message=TEXT,
-        tlvs=(),
     )
     return pdu.encode_short_message(CommandId.submit_sm, 0, message)
 

@@ -40,30 +40,17 @@ from smpprelay.filters.dedup import DedupFilter  # noqa: E402
 from smpprelay.filters.flood import FloodFilter  # noqa: E402
 from smpprelay.message import ACCEPT, Message  # noqa: E402
 from smpprelay.metrics import Metrics  # noqa: E402
-from smpprelay.pdu import ShortMessage  # noqa: E402
+from smpprelay.pdu import BLANK_MESSAGE  # noqa: E402
 
 TARGET_MB = 300.0
 START = 1_700_000_000.0  # a realistic clock value: the accept times are full-size floats
 TEXT = b"Your order 1234 has shipped and will arrive tomorrow between 9:00 and 13:00. " * 3
-FIELDS = ShortMessage(
-    service_type=b"",
+FIELDS = BLANK_MESSAGE._replace(
     source_ton=5,
-    source_npi=0,
     source_addr=b"MyShop",
     dest_ton=1,
     dest_npi=1,
-    destination_addr=b"",
-    esm_class=0,
-    protocol_id=0,
-    priority_flag=0,
-    schedule_delivery_time=b"",
-    validity_period=b"",
     registered_delivery=1,
-    replace_if_present=0,
-    data_coding=0,
-    sm_default_msg_id=0,
-    short_message=b"",
-    tlvs=(),
 )
 
 

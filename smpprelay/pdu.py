@@ -280,6 +280,12 @@ class ShortMessage(NamedTuple):
         return self.tlv(Tag.message_payload) or b""
 
 
+BLANK_MESSAGE: Final = ShortMessage(
+    b"", 0, 0, b"", 0, 0, b"", 0, 0, 0, b"", b"", 0, 0, 0, 0, b"", ()
+)
+"""Every field empty or zero: build a message with ``BLANK_MESSAGE._replace(...)``."""
+
+
 def read_short_message(frame: bytes) -> ShortMessage:
     """Read a submit_sm or deliver_sm body. Raises `DecodeError` with the status to answer.
 
@@ -568,8 +574,7 @@ def delivery_receipt(
         stat.encode(),
         sample,
     )
-    receipt = ShortMessage(
-        service_type=b"",
+    receipt = BLANK_MESSAGE._replace(
         source_ton=message.dest_ton,
         source_npi=message.dest_npi,
         source_addr=message.destination_addr,
@@ -577,14 +582,6 @@ def delivery_receipt(
         dest_npi=message.source_npi,
         destination_addr=message.source_addr,
         esm_class=0x04,
-        protocol_id=0,
-        priority_flag=0,
-        schedule_delivery_time=b"",
-        validity_period=b"",
-        registered_delivery=0,
-        replace_if_present=0,
-        data_coding=0,
-        sm_default_msg_id=0,
         short_message=text,
         tlvs=(
             (Tag.receipted_message_id, message_id + b"\0"),

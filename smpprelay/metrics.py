@@ -140,12 +140,6 @@ class Metrics:
             ["status"],
             registry=r,
         )
-        self.upstream_window = Gauge(
-            "smpprelay_upstream_window_used",
-            "Requests in flight on each upstream session.",
-            ["session"],
-            registry=r,
-        )
         self.upstream_reconnects = Counter(
             "smpprelay_upstream_reconnects_total",
             "Upstream connection or bind attempts that failed, by reason.",

@@ -7,14 +7,16 @@ It is never subclassed per side: downstream and upstream differ only in their ha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
@@ -39,12 +41,18 @@ class RequestHandler(TypingProtocol):
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None: ...
 
 
+@implementer(IPushProducer)
 class SmppConnection(Protocol):
     """An SMPP session over one transport.
 
     ``send_request`` returns a Deferred that fires with the response frame (a ``generic_nack``
     answering the same sequence number counts as the response) or fails with
     `ResponseTimeout` or the connection's loss. Every request sent gets exactly one outcome.
+
+    The connection is the producer of its own transport's writes: when the peer stops reading
+    and the write buffer fills, the transport pauses it, and it stops reading the peer's
+    requests (whose answers would only pile up) and reports `paused` so nothing else is sent
+    to it; ``when_resumed`` is called once the buffer has drained.
     """
 
     log = Logger()
@@ -58,6 +66,7 @@ class SmppConnection(Protocol):
         side: str,
         max_pdu: int,
         response_timeout: float,
+        pdu_read: float | None = None,
     ) -> None:
         self.handler = handler
         self.clock = clock
@@ -74,42 +83,103 @@ class SmppConnection(Protocol):
         self._timer: IDelayedCall | None = None
         self._keepalive: IDelayedCall | None = None
         self._last_sequence = 0
+        # A PDU must be whole within pdu_read seconds of its first byte (absolute, so a peer
+        # trickling one byte at a time cannot stretch it).
+        self.pdu_read = pdu_read
+        self._pdu_deadline: float | None = None
+        self._read_timer: IDelayedCall | None = None
+        # Inactivity: when nothing is read for `_inactivity` seconds, `_on_idle` is called.
+        self._inactivity: float | None = None
+        self._on_idle: Callable[[], None] | None = None
+        self._idle_timer: IDelayedCall | None = None
+        self._last_read = 0.0
+        self.paused = False
+        self.when_resumed: Callable[[], None] | None = None
 
     # --- Twisted hooks ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return  # after a framing error or a close nothing more is read, let alone buffered
+        if self._inactivity is not None:
+            self._last_read = self.clock.seconds()
+        framer = self._framer
         try:
-            frames = self._framer.feed(data)
+            frames = framer.feed(data)
         except FramingError as error:
             for frame in error.frames:
                 if not self.closed:
                     self._dispatch(frame)
-            self.log.warn(
-                "{side} {peer}: framing error ({error}); closing",
-                side=self.side,
-                peer=self.peer,
-                error=str(error),
-            )
-            self.metrics.framing_errors.labels(self.side, error.reason).inc()
-            self.send(pdu.generic_nack(error.sequence, Status.ESME_RINVCMDLEN))
-            self.close()
+            self._framing_error(error.reason, str(error), error.sequence)
             return
+        if self.pdu_read is not None:
+            if not framer.buffered:
+                self._pdu_deadline = None
+            elif frames or self._pdu_deadline is None:
+                # The bytes held back start a new PDU: its clock starts now.
+                self._pdu_deadline = self.clock.seconds() + self.pdu_read
+                if self._read_timer is None:
+                    self._read_timer = self.clock.callLater(self.pdu_read, self._read_expired)
         for frame in frames:
             if self.closed:
                 return
             self._dispatch(frame)
 
+    def _framing_error(self, reason: str, detail: str, sequence: int) -> None:
+        self.log.warn(
+            "{side} {peer}: framing error ({error}); closing",
+            side=self.side,
+            peer=self.peer,
+            error=detail,
+        )
+        self.metrics.framing_errors.labels(self.side, reason).inc()
+        self.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDLEN))
+        self.close()
+
+    def _read_expired(self) -> None:
+        self._read_timer = None
+        deadline = self._pdu_deadline
+        if self.closed or deadline is None:
+            return
+        now = self.clock.seconds()
+        if deadline > now:
+            self._read_timer = self.clock.callLater(deadline - now, self._read_expired)
+            return
+        self._framing_error(
+            "read_timeout",
+            f"PDU not whole {self.pdu_read} s after its first byte",
+            self._framer.pending_sequence(),
+        )
+
+    # --- IPushProducer: the transport's write buffer is full, or has drained ------------------
+
+    def pauseProducing(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            if self.when_resumed is not None:
+                self.when_resumed()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
     def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:
         self.closed = True
-        for call in (self._timer, self._keepalive):
+        for call in (self._timer, self._keepalive, self._read_timer, self._idle_timer):
             if call is not None and call.active():
                 call.cancel()
-        self._timer = self._keepalive = None
+        self._timer = self._keepalive = self._read_timer = self._idle_timer = None
         pending, self._pending = self._pending, {}
         for _, deferred in pending.values():
             deferred.errback(reason)
@@ -125,6 +195,7 @@ class SmppConnection(Protocol):
     def send(self, frame: bytes) -> None:
         """Write a PDU as it is (responses, or requests whose answer nobody waits for)."""
         if not self.closed:
+            self.metrics.count_pdu(self.side, "out", frame)
             self.transport.write(frame)  # type: ignore[union-attr]
 
     def send_request(self, frame: bytes) -> Deferred[bytes]:
@@ -137,6 +208,7 @@ class SmppConnection(Protocol):
         self._pending[sequence] = (self.clock.seconds() + self.response_timeout, deferred)
         if self._timer is None:
             self._timer = self.clock.callLater(self.response_timeout, self._expire)
+        self.metrics.count_pdu(self.side, "out", frame)
         self.transport.write(pdu.with_sequence(frame, sequence))  # type: ignore[union-attr]
         return deferred
 
@@ -161,10 +233,32 @@ class SmppConnection(Protocol):
         if self._keepalive is None and not self.closed:
             self._keepalive = self.clock.callLater(interval, self._send_keepalive)
 
+    def start_inactivity(self, seconds: float, on_idle: Callable[[], None]) -> None:
+        """Call ``on_idle`` once nothing has been read from the peer for ``seconds``."""
+        self._inactivity = seconds
+        self._on_idle = on_idle
+        self._last_read = self.clock.seconds()
+        if self._idle_timer is None and not self.closed:
+            self._idle_timer = self.clock.callLater(seconds, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.closed or self._inactivity is None or self._on_idle is None:
+            return
+        due = self._last_read + self._inactivity - self.clock.seconds()
+        if due > 0:
+            self._idle_timer = self.clock.callLater(due, self._idle_check)
+            return
+        self._inactivity = None  # once: the handler decides what follows
+        self._on_idle()
+
     def close(self) -> None:
         """Close after what was written has been sent."""
         if not self.closed:
             self.closed = True
+            # A registered producer would keep the connection open (Twisted waits for it).
+            if getattr(self.transport, "producer", None) is self:
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
@@ -184,6 +278,7 @@ class SmppConnection(Protocol):
 
     def _dispatch(self, frame: bytes) -> None:
         _, command_id, _, sequence = pdu.HEADER.unpack_from(frame, 0)
+        self.metrics.count_pdu(self.side, "in", frame)
         if command_id & pdu.RESPONSE_BIT:
             entry = self._pending.pop(sequence, None)
             if entry is None:

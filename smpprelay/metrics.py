@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
-from smpprelay.pdu import status_name
+from smpprelay.pdu import Status, command_name, status_name
 
 # SMPP latencies run from a fraction of a millisecond (loopback) to the 30 s response timer.
 LATENCY_BUCKETS = (
@@ -53,6 +53,8 @@ class Metrics:
             "smpprelay_start_time_seconds", "When the relay started (unix time).", registry=r
         )
         self.start_time.set(time.time())
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        ProcessCollector(registry=r)
         # downstream
         self.bound_sessions = Gauge(
             "smpprelay_bound_sessions",
@@ -72,9 +74,22 @@ class Metrics:
             ["account", "status"],
             registry=r,
         )
+        self.pdus = Counter(
+            "smpprelay_pdus_total",
+            "PDUs read (in) and written (out), by side, direction and command.",
+            ["side", "direction", "command"],
+            registry=r,
+        )
         self.submit_latency = Histogram(
             "smpprelay_submit_latency_seconds",
             "From an app's submit_sm in to its submit_sm_resp out.",
+            ["account"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deliver_latency = Histogram(
+            "smpprelay_deliver_latency_seconds",
+            "From a deliver_sm (receipt or MO) out to an app to its deliver_sm_resp, by account.",
             ["account"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -140,6 +155,29 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.upstream_throttled = Counter(
+            "smpprelay_upstream_throttled_total",
+            "submit_sm the operator answered ESME_RTHROTTLED.",
+            registry=r,
+        )
+        self.upstream_round_trip = Histogram(
+            "smpprelay_upstream_round_trip_seconds",
+            "From a submit_sm sent to the operator to its answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_window_in_use = Gauge(
+            "smpprelay_upstream_window_in_use",
+            "Requests in flight on each upstream session (read when scraped).",
+            ["session"],
+            registry=r,
+        )
+        self.upstream_window_size = Gauge(
+            "smpprelay_upstream_window_size",
+            "Requests each upstream session may have in flight (upstream.window).",
+            ["session"],
+            registry=r,
+        )
         self.upstream_reconnects = Counter(
             "smpprelay_upstream_reconnects_total",
             "Upstream connection or bind attempts that failed, by reason.",
@@ -152,6 +190,12 @@ class Metrics:
             registry=r,
         )
         # receipts and MO
+        self.deliveries_received = Counter(
+            "smpprelay_deliveries_received_total",
+            "deliver_sm from the operator, by kind (receipt, mo, unknown when unreadable).",
+            ["kind"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "smpprelay_deliveries_total",
             "Receipts and MO from the operator, by kind and what became of them.",
@@ -172,6 +216,7 @@ class Metrics:
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[int, Any] = {}
+        self._pdu_children: dict[tuple[str, str, int], Any] = {}
 
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""
@@ -192,6 +237,22 @@ class Metrics:
             child = self._upstream_children[status] = self.upstream_submits.labels(
                 status_name(status)
             )
+        child.inc()
+        if status == Status.ESME_RTHROTTLED:
+            self.upstream_throttled.inc()
+
+    def count_pdu(self, side: str, direction: str, frame: bytes) -> None:
+        """A PDU went ``direction`` ("in" or "out") on a connection of ``side``."""
+        command_id = int.from_bytes(frame[4:8])
+        key = (side, direction, command_id)
+        child = self._pdu_children.get(key)
+        if child is None:
+            name = command_name(command_id)
+            if name.startswith("0x"):
+                # Not a 3.4 command: one label for all of them keeps the series bounded.
+                self.pdus.labels(side, direction, "other").inc()
+                return
+            child = self._pdu_children[key] = self.pdus.labels(side, direction, name)
         child.inc()
 
 

@@ -91,10 +91,13 @@ class Router:
             message = pdu.read_short_message(frame)
         except DecodeError as error:
             self.log.warn("upstream deliver_sm unreadable ({error})", error=str(error))
+            self.metrics.deliveries_received.labels("unknown").inc()
             self.metrics.deliveries.labels("unknown", "malformed").inc()
             return succeed(error.status)
         if message.esm_class & pdu.RECEIPT_ESM_BITS:
+            self.metrics.deliveries_received.labels("receipt").inc()
             return self._route_receipt(frame, message, retried=False)
+        self.metrics.deliveries_received.labels("mo").inc()
         account = self.mo_account(message.destination_addr)
         if account is None:
             self.log.warn(
@@ -153,8 +156,10 @@ class Router:
 
     def _send(self, receiver: Receiver, item: Held) -> Deferred[int]:
         item.attempts += 1
+        sent = self.clock.seconds()
 
         def answered(resp: bytes) -> int:
+            self.metrics.deliver_latency.labels(item.account).observe(self.clock.seconds() - sent)
             status = pdu.header(resp)[2]
             if status == Status.ESME_ROK:
                 self.metrics.deliveries.labels(item.kind, "delivered").inc()

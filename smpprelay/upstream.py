@@ -199,12 +199,17 @@ class UpstreamPool:
         return None
 
     def _send(self, connection: SmppConnection, frame: bytes) -> Deferred[bytes]:
-        return connection.send_request(frame).addBoth(self._freed)
+        clock = self.clock
+        sent = clock.seconds()
 
-    def _freed(self, result: Any) -> Any:
-        if self._queue:
-            self._drain()
-        return result
+        def freed(result: Any) -> Any:
+            if isinstance(result, bytes):
+                self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
+            if self._queue:
+                self._drain()
+            return result
+
+        return connection.send_request(frame).addBoth(freed)
 
     def _drain(self) -> None:
         queue = self._queue
@@ -380,6 +385,12 @@ class UpstreamSession(ClientService):
             prepareConnection=lambda protocol: Deferred.fromCoroutine(self._bind(protocol)),
         )
         self._set_state("connecting")
+        metrics.upstream_window_size.labels(name).set(config.window)
+        metrics.upstream_window_in_use.labels(name).set_function(self._in_flight)
+
+    def _in_flight(self) -> float:
+        connection = self.connection
+        return 0.0 if connection is None else float(connection.in_flight)
 
     def _set_state(self, state: str) -> None:
         for known in ("connecting", "bound"):

@@ -125,6 +125,10 @@ class Limits:
     session_init: float = attrs.field(default=10.0, metadata=_rule(gt=0))
     response: float = attrs.field(default=30.0, metadata=_rule(gt=0))
     window: int = attrs.field(default=100, metadata=_rule(ge=1))
+    # A PDU must arrive whole within this many seconds of its first byte (absolute, not per byte).
+    pdu_read: float = attrs.field(default=10.0, metadata=_rule(gt=0))
+    # A bound app session with no PDU from the app for this long is unbound by the relay.
+    inactivity: float = attrs.field(default=300.0, metadata=_rule(gt=0))
 
 
 @attrs.frozen(kw_only=True)

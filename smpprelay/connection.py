@@ -258,7 +258,7 @@ class SmppConnection(Protocol):
             self.closed = True
             # A registered producer would keep the connection open (Twisted waits for it).
             if getattr(self.transport, "producer", None) is self:
-                self.transport.unregisterProducer()  # type: ignore[union-attr]
+                self.transport.unregisterProducer()
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:

@@ -97,6 +97,7 @@ class State(Enum):
 
 
 _BOUND = {State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX}
+_NONE: set[State] = set()
 _TRANSMITTING = {State.BOUND_TX, State.BOUND_TRX}
 _STATE_OF_KIND = {
     "transmitter": State.BOUND_TX,
@@ -113,6 +114,17 @@ _ANSWERED_WITH_RESP = {
     CommandId.data_sm,
     CommandId.deliver_sm,
     CommandId.unbind,
+}
+
+# Requests valid in these states (3.4 table 2-1) that the relay does not carry: answered
+# generic_nack ESME_RINVCMDID (as Kannel does), the session kept. Out of their states they get
+# ESME_RINVBNDSTS like any other request.
+_NOT_RELAYED: dict[int, set[State]] = {
+    CommandId.query_sm: _TRANSMITTING,
+    CommandId.replace_sm: _TRANSMITTING,
+    CommandId.cancel_sm: _TRANSMITTING,
+    CommandId.submit_multi: _TRANSMITTING,
+    CommandId.data_sm: _BOUND,
 }
 
 # (account, the app's submit_sm, whether the app bound with system_type "ISO")
@@ -171,6 +183,7 @@ class DownstreamSession:
         metrics: Metrics,
         session_init: float,
         window: int,
+        inactivity: float = 300.0,
     ) -> None:
         self.portal = portal
         self.registry = registry
@@ -179,6 +192,7 @@ class DownstreamSession:
         self.metrics = metrics
         self.session_init = session_init
         self.window = window
+        self.inactivity = inactivity
         self.state = State.OPEN
         self.account = ""
         self.bind_kind = ""
@@ -197,9 +211,16 @@ class DownstreamSession:
 
     @property
     def can_deliver(self) -> bool:
-        """True when a deliver_sm may be sent now (bound to receive, window not full)."""
+        """True when a deliver_sm may be sent now (bound to receive, window not full, and the
+        app reading what we write: a paused connection takes nothing more)."""
         c = self.connection
-        return self.receives and c is not None and not c.closed and c.in_flight < self.window
+        return (
+            self.receives
+            and c is not None
+            and not c.closed
+            and not c.paused
+            and c.in_flight < self.window
+        )
 
     def deliver(self, frame: bytes) -> Deferred[bytes]:
         """Send a deliver_sm; fires with the app's deliver_sm_resp."""
@@ -242,18 +263,23 @@ class DownstreamSession:
                 self._reject(connection, command_id, sequence, Status.ESME_RALYBND)
         elif command_id == CommandId.unbind and state in _BOUND:
             self._unbind(connection, sequence)
+        elif state in _NOT_RELAYED.get(command_id, _NONE):
+            self._nack_unsupported(connection, command_id, sequence)
         elif command_id in _ANSWERED_WITH_RESP:
             # Out of its state (3.4 table 2-1); before a bind, nothing is read and we hang up.
             self._reject(connection, command_id, sequence, Status.ESME_RINVBNDSTS)
             if state in (State.OPEN, State.BINDING):
                 connection.close()
         else:
-            self.metrics.rejected_requests.labels(
-                "downstream", pdu.command_name(command_id), "ESME_RINVCMDID"
-            ).inc()
-            connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
+            self._nack_unsupported(connection, command_id, sequence)
             if state in (State.OPEN, State.BINDING):
                 connection.close()
+
+    def _nack_unsupported(self, connection: SmppConnection, command_id: int, sequence: int) -> None:
+        self.metrics.rejected_requests.labels(
+            "downstream", pdu.command_name(command_id), "ESME_RINVCMDID"
+        ).inc()
+        connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
 
     def _reject(
         self, connection: SmppConnection, command_id: int, sequence: int, status: int
@@ -313,6 +339,8 @@ class DownstreamSession:
         self.account = client.system_id
         self.bind_kind = kind
         connection.send(pdu.bind_response(kind, sequence, Status.ESME_ROK, SYSTEM_ID))
+        connection.start_inactivity(self.inactivity, self._idle)
+        connection.when_resumed = self._resumed
         self.metrics.bind_attempts.labels("ok").inc()
         self.log.info(
             "{account} bound as {kind} from {peer}",
@@ -348,6 +376,26 @@ class DownstreamSession:
             )
             self.metrics.session_timeouts.labels("downstream", "session_init").inc()
             self.connection.close()
+
+    def _idle(self) -> None:
+        # Nothing from the app for `inactivity` seconds: unbind it (after any in-flight answer).
+        if self.connection is None or self.state not in _BOUND:
+            return
+        self.log.info(
+            "{account} ({kind}) from {peer}: nothing received for {s} s; unbinding",
+            account=self.account,
+            kind=self.bind_kind,
+            peer=self.connection.peer,
+            s=self.inactivity,
+        )
+        self.metrics.session_timeouts.labels("downstream", "inactivity").inc()
+        self.shutdown()
+
+    def _resumed(self) -> None:
+        # The app reads again: what waited for its receiving bind can flow.
+        if self.receives:
+            for hook in self.registry.on_receiver_bound:
+                hook(self.account)
 
     # --- submit and unbind ------------------------------------------------------------------
 

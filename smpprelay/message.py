@@ -97,7 +97,7 @@ def _sar_concat(fields: ShortMessage) -> Concat | None:
     if ref is None and total is None and seq is None:
         return None
     if ref is None or total is None or seq is None:
-        raise DecodeError(0xC3, "sar_* TLVs must come as a set")  # ESME_RMISSINGOPTPARAM
+        raise DecodeError(Status.ESME_RMISSINGOPTPARAM, "sar_* TLVs must come as a set")
     if len(ref) != 2 or len(total) != 1 or len(seq) != 1:
         raise DecodeError(Status.ESME_RINVPARLEN, "sar_* TLV of the wrong length")
     return Concat(ref[0] << 8 | ref[1], total[0], seq[0], "sar")

@@ -73,6 +73,8 @@ class Status(IntEnum):
     ESME_RINVCMDID = 0x03
     ESME_RINVBNDSTS = 0x04
     ESME_RALYBND = 0x05
+    ESME_RINVPRTFLG = 0x06
+    ESME_RINVREGDLVFLG = 0x07
     ESME_RSYSERR = 0x08
     ESME_RINVSRCADR = 0x0A
     ESME_RINVDSTADR = 0x0B
@@ -81,13 +83,22 @@ class Status(IntEnum):
     ESME_RINVSYSID = 0x0F
     ESME_RMSGQFUL = 0x14
     ESME_RINVSERTYP = 0x15
+    ESME_RINVESMCLASS = 0x43
     ESME_RSUBMITFAIL = 0x45
+    ESME_RINVSRCTON = 0x48
+    ESME_RINVSRCNPI = 0x49
+    ESME_RINVDSTTON = 0x50
+    ESME_RINVDSTNPI = 0x51
+    ESME_RINVREPFLAG = 0x54
     ESME_RTHROTTLED = 0x58
+    ESME_RINVSCHED = 0x61
+    ESME_RINVEXPIRY = 0x62
     ESME_RX_T_APPN = 0x64
     ESME_RX_P_APPN = 0x65
     ESME_RX_R_APPN = 0x66
     ESME_RINVOPTPARSTREAM = 0xC0
     ESME_RINVPARLEN = 0xC2
+    ESME_RMISSINGOPTPARAM = 0xC3
     ESME_RUNKNOWNERR = 0xFF
 
 
@@ -192,6 +203,11 @@ class Framer:
             pos += length
         self._buffer = buf[pos:] if pos else buf
         return frames
+
+    def pending_sequence(self) -> int:
+        """The sequence_number of the incomplete PDU held back, or 0 before its header is in."""
+        buf = self._buffer
+        return sequence_of(buf) if len(buf) >= HEADER_LEN else 0
 
 
 def header(frame: bytes) -> tuple[int, int, int, int]:
@@ -314,12 +330,12 @@ def read_short_message(frame: bytes) -> ShortMessage:
         p = end + 4
         end = find(b"\0", p, p + 17)
         if end < 0:
-            raise DecodeError(0x61, "schedule_delivery_time too long or cut off")  # RINVSCHED
+            raise DecodeError(Status.ESME_RINVSCHED, "schedule_delivery_time too long or cut off")
         sched = frame[p:end]
         p = end + 1
         end = find(b"\0", p, p + 17)
         if end < 0:
-            raise DecodeError(0x62, "validity_period too long or cut off")  # RINVEXPIRY
+            raise DecodeError(Status.ESME_RINVEXPIRY, "validity_period too long or cut off")
         valid = frame[p:end]
         p = end + 1
         regd, repl, dc, sm_id, sm_len = frame[p : p + 5]

@@ -223,7 +223,14 @@ def build(
 
     def make_session() -> DownstreamSession:
         return DownstreamSession(
-            portal, registry, relay.submit, reactor, metrics, limits.session_init, limits.window
+            portal,
+            registry,
+            relay.submit,
+            reactor,
+            metrics,
+            limits.session_init,
+            limits.window,
+            inactivity=limits.inactivity,
         )
 
     def make_connection(session: DownstreamSession) -> SmppConnection:
@@ -234,6 +241,7 @@ def build(
             side="downstream",
             max_pdu=limits.max_pdu,
             response_timeout=limits.response,
+            pdu_read=limits.pdu_read,
         )
 
     listener = Listener(

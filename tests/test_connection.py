@@ -44,7 +44,9 @@ class RecordingHandler:
 class Harness:
     """One connection wired to a StringTransport, a Clock, a handler and fresh metrics."""
 
-    def __init__(self, response_timeout: float = TIMEOUT, max_pdu: int = 4096) -> None:
+    def __init__(
+        self, response_timeout: float = TIMEOUT, max_pdu: int = 4096, pdu_read: float | None = None
+    ) -> None:
         self.clock = Clock()
         self.metrics = Metrics()
         self.handler = RecordingHandler()
@@ -56,6 +58,7 @@ class Harness:
             side=SIDE,
             max_pdu=max_pdu,
             response_timeout=response_timeout,
+            pdu_read=pdu_read,
         )
         self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
 
@@ -406,3 +409,114 @@ def test_unbind_closes_when_unanswered(h: Harness) -> None:
     h.clock.advance(0.001)
     assert h.transport.disconnecting
     assert result_of(finished) is None
+
+
+# --- the PDU read deadline (absolute from a PDU's first byte) --------------------------------
+
+PDU_READ = 10.0
+
+
+@pytest.mark.parametrize(
+    ("sent", "sequence"),
+    [
+        (b"\x00\x00", 0),  # not even a whole command_length
+        (pdu.build(CommandId.submit_sm, 77, b"x" * 84)[:40], 77),  # header in, body cut short
+    ],
+)
+def test_pdu_not_whole_within_pdu_read_is_nacked_and_closed(sent: bytes, sequence: int) -> None:
+    """A PDU started and left unfinished: generic_nack ESME_RINVCMDLEN at the deadline, closed."""
+    h = Harness(pdu_read=PDU_READ)
+    h.connection.dataReceived(sent)
+    h.clock.advance(PDU_READ - 0.01)
+    assert h.transport.value() == b""
+    assert not h.transport.disconnecting
+    h.clock.advance(0.01)
+    assert h.written() == [pdu.generic_nack(sequence, Status.ESME_RINVCMDLEN)]
+    assert h.transport.disconnecting
+    assert h.handler.requests == []
+    assert h.sample("smpprelay_framing_errors_total", side=SIDE, reason="read_timeout") == 1
+
+
+def test_pdu_read_deadline_is_not_extended_by_a_trickle() -> None:
+    """Slowloris: one byte every 2 s; closed 10 s after the first byte, not 10 s after the last."""
+    h = Harness(pdu_read=PDU_READ)
+    frame = pdu.build(CommandId.enquire_link, 5, b"x" * 84)
+    for byte in range(5):
+        h.connection.dataReceived(frame[byte : byte + 1])
+        h.clock.advance(2.0)
+    assert h.written() == [pdu.generic_nack(0, Status.ESME_RINVCMDLEN)]
+    assert h.transport.disconnecting
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_pdu_read_clock_restarts_for_each_pdu() -> None:
+    """PDUs that each arrive whole in time never trip the deadline, however long the session."""
+    h = Harness(pdu_read=PDU_READ)
+    link = pdu.build(CommandId.enquire_link, 1)
+    h.connection.dataReceived(link[:8])
+    for _ in range(5):
+        # Each read finishes one PDU and starts the next, which takes 9 s to complete.
+        h.clock.advance(9.0)
+        h.connection.dataReceived(link[8:] + link[:8])
+    h.clock.advance(9.0)
+    h.connection.dataReceived(link[8:])
+    assert len(h.written()) == 6
+    assert not h.transport.disconnecting
+    assert h.sample("smpprelay_framing_errors_total", side=SIDE, reason="read_timeout") == 0
+    # With nothing held back no read timer is left behind.
+    h.clock.advance(PDU_READ * 3)
+    assert not h.transport.disconnecting
+
+
+def test_nothing_is_read_after_a_framing_error(h: Harness) -> None:
+    """After a bad length the rest of the stream (1 MiB of junk) is neither buffered nor counted."""
+    h.connection.dataReceived(bytes.fromhex("7fffffff 00000004 00000000 00000001"))
+    h.written()
+    for _ in range(16):
+        h.connection.dataReceived(b"\x00\x00\x01\x00" * 16384)
+    assert h.connection._framer.buffered == 0
+    assert h.transport.value() == b""
+    assert h.sample("smpprelay_framing_errors_total", side=SIDE, reason="too_long") == 1
+
+
+# --- inactivity -------------------------------------------------------------------------------
+
+
+def test_inactivity_calls_back_once_after_silence(h: Harness) -> None:
+    """on_idle runs once nothing was read for the whole period; any read pushes it back."""
+    idle: list[float] = []
+    h.connection.start_inactivity(30.0, lambda: idle.append(h.clock.seconds()))
+    h.clock.advance(20.0)
+    h.connection.dataReceived(pdu.build(CommandId.enquire_link, 1))
+    h.clock.advance(29.0)
+    assert idle == []
+    h.clock.advance(1.0)
+    assert idle == [50.0]
+    h.clock.advance(300.0)
+    assert idle == [50.0]
+
+
+# --- back-pressure: a peer that stops reading -----------------------------------------------
+
+
+def test_connection_is_the_streaming_producer_of_its_transport(h: Harness) -> None:
+    """Paused by a full write buffer, it stops reading; resumed, it reads and says so."""
+    resumed: list[bool] = []
+    h.connection.when_resumed = lambda: resumed.append(True)
+    assert h.transport.producer is h.connection
+    assert h.transport.streaming
+    h.transport.producer.pauseProducing()
+    assert h.connection.paused
+    assert h.transport.producerState == "paused"
+    h.transport.producer.resumeProducing()
+    assert not h.connection.paused
+    assert h.transport.producerState == "producing"
+    assert resumed == [True]
+
+
+def test_close_unregisters_the_producer_so_the_close_completes(h: Harness) -> None:
+    """A paused producer left registered would hold the connection open (Twisted waits for it)."""
+    h.connection.pauseProducing()
+    h.connection.close()
+    assert h.transport.producer is None
+    assert h.transport.disconnecting

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -23,6 +24,7 @@ from tests.support import frames_of
 
 PASSWORD = "s3cr3tPw"
 SESSION_INIT = 5.0
+INACTIVITY = 300.0
 
 
 class FakeSubmit:
@@ -66,6 +68,7 @@ class Harness:
             self.metrics,
             SESSION_INIT,
             window,
+            inactivity=INACTIVITY,
         )
         self.connection = SmppConnection(
             self.session,
@@ -274,10 +277,10 @@ def test_bind_cancels_session_init() -> None:
     h = Harness()
     h.clock.advance(SESSION_INIT - 1)
     h.bind()
-    assert h.clock.getDelayedCalls() == []
+    # What is left is the inactivity timer, due INACTIVITY after the bind.
+    assert [call.getTime() for call in h.clock.getDelayedCalls()] == [SESSION_INIT - 1 + INACTIVITY]
     h.clock.advance(SESSION_INIT * 10)
     assert not h.closing
-    assert h.clock.getDelayedCalls() == []
 
 
 # --- session states --------------------------------------------------------------------------
@@ -488,3 +491,127 @@ def test_shutdown_unbound_session_closes() -> None:
     assert done == [None]
     assert h.closing
     assert h.written() == b""
+
+
+# --- requests valid in their state that the relay does not carry (F8) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "command_id", "answer"),
+    [
+        ("transmitter", CommandId.query_sm, resp_header(0x80000000, 0x03, 8)),
+        ("transceiver", CommandId.replace_sm, resp_header(0x80000000, 0x03, 8)),
+        ("transmitter", CommandId.cancel_sm, resp_header(0x80000000, 0x03, 8)),
+        ("transceiver", CommandId.submit_multi, resp_header(0x80000000, 0x03, 8)),
+        ("receiver", CommandId.data_sm, resp_header(0x80000000, 0x03, 8)),
+        ("transmitter", CommandId.data_sm, resp_header(0x80000000, 0x03, 8)),
+        # out of its state (3.4 table 2-1): the state error, not "unsupported"
+        ("receiver", CommandId.query_sm, resp_header(0x80000003, 0x04, 8)),
+        ("receiver", CommandId.cancel_sm, resp_header(0x80000008, 0x04, 8)),
+        ("transceiver", CommandId.deliver_sm, resp_header(0x80000005, 0x04, 8)),
+    ],
+)
+def test_requests_not_relayed_are_answered_and_the_session_kept(
+    kind: str, command_id: int, answer: bytes
+) -> None:
+    """Never silence: each gets one answer at once; nothing reaches the relay; session kept."""
+    h = Harness()
+    h.bind(kind)
+    h.send(pdu.build(command_id, 8, b"\0" * 20))
+    assert h.written() == answer
+    assert not h.closing
+    assert h.submit.calls == []
+    h.send(pdu.build(CommandId.enquire_link, 9))
+    assert h.written() == resp_header(0x80000015, 0, 9)
+
+
+@pytest.mark.parametrize("sequence", [0, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_request_with_odd_status_or_sequence_is_processed_and_echoed(sequence: int) -> None:
+    """F12: a request with a non-zero command_status or an out-of-range sequence still works."""
+    h = Harness()
+    h.bind()
+    frame = submit_frame(sequence)
+    odd = frame[:8] + b"\x00\x00\x00\x45" + frame[12:]
+    h.send(odd)
+    assert h.submit.calls == [("app", odd)]
+    h.submit.answer(0, b"M")
+    assert h.written() == submit_resp(sequence, b"M")
+    h.send(pdu.build(CommandId.enquire_link, sequence, status=0x08))
+    assert h.written() == resp_header(0x80000015, 0, sequence)
+
+
+# --- inactivity (S6) ----------------------------------------------------------------------------
+
+
+def test_idle_bound_session_is_unbound_by_the_relay() -> None:
+    """Nothing from the app for `inactivity` seconds: we send unbind, close on its answer."""
+    h = Harness()
+    h.bind("transceiver")
+    h.clock.advance(INACTIVITY - 1)
+    h.send(pdu.build(CommandId.enquire_link, 2))  # any PDU counts as activity
+    h.written()
+    h.clock.advance(INACTIVITY - 0.01)
+    assert h.written() == b""
+    h.clock.advance(0.01)
+    (unbind,) = h.frames()
+    _, command_id, status, sequence = pdu.header(unbind)
+    assert (command_id, status, len(unbind)) == (CommandId.unbind, 0, 16)
+    assert h.session.state is State.UNBINDING
+    assert h.registry.receivers("app") == []
+    assert not h.closing
+    # A submit now is refused for the state and not relayed.
+    h.send(submit_frame(3))
+    assert h.written() == resp_header(0x80000004, 0x04, 3)
+    h.send(pdu.build(CommandId.unbind_resp, sequence))
+    assert h.closing
+    assert h.submit.calls == []
+    assert h.sample("smpprelay_session_timeouts_total", side="downstream", timer="inactivity") == 1
+
+
+def test_idle_session_unbound_even_if_the_app_never_answers_unbind() -> None:
+    """The unbind is a request like any other: unanswered, the response timer closes the link."""
+    h = Harness()
+    h.bind()
+    h.clock.advance(INACTIVITY)
+    assert pdu.header(h.written())[1] == CommandId.unbind
+    h.clock.advance(30.0)
+    assert h.closing
+
+
+def test_idle_session_waits_for_its_in_flight_submit_before_unbinding() -> None:
+    """A submit still waiting for the operator is answered before our unbind."""
+    h = Harness()
+    h.bind()
+    h.send(submit_frame(4))
+    h.clock.advance(INACTIVITY)
+    assert h.written() == b""
+    h.submit.answer(0, b"M4")
+    frames = h.frames()
+    assert frames[0] == submit_resp(4, b"M4")
+    assert pdu.header(frames[1])[1] == CommandId.unbind
+
+
+# --- a receiver that stops reading ------------------------------------------------------------
+
+
+def test_paused_receiver_takes_no_deliveries_until_it_reads_again() -> None:
+    """A full write buffer pauses the session: no deliver_sm; on resume the router is told."""
+    h = Harness()
+    h.bind("receiver")
+    h.receiver_hooks.clear()
+    assert h.session.can_deliver
+    h.connection.pauseProducing()
+    assert not h.session.can_deliver
+    assert h.transport.producerState == "paused"  # and the app's requests are not read
+    h.connection.resumeProducing()
+    assert h.session.can_deliver
+    assert h.receiver_hooks == ["app"]
+
+
+def test_resumed_transmitter_does_not_wake_the_router() -> None:
+    """Only a receiving bind has deliveries waiting for it."""
+    h = Harness()
+    h.bind("transmitter")
+    h.connection.pauseProducing()
+    h.connection.resumeProducing()
+    assert h.receiver_hooks == []

@@ -213,6 +213,15 @@ class Metrics:
             "Operator message ids remembered to route their receipts.",
             registry=r,
         )
+        # Series that alerts and dashboards watch for increases exist from the start at 0,
+        # so the first failure is an increase and not a series appearing out of nowhere.
+        for kind in ("receipt", "mo"):
+            self.deliveries_received.labels(kind)
+            for result in ("delivered", "held", "refused", "expired", "store_full"):
+                self.deliveries.labels(kind, result)
+        self.deliveries.labels("receipt", "unmatched")
+        self.deliveries.labels("mo", "unroutable")
+        self.session_timeouts.labels("upstream", "enquire_link")
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[int, Any] = {}

@@ -386,6 +386,8 @@ class UpstreamSession(ClientService):
         )
         self._set_state("connecting")
         metrics.upstream_window_size.labels(name).set(config.window)
+        for reason in ("connect", "bind_timeout", "bind_refused", "lost"):
+            metrics.upstream_reconnects.labels(name, reason)
         metrics.upstream_window_in_use.labels(name).set_function(self._in_flight)
 
     def _in_flight(self) -> float:

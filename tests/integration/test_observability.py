@@ -1,0 +1,172 @@
+"""Observability: every name the dashboard and the alert rules use is one the relay exports
+after carrying traffic, every metric family has a real value, and the health endpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import Harness, free_port, wait_for
+from .observability import (
+    alert_rules,
+    dashboard,
+    dashboard_queries,
+    metric_names,
+    unknown_names,
+)
+from .test_end_to_end import http_get
+from .traffic import Traffic
+
+
+def test_metric_names_are_read_out_of_promql() -> None:
+    """Functions, labels, ranges, grouping, strings and numbers are not taken for names."""
+    expr = (
+        "histogram_quantile(0.99, sum by (le, account) (rate(smpprelay_submit_latency_seconds_"
+        'bucket{account=~"$account", status!="x"}[$__rate_interval]))) / on (instance) '
+        "group_left sum without (session) (smpprelay_upstream_window_size) > 1e3 "
+        "and time() - process_start_time_seconds offset 5m"
+    )
+    assert metric_names(expr) == {
+        "smpprelay_submit_latency_seconds_bucket",
+        "smpprelay_upstream_window_size",
+        "process_start_time_seconds",
+    }
+
+
+def test_a_renamed_metric_is_reported() -> None:
+    """The check fails for a query whose metric the relay does not export (a rename)."""
+    exported = {"smpprelay_submits_total", "smpprelay_upstream_queue"}
+    queries = [
+        ("ok", "sum(rate(smpprelay_submits_total[1m]))"),
+        ("renamed", "sum(rate(smpprelay_submit_total[1m])) + smpprelay_upstream_queue"),
+        ("prometheus", 'up{job="smpprelay"} == 0'),
+    ]
+    assert unknown_names(queries, exported) == {
+        "renamed: sum(rate(smpprelay_submit_total[1m])) + smpprelay_upstream_queue": {
+            "smpprelay_submit_total"
+        }
+    }
+
+
+def test_dashboard_has_datasource_and_account_variables_on_every_panel() -> None:
+    """Importable into Grafana 10+: a Prometheus data-source variable used by every panel, an
+    account variable used by the per-account queries, and the panels the operators need."""
+    board = dashboard()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["account"]["type"] == "query"
+    assert variables["account"]["includeAll"] is True
+    assert board["schemaVersion"] >= 36
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = " | ".join(p["title"] for p in panels).lower()
+    for needed in (
+        "traffic in/out per account",
+        "answers to apps by status",
+        "operator answers by status",
+        "rule rejections by rule",
+        "submit latency",
+        "window use",
+        "session state",
+        "held per account",
+        "unmatched",
+        "reconnects",
+    ):
+        assert needed in titles
+    assert any('account=~"$account"' in expr for _, expr in dashboard_queries())
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Harness) -> None:
+    """Scrape a relay that carried traffic: every name in every dashboard query and alert
+    expression is exported, and every metric family has a real, non-trivial value."""
+    relay = await harness.relay()
+    traffic = Traffic(harness, relay)
+    await traffic.start()
+    await traffic.round()
+    await traffic.lose_upstream()
+    await traffic.round()
+    # A receipt that matches nothing is counted after its one-second second look.
+    unmatched = {"kind": "receipt", "result": "unmatched"}
+    registry = relay.metrics.registry
+    await wait_for(lambda: registry.get_sample_value("smpprelay_deliveries_total", unmatched) == 2)
+
+    code, body = await http_get(relay, "/metrics")
+    assert code == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    exported = {s.name for f in families.values() for s in f.samples}
+
+    queries = dashboard_queries() + [(rule["alert"], rule["expr"]) for rule in alert_rules()]
+    assert unknown_names(queries, exported) == {}
+    assert len(alert_rules()) >= 8
+
+    def value(name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(
+            s.value
+            for f in families.values()
+            for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert value("smpprelay_bound_sessions", account="app1", bind_type="transceiver") == 1
+    assert value("smpprelay_bound_sessions", account="app2", bind_type="transmitter") == 1
+    assert value("smpprelay_bind_attempts_total", result="ok") >= 2
+    assert value("smpprelay_bind_attempts_total", result="credentials") == 1
+    assert (
+        value("smpprelay_pdus_total", side="downstream", direction="in", command="submit_sm") == 16
+    )
+    assert (
+        value("smpprelay_pdus_total", side="downstream", direction="out", command="deliver_sm") >= 8
+    )
+    assert value("smpprelay_submits_total", account="app1", status="ESME_ROK") == 8
+    assert value("smpprelay_submits_total", account="app1", status="ESME_RSUBMITFAIL") == 4
+    assert value("smpprelay_submits_total", account="app2", status="ESME_ROK") == 2
+    assert value("smpprelay_submit_latency_seconds_count", account="app1") == 14
+    assert value("smpprelay_deliver_latency_seconds_count", account="app1") >= 8
+    assert value("smpprelay_filter_decisions_total", filter="dedup", action="reject") == 2
+    assert value("smpprelay_filter_decisions_total", filter="encoding", action="reject") == 2
+    assert value("smpprelay_concat_open_messages") == 2
+    assert value("smpprelay_dedup_entries") > 0
+    assert value("smpprelay_flood_entries") > 0
+    assert value("smpprelay_parts_billed_total", data_coding="0") > 0
+    assert value("smpprelay_upstream_sessions", state="bound") == 1
+    assert value("smpprelay_upstream_submits_total", status="ESME_ROK") == 8
+    assert value("smpprelay_upstream_throttled_total") == 2
+    assert value("smpprelay_upstream_window_size") == 10
+    assert "smpprelay_upstream_window_in_use" in exported
+    assert value("smpprelay_upstream_round_trip_seconds_count") == 10
+    assert value("smpprelay_upstream_reconnects_total", reason="lost") == 1
+    assert value("smpprelay_deliveries_received_total", kind="receipt") >= 7
+    assert value("smpprelay_deliveries_received_total", kind="mo") == 2
+    assert value("smpprelay_deliveries_total", kind="receipt", result="delivered") >= 6
+    assert value("smpprelay_deliveries_total", kind="mo", result="delivered") == 2
+    assert value("smpprelay_held_deliveries", account="app2") == 2
+    assert value("smpprelay_build_info") == 1
+    assert value("smpprelay_start_time_seconds") > 1.6e9
+    assert value("process_resident_memory_bytes") > 0
+    assert value("smpprelay_deliveries_total", kind="receipt", result="unmatched") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_alive_and_readyz_says_why_not_ready(harness: Harness) -> None:
+    """/healthz answers 200 while the process runs; /readyz 503 with a JSON reason."""
+    relay = await harness.relay(
+        bound=0,
+        upstream={"host": "127.0.0.1", "port": free_port(), "system_id": "r", "password": "p"},
+    )
+    code, body = await http_get(relay, "/healthz")
+    assert (code, json.loads(body)) == (200, {"ready": True, "reason": "alive"})
+    code, body = await http_get(relay, "/readyz")
+    assert (code, json.loads(body)) == (
+        503,
+        {"ready": False, "reason": "no upstream session bound"},
+    )

@@ -88,6 +88,7 @@ class Relay:
         """
         try:
             message = read_message(account, frame, app_iso)
+            pdu.check_submit(message.fields)
         except DecodeError as error:
             self.log.info(
                 "{account}: submit_sm unreadable ({error}), answered {status}",

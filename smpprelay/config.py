@@ -15,6 +15,8 @@ import attrs
 import yaml
 from attrs import AttrsInstance
 
+from smpprelay.passwd import parse_hash
+
 BindMode = Literal["transceiver", "transmitter_receiver"]
 ReceiptStat = Literal["DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD"]
 
@@ -35,6 +37,11 @@ class _Invalid(Exception):
 def _mo_prefix(text: str) -> str:
     if not re.fullmatch(r"\+?[0-9]+", text):
         raise ValueError(f"expected digits with an optional leading '+', got {text!r}")
+    return text
+
+
+def _scrypt_hash(text: str) -> str:
+    parse_hash(text)
     return text
 
 
@@ -66,11 +73,21 @@ def _rule(**kwargs: Any) -> dict[str, _Rule]:
 
 
 @attrs.frozen(kw_only=True)
+class ListenTls:
+    """A TLS (1.2 or later) listener for apps, beside or instead of the plain port."""
+
+    port: int = attrs.field(default=3550, metadata=_rule(ge=0, le=65535))
+    cert: str = attrs.field(metadata=_rule(min_len=1))  # PEM file: the certificate (and chain)
+    key: str = attrs.field(metadata=_rule(min_len=1))  # PEM file: its private key
+
+
+@attrs.frozen(kw_only=True)
 class Listen:
-    """Where applications bind to us."""
+    """Where applications bind to us; ``port: null`` with ``tls`` means TLS only."""
 
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=2775, metadata=_rule(ge=0, le=65535))
+    port: int | None = attrs.field(default=2775, metadata=_rule(ge=0, le=65535))
+    tls: ListenTls | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -86,11 +103,19 @@ class Client:
     """An application account allowed to bind to the relay."""
 
     system_id: str = attrs.field(metadata=_rule(min_len=1, max_len=15, smpp=True))
-    password: str = attrs.field(metadata=_rule(min_len=1, max_len=8, smpp=True))
+    # Exactly one of the two: a plain password, or (preferred) a smpprelay-passwd hash.
+    password: str | None = attrs.field(
+        default=None, metadata=_rule(min_len=1, max_len=8, smpp=True)
+    )
+    password_hash: str | None = attrs.field(default=None, metadata=_rule(item=_scrypt_hash))
     mo_prefixes: tuple[str, ...] = attrs.field(default=(), metadata=_rule(item=_mo_prefix))
     allowed_ips: tuple[str, ...] = attrs.field(
         default=("0.0.0.0/0", "::/0"), metadata=_rule(item=_network)
     )
+    max_binds: int | None = attrs.field(default=None, metadata=_rule(ge=1))  # None: no limit
+    # Submits per second over all the account's binds (token bucket), None: no limit.
+    throughput: float | None = attrs.field(default=None, metadata=_rule(gt=0))
+    burst: int | None = attrs.field(default=None, metadata=_rule(ge=1))  # None: max(1, throughput)
 
 
 @attrs.frozen(kw_only=True)
@@ -115,6 +140,9 @@ class Upstream:
     addr_ton: int = attrs.field(default=0, metadata=_rule(ge=0, le=255))
     addr_npi: int = attrs.field(default=0, metadata=_rule(ge=0, le=255))
     address_range: str = attrs.field(default="", metadata=_rule(max_len=40, smpp=True))
+    tls: bool = False
+    tls_ca: str | None = attrs.field(default=None, metadata=_rule(min_len=1))  # None: system CAs
+    tls_verify: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -129,6 +157,17 @@ class Limits:
     pdu_read: float = attrs.field(default=10.0, metadata=_rule(gt=0))
     # A bound app session with no PDU from the app for this long is unbound by the relay.
     inactivity: float = attrs.field(default=300.0, metadata=_rule(gt=0))
+
+
+@attrs.frozen(kw_only=True)
+class Security:
+    """Brute-force lock-outs and connection caps for the app listener(s)."""
+
+    bind_failures: int = attrs.field(default=5, metadata=_rule(ge=1))
+    bind_failure_window: float = attrs.field(default=60.0, metadata=_rule(gt=0))
+    lockout: float = attrs.field(default=300.0, metadata=_rule(gt=0))
+    max_connections: int = attrs.field(default=1000, metadata=_rule(ge=1))
+    max_connections_per_address: int = attrs.field(default=50, metadata=_rule(ge=1))
 
 
 @attrs.frozen(kw_only=True)
@@ -218,6 +257,7 @@ class Config:
     upstream: Upstream | None = None
     metrics: Metrics = Metrics()
     limits: Limits = Limits()
+    security: Security = Security()
     receipts: Receipts = Receipts()
     simulator: Simulator = Simulator()
     filters: Filters = Filters()
@@ -309,6 +349,11 @@ def _value(tp: Any, data: object, path: str, rule: _Rule) -> object:
             hint = "" if data is None or isinstance(data, list | dict) else " (put it in quotes)"
             raise _Invalid(path, f"expected a string, got {_show(data)}{hint}")
         _check_text(data, rule, path)
+        if rule.item is not None:  # a single string with a format of its own (password_hash)
+            try:
+                return rule.item(data)
+            except ValueError as exc:
+                raise _Invalid(path, str(exc)) from None
         return data
     if tp is int:
         # bool is an int subclass, and YAML reads "yes" as True.
@@ -360,6 +405,16 @@ def _cross_check(config: Config) -> None:
             if owner != client.system_id:
                 where = f"clients[{i}].mo_prefixes[{j}]"
                 raise _Invalid(where, f"{prefix!r} is already claimed by {owner!r}")
+    for i, client in enumerate(config.clients):
+        if (client.password is None) == (client.password_hash is None):
+            problem = (
+                "missing (or give password_hash)"
+                if client.password is None
+                else "give password or password_hash, not both"
+            )
+            raise _Invalid(f"clients[{i}].password", problem)
+    if config.listen.port is None and config.listen.tls is None:
+        raise _Invalid("listen.port", "null (no plain port) needs listen.tls")
     up = config.upstream
     if up is not None and up.reconnect_max < up.reconnect_initial:
         raise _Invalid(

@@ -11,13 +11,14 @@ import hmac
 import ipaddress
 from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -25,13 +26,21 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from smpprelay import pdu
+from smpprelay.access import Access
 from smpprelay.config import Client
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
+from smpprelay.passwd import decoy_like, verify_password
 from smpprelay.pdu import CommandId, DecodeError, Status
 
 # What we call ourselves in bind responses.
 SYSTEM_ID = "smpprelay"
+
+# Runs a slow check (a password hash) away from the reactor thread; fires with its result.
+OffThread = Callable[[Callable[[], bool]], Deferred[bool]]
+# Failed binds that count toward an address's lock-out (not max_binds: a legitimate app
+# reconnecting before its old sessions are gone must not lock itself out).
+_LOCKOUT_REASONS = {"credentials", "address_not_allowed", "malformed"}
 
 
 class IAccount(Interface):
@@ -40,24 +49,46 @@ class IAccount(Interface):
 
 @implementer(ICredentialsChecker)
 class AccountChecker:
-    """Checks an app's system_id and password against the configured accounts."""
+    """Checks an app's system_id and password against the configured accounts.
+
+    A ``password_hash`` is verified through ``off_thread`` (a thread pool), never on the
+    reactor thread. An unknown system_id costs what a known one does: it is checked against a
+    decoy hash with the parameters of the first hashed account (or compared like a plain
+    password when no account has a hash).
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, clients: dict[str, Client]) -> None:
+    def __init__(self, clients: dict[str, Client], off_thread: OffThread | None = None) -> None:
         self._clients = clients
+        self._off_thread = off_thread
+        hashes = [c.password_hash for c in clients.values() if c.password_hash is not None]
+        if hashes and off_thread is None:
+            raise ValueError("password hashes need a thread pool to be verified in")
+        self._decoy = decoy_like(hashes[0]) if hashes else None
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         system_id = credentials.username.decode("latin-1")
         client = self._clients.get(system_id)
-        # Compare even for an unknown system_id, so the answer takes as long either way.
-        expected = client.password if client is not None else "\0" * 9
-        matches = hmac.compare_digest(expected.encode("latin-1"), credentials.password)
-        if client is None:
-            return fail(UnauthorizedLogin(f"unknown system_id {system_id!r}"))
-        if not matches:
-            return fail(UnauthorizedLogin(f"wrong password for {system_id!r}"))
-        return succeed(credentials.username)
+        secret: bytes = credentials.password
+        hashed = self._decoy if client is None else client.password_hash
+        if hashed is not None:
+            assert self._off_thread is not None
+            checked = self._off_thread(partial(verify_password, hashed, secret))
+        else:
+            expected = client.password if client is not None else None
+            # Compare even for an unknown system_id, so the answer takes as long either way.
+            plain = (expected or "\0" * 9).encode("latin-1")
+            checked = succeed(hmac.compare_digest(plain, secret))
+
+        def decide(matches: bool) -> bytes:
+            if client is None:
+                raise UnauthorizedLogin(f"unknown system_id {system_id!r}")
+            if not matches:
+                raise UnauthorizedLogin(f"wrong password for {system_id!r}")
+            return credentials.username  # type: ignore[no-any-return]
+
+        return checked.addCallback(decide)
 
 
 @implementer(IRealm)
@@ -160,6 +191,10 @@ class SessionRegistry:
         count = sum(1 for s in self._sessions.get(session.account, []) if s.bind_kind == kind)
         self.metrics.bound_sessions.labels(session.account, kind).set(count)
 
+    def bound_count(self, account: str) -> int:
+        """How many binds ``account`` has now."""
+        return len(self._sessions.get(account, ()))
+
     def receivers(self, account: str) -> list[DownstreamSession]:
         """The sessions of ``account`` that take deliver_sm (receiver or transceiver)."""
         return [s for s in self._sessions.get(account, ()) if s.receives]
@@ -184,8 +219,12 @@ class DownstreamSession:
         session_init: float,
         window: int,
         inactivity: float = 300.0,
+        access: Access | None = None,
     ) -> None:
         self.portal = portal
+        self.access = access
+        self.host = ""
+        self._admitted = False
         self.registry = registry
         self.submit = submit
         self.clock = clock
@@ -231,12 +270,23 @@ class DownstreamSession:
 
     def connection_made(self, connection: SmppConnection) -> None:
         self.connection = connection
+        self.host = str(getattr(connection.transport.getPeer(), "host", ""))  # type: ignore[union-attr]
+        if self.access is not None:
+            if not self.access.admit(self.host):
+                # Locked out or over a connection cap: dropped before a byte is read.
+                self.state = State.CLOSED
+                connection.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            self._admitted = True
         self.registry.connections.add(self)
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
+        if self._admitted and self.access is not None:
+            self._admitted = False
+            self.access.closed(self.host)
         was_bound = self.state in _BOUND or self.state is State.UNBINDING
         self.state = State.CLOSED
         self.registry.connections.discard(self)
@@ -321,6 +371,11 @@ class DownstreamSession:
                     connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
                 )
                 return
+            binds = self.registry.bound_count(client.system_id)
+            if client.max_binds is not None and binds >= client.max_binds:
+                detail = f"{client.system_id} already has {binds} of max_binds {client.max_binds}"
+                self._bind_failed(connection, kind, sequence, "max_binds", detail)
+                return
             self.app_iso = request.system_type.strip().upper() == "ISO"
             self._bound(connection, kind, sequence, client)
 
@@ -365,6 +420,8 @@ class DownstreamSession:
         self.metrics.bind_attempts.labels(reason).inc()
         connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
         connection.close()
+        if self.access is not None and reason in _LOCKOUT_REASONS:
+            self.access.bind_failed(self.host)
 
     def _init_expired(self) -> None:
         self._init_timer = None
@@ -402,7 +459,10 @@ class DownstreamSession:
     def _submit(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
         started = self.clock.seconds()
         account = self.account
-        if self._in_flight >= self.window:
+        # A full window, or (taking a token only when the window has room) over the rate.
+        if self._in_flight >= self.window or (
+            self.access is not None and not self.access.may_submit(account)
+        ):
             self.metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
             connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
             return
@@ -475,6 +535,6 @@ class DownstreamFactory(Factory):
         return self._make_connection(self._make_session())
 
 
-def make_portal(clients: dict[str, Client]) -> Portal:
-    """The cred portal that authenticates app binds."""
-    return Portal(AccountRealm(clients), [AccountChecker(clients)])
+def make_portal(clients: dict[str, Client], off_thread: OffThread | None = None) -> Portal:
+    """The cred portal that authenticates app binds (hashes verified through ``off_thread``)."""
+    return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread)])

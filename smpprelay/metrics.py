@@ -68,6 +68,20 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.bind_lockouts = Counter(
+            "smpprelay_bind_lockouts_total",
+            "Addresses locked out after too many failed binds.",
+            registry=r,
+        )
+        self.locked_addresses = Gauge(
+            "smpprelay_locked_addresses", "Addresses locked out now.", registry=r
+        )
+        self.connections_refused = Counter(
+            "smpprelay_connections_refused_total",
+            "App connections dropped at accept, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.submits = Counter(
             "smpprelay_submits_total",
             "submit_sm from apps, by account and the status they were answered.",

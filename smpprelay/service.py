@@ -12,9 +12,13 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from smpprelay import tls
+from smpprelay.access import Access
 from smpprelay.config import Config, Upstream, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
@@ -94,6 +98,8 @@ class RelayService(MultiService):
         upstream: UpstreamService,
         listener: Listener,
         simulator: Listener | None,
+        tls_listener: Listener | None = None,
+        password_pool: ThreadPool | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
@@ -101,20 +107,26 @@ class RelayService(MultiService):
         self.registry = registry
         self.router = router
         self.upstream = upstream
+        # `listener` is the plain port, or the TLS one when there is no plain port.
         self.listener = listener
+        self.tls_listener = tls_listener
+        self.app_listeners = [listener] + [
+            other for other in (tls_listener,) if other is not None and other is not listener
+        ]
         self.simulator = simulator
         site = Site(metrics_resource(metrics, self.ready))
         self.metrics_listener = Listener(
             "metrics", tcp_server(reactor, config.metrics.host, config.metrics.port), site
         )
-        for child in (simulator, upstream, listener, self.metrics_listener):
+        pool = ThreadPoolService(password_pool) if password_pool is not None else None
+        for child in (pool, simulator, upstream, *self.app_listeners, self.metrics_listener):
             if child is not None:
                 child.setServiceParent(self)  # type: ignore[no-untyped-call]
         TimerService(SWEEP_INTERVAL, router.expire).setServiceParent(self)
 
     def ready(self) -> tuple[bool, str]:
         """Ready while an upstream session is bound and the app listener is open."""
-        if self.listener.port is None:
+        if any(listener.port is None for listener in self.app_listeners):
             return False, "app listener not open"
         if self.upstream.pool.bound == 0:
             return False, "no upstream session bound"
@@ -143,14 +155,30 @@ class RelayService(MultiService):
         self.running = 0
 
         async def in_order() -> None:
-            await maybeDeferred(self.listener.stopService)
+            for listener in self.app_listeners:
+                await maybeDeferred(listener.stopService)
             await self.registry.shutdown()
             self.router.stop()
             for service in reversed(list(self)):
-                if service is not self.listener and service.running:
+                if service not in self.app_listeners and service.running:
                     await maybeDeferred(service.stopService)
 
         return Deferred.fromCoroutine(in_order())
+
+
+class ThreadPoolService(Service):
+    """Runs a thread pool while the service runs (password hashes are verified in it)."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.pool.stop()
 
 
 class _LazyEndpoint:
@@ -200,6 +228,11 @@ def build(
             assert listener_of_sim.port is not None
             port = listener_of_sim.port.getHost().port  # type: ignore[attr-defined]
             return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    elif upstream_config.tls:
+        secure, options = upstream_config, tls.client_options(upstream_config)
+
+        def endpoint() -> Any:
+            return tls.client_endpoint(reactor, secure, options)
     else:
         host, port = upstream_config.host, upstream_config.port
 
@@ -219,7 +252,19 @@ def build(
         config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
     )
     relay = Relay(upstream.pool, router, metrics, reactor, chain)
-    portal = make_portal({client.system_id: client for client in config.clients})
+    # Password hashes are checked in two threads of their own: a burst of binds cannot starve
+    # the reactor's pool (name resolution) and costs at most two cores.
+    password_pool = None
+    if any(client.password_hash is not None for client in config.clients):
+        password_pool = ThreadPool(minthreads=0, maxthreads=2, name="smpprelay-passwords")
+    pool = password_pool
+
+    def off_thread(check: Callable[[], bool]) -> Deferred[bool]:
+        assert pool is not None
+        return deferToThreadPool(reactor, pool, check)
+
+    portal = make_portal({client.system_id: client for client in config.clients}, off_thread)
+    access = Access(config.security, config.clients, reactor, metrics)
 
     def make_session() -> DownstreamSession:
         return DownstreamSession(
@@ -231,6 +276,7 @@ def build(
             limits.session_init,
             limits.window,
             inactivity=limits.inactivity,
+            access=access,
         )
 
     def make_connection(session: DownstreamSession) -> SmppConnection:
@@ -244,13 +290,27 @@ def build(
             pdu_read=limits.pdu_read,
         )
 
-    listener = Listener(
-        "SMPP",
-        tcp_server(reactor, config.listen.host, config.listen.port),
-        DownstreamFactory(make_session, make_connection),
-    )
+    factory = DownstreamFactory(make_session, make_connection)
+    listen = config.listen
+    tls_listener = None
+    if listen.tls is not None:
+        tls_endpoint = tls.server_endpoint(reactor, listen.host, listen.tls)
+        tls_listener = Listener("SMPP over TLS", tls_endpoint, factory)
+    listener = tls_listener
+    if listen.port is not None:
+        listener = Listener("SMPP", tcp_server(reactor, listen.host, listen.port), factory)
+    assert listener is not None  # the configuration has a plain port, TLS, or both
     service = RelayService(
-        config, reactor, metrics, registry, router, upstream, listener, simulator
+        config,
+        reactor,
+        metrics,
+        registry,
+        router,
+        upstream,
+        listener,
+        simulator,
+        tls_listener,
+        password_pool,
     )
     TimerService(RULES_SWEEP_INTERVAL, relay.sweep).setServiceParent(service)
     return service

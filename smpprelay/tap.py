@@ -21,6 +21,10 @@ class Options(usage.Options):
         path = self["config"]
         try:
             self.relay_config: Config = load_config(path) if path else default_config()
+            # Certificates and keys are read now, so a bad one stops the start the same way.
+            from smpprelay.tls import check_files
+
+            check_files(self.relay_config, path or "<default>")
         except ConfigError as error:
             # One line naming the file and the key, a non-zero exit, and no usage dump or
             # traceback: UsageError would print the whole --help first.

@@ -18,8 +18,10 @@ from smpprelay.config import (
     FloodRule,
     Limits,
     Listen,
+    ListenTls,
     Metrics,
     Receipts,
+    Security,
     Simulator,
     Upstream,
     default_config,
@@ -79,10 +81,12 @@ def test_example_file_lists_every_key() -> None:
         ("metrics", Metrics),
         ("upstream", Upstream),
         ("limits", Limits),
+        ("security", Security),
         ("receipts", Receipts),
         ("simulator", Simulator),
     ]:
         assert set(data[section]) == {f.name for f in attrs.fields(cls)}, section
+    assert set(data["listen"]["tls"]) == {f.name for f in attrs.fields(ListenTls)}
     client_keys = {key for client in data["clients"] for key in client}
     assert client_keys == {f.name for f in attrs.fields(Client)}
     for rule, cls in [
@@ -220,7 +224,7 @@ def test_filters_are_validated() -> None:
 def test_missing_required() -> None:
     """A missing required key is named."""
     data = {"clients": [{"system_id": "a", "password": "b"}, {"system_id": "c"}]}
-    assert _error(data) == "x.yaml: clients[1].password: missing"
+    assert _error(data) == "x.yaml: clients[1].password: missing (or give password_hash)"
     data = _minimal(upstream={"host": "smsc", "password": "pw"})
     assert _error(data) == "x.yaml: upstream.system_id: missing"
 

@@ -1,0 +1,158 @@
+"""Who may connect and how fast they may submit: connection caps, lock-outs, throughput.
+
+`Access` is shared by every app listener (plain and TLS). It counts open connections in total
+and per address, locks an address out after ``security.bind_failures`` failed binds within
+``security.bind_failure_window`` seconds, and keeps one token bucket per account with a
+``throughput``. It never touches a socket: the session asks and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Iterable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from smpprelay.config import Client, Security
+from smpprelay.metrics import Metrics
+
+# Addresses with recent failures remembered at most; past it the stalest are forgotten first.
+MAX_TRACKED_ADDRESSES = 100_000
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; one submit takes one token."""
+
+    def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = float(burst)
+        self._last = clock.seconds()
+
+    def take(self) -> bool:
+        """Take a token if there is one; False means over the rate."""
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Access:
+    """Connection admission, bind-failure lock-outs and per-account submit rates."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        security: Security,
+        clients: Iterable[Client],
+        clock: IReactorTime,
+        metrics: Metrics,
+    ) -> None:
+        self.security = security
+        self.clock = clock
+        self.metrics = metrics
+        self._open: Counter[str] = Counter()
+        self._total = 0
+        self._failures: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._buckets = {
+            c.system_id: TokenBucket(
+                c.throughput, c.burst or max(1, math.ceil(c.throughput)), clock
+            )
+            for c in clients
+            if c.throughput is not None
+        }
+
+    # --- connections ------------------------------------------------------------------------
+
+    def admit(self, host: str) -> bool:
+        """A connection from ``host`` was accepted: True to keep it, False to drop it now.
+
+        A kept connection must be given back with `closed`.
+        """
+        reason = self._refusal(host)
+        if reason is not None:
+            self.log.info("connection from {host} refused: {reason}", host=host, reason=reason)
+            self.metrics.connections_refused.labels(reason).inc()
+            return False
+        self._open[host] += 1
+        self._total += 1
+        return True
+
+    def _refusal(self, host: str) -> str | None:
+        if self.locked(host):
+            return "locked_out"
+        if self._total >= self.security.max_connections:
+            return "max_connections"
+        if self._open[host] >= self.security.max_connections_per_address:
+            return "max_connections_per_address"
+        return None
+
+    def closed(self, host: str) -> None:
+        """A connection `admit` kept is gone."""
+        self._total -= 1
+        self._open[host] -= 1
+        if self._open[host] <= 0:
+            del self._open[host]
+
+    # --- lock-outs --------------------------------------------------------------------------
+
+    def locked(self, host: str) -> bool:
+        """True while ``host`` is locked out."""
+        until = self._locked_until.get(host)
+        if until is None:
+            return False
+        if self.clock.seconds() < until:
+            return True
+        del self._locked_until[host]
+        self.metrics.locked_addresses.set(len(self._locked_until))
+        return False
+
+    def bind_failed(self, host: str) -> None:
+        """A bind from ``host`` failed; the last failure allowed locks the address out."""
+        now = self.clock.seconds()
+        window = self.security.bind_failure_window
+        times = self._failures.pop(host, None) or deque()
+        self._failures[host] = times  # re-inserted: the dict stays in order of last failure
+        times.append(now)
+        while times and times[0] <= now - window:
+            times.popleft()
+        if len(times) >= self.security.bind_failures:
+            del self._failures[host]
+            self._locked_until.pop(host, None)
+            self._locked_until[host] = now + self.security.lockout
+            self.metrics.bind_lockouts.inc()
+            self.metrics.locked_addresses.set(len(self._locked_until))
+            self.log.warn(
+                "{host} locked out for {s} s after {n} failed binds within {w} s",
+                host=host,
+                s=self.security.lockout,
+                n=len(times),
+                w=window,
+            )
+        self._forget_stale(now)
+
+    def _forget_stale(self, now: float) -> None:
+        # Both dicts are in time order (of the last failure; of locking, with one duration).
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+        while self._locked_until:
+            host, until = next(iter(self._locked_until.items()))
+            if until > now:
+                break
+            del self._locked_until[host]
+        self.metrics.locked_addresses.set(len(self._locked_until))
+
+    # --- throughput -------------------------------------------------------------------------
+
+    def may_submit(self, account: str) -> bool:
+        """Take one submit from ``account``'s throughput; False means answer ESME_RTHROTTLED."""
+        bucket = self._buckets.get(account)
+        return bucket is None or bucket.take()

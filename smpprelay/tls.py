@@ -1,0 +1,109 @@
+"""TLS for both sides: the apps' listener and our connection to the operator (TLS 1.2 or later).
+
+Certificates and keys are read once, when the service is built (before the reactor serves
+anything); a file that cannot be read or parsed is a configuration error naming its key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from OpenSSL import crypto
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+
+from smpprelay.config import Config, ConfigError, ListenTls, Upstream
+
+MINIMUM = TLSVersion.TLSv1_2
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+class TlsFileError(Exception):
+    """A certificate, key or CA file is unusable; ``key`` is its configuration key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise TlsFileError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _certificates(path: str, key: str) -> list[crypto.X509]:
+    blocks = _PEM_CERT.findall(_read(path, key))
+    if not blocks:
+        raise TlsFileError(key, f"no PEM certificate in {path}")
+    try:
+        return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+    except crypto.Error as exc:
+        raise TlsFileError(key, f"bad certificate in {path}: {exc}") from None
+
+
+def server_options(tls: ListenTls) -> CertificateOptions:
+    """The server side of the apps' TLS listener: its certificate chain, TLS 1.2+."""
+    chain = _certificates(tls.cert, "listen.tls.cert")
+    try:
+        private_key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(tls.key, "listen.tls.key"))
+    except crypto.Error as exc:
+        raise TlsFileError("listen.tls.key", f"bad private key in {tls.key}: {exc}") from None
+    try:
+        return CertificateOptions(
+            privateKey=private_key,
+            certificate=chain[0],
+            extraCertChain=chain[1:],
+            raiseMinimumTo=MINIMUM,
+        )
+    except Exception as exc:  # OpenSSL says why a key does not fit its certificate
+        raise TlsFileError("listen.tls.key", f"does not match listen.tls.cert: {exc}") from None
+
+
+def client_options(upstream: Upstream) -> Any:
+    """What we offer the operator: TLS 1.2+, its certificate checked against ``tls_ca`` (or
+    the system's trusted CAs) and ``host``, unless ``tls_verify`` is false."""
+    if not upstream.tls_verify:
+        return CertificateOptions(raiseMinimumTo=MINIMUM)
+    trust = None
+    if upstream.tls_ca is not None:
+        certs = _certificates(upstream.tls_ca, "upstream.tls_ca")
+        trust = trustRootFromCertificates([Certificate(cert) for cert in certs])
+    return optionsForClientTLS(
+        upstream.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM}
+    )
+
+
+def server_endpoint(reactor: Any, host: str, tls: ListenTls) -> IStreamServerEndpoint:
+    """The apps' TLS listening endpoint."""
+    return SSL4ServerEndpoint(reactor, tls.port, server_options(tls), interface=host)
+
+
+def client_endpoint(
+    reactor: Any, upstream: Upstream, options: Any, timeout: float = 10
+) -> IStreamClientEndpoint:
+    """A TLS connection to the operator (``options`` from `client_options`, built once)."""
+    tcp = TCP4ClientEndpoint(reactor, upstream.host, upstream.port, timeout=timeout)
+    return wrapClientTLS(options, tcp)
+
+
+def check_files(config: Config, source: str) -> None:
+    """Load every TLS file ``config`` names; a problem is a one-line ConfigError."""
+    try:
+        if config.listen.tls is not None:
+            server_options(config.listen.tls)
+        if config.upstream is not None and config.upstream.tls:
+            client_options(config.upstream)
+    except TlsFileError as error:
+        raise ConfigError(f"{source}: {error}") from None

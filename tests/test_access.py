@@ -1,0 +1,378 @@
+"""Access (reliability.md section 5.3): lock-outs, connection caps, max_binds, throughput and
+password hashes, through real sessions that share one clock, registry and `Access`.
+
+Every test checks the exact answer, whether the connection stays open, and what reached the
+relay (``submit.calls``): nothing, for a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from smpprelay import pdu
+from smpprelay.access import Access, TokenBucket
+from smpprelay.config import Client, Security
+from smpprelay.connection import SmppConnection
+from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
+from smpprelay.metrics import Metrics
+from smpprelay.passwd import make_hash
+from tests.test_downstream import PASSWORD, FakeSubmit, resp_header, submit_frame
+
+BIND_TRX_RESP = 0x80000009
+SUBMIT_RESP = 0x80000004
+OK_BIND = pdu.bind_response("transceiver", 1, pdu.Status.ESME_ROK, "smpprelay")
+APP = Client(system_id="app", password=PASSWORD)
+
+
+class App:
+    """One app connection to the shared relay side."""
+
+    def __init__(self, relay: Relay, host: str) -> None:
+        self.session = DownstreamSession(
+            relay.portal,
+            relay.registry,
+            relay.submit,
+            relay.clock,
+            relay.metrics,
+            10.0,
+            10,
+            access=relay.access,
+        )
+        self.connection = SmppConnection(
+            self.session,
+            relay.clock,
+            relay.metrics,
+            side="downstream",
+            max_pdu=70_000,
+            response_timeout=30.0,
+        )
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
+
+    def send(self, frame: bytes) -> bytes:
+        """Send a PDU; returns what the relay wrote since the last call."""
+        if not self.transport.disconnecting:
+            self.connection.dataReceived(frame)
+        data = bytes(self.transport.value())
+        self.transport.clear()
+        return data
+
+    def bind(self, system_id: str = "app", password: str = PASSWORD) -> bytes:
+        return self.send(pdu.bind_request("transceiver", 1, system_id, password))
+
+    @property
+    def open(self) -> bool:
+        return not self.transport.disconnecting
+
+    def close(self) -> None:
+        self.connection.connectionLost()
+
+
+class Relay:
+    """The app side of one relay: clock, metrics, registry, portal and `Access`."""
+
+    def __init__(
+        self,
+        clients: tuple[Client, ...] = (APP,),
+        security: Security | None = None,
+        off_thread: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.metrics = Metrics()
+        self.registry = SessionRegistry(self.metrics)
+        self.submit = FakeSubmit()
+        self.access = Access(security or Security(), clients, self.clock, self.metrics)
+        self.portal = make_portal({c.system_id: c for c in clients}, off_thread)
+
+    def connect(self, host: str = "10.0.0.1") -> App:
+        return App(self, host)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+def _refused_bind(app: App, **credentials: str) -> None:
+    assert app.bind(**credentials) == resp_header(BIND_TRX_RESP, 0x0D, 1)
+    assert not app.open
+
+
+def _dropped_at_accept(app: App) -> None:
+    assert app.transport.disconnected  # aborted, not a clean close
+    assert app.bind() == b""  # nothing is read or answered
+
+
+# --- A5: lock-out after repeated failures --------------------------------------------------
+
+
+def test_five_failures_lock_the_address_out_and_only_it() -> None:
+    """5 failed binds within a minute: that address is dropped at accept for 300 s, while
+    another address binds; afterwards it binds again."""
+    relay = Relay()
+    for attempt in range(5):
+        relay.clock.advance(10)
+        _refused_bind(relay.connect(), password="wrong" if attempt % 2 else "")
+    assert relay.sample("smpprelay_bind_lockouts_total") == 1
+    assert relay.sample("smpprelay_locked_addresses") == 1
+    locked = relay.connect()
+    _dropped_at_accept(locked)
+    # The right password does not help while locked; nothing reaches the relay.
+    assert relay.sample("smpprelay_connections_refused_total", reason="locked_out") == 1
+    other = relay.connect("10.0.0.2")
+    assert other.bind() == OK_BIND
+    assert other.send(submit_frame(2)) == b""
+    assert len(relay.submit.calls) == 1
+    relay.clock.advance(299)
+    _dropped_at_accept(relay.connect())
+    relay.clock.advance(1)
+    again = relay.connect()
+    assert again.bind() == OK_BIND
+    assert again.open
+    assert relay.sample("smpprelay_locked_addresses") == 0
+    assert relay.sample("smpprelay_bind_attempts_total", result="credentials") == 5
+
+
+@pytest.mark.parametrize(
+    ("gaps", "locked"),
+    [
+        ([0, 1, 1, 1, 1], True),  # five within a minute
+        ([0, 1, 1, 1, 58], False),  # the fifth comes 61 s after the first
+        ([0, 15, 15, 15, 14.9], True),  # 59.9 s from the first to the fifth
+    ],
+)
+def test_failures_count_within_the_window(gaps: list[float], locked: bool) -> None:
+    """Only failures within bind_failure_window of each other add up to a lock-out."""
+    relay = Relay()
+    for gap in gaps:
+        relay.clock.advance(gap)
+        _refused_bind(relay.connect(), password="wrong")
+    app = relay.connect()
+    if locked:
+        _dropped_at_accept(app)
+    else:
+        assert app.bind() == OK_BIND
+
+
+@pytest.mark.parametrize(
+    ("client", "bind", "counts"),
+    [
+        (APP, {"system_id": "nobody"}, True),
+        (APP, {"password": "wrong"}, True),
+        (Client(system_id="app", password=PASSWORD, allowed_ips=("192.0.2.0/24",)), {}, True),
+        (Client(system_id="app", password=PASSWORD, max_binds=1), {}, False),
+    ],
+)
+def test_which_failures_count(client: Client, bind: dict[str, str], counts: bool) -> None:
+    """Unknown ids, wrong passwords and disallowed addresses count toward a lock-out;
+    max_binds refusals (a legitimate app reconnecting too early) do not."""
+    relay = Relay((client,), Security(bind_failures=2))
+    if client.max_binds is not None:
+        assert relay.connect("10.9.9.9").bind() == OK_BIND
+    for _ in range(2):
+        _refused_bind(relay.connect(), **bind)
+    assert relay.sample("smpprelay_bind_lockouts_total") == (1 if counts else 0)
+    assert relay.access.locked("10.0.0.1") is counts
+
+
+def test_malformed_bind_counts() -> None:
+    """An undecodable bind is a failure that counts too."""
+    relay = Relay(security=Security(bind_failures=1))
+    app = relay.connect()
+    assert app.send(pdu.build(pdu.CommandId.bind_transceiver, 1, b"app")) == resp_header(
+        BIND_TRX_RESP, 0x0D, 1
+    )
+    assert not app.open
+    _dropped_at_accept(relay.connect())
+
+
+# --- A8: connection caps -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("security", "hosts", "reason"),
+    [
+        (Security(max_connections=2), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "max_connections"),
+        (
+            Security(max_connections_per_address=2),
+            ["10.0.0.1", "10.0.0.1", "10.0.0.1"],
+            "max_connections_per_address",
+        ),
+    ],
+)
+def test_connection_caps(security: Security, hosts: list[str], reason: str) -> None:
+    """One connection over a cap is dropped at once; the established ones keep working, and
+    a closed one makes room."""
+    relay = Relay(security=security)
+    first, second = relay.connect(hosts[0]), relay.connect(hosts[1])
+    assert first.bind() == OK_BIND
+    extra = relay.connect(hosts[2])
+    _dropped_at_accept(extra)
+    assert relay.sample("smpprelay_connections_refused_total", reason=reason) == 1
+    assert first.send(submit_frame(2)) == b""
+    assert second.bind() == OK_BIND
+    assert [account for account, _ in relay.submit.calls] == ["app"]
+    extra.close()  # a dropped connection gives nothing back: it never counted
+    second.close()
+    third = relay.connect(hosts[2])
+    assert third.bind() == OK_BIND
+    assert first.open
+    assert third.open
+
+
+def test_per_address_cap_leaves_other_addresses_alone() -> None:
+    """A full address does not stop another one."""
+    relay = Relay(security=Security(max_connections_per_address=1))
+    assert relay.connect("10.0.0.1").bind() == OK_BIND
+    _dropped_at_accept(relay.connect("10.0.0.1"))
+    assert relay.connect("10.0.0.2").bind() == OK_BIND
+
+
+# --- A7: max_binds -------------------------------------------------------------------------
+
+
+def test_max_binds() -> None:
+    """max_binds=2: a third bind gets ESME_RBINDFAIL and a close, the first two keep
+    working, and after one unbinds a new bind is accepted."""
+    relay = Relay((Client(system_id="app", password=PASSWORD, max_binds=2),))
+    first, second = relay.connect(), relay.connect()
+    assert first.bind() == OK_BIND
+    assert second.bind() == OK_BIND
+    _refused_bind(relay.connect())
+    assert relay.sample("smpprelay_bind_attempts_total", result="max_binds") == 1
+    assert first.send(submit_frame(5)) == b""
+    assert second.send(submit_frame(6)) == b""
+    assert len(relay.submit.calls) == 2
+    relay.submit.answer(0, b"M5")
+    first.transport.clear()
+    assert first.send(pdu.build(pdu.CommandId.unbind, 7)) == resp_header(0x80000006, 0, 7)
+    assert not first.open
+    assert relay.connect().bind() == OK_BIND
+
+
+# --- throughput ----------------------------------------------------------------------------
+
+
+def test_throughput_token_bucket_shared_by_the_accounts_binds() -> None:
+    """throughput=2, burst=3 over two binds: 3 submits pass at once, the 4th gets
+    ESME_RTHROTTLED (not relayed, session kept); half a second buys one more. Another
+    account is not affected."""
+    limited = Client(system_id="app", password=PASSWORD, throughput=2, burst=3)
+    other = Client(system_id="other", password=PASSWORD)
+    relay = Relay((limited, other))
+    first, second, free = relay.connect(), relay.connect(), relay.connect("10.0.0.2")
+    for app, system_id in ((first, "app"), (second, "app"), (free, "other")):
+        assert app.bind(system_id=system_id) == OK_BIND
+    assert [first.send(submit_frame(s)) for s in (2, 3)] == [b"", b""]
+    assert second.send(submit_frame(4)) == b""
+    assert second.send(submit_frame(5)) == resp_header(SUBMIT_RESP, 0x58, 5)
+    assert first.send(submit_frame(6)) == resp_header(SUBMIT_RESP, 0x58, 6)
+    assert first.open
+    assert second.open
+    assert len(relay.submit.calls) == 3
+    for sequence in range(10, 20):
+        assert free.send(submit_frame(sequence)) == b""
+    relay.clock.advance(0.5)
+    assert first.send(submit_frame(7)) == b""
+    assert first.send(submit_frame(8)) == resp_header(SUBMIT_RESP, 0x58, 8)
+    assert [account for account, _ in relay.submit.calls] == ["app"] * 3 + ["other"] * 10 + ["app"]
+    assert relay.sample("smpprelay_submits_total", account="app", status="ESME_RTHROTTLED") == 3
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "steps", "expected"),
+    [
+        (1.0, 1, [0, 0, 1, 0.5, 0.5], [True, False, True, False, True]),
+        (10.0, 2, [0, 0, 0, 0.1, 10], [True, True, False, True, True]),
+        (0.5, 1, [0, 1, 1], [True, False, True]),
+    ],
+)
+def test_token_bucket(rate: float, burst: int, steps: list[float], expected: list[bool]) -> None:
+    """A token every 1/rate seconds, at most ``burst`` saved up."""
+    clock = Clock()
+    bucket = TokenBucket(rate, burst, clock)
+    taken = []
+    for step in steps:
+        clock.advance(step)
+        taken.append(bucket.take())
+    assert taken == expected
+
+
+# --- password hashes -----------------------------------------------------------------------
+
+
+class OffThread:
+    """Stands in for the thread pool: holds each check until the test runs it."""
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[Callable[[], bool], Deferred[bool]]] = []
+
+    def __call__(self, check: Callable[[], bool]) -> Deferred[bool]:
+        deferred: Deferred[bool] = Deferred()
+        self.checks.append((check, deferred))
+        return deferred
+
+    def run_all(self) -> None:
+        checks, self.checks = self.checks, []
+        for check, deferred in checks:
+            deferred.callback(check())
+
+
+HASHED = Client(system_id="app", password_hash=make_hash(PASSWORD, n=16))
+
+
+@pytest.mark.parametrize(
+    ("system_id", "password", "answer"),
+    [
+        ("app", PASSWORD, OK_BIND),
+        ("app", "wrong", resp_header(BIND_TRX_RESP, 0x0D, 1)),
+        ("nobody", PASSWORD, resp_header(BIND_TRX_RESP, 0x0D, 1)),
+    ],
+)
+def test_hashed_password_checked_off_the_reactor(
+    system_id: str, password: str, answer: bytes
+) -> None:
+    """A hashed account's bind is answered only once the hash check (handed to the thread
+    pool) is done; an unknown system_id goes through the same kind of check (a decoy)."""
+    pool = OffThread()
+    relay = Relay((HASHED,), off_thread=pool)
+    app = relay.connect()
+    assert app.bind(system_id, password) == b""
+    assert app.open
+    assert len(pool.checks) == 1
+    pool.run_all()
+    assert bytes(app.transport.value()) == answer
+    assert app.open is (answer == OK_BIND)
+
+
+def test_plain_and_hashed_accounts_side_by_side() -> None:
+    """A plain-password account binds without the pool; a hashed one through it."""
+    pool = OffThread()
+    relay = Relay((HASHED, Client(system_id="plain", password="pw")), off_thread=pool)
+    assert relay.connect().bind("plain", "pw") == OK_BIND
+    assert pool.checks == []
+    _refused_bind(relay.connect(), system_id="plain", password="PW")
+    assert pool.checks == []
+
+
+def test_hashes_need_a_thread_pool() -> None:
+    """Building the portal for hashed accounts without a pool fails: never on the reactor."""
+    with pytest.raises(ValueError, match="thread pool"):
+        make_portal({"app": HASHED})
+
+
+def test_connection_lost_while_the_hash_is_checked() -> None:
+    """If the app goes away during the check, nothing is written and nothing breaks."""
+    pool = OffThread()
+    relay = Relay((HASHED,), off_thread=pool)
+    app = relay.connect()
+    app.bind()
+    app.close()
+    pool.run_all()
+    assert app.transport.value() == b""
+    assert relay.registry.bound_count("app") == 0

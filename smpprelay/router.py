@@ -126,7 +126,10 @@ class Router:
                 call = self.clock.callLater(UNMATCHED_RETRY, look_again)
                 self._second_looks[call] = look_again
                 return later
-            self.log.info("receipt for unknown message id {id}", id=message_id)
+            self.log.info(
+                "receipt for unknown message id {message_id}",
+                message_id=message_id.decode("latin-1") if message_id is not None else None,
+            )
             self.metrics.deliveries.labels("receipt", "unmatched").inc()
             return succeed(Status.ESME_ROK)
         if route.app_message_id is not None and message_id is not None:

@@ -3,9 +3,9 @@
 Identical means the same source, destination, data_coding and content (for a concatenated
 message the glued content; its reference does not count), and with ``scope: client`` the same
 app account; with ``scope: upstream`` (the default) every app shares one window, because the
-operator counts per account and all apps share ours. A message is remembered by a 15-byte
-BLAKE2b digest of those fields (a bytes object of 15 octets fills a 48-byte allocation
-exactly), so memory does not grow with the text.
+operator counts per account and all apps share ours. A message is remembered by a 12-byte
+BLAKE2b digest of those fields (a 20-byte record in `DedupWindow` with its time), so memory
+does not grow with the text.
 
 Only messages the operator accepted enter the window, from the moment it accepted them: a
 message that passes is first reserved as in flight, and an identical one arriving meanwhile is
@@ -26,9 +26,9 @@ from twisted.logger import Logger
 from smpprelay.config import DedupRule
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
-from smpprelay.store.windows import DedupWindow
+from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
-KEY_SIZE = 15
+KEY_SIZE = DEDUP_KEY_SIZE
 # Lengths of the account, source and destination, and the data_coding; the content comes last,
 # so its length needs no prefix.
 _HEAD = struct.Struct(">HHHB")

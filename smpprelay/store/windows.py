@@ -1,53 +1,178 @@
-"""The duplicate and flood rules' state: two small in-memory maps that expire and stay bounded.
+"""The duplicate and flood rules' state: two compact in-memory tables that expire and stay bounded.
 
-Each keeps its entries in a plain dict in the order they were last accepted (for dedup, the
-order they were reserved in, a few seconds at most earlier), so the oldest are at the front and
-expiring or evicting only ever looks there. ``max_entries`` bounds each map
-(messages in flight included): past it, the oldest entries are evicted and counted in
-``evicted``.
+Memory is what these tables are for. A dict of bytes keys to floats costs about 125 bytes per
+entry (the key object, the value object, the table slot) and never shrinks its table, so a
+million live entries of each kind took 330-415 MB. Here an entry is a 20-byte record in a
+``bytearray`` bucket instead: a fixed-size key, then the time it was last accepted as a
+double, then (for a flood streak) its length. The bucket of a key is picked by ``hash(key)``;
+a lookup is one ``bytearray.find`` over a bucket of a few records, in C. There is no object
+per entry, so an entry costs its 20 bytes plus its share of its bucket (about 55 bytes in all,
+``benchmarks/state_memory.py`` measures it), and a bucket gives back what its expired records
+held.
 
-Memory is what these maps are for, so an entry is as small as CPython allows: the key is one
-bytes object, the value one number (a float; for a flood streak a complex number carrying the
-last accepted time and the streak's length), no tuple, no per-entry object of our own.
-``benchmarks/state_memory.py`` measures what an entry costs.
-
-A dict never shrinks its table when entries are deleted: the deleted slots at the front are
-skipped in C by every new iteration until the dict next grows. Looking at the front once per
-message would therefore cost more and more; eviction is done in batches and expiry once per
-sweep, so the cost stays small per message.
+A bucket keeps its records in the order they were last accepted (for dedup, the order they
+were reserved in, a few seconds at most earlier), so the oldest are at its front and expiry
+only ever looks there. Beside the buckets, two arrays (12 bytes per acceptance) queue when
+each record was accepted and its bucket, so ``expire`` visits only the buckets whose oldest
+record may have ended, and costs per acceptance, not per bucket. ``max_entries`` bounds each
+table (messages in flight included): past it, the oldest records of the bucket being added to
+go first, counted in ``evicted``; a small table has a single bucket, whose oldest record is
+the oldest of all.
 """
 
 from __future__ import annotations
 
 import math
-from itertools import islice
+from array import array
+from struct import Struct
 
-# When full, evict this fraction of ``max_entries`` at once (at least one entry), so that the
-# front of the dict is looked at once per batch rather than once per message.
-EVICT_FRACTION = 256
+# The key a dedup record starts with: a digest of this many bytes.
+DEDUP_KEY_SIZE = 12
+# A record is a key, then when it was accepted (a double), then 4 bytes that the flood table
+# uses for the streak's length and the dedup table's longer key fills.
+RECORD = 20
+_FLOOD_KEY = Struct("<q")  # hash(destination)
+_FLOOD_TAIL = Struct("<dI")  # last accepted, length of the streak
+_TIME = Struct("<d")
+_unpack_time = _TIME.unpack_from
+_pack_time_into = _TIME.pack_into
+_unpack_streak = _FLOOD_TAIL.unpack_from
+_pack_flood_key = _FLOOD_KEY.pack
 
-# The value of a dedup key whose message is on its way to the operator. It never expires, and
-# since every entry behind it in the dict was accepted later, it never holds up expiry for
+# Buckets per table: about one per ``BUCKET_LOAD`` entries at ``max_entries``, so that a
+# bucket stays a few records long (a find over it costs no more than a dict lookup).
+BUCKET_LOAD = 8
+# The queue of due times drops its consumed front once it is this long (and half consumed).
+COMPACT_AT = 65536
+
+# The time of a dedup key whose message is on its way to the operator. It never expires, and
+# since every record behind it in its bucket was reserved later, it never holds up expiry for
 # longer than the message takes to be answered.
 IN_FLIGHT = math.inf
+_IN_FLIGHT = _TIME.pack(IN_FLIGHT)
 
 
-class DedupWindow:
-    """Message keys -> when the operator accepted them, or `IN_FLIGHT`.
+def _bucket_count(max_entries: int) -> int:
+    return 1 << max(0, (max_entries // BUCKET_LOAD).bit_length() - 1)
 
-    ``keep_ids`` also keeps the id each accepted message was given (for ``action: replay``).
+
+class _RecordTable:
+    """Fixed-size records in hash-picked ``bytearray`` buckets, oldest first in each bucket.
+
+    ``key_size`` bytes of key start a record; the double after them is the time that
+    ``horizon`` seconds later ends the record's life.
+    """
+
+    def __init__(self, horizon: float, max_entries: int, key_size: int) -> None:
+        self.horizon = horizon
+        self.max_entries = max_entries
+        self.evicted = 0
+        self._key_size = key_size
+        size = _bucket_count(max_entries)
+        self._mask = size - 1
+        self._buckets = [bytearray() for _ in range(size)]
+        self._count = 0
+        # When each record was given its time, and its bucket, in that order: expire() looks
+        # only at the buckets of records whose life ended, however large the table is. A
+        # record removed or moved meanwhile leaves a stale item here, which costs one look.
+        self._due = array("d")
+        self._due_buckets = array("L")
+        self._head = 0
+        self._now = -math.inf  # the latest time seen, for pruning where no time is given
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _find(self, bucket: bytearray, key: bytes) -> int:
+        """The offset of ``key``'s record in ``bucket``, or -1."""
+        at = bucket.find(key)
+        # A key's bytes may also occur across two records; only a record's start counts.
+        while at > 0 and at % RECORD:
+            at = bucket.find(key, at + 1)
+        return at
+
+    def _prune(self, bucket: bytearray, now: float) -> int:
+        """Drop the records at the front of ``bucket`` whose life ended; return how many."""
+        horizon = self.horizon
+        offset = self._key_size
+        end = 0
+        size = len(bucket)
+        unpack = _TIME.unpack_from
+        while end < size and now - unpack(bucket, end + offset)[0] >= horizon:
+            end += RECORD
+        if not end:
+            return 0
+        self._dropped(bucket, end)
+        del bucket[:end]
+        dead = end // RECORD
+        self._count -= dead
+        return dead
+
+    def _dropped(self, bucket: bytearray, end: int) -> None:
+        """The records before ``end`` are about to go (a hook for what is kept beside them)."""
+
+    def _append(self, index: int, record: bytes, others: int = 0) -> None:
+        """Add ``record`` at the back of bucket ``index``; ``others`` count toward the bound."""
+        self._buckets[index] += record
+        self._count += 1
+        if self._count + others > self.max_entries:
+            self._evict(index, max(1, self.max_entries - others))
+
+    def _evict(self, first: int, bound: int) -> None:
+        """Drop the oldest records of bucket ``first`` (never its new last one), then onward."""
+        buckets = self._buckets
+        index = first
+        while self._count > bound:
+            bucket = buckets[index]
+            if len(bucket) > (RECORD if index == first else 0):
+                self._dropped(bucket, RECORD)
+                del bucket[:RECORD]
+                self._count -= 1
+                self.evicted += 1
+            else:
+                index = (index + 1) & self._mask
+
+    def _schedule(self, index: int, now: float) -> None:
+        """A record in bucket ``index`` was given the time ``now``: look at it when it ends."""
+        self._due.append(now)
+        self._due_buckets.append(index)
+        self._now = now
+
+    def expire(self, now: float) -> int:
+        """Drop every record whose life ended; return how many."""
+        self._now = now
+        due, due_buckets, buckets = self._due, self._due_buckets, self._buckets
+        horizon = self.horizon
+        prune = self._prune
+        head, size = self._head, len(due)
+        removed = 0
+        while head < size and now - due[head] >= horizon:
+            bucket = buckets[due_buckets[head]]
+            if bucket:
+                removed += prune(bucket, now)
+            head += 1
+        if head >= COMPACT_AT and head * 2 >= size:
+            del due[:head]
+            del due_buckets[:head]
+            head = 0
+        self._head = head
+        return removed
+
+
+class DedupWindow(_RecordTable):
+    """Message keys (``DEDUP_KEY_SIZE``-byte digests) -> when the operator accepted them.
+
+    ``keep_ids`` also keeps the id each accepted message was given (for ``action: replay``),
+    in a dict beside the table: replay costs that dict's memory on top.
     """
 
     def __init__(self, window: float, max_entries: int, keep_ids: bool = False) -> None:
+        super().__init__(window, max_entries, DEDUP_KEY_SIZE)
         self.window = window
-        self.max_entries = max_entries
-        self.evicted = 0
-        self._batch = max(1, max_entries // EVICT_FRACTION)
-        self._entries: dict[bytes, float] = {}
         self._ids: dict[bytes, bytes] | None = {} if keep_ids else None
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    # claim and accept run for every message: they are written out in full, with no helper
+    # calls on the common path (each call would cost about a tenth of the whole).
 
     def claim(self, key: bytes, now: float) -> bool | bytes:
         """Reserve ``key`` for a message on its way to the operator, if nothing holds it.
@@ -55,112 +180,115 @@ class DedupWindow:
         True: reserved. False: a message with this key is in flight. Bytes: a message with this
         key was accepted less than ``window`` s ago, under this id (``b""`` if ids are not kept).
         """
-        entries = self._entries
-        at = entries.get(key)
-        if at is not None:
-            if at == IN_FLIGHT:
+        index = hash(key) & self._mask
+        bucket = self._buckets[index]
+        at = bucket.find(key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, key)
+        if at >= 0:
+            accepted = _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0]
+            if accepted == IN_FLIGHT:
                 return False
-            if now - at < self.window:
+            if now - accepted < self.window:
                 ids = self._ids
                 return ids.get(key, b"") if ids is not None else b""
-            self._forget(key)  # expired: reserved anew at the back
-        entries[key] = IN_FLIGHT
-        if len(entries) > self.max_entries:
-            self._evict()
+            self._remove(bucket, at)  # expired: reserved anew at the back
+        if bucket and now - _unpack_time(bucket, DEDUP_KEY_SIZE)[0] >= self.window:
+            self._prune(bucket, now)
+        bucket += key + _IN_FLIGHT
+        self._count += 1
+        if self._count > self.max_entries:
+            self._evict(index, self.max_entries)
         return True
 
     def release(self, key: bytes) -> None:
         """The message reserved under ``key`` did not get through."""
-        if self._entries.get(key) == IN_FLIGHT:
-            del self._entries[key]
+        bucket = self._buckets[hash(key) & self._mask]
+        at = self._find(bucket, key)
+        if at >= 0 and _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] == IN_FLIGHT:
+            self._remove(bucket, at)
+            # Records behind it whose time was due while it stood in front are due now.
+            if bucket:
+                self._prune(bucket, self._now)
 
     def accept(self, key: bytes, now: float, message_id: bytes) -> None:
         """The operator accepted the message with this key at ``now``."""
-        entries = self._entries
-        if entries.get(key) != IN_FLIGHT:
+        index = hash(key) & self._mask
+        bucket = self._buckets[index]
+        at = bucket.find(key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, key)
+        if at >= 0 and _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] == IN_FLIGHT:
+            # A reservation becomes the acceptance where it stands: the bucket stays in the
+            # order the messages were reserved, their order of acceptance give or take the
+            # time they were in flight.
+            _pack_time_into(bucket, at + DEDUP_KEY_SIZE, now)
+        else:
             # Not reserved (evicted meanwhile, or accepted before): to the back, so that the
             # front stays the oldest.
-            entries.pop(key, None)
-        # A reservation is turned into the acceptance where it stands: the dict is then in the
-        # order the messages were reserved, which is their order of acceptance give or take
-        # the time they were in flight. Moving it would leave a deleted slot behind per message
-        # and make the dict's table twice as large.
-        entries[key] = now
+            if at >= 0:
+                self._remove(bucket, at)
+            if bucket:
+                self._prune(bucket, now)
+            self._append(index, key + _TIME.pack(now))
+        self._due.append(now)
+        self._due_buckets.append(index)
+        self._now = now
         if self._ids is not None:
             self._ids[key] = message_id
-        if len(entries) > self.max_entries:
-            self._evict()
 
-    def expire(self, now: float) -> int:
-        """Forget every accepted message older than the window; return how many."""
-        window = self.window
-        entries = self._entries
-        dead = []
-        for key, at in entries.items():
-            if now - at < window:  # IN_FLIGHT included
-                break
-            dead.append(key)
-        for key in dead:
-            del entries[key]
+    def _remove(self, bucket: bytearray, at: int) -> None:
         if self._ids is not None:
-            ids = self._ids
-            for key in dead:
-                ids.pop(key, None)
-        return len(dead)
+            self._ids.pop(bytes(bucket[at : at + DEDUP_KEY_SIZE]), None)
+        del bucket[at : at + RECORD]
+        self._count -= 1
 
-    def _forget(self, key: bytes) -> None:
-        del self._entries[key]
-        if self._ids is not None:
-            self._ids.pop(key, None)
-
-    def _evict(self) -> None:
-        excess = len(self._entries) - self.max_entries
-        oldest = list(islice(self._entries, max(excess, self._batch)))
-        for key in oldest:
-            self._forget(key)
-        self.evicted += len(oldest)
+    def _dropped(self, bucket: bytearray, end: int) -> None:
+        ids = self._ids
+        if ids is not None:
+            for at in range(0, end, RECORD):
+                ids.pop(bytes(bucket[at : at + DEDUP_KEY_SIZE]), None)
 
 
-class FloodStreaks:
+class FloodStreaks(_RecordTable):
     """Per key (a destination number): the current streak of accepted messages to it.
 
-    A streak is stored as ``complex(time of the last accepted message, its length)``: one
-    32-byte object, where a tuple of a float and an int would take three. Messages in flight
-    are counted per key apart from the streaks, in a map the relay's own limits on requests in
-    flight keep small.
+    The record's key is the 8 bytes of ``hash(key)``: two numbers share a streak only if
+    their 64-bit hashes are equal (about one chance in 10^13 per lookup among a million live
+    numbers). Messages in flight are counted per key apart from the streaks, in a dict that
+    the relay's own limits on requests in flight keep small.
     """
 
     def __init__(self, gap: float, max_entries: int) -> None:
+        super().__init__(gap, max_entries, _FLOOD_KEY.size)
         self.gap = gap
-        self.max_entries = max_entries
-        self.evicted = 0
-        self._batch = max(1, max_entries // EVICT_FRACTION)
-        self._streaks: dict[bytes, complex] = {}
         self._pending: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         """Streaks and numbers with messages in flight (a number with both counts twice)."""
-        return len(self._streaks) + len(self._pending)
+        return self._count + len(self._pending)
 
     def count(self, key: bytes, now: float) -> int:
         """How many messages a new one at ``now`` would follow in its streak, in flight included."""
         count = self._pending.get(key, 0) if self._pending else 0
-        streak = self._streaks.get(key)
-        if streak is not None and now - streak.real < self.gap:
-            count += int(streak.imag)
+        code = hash(key)
+        bucket = self._buckets[code & self._mask]
+        record_key = _pack_flood_key(code)
+        at = bucket.find(record_key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, record_key)
+        if at >= 0:
+            last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
+            if now - last < self.gap:
+                count += length
         return count
 
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
-        pending = self._pending
-        in_flight = pending.get(key, 0)
-        count = in_flight
-        streak = self._streaks.get(key)
-        if streak is not None and now - streak.real < self.gap:
-            count += int(streak.imag)
-        if count >= limit:
+        if self.count(key, now) >= limit:
             return False
-        pending[key] = in_flight + 1
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
         return True
 
     def release(self, key: bytes) -> None:
@@ -176,32 +304,26 @@ class FloodStreaks:
         count = pending.pop(key, 0)
         if count > 1:
             pending[key] = count - 1
-        streaks = self._streaks
-        streak = streaks.pop(key, None)  # moves it to the back: the front stays the oldest
-        if streak is not None and now - streak.real < self.gap:
-            streaks[key] = complex(now, streak.imag + 1)
-        else:
-            streaks[key] = complex(now, 1)
-        if len(streaks) + len(pending) > self.max_entries:
-            self._evict()
-
-    def expire(self, now: float) -> int:
-        """Forget every streak whose last message is ``gap`` or more ago; return how many."""
-        gap = self.gap
-        dead = []
-        for key, streak in self._streaks.items():
-            if now - streak.real < gap:
-                break
-            dead.append(key)
-        streaks = self._streaks
-        for key in dead:
-            del streaks[key]
-        return len(dead)
-
-    def _evict(self) -> None:
-        streaks = self._streaks
-        excess = len(streaks) + len(self._pending) - self.max_entries
-        oldest = list(islice(streaks, max(excess, self._batch)))
-        for key in oldest:
-            del streaks[key]
-        self.evicted += len(oldest)
+        code = hash(key)
+        index = code & self._mask
+        bucket = self._buckets[index]
+        record_key = _pack_flood_key(code)
+        at = bucket.find(record_key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, record_key)
+        length = 1
+        if at >= 0:
+            last, previous = _unpack_streak(bucket, at + _FLOOD_KEY.size)
+            if now - last < self.gap:
+                length = previous + 1
+            del bucket[at : at + RECORD]  # to the back: the front stays the oldest
+            self._count -= 1
+        if bucket and now - _unpack_time(bucket, _FLOOD_KEY.size)[0] >= self.gap:
+            self._prune(bucket, now)
+        bucket += record_key + _FLOOD_TAIL.pack(now, length)
+        self._count += 1
+        if self._count + len(pending) > self.max_entries:
+            self._evict(index, max(1, self.max_entries - len(pending)))
+        self._due.append(now)
+        self._due_buckets.append(index)
+        self._now = now

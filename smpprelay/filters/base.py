@@ -42,7 +42,9 @@ class FilterChain:
         self._counters: dict[tuple[str, str, str], object] = {}
         # Accepts are the common case: counted as plain integers and added to Prometheus by
         # flush_counts() (every second), which saves a locked increment per rule per submit.
+        # A message every rule accepted is counted once, in ``_passed``, for all of them.
         self._accepted = dict.fromkeys((rule.name for rule in filters), 0)
+        self._passed = 0
 
     def check(self, message: Message, now: float) -> Verdict:
         """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR."""
@@ -52,23 +54,27 @@ class FilterChain:
             except Exception:
                 self.log.failure("rule {rule} failed; rejecting", rule=rule.name)
                 verdict = reject(Status.ESME_RSYSERR, "rule_error")
-            if verdict.action == "accept":
-                self._accepted[rule.name] += 1
+            if verdict is ACCEPT or verdict.action == "accept":
                 continue
             self._count(rule.name, verdict)
             if verdict.action == "reject":
                 self._log_rejection(rule.name, message, verdict)
-            # The rules before this one reserved state for a message that goes no further.
+            # The rules before this one accepted a message that goes no further: count those
+            # accepts, and release the state they reserved for it.
+            accepted = self._accepted
             for earlier in self.filters[:index]:
+                accepted[earlier.name] += 1
                 earlier.settle(message, now, None)
             return verdict
+        self._passed += 1
         return ACCEPT
 
     def flush_counts(self) -> None:
         """Add the accepts counted since the last flush to the decisions metric."""
+        passed, self._passed = self._passed, 0
         for name, count in self._accepted.items():
-            if count:
-                self._count(name, ACCEPT, count)
+            if count + passed:
+                self._count(name, ACCEPT, count + passed)
                 self._accepted[name] = 0
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:

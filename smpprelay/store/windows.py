@@ -270,7 +270,9 @@ class FloodStreaks(_RecordTable):
 
     def count(self, key: bytes, now: float) -> int:
         """How many messages a new one at ``now`` would follow in its streak, in flight included."""
-        count = self._pending.get(key, 0) if self._pending else 0
+        return self._count_at(key, now, self._pending.get(key, 0) if self._pending else 0)
+
+    def _count_at(self, key: bytes, now: float, count: int) -> int:
         code = hash(key)
         bucket = self._buckets[code & self._mask]
         record_key = _pack_flood_key(code)
@@ -285,10 +287,11 @@ class FloodStreaks(_RecordTable):
 
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
-        if self.count(key, now) >= limit:
-            return False
         pending = self._pending
-        pending[key] = pending.get(key, 0) + 1
+        in_flight = pending.get(key, 0) if pending else 0
+        if self._count_at(key, now, in_flight) >= limit:
+            return False
+        pending[key] = in_flight + 1
         return True
 
     def release(self, key: bytes) -> None:

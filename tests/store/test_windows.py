@@ -1,0 +1,101 @@
+"""The compact tables behind the dedup and flood rules, at sizes where they have many buckets."""
+
+from __future__ import annotations
+
+import struct
+from hashlib import blake2b
+
+from smpprelay.store.windows import COMPACT_AT, DEDUP_KEY_SIZE, DedupWindow, FloodStreaks
+
+BIG = 1_000_000  # max_entries: 2^16 buckets, so that keys spread over many of them
+
+
+def key(n: int) -> bytes:
+    return blake2b(b"%d" % n, digest_size=DEDUP_KEY_SIZE).digest()
+
+
+def test_a_key_spanning_two_records_is_not_found() -> None:
+    """A key whose bytes occur across a record boundary is no match: only record starts count."""
+    window = DedupWindow(60.0, 10)  # one bucket: records lie side by side
+    first, second = key(1), key(2)
+    window.accept(first, 5.0, b"")
+    window.accept(second, 5.0, b"")
+    straddling = struct.pack("<d", 5.0) + second[:4]  # the first's time, then the second's key
+    assert len(straddling) == DEDUP_KEY_SIZE
+    assert window.claim(straddling, 6.0) is True
+    assert window.claim(second, 6.0) == b""
+
+
+def test_expiry_is_exact_across_many_buckets() -> None:
+    """Every entry goes exactly when its window ends, whichever bucket it is in."""
+    window = DedupWindow(60.0, BIG)
+    for n in range(5000):
+        window.accept(key(n), n / 100, b"")  # 0.00 .. 49.99
+    assert window.expire(60.0 + 10.0 - 0.005) == 1000  # 0.00 .. 9.99 are 60 s old
+    assert len(window) == 4000
+    assert window.claim(key(999), 70.0) is True  # forgotten: reserved anew
+    assert window.claim(key(1000), 70.0) is True  # accepted at 10.00: exactly 60 s old at 70.0
+    assert window.claim(key(1001), 70.0) == b""  # accepted at 10.01: still a duplicate
+    assert window.expire(200.0) == 3999  # key(1000)'s old record went when it was reserved anew
+    assert len(window) == 2  # the two new reservations, in flight
+
+
+def test_a_released_reservation_lets_expired_records_behind_it_go() -> None:
+    """Records behind an in-flight one wait for it; when it is released they go at once."""
+    window = DedupWindow(60.0, 10)  # one bucket, so the order is known
+    blocking, behind = key(1), key(2)
+    assert window.claim(blocking, 0.0) is True
+    window.accept(behind, 1.0, b"")
+    assert window.expire(100.0) == 0  # held up by the reservation in front
+    assert len(window) == 2
+    window.release(blocking)
+    assert len(window) == 0
+
+
+def test_the_due_queue_is_compacted_and_stays_right() -> None:
+    """Past COMPACT_AT consumed items the queue drops its front; expiry keeps working."""
+    window = DedupWindow(1.0, BIG)
+    total = COMPACT_AT + 10
+    for n in range(total):
+        window.accept(key(n), n * 1e-5, b"")
+    assert window.expire(1.0 + (COMPACT_AT - 0.5) * 1e-5) == COMPACT_AT
+    assert len(window._due) == 10
+    assert window.expire(10.0) == 10
+    assert len(window) == 0
+
+
+def test_the_bound_holds_with_many_buckets() -> None:
+    """max_entries is never exceeded, and every eviction is counted."""
+    window = DedupWindow(60.0, 5000)
+    for n in range(6000):
+        window.accept(key(n), n / 1000, b"")
+        assert len(window) <= 5000
+    assert window.evicted == 1000
+    assert window.claim(key(5999), 6.0) == b""  # the newest is kept
+
+
+def test_replay_ids_go_with_their_records() -> None:
+    """With ids kept, an expired or evicted record leaves no id behind."""
+    window = DedupWindow(60.0, 2, keep_ids=True)
+    for n in range(3):
+        window.accept(key(n), float(n), b"id-%d" % n)
+    assert window.claim(key(2), 3.0) == b"id-2"
+    assert window._ids is not None
+    assert set(window._ids.values()) == {b"id-1", b"id-2"}
+    window.expire(100.0)
+    assert window._ids == {}
+
+
+def test_flood_streaks_across_many_buckets() -> None:
+    """Streaks are kept per number, expire exactly at the gap, and move back when renewed."""
+    streaks = FloodStreaks(30.0, BIG)
+    numbers = [b"79%09d" % n for n in range(3000)]
+    for second in range(3):
+        for number in numbers:
+            assert streaks.claim(number, float(second), 50)
+            streaks.accept(number, float(second))
+    assert all(streaks.count(number, 2.5) == 3 for number in numbers)
+    assert streaks.expire(31.999) == 0
+    assert streaks.expire(32.0) == 3000
+    assert len(streaks) == 0
+    assert streaks.count(numbers[0], 32.0) == 0

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from smpprelay import pdu
-from smpprelay.config import Client, Filters
+from smpprelay.config import Client, DedupRule, Filters, FloodRule
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.filters import build_chain
@@ -32,12 +32,15 @@ SEQ = 9
 
 
 class Relayed:
-    """A bound transmitter in front of the real relay and rules; the operator is a FakePool."""
+    """A bound transceiver (or, with ``bind=False``, a fresh connection) in front of the real
+    relay and rules; the operator is a FakePool."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, bind: bool = True, max_pdu: int = MAX_PDU, metrics: Metrics | None = None
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000.0)
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.pool = FakePool()
         registry = SessionRegistry(self.metrics)
         router = Router(
@@ -49,7 +52,9 @@ class Relayed:
             registry.receivers,
             5.0,
         )
-        chain = build_chain(Filters(), False, self.metrics)
+        # The default rules, with small tables: their size is not what is tested here.
+        rules = Filters(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
+        chain = build_chain(rules, False, self.metrics)
         relay = Relay(self.pool, router, self.metrics, self.clock, chain)  # type: ignore[arg-type]
         clients = {"app": Client(system_id="app", password="pw")}
         self.session = DownstreamSession(
@@ -60,14 +65,15 @@ class Relayed:
             self.clock,
             self.metrics,
             side="downstream",
-            max_pdu=MAX_PDU,
+            max_pdu=max_pdu,
             response_timeout=30.0,
             pdu_read=10.0,
         )
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
-        self.connection.dataReceived(pdu.bind_request("transmitter", 1, "app", "pw"))
-        assert pdu.header(self.written())[2] == Status.ESME_ROK
+        if bind:
+            self.connection.dataReceived(pdu.bind_request("transceiver", 1, "app", "pw"))
+            assert pdu.header(self.written())[2] == Status.ESME_ROK
 
     def written(self) -> bytes:
         data = bytes(self.transport.value())

@@ -6,7 +6,7 @@ million live entries of each kind took 330-415 MB. Here an entry is a 20-byte re
 ``bytearray`` bucket instead: a fixed-size key, then the time it was last accepted as a
 double, then (for a flood streak) its length. The bucket of a key is picked by ``hash(key)``;
 a lookup is one ``bytearray.find`` over a bucket of a few records, in C. There is no object
-per entry, so an entry costs its 20 bytes plus its share of its bucket (about 55 bytes in all,
+per entry, so an entry costs its 20 bytes plus its share of its bucket (about 46 bytes in all,
 ``benchmarks/state_memory.py`` measures it), and a bucket gives back what its expired records
 held.
 

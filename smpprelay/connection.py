@@ -12,7 +12,13 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,7 +47,7 @@ class RequestHandler(TypingProtocol):
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None: ...
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class SmppConnection(Protocol):
     """An SMPP session over one transport.
 
@@ -94,6 +100,7 @@ class SmppConnection(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._last_read = 0.0
         self.paused = False
+        self._producing = False
         self.when_resumed: Callable[[], None] | None = None
 
     # --- Twisted hooks ------------------------------------------------------------------
@@ -101,8 +108,21 @@ class SmppConnection(Protocol):
     def connectionMade(self) -> None:
         address = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        # TLS holds what is written before its handshake ends and pauses the producer
+        # meanwhile: pausing our reads then would stall the handshake itself. Over TLS the
+        # connection becomes the producer once the handshake is done (handshakeCompleted).
+        if not ISSLTransport.providedBy(self.transport):
+            self._produce()
         self.handler.connection_made(self)
+
+    def handshakeCompleted(self) -> None:
+        """TLS only: the handshake is done; from now on back-pressure works as over TCP."""
+        if not self.closed:
+            self._produce()
+
+    def _produce(self) -> None:
+        self._producing = True
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
@@ -257,8 +277,9 @@ class SmppConnection(Protocol):
         if not self.closed:
             self.closed = True
             # A registered producer would keep the connection open (Twisted waits for it).
-            if getattr(self.transport, "producer", None) is self:
-                self.transport.unregisterProducer()
+            if self._producing:
+                self._producing = False
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:

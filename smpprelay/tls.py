@@ -6,9 +6,10 @@ anything); a file that cannot be read or parsed is a configuration error naming 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
@@ -23,7 +24,6 @@ from twisted.internet.ssl import (
 from smpprelay.config import Config, ConfigError, ListenTls, Upstream
 
 MINIMUM = TLSVersion.TLSv1_2
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class TlsFileError(Exception):
@@ -43,32 +43,38 @@ def _read(path: str, key: str) -> bytes:
         raise TlsFileError(key, f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _certificates(path: str, key: str) -> list[crypto.X509]:
-    blocks = _PEM_CERT.findall(_read(path, key))
-    if not blocks:
-        raise TlsFileError(key, f"no PEM certificate in {path}")
+def _certificates(path: str, key: str) -> list[x509.Certificate]:
     try:
-        return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
-    except crypto.Error as exc:
-        raise TlsFileError(key, f"bad certificate in {path}: {exc}") from None
+        return x509.load_pem_x509_certificates(_read(path, key))
+    except ValueError as exc:
+        raise TlsFileError(key, f"no usable PEM certificate in {path}: {exc}") from None
+
+
+def _public(key: Any) -> bytes:
+    return key.public_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def server_options(tls: ListenTls) -> CertificateOptions:
     """The server side of the apps' TLS listener: its certificate chain, TLS 1.2+."""
     chain = _certificates(tls.cert, "listen.tls.cert")
     try:
-        private_key = crypto.load_privatekey(crypto.FILETYPE_PEM, _read(tls.key, "listen.tls.key"))
-    except crypto.Error as exc:
-        raise TlsFileError("listen.tls.key", f"bad private key in {tls.key}: {exc}") from None
-    try:
-        return CertificateOptions(
-            privateKey=private_key,
-            certificate=chain[0],
-            extraCertChain=chain[1:],
-            raiseMinimumTo=MINIMUM,
+        private_key = serialization.load_pem_private_key(
+            _read(tls.key, "listen.tls.key"), password=None
         )
-    except Exception as exc:  # OpenSSL says why a key does not fit its certificate
-        raise TlsFileError("listen.tls.key", f"does not match listen.tls.cert: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise TlsFileError(
+            "listen.tls.key", f"no usable PEM private key in {tls.key}: {exc}"
+        ) from None
+    if _public(private_key.public_key()) != _public(chain[0].public_key()):
+        raise TlsFileError("listen.tls.key", f"does not match the certificate in {tls.cert}")
+    return CertificateOptions(
+        privateKey=private_key,  # type: ignore[arg-type]
+        certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=chain[1:],  # type: ignore[arg-type]
+        raiseMinimumTo=MINIMUM,
+    )
 
 
 def client_options(upstream: Upstream) -> Any:
@@ -79,7 +85,9 @@ def client_options(upstream: Upstream) -> Any:
     trust = None
     if upstream.tls_ca is not None:
         certs = _certificates(upstream.tls_ca, "upstream.tls_ca")
-        trust = trustRootFromCertificates([Certificate(cert) for cert in certs])
+        trust = trustRootFromCertificates(
+            [Certificate(crypto.X509.from_cryptography(cert)) for cert in certs]
+        )
     return optionsForClientTLS(
         upstream.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM}
     )

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHandshakeListener,
     ILoggingContext,
     IProtocol,
     IProtocolFactory,
@@ -246,7 +247,7 @@ class UpstreamPool:
             self._queue.popleft()[2].errback(QueueFull("relay stopping"))
 
 
-@implementer(IProtocol, ILoggingContext)
+@implementer(IProtocol, ILoggingContext, IHandshakeListener)
 class _BoundLossOnly:
     """Stands between the transport and ClientService's protocol proxy.
 
@@ -269,6 +270,10 @@ class _BoundLossOnly:
 
     def connectionMade(self) -> None:
         pass  # the proxy's makeConnection made the connection
+
+    def handshakeCompleted(self) -> None:
+        if self._connection is not None:  # over TLS (upstream.tls)
+            self._connection.handshakeCompleted()
 
     def logPrefix(self) -> str:
         return f"upstream {self._session.session_name}"

@@ -8,6 +8,7 @@ smpplib uses blocking sockets, so each of its calls runs in a reactor worker thr
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ import pytest_twisted
 import smpplib.client
 from twisted.internet import task
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.threads import deferToThread
 
 from smpprelay.config import parse_config
@@ -83,9 +85,9 @@ class Esme:
     answers each deliver_sm with an ESME_ROK deliver_sm_resp itself.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.client = smpplib.client.Client(
-            "127.0.0.1", port, allow_unknown_opt_params=True, timeout=5
+            "127.0.0.1", port, allow_unknown_opt_params=True, timeout=5, ssl_context=ssl_context
         )
         self.responses: list[Any] = []
         self.deliveries: list[Any] = []
@@ -183,21 +185,23 @@ class Harness:
         await wait_for(lambda: service.upstream.pool.bound >= bound)
         return service
 
-    async def simulator(self) -> tuple[Listener, Simulator]:
-        """Start a stand-alone simulated SMSC on 127.0.0.1, port 0."""
+    async def simulator(
+        self, endpoint: IStreamServerEndpoint | None = None
+    ) -> tuple[Listener, Simulator]:
+        """Start a stand-alone simulated SMSC on 127.0.0.1, port 0 (or on ``endpoint``)."""
         simulator = Simulator(self.reactor)
-        listener = Listener(
-            "sim", tcp_server(self.reactor, "127.0.0.1", 0), SimulatorFactory(simulator, Metrics())
-        )
+        endpoint = endpoint or tcp_server(self.reactor, "127.0.0.1", 0)
+        listener = Listener("sim", endpoint, SimulatorFactory(simulator, Metrics()))
         self.listeners.append(listener)
         listener.startService()
         assert listener.listening is not None
         await listener.listening
         return listener, simulator
 
-    def esme(self, service: RelayService) -> Esme:
-        """A new (unconnected) smpplib app aimed at ``service``'s SMPP listener."""
-        esme = Esme(port_of(service.listener))
+    def esme(self, service: RelayService, ssl_context: ssl.SSLContext | None = None) -> Esme:
+        """A new (unconnected) smpplib app aimed at ``service``'s SMPP listener (TLS with
+        ``ssl_context``)."""
+        esme = Esme(port_of(service.listener), ssl_context)
         self.esmes.append(esme)
         return esme
 

@@ -1,0 +1,105 @@
+"""Certificates made at test time (nothing committed that expires): a CA and a server
+certificate it signs for 127.0.0.1 and localhost, written as PEM files."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import pathlib
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@attrs.frozen
+class Certs:
+    """Paths of the PEM files."""
+
+    ca: str  # the CA certificate that signed `cert`
+    cert: str  # the server certificate (127.0.0.1, localhost)
+    key: str  # its private key
+    other_ca: str  # a CA that signed nothing here
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_certs(directory: pathlib.Path) -> Certs:
+    """Write a CA, a server certificate and key, and an unrelated CA into ``directory``."""
+    ca_key, ca_cert = _ca("smpprelay test CA")
+    _, other_cert = _ca("some other CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = Certs(
+        ca=str(directory / "ca.pem"),
+        cert=str(directory / "server.crt"),
+        key=str(directory / "server.key"),
+        other_ca=str(directory / "other-ca.pem"),
+    )
+    pathlib.Path(paths.ca).write_bytes(_pem(ca_cert))
+    pathlib.Path(paths.other_ca).write_bytes(_pem(other_cert))
+    pathlib.Path(paths.cert).write_bytes(_pem(cert) + _pem(ca_cert))
+    pathlib.Path(paths.key).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths

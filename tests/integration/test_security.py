@@ -1,0 +1,204 @@
+"""Security over real sockets: TLS both ways (A9), password hashes end to end.
+
+The certificates are made for each test session (tests/certs.py): a CA and a server
+certificate for 127.0.0.1 signed by it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+import smpplib.exceptions
+from twisted.internet.threads import deferToThread
+
+from smpprelay import downstream, passwd, pdu
+from smpprelay.config import ListenTls
+from smpprelay.passwd import make_hash
+from smpprelay.service import Listener
+from smpprelay.simulator import Simulator
+from smpprelay.tls import server_endpoint
+from tests.certs import Certs, make_certs
+
+from .conftest import Harness, port_of, wait_for
+from .test_end_to_end import message
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+def app_context(ca: str) -> ssl.SSLContext:
+    """What a careful app uses: the relay's CA, TLS 1.2 or later."""
+    context = ssl.create_default_context(cafile=ca)
+    context.check_hostname = False  # smpplib passes no server_hostname; the chain is checked
+    return context
+
+
+async def tls_simulator(harness: Harness, certs: Certs) -> tuple[Listener, Simulator]:
+    """A stand-alone simulated SMSC that speaks SMPP over TLS only."""
+    tls = ListenTls(port=0, cert=certs.cert, key=certs.key)
+    return await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
+
+
+def tls_upstream(listener: Listener, **extra: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port_of(listener),
+        "system_id": "relay",
+        "password": "pw",
+        "tls": True,
+        "reconnect_initial": 0.05,
+        "reconnect_max": 0.1,
+    }
+    section.update(extra)
+    return section
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_over_tls_to_operator_over_tls(harness: Harness, certs: Certs) -> None:
+    """An app binds to the relay's TLS-only listener and submits; the relay carries it to
+    the operator over TLS (certificate checked against tls_ca and 127.0.0.1) and the app gets
+    the operator's answer."""
+    sim_listener, sim = await tls_simulator(harness, certs)
+    service = await harness.relay(
+        listen={"host": "127.0.0.1", "port": None, "tls": {"port": 0, **_pem(certs)}},
+        upstream=tls_upstream(sim_listener, tls_ca=certs.ca),
+    )
+    assert service.listener is service.tls_listener
+    app = harness.esme(service, app_context(certs.ca))
+    bound = await app.bind("transceiver", "app1")
+    assert bound.status == pdu.Status.ESME_ROK
+    resp = await app.submit(**message(b"over TLS"))
+    assert resp.status == pdu.Status.ESME_ROK
+    assert [r.message_id for r in sim.received] == [resp.message_id]
+    assert sim.received[0].message.short_message == b"over TLS"
+    assert isinstance(app.client._socket, ssl.SSLSocket)
+    assert app.client._socket.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def _pem(certs: Certs) -> dict[str, str]:
+    return {"cert": certs.cert, "key": certs.key}
+
+
+def _talk(port: int, speak: Callable[[socket.socket], Any]) -> Any:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return speak(sock)
+
+
+def _plain_bind(sock: socket.socket) -> bytes:
+    sock.sendall(pdu.bind_request("transceiver", 1, "app1", "secret1"))
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def _old_tls(sock: socket.socket) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.wrap_socket(sock).close()
+    except ssl.SSLError as error:
+        return str(error)
+    return "handshake succeeded"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_port_refuses_plain_smpp_and_old_tls(harness: Harness, certs: Certs) -> None:
+    """A9: plain SMPP to the TLS port and a TLS 1.1 client are closed without an SMPP
+    answer and reach nothing; a TLS 1.2+ client on the same port binds."""
+    service = await harness.relay(listen={"host": "127.0.0.1", "tls": {"port": 0, **_pem(certs)}})
+    assert service.tls_listener is not None
+    assert service.tls_listener is not service.listener
+    port = port_of(service.tls_listener)
+    answer = await deferToThread(_talk, port, _plain_bind)
+    # At most a TLS alert record (content type 21), never an SMPP bind_resp.
+    assert answer == b"" or answer[0] == 21
+    old = await deferToThread(_talk, port, _old_tls)
+    assert "PROTOCOL_VERSION" in old.upper()
+    app = harness.esme(service, app_context(certs.ca))
+    app.client.port = port
+    assert (await app.bind("transmitter", "app1")).status == pdu.Status.ESME_ROK
+    # A refused bind over TLS is closed like one over TCP.
+    wrong = harness.esme(service, app_context(certs.ca))
+    wrong.client.port = port
+    with pytest.raises(smpplib.exceptions.PDUError) as refused:
+        await wrong.bind("transmitter", "app1", "wrong")
+    assert refused.value.args[1] == pdu.Status.ESME_RBINDFAIL
+    assert await wrong.at_eof()
+    assert (
+        service.metrics.registry.get_sample_value("smpprelay_bind_attempts_total", {"result": "ok"})
+        == 1
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_certificate_is_verified(harness: Harness, certs: Certs) -> None:
+    """Against a CA that did not sign the operator's certificate the relay never binds and
+    keeps retrying; with tls_verify false it binds."""
+    sim_listener, sim = await tls_simulator(harness, certs)
+    service = await harness.relay(
+        bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.other_ca)
+    )
+
+    def failed_attempts() -> float:
+        return sum(
+            service.metrics.registry.get_sample_value(
+                "smpprelay_upstream_reconnects_total", {"session": "0", "reason": reason}
+            )
+            or 0
+            for reason in ("connect", "bind_timeout", "bind_refused", "lost")
+        )
+
+    await wait_for(lambda: failed_attempts() >= 2)
+    assert service.upstream.pool.bound == 0
+    assert list(sim.received) == []
+    insecure = await harness.relay(upstream=tls_upstream(sim_listener, tls_verify=False))
+    assert insecure.upstream.pool.bound == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_hashed_password_end_to_end_verified_off_the_reactor(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An account with a password_hash binds and submits; the hash is checked in a thread
+    other than the reactor's; a wrong password is refused with the uniform status."""
+    threads: list[int] = []
+    real_verify = passwd.verify_password
+
+    def verify(hashed: str, password: bytes) -> bool:
+        threads.append(threading.get_ident())
+        return real_verify(hashed, password)
+
+    monkeypatch.setattr(downstream, "verify_password", verify)
+    clients = [{"system_id": "app1", "password_hash": make_hash("secret1", n=1024)}]
+    service = await harness.relay(clients=clients)
+    app = harness.esme(service)
+    assert (await app.bind("transmitter", "app1")).status == pdu.Status.ESME_ROK
+    resp = await app.submit(**message(b"hashed"))
+    assert resp.status == pdu.Status.ESME_ROK
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+    wrong = harness.esme(service)
+    with pytest.raises(smpplib.exceptions.PDUError) as refused:
+        await wrong.bind("transmitter", "app1", "secret2")
+    assert refused.value.args[1] == pdu.Status.ESME_RBINDFAIL
+    assert await wrong.at_eof()
+    assert len(threads) == 2

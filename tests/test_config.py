@@ -7,6 +7,7 @@ import attrs
 import pytest
 import yaml
 
+from smpprelay import tap
 from smpprelay.config import (
     Client,
     ConcatRule,
@@ -28,6 +29,7 @@ from smpprelay.config import (
     load_config,
     parse_config,
 )
+from smpprelay.passwd import make_hash
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "etc" / "smpprelay.yaml"
 
@@ -408,3 +410,76 @@ def test_null_section_means_defaults() -> None:
 def test_empty_list_item() -> None:
     """A bare "-" in clients is refused rather than read as an empty account."""
     assert _error({"clients": [None]}) == "x.yaml: clients[0]: empty list item"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_minimal(listen={"port": None}), "listen.port: null (no plain port) needs listen.tls"),
+        (_minimal(listen={"tls": {"cert": "c.pem"}}), "listen.tls.key: missing"),
+        (_minimal(listen={"tls": {"cert": "", "key": "k"}}), "listen.tls.cert: must not be empty"),
+        (
+            {
+                "clients": [
+                    {"system_id": "a", "password": "b", "password_hash": make_hash("b", n=16)}
+                ]
+            },
+            "clients[0].password: give password or password_hash, not both",
+        ),
+        (
+            {"clients": [{"system_id": "a", "password_hash": "secret"}]},
+            "clients[0].password_hash: expected scrypt$<n>$<r>$<p>$<salt>$<key>",
+        ),
+        (
+            {"clients": [{"system_id": "a", "password": "b", "max_binds": 0}]},
+            "clients[0].max_binds: must be at least 1, got 0",
+        ),
+        (
+            {"clients": [{"system_id": "a", "password": "b", "throughput": 0}]},
+            "clients[0].throughput: must be greater than 0, got 0.0",
+        ),
+        (_minimal(security={"bind_failures": 0}), "security.bind_failures: must be at least 1"),
+        (_minimal(security={"lockout": 0}), "security.lockout: must be greater than 0"),
+        (_minimal(security={"max_connections": -1}), "security.max_connections: must be at least"),
+        (_minimal(security={"ban": 1}), "security.ban: unknown key"),
+        (
+            _minimal(upstream=_upstream(tls="yes")),
+            "upstream.tls: expected true or false, got 'yes'",
+        ),
+    ],
+)
+def test_security_keys_validated(data: dict[str, Any], message: str) -> None:
+    """The access and TLS keys are checked like every other, naming file and key."""
+    assert _error(data).startswith(f"x.yaml: {message}")
+
+
+def test_security_defaults_and_hash_accepted() -> None:
+    """Defaults are the documented ones; a smpprelay-passwd hash is a valid password_hash."""
+    hashed = make_hash("pw", n=16)
+    config = parse_config({"clients": [{"system_id": "a", "password_hash": hashed}]})
+    assert config.clients[0].password_hash == hashed
+    assert config.clients[0].password is None
+    assert config.security == Security(
+        bind_failures=5,
+        bind_failure_window=60.0,
+        lockout=300.0,
+        max_connections=1000,
+        max_connections_per_address=50,
+    )
+    assert (config.listen.port, config.listen.tls) == (2775, None)
+
+
+def test_unreadable_tls_files_stop_the_start(tmp_path: pathlib.Path) -> None:
+    """twistd smpprelay with a certificate it cannot read exits with one line naming the key."""
+    missing = tmp_path / "nope.pem"
+    path = _write(
+        tmp_path,
+        "clients: [{system_id: a, password: b}]\n"
+        f"listen: {{tls: {{cert: {missing}, key: {missing}}}}}\n",
+    )
+    options = tap.Options()  # type: ignore[no-untyped-call]
+    with pytest.raises(SystemExit) as info:
+        options.parseOptions(["--config", path])  # type: ignore[no-untyped-call]
+    assert str(info.value) == (
+        f"smpprelay: {path}: listen.tls.cert: cannot read {missing}: No such file or directory"
+    )

@@ -90,7 +90,13 @@ class Metrics:
             ["account", "status"],
             registry=r,
         )
-        self._pdus = _PduCounts()
+        self._pdus = PlainCounter(
+            "smpprelay_pdus",
+            "PDUs read (in) and written (out), by side, direction and command "
+            "(commands not in SMPP 3.4 count as other).",
+            ["side", "direction", "command"],
+            _pdu_labels,
+        )
         r.register(self._pdus)
         self.submit_latency = Histogram(
             "smpprelay_submit_latency_seconds",
@@ -137,12 +143,14 @@ class Metrics:
             ["filter", "action", "reason"],
             registry=r,
         )
-        self.parts_billed = Counter(
-            "smpprelay_parts_billed_total",
+        # Counted for every accepted submit: plain integers (see PlainCounter).
+        self.parts_billed = PlainCounter(
+            "smpprelay_parts_billed",
             "SMS parts the operator will bill for the submits relayed, by data_coding.",
             ["data_coding"],
-            registry=r,
+            lambda data_coding: [str(data_coding)],
         )
+        r.register(self.parts_billed)
         self.concat_open = Gauge(
             "smpprelay_concat_open_messages",
             "Concatenated messages waiting for their remaining parts.",
@@ -275,33 +283,43 @@ _COMMANDS = frozenset(CommandId)
 _OTHER = -1
 
 
-class _PduCounts(Collector):
-    """``smpprelay_pdus_total`` from plain integers, read when scraped.
+def _pdu_labels(key: tuple[str, str, int]) -> list[str]:
+    side, direction, command_id = key
+    return [side, direction, "other" if command_id == _OTHER else command_name(command_id)]
 
-    It counts every PDU in and out, four per relayed submit: a dict increment costs a
-    quarter of a Counter child's locked ``inc()``. Only the reactor thread writes; the scrape
-    (in a thread) reads a copy, and ``dict.copy`` runs under the GIL in one step.
+
+class PlainCounter(Collector):
+    """A counter family kept in plain integers, per key, and turned into samples when scraped.
+
+    For counts taken on every PDU or submit: a dict increment costs a quarter of a Counter
+    child's locked ``inc()``. Only the reactor thread writes ``counts``; the scrape (in a
+    thread) reads a copy, and ``dict.copy`` runs under the GIL in one step. ``labels`` turns a
+    key into its label values, so the hot path can count under cheap keys (ints, tuples).
     """
 
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, int], int] = {}
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        labels: Callable[[Any], list[str]],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.labels = labels
+        self.counts: dict[Any, int] = {}
 
     def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(
-            "smpprelay_pdus",
-            "PDUs read (in) and written (out), by side, direction and command "
-            "(commands not in SMPP 3.4 count as other).",
-            labels=["side", "direction", "command"],
-        )
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        for (side, direction, command_id), count in self.counts.copy().items():
-            name = "other" if command_id == _OTHER else command_name(command_id)
-            family.add_metric([side, direction, name], count)
+        for key, count in self.counts.copy().items():
+            family.add_metric(self.labels(key), count)
         yield family
 
 

@@ -190,7 +190,7 @@ class EncodingFilter:
         self.metrics = metrics
         self.allow = frozenset(config.allow)
         self.status = config.status
-        self._billed: dict[int, object] = {}
+        self._billed = metrics.parts_billed.counts  # data_coding -> parts
 
     def check(self, message: Message, now: float) -> Verdict:
         """Accept (perhaps after transcoding ``message`` in place) or reject."""
@@ -280,8 +280,5 @@ class EncodingFilter:
         return ACCEPT
 
     def _bill(self, dc: int, parts: int) -> None:
-        child = self._billed.get(dc)
-        if child is None:
-            child = self.metrics.parts_billed.labels(str(dc))
-            self._billed[dc] = child
-        child.inc(parts)  # type: ignore[attr-defined]
+        billed = self._billed
+        billed[dc] = billed.get(dc, 0) + parts

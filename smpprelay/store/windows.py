@@ -102,11 +102,15 @@ class _RecordTable:
             end += RECORD
         if not end:
             return 0
-        self._dropped(bucket, end)
+        if self._keeps_beside:
+            self._dropped(bucket, end)
         del bucket[:end]
         dead = end // RECORD
         self._count -= dead
         return dead
+
+    # Whether a subclass keeps something beside its records that must go with them.
+    _keeps_beside = False
 
     def _dropped(self, bucket: bytearray, end: int) -> None:
         """The records before ``end`` are about to go (a hook for what is kept beside them)."""
@@ -143,14 +147,24 @@ class _RecordTable:
         self._now = now
         due, due_buckets, buckets = self._due, self._due_buckets, self._buckets
         horizon = self.horizon
-        prune = self._prune
+        offset = self._key_size
+        unpack = _unpack_time
         head, size = self._head, len(due)
         removed = 0
+        # _prune written out: this loop runs once per acceptance, a call would cost a third.
         while head < size and now - due[head] >= horizon:
             bucket = buckets[due_buckets[head]]
-            if bucket:
-                removed += prune(bucket, now)
             head += 1
+            end = 0
+            length = len(bucket)
+            while end < length and now - unpack(bucket, end + offset)[0] >= horizon:
+                end += RECORD
+            if end:
+                if self._keeps_beside:
+                    self._dropped(bucket, end)
+                del bucket[:end]
+                removed += end // RECORD
+        self._count -= removed
         if head >= COMPACT_AT and head * 2 >= size:
             del due[:head]
             del due_buckets[:head]
@@ -170,6 +184,7 @@ class DedupWindow(_RecordTable):
         super().__init__(window, max_entries, DEDUP_KEY_SIZE)
         self.window = window
         self._ids: dict[bytes, bytes] | None = {} if keep_ids else None
+        self._keeps_beside = keep_ids
 
     # claim and accept run for every message: they are written out in full, with no helper
     # calls on the common path (each call would cost about a tenth of the whole).

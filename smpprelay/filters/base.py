@@ -45,17 +45,20 @@ class FilterChain:
         # A message every rule accepted is counted once, in ``_passed``, for all of them.
         self._accepted = dict.fromkeys((rule.name for rule in filters), 0)
         self._passed = 0
+        self._checks = tuple(rule.check for rule in filters)
+        self._settles = tuple(rule.settle for rule in filters)
 
     def check(self, message: Message, now: float) -> Verdict:
         """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR."""
-        for index, rule in enumerate(self.filters):
+        for index, check in enumerate(self._checks):
             try:
-                verdict = rule.check(message, now)
+                verdict = check(message, now)
             except Exception:
-                self.log.failure("rule {rule} failed; rejecting", rule=rule.name)
+                self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
                 verdict = reject(Status.ESME_RSYSERR, "rule_error")
             if verdict is ACCEPT or verdict.action == "accept":
                 continue
+            rule = self.filters[index]
             self._count(rule.name, verdict)
             if verdict.action == "reject":
                 self._log_rejection(rule.name, message, verdict)
@@ -79,11 +82,11 @@ class FilterChain:
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Tell every rule what became of a message the chain accepted."""
-        for rule in self.filters:
+        for index, settle in enumerate(self._settles):
             try:
-                rule.settle(message, now, message_id)
+                settle(message, now, message_id)
             except Exception:
-                self.log.failure("rule {rule} failed to settle", rule=rule.name)
+                self.log.failure("rule {rule} failed to settle", rule=self.filters[index].name)
 
     def _count(self, name: str, verdict: Verdict, amount: int = 1) -> None:
         key = (name, verdict.action, verdict.reason)

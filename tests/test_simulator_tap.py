@@ -1,0 +1,73 @@
+"""``twistd smpprelay-simulator`` options: --tls-cert and --tls-key."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.python import usage
+
+from smpprelay import simulator_tap
+from smpprelay.service import Listener
+from tests.certs import make_certs
+
+
+def parse(*args: str) -> simulator_tap.Options:
+    options = simulator_tap.Options()  # type: ignore[no-untyped-call]
+    options.parseOptions(list(args))  # type: ignore[no-untyped-call]
+    return options
+
+
+def test_without_a_certificate_it_listens_on_plain_tcp() -> None:
+    options = parse("--port", "2999")
+    assert options.tls is None
+    service = simulator_tap.makeService(options)
+    assert isinstance(service, Listener)
+    assert isinstance(service.endpoint, TCP4ServerEndpoint)
+
+
+def test_with_certificate_and_key_it_listens_with_tls_on_port(tmp_path: pathlib.Path) -> None:
+    certs = make_certs(tmp_path)
+    options = parse("--port", "2999", "--tls-cert", certs.cert, "--tls-key", certs.key)
+    assert options.tls is not None
+    assert (options.tls.port, options.tls.cert, options.tls.key) == (2999, certs.cert, certs.key)
+    service = simulator_tap.makeService(options)
+    assert isinstance(service, Listener)
+    assert isinstance(service.endpoint, SSL4ServerEndpoint)
+    assert service.endpoint._port == 2999
+
+
+@pytest.mark.parametrize("given", ["--tls-cert", "--tls-key"])
+def test_certificate_and_key_go_together(tmp_path: pathlib.Path, given: str) -> None:
+    certs = make_certs(tmp_path)
+    with pytest.raises(usage.UsageError, match="--tls-cert and --tls-key go together"):
+        parse(given, certs.cert)
+
+
+@pytest.mark.parametrize(
+    ("which", "option", "problem"),
+    [
+        ("missing cert", "--tls-cert", "cannot read"),
+        ("key as cert", "--tls-cert", "no usable PEM certificate"),
+        ("cert as key", "--tls-key", "no usable PEM private key"),
+        ("other key", "--tls-key", "does not match the certificate"),
+    ],
+)
+def test_unusable_files_stop_with_one_line_naming_the_option(
+    tmp_path: pathlib.Path, which: str, option: str, problem: str
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    certs, other = make_certs(tmp_path / "a"), make_certs(tmp_path / "b")
+    cert, key = {
+        "missing cert": (str(tmp_path / "missing.pem"), certs.key),
+        "key as cert": (certs.key, certs.key),
+        "cert as key": (certs.cert, certs.cert),
+        "other key": (certs.cert, other.key),
+    }[which]
+    with pytest.raises(SystemExit) as stopped:
+        parse("--tls-cert", cert, "--tls-key", key)
+    message = str(stopped.value.code)
+    assert message.startswith(f"smpprelay-simulator: {option}: {problem}")
+    assert "\n" not in message

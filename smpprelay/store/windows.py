@@ -10,11 +10,11 @@ per entry, so an entry costs its 20 bytes plus its share of its bucket (about 46
 ``benchmarks/state_memory.py`` measures it), and a bucket gives back what its expired records
 held.
 
-A bucket keeps its records in the order they were last accepted (for dedup, the order they
-were reserved in, a few seconds at most earlier), so the oldest are at its front and expiry
-only ever looks there. Beside the buckets, two arrays (12 bytes per acceptance) queue when
-each record was accepted and its bucket, so ``expire`` visits only the buckets whose oldest
-record may have ended, and costs per acceptance, not per bucket. ``max_entries`` bounds each
+A bucket keeps its records in the order they were last accepted, so the oldest are at its
+front and expiry only ever looks there; messages still on their way to the operator are kept
+apart, in a small dict per table. Beside the buckets, two arrays (12 bytes per acceptance)
+queue when each record was accepted and its bucket, so ``expire`` visits only the buckets whose
+oldest record may have ended, and costs per acceptance, not per bucket. ``max_entries`` bounds each
 table (messages in flight included): past it, the oldest records of the bucket being added to
 go first, counted in ``evicted``; a small table has a single bucket, whose oldest record is
 the oldest of all.
@@ -22,7 +22,6 @@ the oldest of all.
 
 from __future__ import annotations
 
-import math
 from array import array
 from struct import Struct
 
@@ -44,12 +43,6 @@ _pack_flood_key = _FLOOD_KEY.pack
 BUCKET_LOAD = 8
 # The queue of due times drops its consumed front once it is this long (and half consumed).
 COMPACT_AT = 65536
-
-# The time of a dedup key whose message is on its way to the operator. It never expires, and
-# since every record behind it in its bucket was reserved later, it never holds up expiry for
-# longer than the message takes to be answered.
-IN_FLIGHT = math.inf
-_IN_FLIGHT = _TIME.pack(IN_FLIGHT)
 
 
 def _bucket_count(max_entries: int) -> int:
@@ -78,7 +71,6 @@ class _RecordTable:
         self._due = array("d")
         self._due_buckets = array("L")
         self._head = 0
-        self._now = -math.inf  # the latest time seen, for pruning where no time is given
 
     def __len__(self) -> int:
         return self._count
@@ -122,29 +114,25 @@ class _RecordTable:
         if self._count + others > self.max_entries:
             self._evict(index, max(1, self.max_entries - others))
 
-    def _evict(self, first: int, bound: int) -> None:
-        """Drop the oldest records of bucket ``first`` (never its new last one), then onward."""
+    def _evict(self, first: int, bound: int, keep_newest: bool = True) -> None:
+        """Drop the oldest records of bucket ``first`` (but for its newest one, just added, if
+        ``keep_newest``), then of the buckets after it, until at most ``bound`` are left."""
         buckets = self._buckets
         index = first
-        while self._count > bound:
+        visited = 0
+        while self._count > bound and visited <= len(buckets):
             bucket = buckets[index]
-            if len(bucket) > (RECORD if index == first else 0):
+            if len(bucket) > (RECORD if keep_newest and index == first else 0):
                 self._dropped(bucket, RECORD)
                 del bucket[:RECORD]
                 self._count -= 1
                 self.evicted += 1
             else:
                 index = (index + 1) & self._mask
-
-    def _schedule(self, index: int, now: float) -> None:
-        """A record in bucket ``index`` was given the time ``now``: look at it when it ends."""
-        self._due.append(now)
-        self._due_buckets.append(index)
-        self._now = now
+                visited += 1
 
     def expire(self, now: float) -> int:
         """Drop every record whose life ended; return how many."""
-        self._now = now
         due, due_buckets, buckets = self._due, self._due_buckets, self._buckets
         horizon = self.horizon
         offset = self._key_size
@@ -185,6 +173,14 @@ class DedupWindow(_RecordTable):
         self.window = window
         self._ids: dict[bytes, bytes] | None = {} if keep_ids else None
         self._keeps_beside = keep_ids
+        # Keys of messages on their way to the operator: a small dict that the relay's limits
+        # on requests in flight keep small. Only an acceptance writes a record, so a bucket
+        # holds accepted messages only, in the order they were accepted.
+        self._pending: dict[bytes, None] = {}
+
+    def __len__(self) -> int:
+        """Accepted messages remembered, and messages in flight."""
+        return self._count + len(self._pending)
 
     # claim and accept run for every message: they are written out in full, with no helper
     # calls on the common path (each call would cost about a tenth of the whole).
@@ -195,60 +191,49 @@ class DedupWindow(_RecordTable):
         True: reserved. False: a message with this key is in flight. Bytes: a message with this
         key was accepted less than ``window`` s ago, under this id (``b""`` if ids are not kept).
         """
-        index = hash(key) & self._mask
-        bucket = self._buckets[index]
+        bucket = self._buckets[hash(key) & self._mask]
         at = bucket.find(key)
         if at > 0 and at % RECORD:
             at = self._find(bucket, key)
         if at >= 0:
-            accepted = _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0]
-            if accepted == IN_FLIGHT:
-                return False
-            if now - accepted < self.window:
+            if now - _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] < self.window:
                 ids = self._ids
                 return ids.get(key, b"") if ids is not None else b""
-            self._remove(bucket, at)  # expired: reserved anew at the back
-        if bucket and now - _unpack_time(bucket, DEDUP_KEY_SIZE)[0] >= self.window:
-            self._prune(bucket, now)
-        bucket += key + _IN_FLIGHT
-        self._count += 1
-        if self._count > self.max_entries:
-            self._evict(index, self.max_entries)
+            self._remove(bucket, at)  # expired: its acceptance will be recorded anew
+        pending = self._pending
+        if key in pending:
+            return False
+        pending[key] = None
+        if self._count + len(pending) > self.max_entries:
+            bound = max(0, self.max_entries - len(pending))
+            self._evict(hash(key) & self._mask, bound, keep_newest=False)
         return True
 
     def release(self, key: bytes) -> None:
         """The message reserved under ``key`` did not get through."""
-        bucket = self._buckets[hash(key) & self._mask]
-        at = self._find(bucket, key)
-        if at >= 0 and _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] == IN_FLIGHT:
-            self._remove(bucket, at)
-            # Records behind it whose time was due while it stood in front are due now.
-            if bucket:
-                self._prune(bucket, self._now)
+        self._pending.pop(key, 0)
 
     def accept(self, key: bytes, now: float, message_id: bytes) -> None:
         """The operator accepted the message with this key at ``now``."""
         index = hash(key) & self._mask
         bucket = self._buckets[index]
-        at = bucket.find(key)
-        if at > 0 and at % RECORD:
-            at = self._find(bucket, key)
-        if at >= 0 and _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] == IN_FLIGHT:
-            # A reservation becomes the acceptance where it stands: the bucket stays in the
-            # order the messages were reserved, their order of acceptance give or take the
-            # time they were in flight.
-            _pack_time_into(bucket, at + DEDUP_KEY_SIZE, now)
+        pending = self._pending
+        if key in pending:
+            # Reserved: claim found no live record for it, and none can have come since.
+            del pending[key]
         else:
-            # Not reserved (evicted meanwhile, or accepted before): to the back, so that the
-            # front stays the oldest.
+            # Not reserved (accepted before): the old record goes, the new one to the back.
+            at = self._find(bucket, key)
             if at >= 0:
                 self._remove(bucket, at)
-            if bucket:
-                self._prune(bucket, now)
-            self._append(index, key + _TIME.pack(now))
+        if bucket and now - _unpack_time(bucket, DEDUP_KEY_SIZE)[0] >= self.window:
+            self._prune(bucket, now)
+        bucket += key + _TIME.pack(now)
+        self._count += 1
+        if self._count + len(pending) > self.max_entries:
+            self._evict(index, max(1, self.max_entries - len(pending)))
         self._due.append(now)
         self._due_buckets.append(index)
-        self._now = now
         if self._ids is not None:
             self._ids[key] = message_id
 
@@ -355,4 +340,3 @@ class FloodStreaks(_RecordTable):
             self._evict(index, max(1, self.max_entries - len(pending)))
         self._due.append(now)
         self._due_buckets.append(index)
-        self._now = now

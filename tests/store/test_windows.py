@@ -40,15 +40,16 @@ def test_expiry_is_exact_across_many_buckets() -> None:
     assert len(window) == 2  # the two new reservations, in flight
 
 
-def test_a_released_reservation_lets_expired_records_behind_it_go() -> None:
-    """Records behind an in-flight one wait for it; when it is released they go at once."""
+def test_a_reservation_never_holds_up_expiry() -> None:
+    """A message in flight is kept apart: records accepted after it still expire on time."""
     window = DedupWindow(60.0, 10)  # one bucket, so the order is known
-    blocking, behind = key(1), key(2)
-    assert window.claim(blocking, 0.0) is True
-    window.accept(behind, 1.0, b"")
-    assert window.expire(100.0) == 0  # held up by the reservation in front
+    in_flight, accepted = key(1), key(2)
+    assert window.claim(in_flight, 0.0) is True
+    window.accept(accepted, 1.0, b"")
     assert len(window) == 2
-    window.release(blocking)
+    assert window.expire(100.0) == 1
+    assert window.claim(in_flight, 100.0) is False  # still in flight
+    window.release(in_flight)
     assert len(window) == 0
 
 

@@ -100,6 +100,7 @@ class SmppConnection(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._last_read = 0.0
         self.paused = False
+        self._paused_at = 0.0
         self._producing = False
         self.when_resumed: Callable[[], None] | None = None
 
@@ -165,8 +166,8 @@ class SmppConnection(Protocol):
     def _read_expired(self) -> None:
         self._read_timer = None
         deadline = self._pdu_deadline
-        if self.closed or deadline is None:
-            return
+        if self.closed or deadline is None or self.paused:
+            return  # paused: we stopped reading, not the peer; resumeProducing re-arms it
         now = self.clock.seconds()
         if deadline > now:
             self._read_timer = self.clock.callLater(deadline - now, self._read_expired)
@@ -182,11 +183,24 @@ class SmppConnection(Protocol):
     def pauseProducing(self) -> None:
         if not self.paused and not self.closed:
             self.paused = True
+            self._paused_at = self.clock.seconds()
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
         if self.paused and not self.closed:
             self.paused = False
+            # While paused we read nothing, so the peer's PDU could not arrive whole and its
+            # requests sat unread: neither clock may count that time against the peer.
+            now = self.clock.seconds()
+            if self._pdu_deadline is not None:
+                self._pdu_deadline += now - self._paused_at
+                if self._read_timer is None:
+                    delay = self._pdu_deadline - now
+                    self._read_timer = self.clock.callLater(delay, self._read_expired)
+            if self._inactivity is not None:
+                self._last_read = max(self._last_read, now)
+                if self._idle_timer is None:
+                    self._idle_timer = self.clock.callLater(self._inactivity, self._idle_check)
             self.transport.resumeProducing()  # type: ignore[union-attr]
             if self.when_resumed is not None:
                 self.when_resumed()
@@ -263,8 +277,8 @@ class SmppConnection(Protocol):
 
     def _idle_check(self) -> None:
         self._idle_timer = None
-        if self.closed or self._inactivity is None or self._on_idle is None:
-            return
+        if self.closed or self._inactivity is None or self._on_idle is None or self.paused:
+            return  # paused: the peer's requests wait unread; resumeProducing re-arms it
         due = self._last_read + self._inactivity - self.clock.seconds()
         if due > 0:
             self._idle_timer = self.clock.callLater(due, self._idle_check)

@@ -520,3 +520,35 @@ def test_close_unregisters_the_producer_so_the_close_completes(h: Harness) -> No
     h.connection.close()
     assert h.transport.producer is None
     assert h.transport.disconnecting
+
+
+def test_time_paused_by_our_back_pressure_is_not_held_against_the_peer() -> None:
+    """While we stop reading (the peer's receive side is full), the PDU read deadline and the
+    inactivity clock stand still: a half-read PDU completes after the pause, and no unbind."""
+    h = Harness(pdu_read=PDU_READ)
+    idle: list[float] = []
+    h.connection.start_inactivity(30.0, lambda: idle.append(h.clock.seconds()))
+    link = pdu.build(CommandId.enquire_link, 7)
+    h.connection.dataReceived(link[:10])  # a PDU started at 0 s
+    h.clock.advance(4.0)
+    h.connection.pauseProducing()  # our writes back up: we stop reading at 4 s
+    h.clock.advance(100.0)
+    assert not h.transport.disconnecting
+    assert idle == []
+    h.connection.resumeProducing()  # 104 s: 6 s of the PDU's 10 s are left
+    h.clock.advance(5.9)
+    h.connection.dataReceived(link[10:])
+    [answer] = h.written()
+    assert pdu.header(answer)[1:] == (CommandId.enquire_link_resp, Status.ESME_ROK, 7)
+    assert h.sample("smpprelay_framing_errors_total", side=SIDE, reason="read_timeout") == 0
+    # A second pause with a PDU pending: after resuming, its remaining time still runs out.
+    h.connection.dataReceived(link[:10])  # 109.9 s
+    h.connection.pauseProducing()
+    h.clock.advance(50.0)
+    h.connection.resumeProducing()  # 159.9 s: 10 s left
+    h.clock.advance(9.9)
+    assert not h.transport.disconnecting
+    h.clock.advance(0.2)
+    assert h.transport.disconnecting
+    assert h.sample("smpprelay_framing_errors_total", side=SIDE, reason="read_timeout") == 1
+    assert idle == []

@@ -346,7 +346,7 @@ class SmppConnection(Protocol):
             command=name,
             sequence=sequence,
         )
-        self.metrics.unexpected_pdus.labels(self.side, name).inc()
+        self.metrics.unexpected_pdus.labels(self.side, pdu.command_label(command_id)).inc()
 
     def _expire(self) -> None:
         self._timer = None

@@ -327,7 +327,7 @@ class DownstreamSession:
 
     def _nack_unsupported(self, connection: SmppConnection, command_id: int, sequence: int) -> None:
         self.metrics.rejected_requests.labels(
-            "downstream", pdu.command_name(command_id), "ESME_RINVCMDID"
+            "downstream", pdu.command_label(command_id), "ESME_RINVCMDID"
         ).inc()
         connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
 
@@ -342,7 +342,7 @@ class DownstreamSession:
             status=pdu.status_name(status),
         )
         self.metrics.rejected_requests.labels(
-            "downstream", pdu.command_name(command_id), pdu.status_name(status)
+            "downstream", pdu.command_label(command_id), pdu.status_name(status)
         ).inc()
         connection.respond(command_id, sequence, status)
 

@@ -19,7 +19,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
-from smpprelay.pdu import CommandId, Status, command_name, status_name
+from smpprelay.pdu import CommandId, Status, command_label, status_name
 
 # SMPP latencies run from a fraction of a millisecond (loopback) to the 30 s response timer.
 LATENCY_BUCKETS = (
@@ -285,7 +285,7 @@ _OTHER = -1
 
 def _pdu_labels(key: tuple[str, str, int]) -> list[str]:
     side, direction, command_id = key
-    return [side, direction, "other" if command_id == _OTHER else command_name(command_id)]
+    return [side, direction, command_label(command_id)]
 
 
 class PlainCounter(Collector):

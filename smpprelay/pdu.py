@@ -143,6 +143,18 @@ def command_name(code: int) -> str:
         return f"0x{code:08X}"
 
 
+def command_label(code: int) -> str:
+    """A command_id as a metric label: its spec name, or "other" for every id not in 3.4.
+
+    A peer chooses the ids it sends; one label for all unknown ones keeps the number of
+    series bounded whatever it sends (logs keep the hex value).
+    """
+    try:
+        return CommandId(code).name
+    except ValueError:
+        return "other"
+
+
 class FramingError(Exception):
     """The stream cannot be split into PDUs any more: the connection must be closed."""
 

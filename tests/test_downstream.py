@@ -335,6 +335,23 @@ def test_unknown_command_before_bind_closes() -> None:
     assert h.closing
 
 
+def test_unknown_command_ids_share_one_metric_label() -> None:
+    """Whatever ids an app invents, requests or responses, the series stay bounded: all
+    unknown ids count under the label "other"."""
+    h = Harness()
+    h.bind("transceiver")
+    for command_id in range(0x1000, 0x1200):  # none of them an SMPP 3.4 command
+        h.send(pdu.build(command_id, command_id))  # unknown requests: nacked, session kept
+        h.send(pdu.build(command_id | 0x80000000, command_id))  # unknown responses: dropped
+    assert not h.closing
+    families = {family.name: family for family in h.metrics.registry.collect()}
+    rejected = families["smpprelay_rejected_requests"].samples
+    unexpected = families["smpprelay_unexpected_pdus"].samples
+    assert {s.labels["command"] for s in rejected if s.name.endswith("_total")} == {"other"}
+    assert {s.labels["command"] for s in unexpected if s.name.endswith("_total")} == {"other"}
+    assert [s.value for s in rejected if s.name.endswith("_total")] == [512.0]
+
+
 def test_responses_to_nothing_are_not_answered() -> None:
     """A deliver_sm_resp or generic_nack answering nothing in flight gets no answer at all."""
     h = Harness()

@@ -45,6 +45,14 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
+def check_parameters(n: int, r: int, p: int) -> None:
+    """ValueError unless n, r, p are valid scrypt parameters within `MAX_MEMORY`."""
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError("scrypt hash: n must be a power of 2 above 1, r and p at least 1")
+    if 128 * r * (n + p) > MAX_MEMORY:
+        raise ValueError(f"scrypt hash: n, r, p need more than {MAX_MEMORY >> 20} MiB")
+
+
 def parse_hash(text: str) -> ScryptHash:
     """Read a ``scrypt$n$r$p$salt$key`` string; ValueError says what is wrong with it."""
     parts = text.split("$")
@@ -57,10 +65,7 @@ def parse_hash(text: str) -> ScryptHash:
         salt, key = _unb64(parts[4]), _unb64(parts[5])
     except ValueError:
         raise ValueError("scrypt hash: n, r, p must be integers and salt, key base64") from None
-    if n < 2 or n & (n - 1) or r < 1 or p < 1:
-        raise ValueError("scrypt hash: n must be a power of 2 above 1, r and p at least 1")
-    if 128 * r * (n + p) > MAX_MEMORY:
-        raise ValueError(f"scrypt hash: n, r, p need more than {MAX_MEMORY >> 20} MiB")
+    check_parameters(n, r, p)
     if len(salt) < 8 or len(key) < 16:
         raise ValueError("scrypt hash: salt or key too short")
     return ScryptHash(n, r, p, salt, key)
@@ -75,7 +80,10 @@ def _derive(password: bytes, n: int, r: int, p: int, salt: bytes, length: int) -
 def make_hash(
     password: str, n: int = DEFAULT_N, r: int = DEFAULT_R, p: int = DEFAULT_P, salt: bytes = b""
 ) -> str:
-    """A new ``scrypt$...`` hash of ``password`` with a random salt (unless one is given)."""
+    """A new ``scrypt$...`` hash of ``password`` with a random salt (unless one is given).
+
+    The parameters are checked first: ValueError before any memory is asked for."""
+    check_parameters(n, r, p)
     salt = salt or os.urandom(SALT_BYTES)
     key = _derive(password.encode("latin-1"), n, r, p, salt, KEY_BYTES)
     return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
@@ -127,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         hashed = make_hash(password, n=args.n)
-        parse_hash(hashed)
     except ValueError as error:
         print(f"smpprelay-passwd: {error}", file=sys.stderr)
         return 1

@@ -113,3 +113,24 @@ def test_passwd_command_refuses(
     status, out, err = _run(monkeypatch, stdin, *argv)
     assert (status, out) == (1, "")
     assert err.startswith(problem) or problem in err
+
+
+@pytest.mark.parametrize("n", [2**30, 2**21, 15])
+def test_cost_checked_before_hashing(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """A cost over the memory cap (or not a power of 2) is refused before scrypt runs: -n 2**30
+    never tries to allocate 1 GiB; make_hash itself refuses it too."""
+    derived: list[int] = []
+
+    def derive(password: bytes, n: int, r: int, p: int, salt: bytes, length: int) -> bytes:
+        derived.append(n)  # and no real scrypt: the probe must not allocate either
+        return bytes(length)
+
+    monkeypatch.setattr(passwd, "_derive", derive)
+    status, out, err = _run(monkeypatch, "secret\n", "-n", str(n))
+    assert (status, out) == (1, "")
+    assert err.startswith("smpprelay-passwd: scrypt hash:")
+    with pytest.raises(ValueError, match="scrypt hash"):
+        make_hash("secret", n=n)
+    assert derived == []
+    make_hash("secret", n=FAST)  # the probe sees a real hash
+    assert derived == [FAST]

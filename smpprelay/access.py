@@ -12,7 +12,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Iterable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from smpprelay.config import Client, Security
@@ -62,6 +62,8 @@ class Access:
         self._total = 0
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
+        # Fires when the oldest lock-out ends, so the gauge counts only lock-outs in force.
+        self._expiry: IDelayedCall | None = None
         self._buckets = {
             c.system_id: TokenBucket(
                 c.throughput, c.burst or max(1, math.ceil(c.throughput)), clock
@@ -109,11 +111,7 @@ class Access:
         until = self._locked_until.get(host)
         if until is None:
             return False
-        if self.clock.seconds() < until:
-            return True
-        del self._locked_until[host]
-        self.metrics.locked_addresses.set(len(self._locked_until))
-        return False
+        return self.clock.seconds() < until
 
     def bind_failed(self, host: str) -> None:
         """A bind from ``host`` failed; the last failure allowed locks the address out."""
@@ -129,7 +127,6 @@ class Access:
             self._locked_until.pop(host, None)
             self._locked_until[host] = now + self.security.lockout
             self.metrics.bind_lockouts.inc()
-            self.metrics.locked_addresses.set(len(self._locked_until))
             self.log.warn(
                 "{host} locked out for {s} s after {n} failed binds within {w} s",
                 host=host,
@@ -137,18 +134,31 @@ class Access:
                 n=len(times),
                 w=window,
             )
-        self._forget_stale(now)
+        self._forget_stale()
 
-    def _forget_stale(self, now: float) -> None:
+    def _forget_stale(self) -> None:
         # Both dicts are in time order (of the last failure; of locking, with one duration).
         while len(self._failures) > MAX_TRACKED_ADDRESSES:
             del self._failures[next(iter(self._failures))]
+        self._expire_lockouts()
+
+    def _expire_lockouts(self) -> None:
+        # Drop the lock-outs that ended, set the gauge, and wake up when the next one ends.
+        now = self.clock.seconds()
         while self._locked_until:
             host, until = next(iter(self._locked_until.items()))
             if until > now:
                 break
             del self._locked_until[host]
         self.metrics.locked_addresses.set(len(self._locked_until))
+        timer = self._expiry if self._expiry is not None and self._expiry.active() else None
+        until = next(iter(self._locked_until.values()), None)
+        if timer is not None and (until is None or timer.getTime() != until):
+            timer.cancel()
+            timer = None
+        if timer is None and until is not None:
+            timer = self.clock.callLater(until - now, self._expire_lockouts)
+        self._expiry = timer
 
     # --- throughput -------------------------------------------------------------------------
 

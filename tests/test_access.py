@@ -376,3 +376,22 @@ def test_connection_lost_while_the_hash_is_checked() -> None:
     pool.run_all()
     assert app.transport.value() == b""
     assert relay.registry.bound_count("app") == 0
+
+
+def test_locked_addresses_gauge_counts_only_lockouts_in_force() -> None:
+    """The gauge drops when a lock-out ends, with no reconnect or failure to notice it; two
+    lock-outs end one after the other."""
+    relay = Relay(security=Security(bind_failures=1, lockout=100))
+    _refused_bind(relay.connect("10.0.0.1"), password="wrong")
+    relay.clock.advance(40)
+    _refused_bind(relay.connect("10.0.0.2"), password="wrong")
+    assert relay.sample("smpprelay_locked_addresses") == 2
+    relay.clock.advance(59.9)
+    assert relay.sample("smpprelay_locked_addresses") == 2
+    relay.clock.advance(0.1)
+    assert relay.sample("smpprelay_locked_addresses") == 1
+    assert not relay.access.locked("10.0.0.1")
+    assert relay.access.locked("10.0.0.2")
+    relay.clock.advance(40)
+    assert relay.sample("smpprelay_locked_addresses") == 0
+    assert relay.clock.getDelayedCalls() == []

@@ -152,12 +152,12 @@ class Access:
             del self._locked_until[host]
         self.metrics.locked_addresses.set(len(self._locked_until))
         timer = self._expiry if self._expiry is not None and self._expiry.active() else None
-        until = next(iter(self._locked_until.values()), None)
-        if timer is not None and (until is None or timer.getTime() != until):
+        first = next(iter(self._locked_until.values()), None)
+        if timer is not None and (first is None or timer.getTime() != first):
             timer.cancel()
             timer = None
-        if timer is None and until is not None:
-            timer = self.clock.callLater(until - now, self._expire_lockouts)
+        if timer is None and first is not None:
+            timer = self.clock.callLater(first - now, self._expire_lockouts)
         self._expiry = timer
 
     # --- throughput -------------------------------------------------------------------------

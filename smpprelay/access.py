@@ -113,8 +113,14 @@ class Access:
             return False
         return self.clock.seconds() < until
 
-    def bind_failed(self, host: str) -> None:
-        """A bind from ``host`` failed; the last failure allowed locks the address out."""
+    def bind_failed(self, host: str) -> bool:
+        """A bind from ``host`` failed; the last failure allowed locks the address out.
+
+        True when this failure locked it out (its connections not yet bound should go). A
+        failure while the address is locked out (a check begun before) is not counted again.
+        """
+        if self.locked(host):
+            return False
         now = self.clock.seconds()
         window = self.security.bind_failure_window
         times = self._failures.pop(host, None) or deque()
@@ -122,7 +128,8 @@ class Access:
         times.append(now)
         while times and times[0] <= now - window:
             times.popleft()
-        if len(times) >= self.security.bind_failures:
+        locked = len(times) >= self.security.bind_failures
+        if locked:
             del self._failures[host]
             self._locked_until.pop(host, None)
             self._locked_until[host] = now + self.security.lockout
@@ -135,6 +142,7 @@ class Access:
                 w=window,
             )
         self._forget_stale()
+        return locked
 
     def _forget_stale(self) -> None:
         # Both dicts are in time order (of the last failure; of locking, with one duration).

@@ -128,6 +128,7 @@ class State(Enum):
 
 
 _BOUND = {State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX}
+_UNBOUND = {State.OPEN, State.BINDING}
 _NONE: set[State] = set()
 _TRANSMITTING = {State.BOUND_TX, State.BOUND_TRX}
 _STATE_OF_KIND = {
@@ -352,6 +353,10 @@ class DownstreamSession:
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
         kind = pdu.BIND_KINDS[CommandId(command_id)]
+        if self.access is not None and self.access.locked(self.host):
+            # Connected before the lock-out began: refused like a bind that failed (not counted).
+            self._bind_failed(connection, kind, sequence, "locked_out", "address locked out")
+            return
         try:
             request = pdu.read_bind(frame)
         except DecodeError as error:
@@ -370,6 +375,10 @@ class DownstreamSession:
                 self._bind_failed(
                     connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
                 )
+                return
+            if self.access is not None and self.access.locked(self.host):
+                # Locked out while the password was checked: a right password changes nothing.
+                self._bind_failed(connection, kind, sequence, "locked_out", client.system_id)
                 return
             binds = self.registry.bound_count(client.system_id)
             if client.max_binds is not None and binds >= client.max_binds:
@@ -420,8 +429,27 @@ class DownstreamSession:
         self.metrics.bind_attempts.labels(reason).inc()
         connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
         connection.close()
-        if self.access is not None and reason in _LOCKOUT_REASONS:
-            self.access.bind_failed(self.host)
+        locked_now = (
+            self.access is not None
+            and reason in _LOCKOUT_REASONS
+            and self.access.bind_failed(self.host)
+        )
+        if locked_now:
+            self._drop_unbound_from(self.host)
+
+    def _drop_unbound_from(self, host: str) -> None:
+        # ``host`` was just locked out: its connections that have not bound yet go at once
+        # (bound sessions carry on, as at accept).
+        for session in list(self.registry.connections):
+            if session is not self and session.host == host and session.state in _UNBOUND:
+                session.drop("address locked out")
+
+    def drop(self, why: str) -> None:
+        """Abort this (not yet bound) connection now, without an answer."""
+        connection = self.connection
+        if connection is not None and not connection.closed:
+            self.log.info("{peer}: dropped, {why}", peer=connection.peer, why=why)
+            connection.abort()
 
     def _init_expired(self) -> None:
         self._init_timer = None

@@ -395,3 +395,56 @@ def test_locked_addresses_gauge_counts_only_lockouts_in_force() -> None:
     relay.clock.advance(40)
     assert relay.sample("smpprelay_locked_addresses") == 0
     assert relay.clock.getDelayedCalls() == []
+
+
+# --- lock-outs reach connections opened before them ----------------------------------------
+
+
+def test_lockout_drops_that_addresses_unbound_connections() -> None:
+    """The failure that locks an address out aborts its other connections that have not
+    bound (they could bind or guess on); its bound sessions and other addresses carry on."""
+    relay = Relay(security=Security(bind_failures=2))
+    idle, bound = relay.connect(), relay.connect()
+    elsewhere = relay.connect("10.0.0.2")
+    assert bound.bind() == OK_BIND
+    _refused_bind(relay.connect(), password="wrong")
+    assert not idle.transport.disconnected  # one failure: nothing happens yet
+    _refused_bind(relay.connect(), password="wrong")
+    assert idle.transport.disconnected  # aborted, without an answer
+    assert idle.bind() == b""
+    assert bound.open
+    assert not elsewhere.transport.disconnecting
+    assert bound.send(submit_frame(2)) == b""
+    assert elsewhere.bind() == OK_BIND
+    assert [account for account, _ in relay.submit.calls] == ["app"]
+
+
+def test_connection_opened_before_the_lockout_cannot_bind() -> None:
+    """A connection accepted before its address was locked out gets ESME_RBINDFAIL and a close
+    for a bind with the right password, which does not prolong the lock-out."""
+    relay = Relay(security=Security(bind_failures=2))
+    early = relay.connect()
+    for _ in range(2):
+        relay.access.bind_failed("10.0.0.1")  # failures seen elsewhere: early is not dropped
+    assert early.open
+    _refused_bind(early)
+    assert relay.sample("smpprelay_bind_attempts_total", result="locked_out") == 1
+    assert relay.sample("smpprelay_bind_lockouts_total") == 1
+    assert relay.registry.bound_count("app") == 0
+    relay.clock.advance(300)
+    assert relay.connect().bind() == OK_BIND
+
+
+def test_lockout_while_the_hash_is_checked() -> None:
+    """Locked out while a bind's hash is being checked: even the right password is refused
+    when the check comes back."""
+    pool = OffThread()
+    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    app = relay.connect()
+    assert app.bind() == b""
+    relay.access.bind_failed("10.0.0.1")
+    pool.run_all()
+    assert bytes(app.transport.value()) == resp_header(BIND_TRX_RESP, 0x0D, 1)
+    assert not app.open
+    assert relay.registry.bound_count("app") == 0
+    assert relay.sample("smpprelay_bind_attempts_total", result="locked_out") == 1

@@ -139,6 +139,11 @@ def encode_for_operator(text: str, upstream_iso: bool) -> tuple[int, bytes]:
         raise NotRepresentable(text[error.start]) from None
 
 
+# 140 octets are one SMS whatever the coding: 160 GSM septets, 70 UCS-2 units, 140 octets. (Not
+# for Latin-1 under 0 to an ISO upstream, which may go out as UCS-2.)
+_ONE_SMS_OCTETS = 140
+
+
 def billed_parts(data_coding: int, content: bytes, *, latin1: bool = False) -> int:
     """How many SMS the operator bills for ``content`` (user data without its header).
 
@@ -231,7 +236,12 @@ class EncodingFilter:
             self._bill(message.data_coding, 1)
         else:
             dc = message.data_coding
-            self._bill(dc, billed_parts(dc, message.content, latin1=self.upstream_iso))
+            content = message.content
+            if len(content) <= _ONE_SMS_OCTETS and not (dc == GSM and self.upstream_iso):
+                parts = 1  # the common case, without the call: fits one SMS in any coding
+            else:
+                parts = billed_parts(dc, content, latin1=self.upstream_iso)
+            self._bill(dc, parts)
 
     # --- transcoding --------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from array import array
 from struct import Struct
 
-# The key a dedup record starts with: a digest of this many bytes.
+# The key a dedup record starts with: this many bytes (see DedupFilter.key).
 DEDUP_KEY_SIZE = 12
 # A record is a key, then when it was accepted (a double), then 4 bytes that the flood table
 # uses for the streak's length and the dedup table's longer key fills.
@@ -162,7 +162,7 @@ class _RecordTable:
 
 
 class DedupWindow(_RecordTable):
-    """Message keys (``DEDUP_KEY_SIZE``-byte digests) -> when the operator accepted them.
+    """Message keys (``DEDUP_KEY_SIZE`` bytes) -> when the operator accepted them.
 
     ``keep_ids`` also keeps the id each accepted message was given (for ``action: replay``),
     in a dict beside the table: replay costs that dict's memory on top.

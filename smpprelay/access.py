@@ -1,9 +1,10 @@
 """Who may connect and how fast they may submit: connection caps, lock-outs, throughput.
 
 `Access` is shared by every app listener (plain and TLS). It counts open connections in total
-and per address, locks an address out after ``security.bind_failures`` failed binds within
-``security.bind_failure_window`` seconds, and keeps one token bucket per account with a
-``throughput``. It never touches a socket: the session asks and acts on the answer.
+and per address, caps the password-hash checks in flight (both with `Slots`), locks an address out
+after ``security.bind_failures`` failed binds within ``security.bind_failure_window`` seconds,
+and keeps one token bucket per account with a ``throughput``. It never touches a socket: the
+session asks and acts on the answer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from smpprelay.metrics import Metrics
 
 # Addresses with recent failures remembered at most; past it the stalest are forgotten first.
 MAX_TRACKED_ADDRESSES = 100_000
+# The refusal reason for each full `Slots` cap of the open connections.
+_CONNECTION_CAPS = {"total": "max_connections", "per_address": "max_connections_per_address"}
 
 
 class TokenBucket:
@@ -43,6 +46,40 @@ class TokenBucket:
         return False
 
 
+class Slots:
+    """Things in use at once (open connections; password checks waiting for a thread or
+    running), capped in all and per address."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total = total
+        self.per_address = per_address
+        self.in_flight = 0
+        self._by_host: Counter[str] = Counter()
+
+    def full(self, host: str) -> str | None:
+        """Which cap stops one more from ``host``: "total", "per_address", or None."""
+        if self.in_flight >= self.total:
+            return "total"
+        if self._by_host[host] >= self.per_address:
+            return "per_address"
+        return None
+
+    def take(self, host: str) -> bool:
+        """Take a slot for ``host``; False (and nothing taken) when a cap is reached."""
+        if self.full(host) is not None:
+            return False
+        self.in_flight += 1
+        self._by_host[host] += 1
+        return True
+
+    def give_back(self, host: str) -> None:
+        """What `take` allowed is over."""
+        self.in_flight -= 1
+        self._by_host[host] -= 1
+        if self._by_host[host] <= 0:
+            del self._by_host[host]
+
+
 class Access:
     """Connection admission, bind-failure lock-outs and per-account submit rates."""
 
@@ -58,8 +95,12 @@ class Access:
         self.security = security
         self.clock = clock
         self.metrics = metrics
-        self._open: Counter[str] = Counter()
-        self._total = 0
+        self._connections = Slots(security.max_connections, security.max_connections_per_address)
+        # Taken before a hash check is handed to the thread pool, given back when the pool is
+        # done with it: the pool's queue never holds more than max_password_checks.
+        self.password_checks = Slots(
+            security.max_password_checks, security.max_password_checks_per_address
+        )
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
         # Fires when the oldest lock-out ends, so the gauge counts only lock-outs in force.
@@ -84,25 +125,18 @@ class Access:
             self.log.info("connection from {host} refused: {reason}", host=host, reason=reason)
             self.metrics.connections_refused.labels(reason).inc()
             return False
-        self._open[host] += 1
-        self._total += 1
+        self._connections.take(host)
         return True
 
     def _refusal(self, host: str) -> str | None:
         if self.locked(host):
             return "locked_out"
-        if self._total >= self.security.max_connections:
-            return "max_connections"
-        if self._open[host] >= self.security.max_connections_per_address:
-            return "max_connections_per_address"
-        return None
+        full = self._connections.full(host)
+        return None if full is None else _CONNECTION_CAPS[full]
 
     def closed(self, host: str) -> None:
         """A connection `admit` kept is gone."""
-        self._total -= 1
-        self._open[host] -= 1
-        if self._open[host] <= 0:
-            del self._open[host]
+        self._connections.give_back(host)
 
     # --- lock-outs --------------------------------------------------------------------------
 

@@ -168,6 +168,10 @@ class Security:
     lockout: float = attrs.field(default=300.0, metadata=_rule(gt=0))
     max_connections: int = attrs.field(default=1000, metadata=_rule(ge=1))
     max_connections_per_address: int = attrs.field(default=50, metadata=_rule(ge=1))
+    # Password-hash checks queued or running at once, in all and from one address; a bind
+    # past either is refused at once, without hashing (and without counting as a failure).
+    max_password_checks: int = attrs.field(default=64, metadata=_rule(ge=1))
+    max_password_checks_per_address: int = attrs.field(default=2, metadata=_rule(ge=1))
 
 
 @attrs.frozen(kw_only=True)

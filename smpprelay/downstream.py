@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import threading
 from collections.abc import Callable
 from enum import Enum
 from functools import partial
@@ -18,7 +19,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -26,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from smpprelay import pdu
-from smpprelay.access import Access
+from smpprelay.access import Access, Slots
 from smpprelay.config import Client
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
@@ -40,7 +41,38 @@ SYSTEM_ID = "smpprelay"
 OffThread = Callable[[Callable[[], bool]], Deferred[bool]]
 # Failed binds that count toward an address's lock-out (not max_binds: a legitimate app
 # reconnecting before its old sessions are gone must not lock itself out).
-_LOCKOUT_REASONS = {"credentials", "address_not_allowed", "malformed"}
+# An app that hangs up before its password was checked counts too ("abandoned"); a bind
+# refused because too many hash checks are in flight ("busy") does not.
+_LOCKOUT_REASONS = {"credentials", "address_not_allowed", "malformed", "abandoned"}
+
+
+class ChecksBusy(Exception):
+    """Too many password-hash checks are in flight (in all, or from this address)."""
+
+
+class BindAbandoned(Exception):
+    """The app hung up before its password hash was checked: the check was skipped."""
+
+
+class BindCredentials(UsernamePassword):
+    """An app's system_id and password, the address it binds from, and an event set once its
+    connection is gone (read by the hash check in its thread, to skip work nobody awaits)."""
+
+    def __init__(
+        self, username: bytes, password: bytes, host: str, abandoned: threading.Event
+    ) -> None:
+        super().__init__(username, password)
+        self.host = host
+        self.abandoned = abandoned
+
+
+def _verify_unless_abandoned(
+    abandoned: threading.Event | None, hashed: str, password: bytes
+) -> bool:
+    # Runs in the password pool: a bind whose app already hung up costs no scrypt.
+    if abandoned is not None and abandoned.is_set():
+        raise BindAbandoned("the app hung up before its password was checked")
+    return verify_password(hashed, password)
 
 
 class IAccount(Interface):
@@ -52,16 +84,23 @@ class AccountChecker:
     """Checks an app's system_id and password against the configured accounts.
 
     A ``password_hash`` is verified through ``off_thread`` (a thread pool), never on the
-    reactor thread. An unknown system_id costs what a known one does: it is checked against a
-    decoy hash with the parameters of the first hashed account (or compared like a plain
-    password when no account has a hash).
+    reactor thread, and only while ``slots`` has room for the bind's address (else
+    `ChecksBusy` at once, without hashing). An unknown system_id costs what a known one does:
+    it is checked against a decoy hash with the parameters of the first hashed account (or
+    compared like a plain password when no account has a hash).
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, clients: dict[str, Client], off_thread: OffThread | None = None) -> None:
+    def __init__(
+        self,
+        clients: dict[str, Client],
+        off_thread: OffThread | None = None,
+        slots: Slots | None = None,
+    ) -> None:
         self._clients = clients
         self._off_thread = off_thread
+        self._slots = slots
         hashes = [c.password_hash for c in clients.values() if c.password_hash is not None]
         if hashes and off_thread is None:
             raise ValueError("password hashes need a thread pool to be verified in")
@@ -73,8 +112,7 @@ class AccountChecker:
         secret: bytes = credentials.password
         hashed = self._decoy if client is None else client.password_hash
         if hashed is not None:
-            assert self._off_thread is not None
-            checked = self._off_thread(partial(verify_password, hashed, secret))
+            checked = self._check_hash(credentials, hashed, secret)
         else:
             expected = client.password if client is not None else None
             # Compare even for an unknown system_id, so the answer takes as long either way.
@@ -89,6 +127,25 @@ class AccountChecker:
             return credentials.username  # type: ignore[no-any-return]
 
         return checked.addCallback(decide)
+
+    def _check_hash(self, credentials: Any, hashed: str, secret: bytes) -> Deferred[bool]:
+        assert self._off_thread is not None
+        host: str = getattr(credentials, "host", "")
+        abandoned: threading.Event | None = getattr(credentials, "abandoned", None)
+        slots = self._slots
+        if slots is not None and not slots.take(host):
+            busy = f"{slots.in_flight} password checks in flight, at most {slots.total} "
+            busy += f"and {slots.per_address} per address"
+            return fail(ChecksBusy(busy))
+        checked = self._off_thread(partial(_verify_unless_abandoned, abandoned, hashed, secret))
+        if slots is not None:
+
+            def give_back(result: Any) -> Any:
+                slots.give_back(host)  # the pool is done with it, whatever the outcome
+                return result
+
+            checked.addBoth(give_back)
+        return checked
 
 
 @implementer(IRealm)
@@ -243,6 +300,8 @@ class DownstreamSession:
         self._unbind_sequence: int | None = None
         self._init_timer: IDelayedCall | None = None
         self._drained: list[Deferred[None]] = []
+        # Set once the connection is gone: a password check still waiting for a thread is skipped.
+        self._abandoned = threading.Event()
 
     @property
     def receives(self) -> bool:
@@ -283,6 +342,7 @@ class DownstreamSession:
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+        self._abandoned.set()
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
         if self._admitted and self.access is not None:
@@ -363,19 +423,22 @@ class DownstreamSession:
             self._bind_failed(connection, kind, sequence, "malformed", str(error))
             return
         self.state = State.BINDING
-        credentials = UsernamePassword(
-            request.system_id.encode("latin-1"), request.password.encode("latin-1")
+        credentials = BindCredentials(
+            request.system_id.encode("latin-1"),
+            request.password.encode("latin-1"),
+            self.host,
+            self._abandoned,
         )
 
         def authenticated(result: tuple[Any, Client, Callable[[], None]]) -> None:
             client = result[1]
-            if self.state is not State.BINDING:
-                return  # the connection went away meanwhile
             if not address_allowed(connection.transport.getPeer(), client.allowed_ips):  # type: ignore[union-attr]
                 self._bind_failed(
                     connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
                 )
                 return
+            if self.state is not State.BINDING:
+                return  # the app went away meanwhile, with the right password: nothing to count
             if self.access is not None and self.access.locked(self.host):
                 # Locked out while the password was checked: a right password changes nothing.
                 self._bind_failed(connection, kind, sequence, "locked_out", client.system_id)
@@ -389,10 +452,13 @@ class DownstreamSession:
             self._bound(connection, kind, sequence, client)
 
         def refused(reason: Failure) -> None:
-            if self.state is State.BINDING:
-                self._bind_failed(
-                    connection, kind, sequence, "credentials", reason.getErrorMessage()
-                )
+            # Counted even when the app hung up meanwhile: only the answer needs the session.
+            why = "credentials"
+            if reason.check(ChecksBusy):
+                why = "busy"
+            elif reason.check(BindAbandoned):
+                why = "abandoned"
+            self._bind_failed(connection, kind, sequence, why, reason.getErrorMessage())
 
         self.portal.login(credentials, None, IAccount).addCallbacks(authenticated, refused)
 
@@ -418,17 +484,22 @@ class DownstreamSession:
         self, connection: SmppConnection, kind: str, sequence: int, reason: str, detail: str
     ) -> None:
         # One answer for every failure, so a prober learns nothing about which accounts exist;
-        # the real reason goes to the log only (never the password).
-        self.state = State.OPEN
+        # the real reason goes to the log only (never the password). A failure found after the
+        # app hung up (or was dropped) is counted all the same, with no one left to answer.
+        answer = self.state in _UNBOUND and not connection.closed
+        if answer:
+            self.state = State.OPEN
         self.log.warn(
-            "bind refused from {peer}: {reason} ({detail})",
+            "bind refused from {peer}: {reason} ({detail}){gone}",
             peer=connection.peer,
             reason=reason,
             detail=detail,
+            gone="" if answer else ", after the app hung up",
         )
         self.metrics.bind_attempts.labels(reason).inc()
-        connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
-        connection.close()
+        if answer:
+            connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
+            connection.close()
         locked_now = (
             self.access is not None
             and reason in _LOCKOUT_REASONS
@@ -446,6 +517,7 @@ class DownstreamSession:
 
     def drop(self, why: str) -> None:
         """Abort this (not yet bound) connection now, without an answer."""
+        self._abandoned.set()
         connection = self.connection
         if connection is not None and not connection.closed:
             self.log.info("{peer}: dropped, {why}", peer=connection.peer, why=why)
@@ -563,6 +635,11 @@ class DownstreamFactory(Factory):
         return self._make_connection(self._make_session())
 
 
-def make_portal(clients: dict[str, Client], off_thread: OffThread | None = None) -> Portal:
-    """The cred portal that authenticates app binds (hashes verified through ``off_thread``)."""
-    return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread)])
+def make_portal(
+    clients: dict[str, Client],
+    off_thread: OffThread | None = None,
+    slots: Slots | None = None,
+) -> Portal:
+    """The cred portal that authenticates app binds (hashes verified through ``off_thread``,
+    as many at once as ``slots`` allows)."""
+    return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread, slots)])

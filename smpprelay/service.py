@@ -263,8 +263,12 @@ def build(
         assert pool is not None
         return deferToThreadPool(reactor, pool, check)
 
-    portal = make_portal({client.system_id: client for client in config.clients}, off_thread)
     access = Access(config.security, config.clients, reactor, metrics)
+    portal = make_portal(
+        {client.system_id: client for client in config.clients},
+        off_thread,
+        access.password_checks,
+    )
 
     def make_session() -> DownstreamSession:
         return DownstreamSession(

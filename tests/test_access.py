@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from smpprelay import pdu
+from smpprelay import downstream, passwd, pdu
 from smpprelay.access import Access, TokenBucket
 from smpprelay.config import Client, Security
 from smpprelay.connection import SmppConnection
@@ -89,7 +89,9 @@ class Relay:
         self.registry = SessionRegistry(self.metrics)
         self.submit = FakeSubmit()
         self.access = Access(security or Security(), clients, self.clock, self.metrics)
-        self.portal = make_portal({c.system_id: c for c in clients}, off_thread)
+        self.portal = make_portal(
+            {c.system_id: c for c in clients}, off_thread, self.access.password_checks
+        )
 
     def connect(self, host: str = "10.0.0.1") -> App:
         return App(self, host)
@@ -320,7 +322,21 @@ class OffThread:
     def run_all(self) -> None:
         checks, self.checks = self.checks, []
         for check, deferred in checks:
-            deferred.callback(check())
+            try:
+                result = check()
+            except Exception:
+                deferred.errback()
+            else:
+                deferred.callback(result)
+
+
+class StartedAtOnce(OffThread):
+    """A pool with a free thread: each check runs as it is handed over (before the app can
+    hang up); its result comes back when the test calls `run_all`."""
+
+    def __call__(self, check: Callable[[], bool]) -> Deferred[bool]:
+        result = check()
+        return super().__call__(lambda: result)
 
 
 HASHED = Client(system_id="app", password_hash=make_hash(PASSWORD, n=16))
@@ -448,3 +464,87 @@ def test_lockout_while_the_hash_is_checked() -> None:
     assert not app.open
     assert relay.registry.bound_count("app") == 0
     assert relay.sample("smpprelay_bind_attempts_total", result="locked_out") == 1
+
+
+# --- password checks: counted however the app leaves, capped, skipped when nobody waits -----
+
+
+def test_hangup_before_the_answer_still_counts() -> None:
+    """An app that sends a wrong password and hangs up before the hash check comes back is
+    counted like one that waits for its answer: two such binds lock the address out."""
+    pool = StartedAtOnce()
+    relay = Relay((HASHED,), Security(bind_failures=2), off_thread=pool)
+    for _ in range(2):
+        app = relay.connect()
+        assert app.bind(password="wrong") == b""
+        app.close()
+    pool.run_all()
+    assert relay.sample("smpprelay_bind_attempts_total", result="credentials") == 2
+    assert relay.access.locked("10.0.0.1")
+    _dropped_at_accept(relay.connect())
+
+
+def test_right_password_then_hangup_does_not_count() -> None:
+    """An app with the right password that hangs up once its check has started is not a
+    failure."""
+    pool = StartedAtOnce()
+    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    app = relay.connect()
+    app.bind()
+    app.close()
+    pool.run_all()
+    assert not relay.access.locked("10.0.0.1")
+    assert relay.sample("smpprelay_bind_attempts_total", result="ok") is None
+
+
+def test_check_skipped_when_the_app_hung_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check still waiting for a thread when its app hangs up costs no scrypt and counts as
+    an abandoned bind (toward the lock-out); the waiting app beside it is checked and bound."""
+    verified: list[bytes] = []
+    real_verify = passwd.verify_password
+
+    def verify(hashed: str, password: bytes) -> bool:
+        verified.append(password)
+        return real_verify(hashed, password)
+
+    monkeypatch.setattr(downstream, "verify_password", verify)
+    pool = OffThread()
+    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    gone, waiting = relay.connect("10.0.0.1"), relay.connect("10.0.0.2")
+    gone.bind(password="guess")
+    waiting.bind()
+    gone.close()
+    pool.run_all()
+    assert verified == [PASSWORD.encode()]
+    assert bytes(waiting.transport.value()) == OK_BIND
+    assert relay.sample("smpprelay_bind_attempts_total", result="abandoned") == 1
+    assert relay.access.locked("10.0.0.1")
+    assert relay.access.password_checks.in_flight == 0
+
+
+def test_password_checks_capped_per_address_and_in_all() -> None:
+    """Past max_password_checks_per_address (2) checks from one address, or
+    max_password_checks (3) in all, a bind gets ESME_RBINDFAIL and a close at once, with no
+    check queued and no lock-out counted; when checks finish, binds are checked again."""
+    pool = OffThread()
+    security = Security(bind_failures=1, max_password_checks=3, max_password_checks_per_address=2)
+    relay = Relay((HASHED,), security, off_thread=pool)
+    first, second = relay.connect("10.0.0.1"), relay.connect("10.0.0.1")
+    assert first.bind() == b""
+    assert second.bind(system_id="nobody") == b""  # an unknown id takes a slot too (decoy)
+    _refused_bind(relay.connect("10.0.0.1"))
+    other = relay.connect("10.0.0.2")
+    assert other.bind() == b""
+    _refused_bind(relay.connect("10.0.0.3"))
+    assert len(pool.checks) == 3
+    assert relay.sample("smpprelay_bind_attempts_total", result="busy") == 2
+    assert not relay.access.locked("10.0.0.1")
+    assert not relay.access.locked("10.0.0.3")
+    pool.run_all()
+    assert bytes(first.transport.value()) == OK_BIND
+    assert bytes(other.transport.value()) == OK_BIND
+    assert relay.access.locked("10.0.0.1")  # the unknown id was a real failure
+    assert relay.access.password_checks.in_flight == 0
+    later = relay.connect("10.0.0.3")
+    assert later.bind() == b""
+    assert len(pool.checks) == 1

@@ -443,6 +443,14 @@ def test_empty_list_item() -> None:
         (_minimal(security={"max_connections": -1}), "security.max_connections: must be at least"),
         (_minimal(security={"ban": 1}), "security.ban: unknown key"),
         (
+            _minimal(security={"max_password_checks": 0}),
+            "security.max_password_checks: must be at least 1",
+        ),
+        (
+            _minimal(security={"max_password_checks_per_address": "2"}),
+            "security.max_password_checks_per_address: expected",
+        ),
+        (
             _minimal(upstream=_upstream(tls="yes")),
             "upstream.tls: expected true or false, got 'yes'",
         ),
@@ -465,6 +473,8 @@ def test_security_defaults_and_hash_accepted() -> None:
         lockout=300.0,
         max_connections=1000,
         max_connections_per_address=50,
+        max_password_checks=64,
+        max_password_checks_per_address=2,
     )
     assert (config.listen.port, config.listen.tls) == (2775, None)
 

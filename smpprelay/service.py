@@ -118,7 +118,7 @@ class RelayService(MultiService):
         self.metrics_listener = Listener(
             "metrics", tcp_server(reactor, config.metrics.host, config.metrics.port), site
         )
-        pool = ThreadPoolService(password_pool) if password_pool is not None else None
+        pool = ThreadPoolService(password_pool, reactor) if password_pool is not None else None
         for child in (pool, simulator, upstream, *self.app_listeners, self.metrics_listener):
             if child is not None:
                 child.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -167,18 +167,24 @@ class RelayService(MultiService):
 
 
 class ThreadPoolService(Service):
-    """Runs a thread pool while the service runs (password hashes are verified in it)."""
+    """Runs a thread pool while the service runs (password hashes are verified in it).
 
-    def __init__(self, pool: ThreadPool) -> None:
+    Stopping waits for the checks queued and running to finish, so it happens in one of the
+    reactor's own threads: the reactor keeps serving meanwhile, and the Deferred fires when
+    the pool's threads are gone.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
         self.pool = pool
+        self.reactor = reactor
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        self.pool.stop()
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.pool.stop)
 
 
 class _LazyEndpoint:

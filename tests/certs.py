@@ -1,5 +1,6 @@
 """Certificates made at test time (nothing committed that expires): a CA and a server
-certificate it signs for 127.0.0.1 and localhost, written as PEM files."""
+certificate it signs for 127.0.0.1 and localhost (and one for another host name), written as
+PEM files."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Certs:
     cert: str  # the server certificate (127.0.0.1, localhost)
     key: str  # its private key
     other_ca: str  # a CA that signed nothing here
+    wrong_name_cert: str  # signed by `ca` for smsc.example.net only: a valid chain, wrong host
+    wrong_name_key: str
 
 
 def _name(common_name: str) -> x509.Name:
@@ -63,43 +66,57 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_certs(directory: pathlib.Path) -> Certs:
-    """Write a CA, a server certificate and key, and an unrelated CA into ``directory``."""
-    ca_key, ca_cert = _ca("smpprelay test CA")
-    _, other_cert = _ca("some other CA")
+def _server(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    common_name: str,
+    names: list[x509.GeneralName],
+    cert_path: str,
+    key_path: str,
+) -> None:
+    """Write a server certificate (followed by its CA's) and its key, signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
+        .subject_name(_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    paths = Certs(
-        ca=str(directory / "ca.pem"),
-        cert=str(directory / "server.crt"),
-        key=str(directory / "server.key"),
-        other_ca=str(directory / "other-ca.pem"),
-    )
-    pathlib.Path(paths.ca).write_bytes(_pem(ca_cert))
-    pathlib.Path(paths.other_ca).write_bytes(_pem(other_cert))
-    pathlib.Path(paths.cert).write_bytes(_pem(cert) + _pem(ca_cert))
-    pathlib.Path(paths.key).write_bytes(
+    pathlib.Path(cert_path).write_bytes(_pem(cert) + _pem(ca_cert))
+    pathlib.Path(key_path).write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+    )
+
+
+def make_certs(directory: pathlib.Path) -> Certs:
+    """Write a CA, server certificates and keys, and an unrelated CA into ``directory``."""
+    ca_key, ca_cert = _ca("smpprelay test CA")
+    _, other_cert = _ca("some other CA")
+    paths = Certs(
+        ca=str(directory / "ca.pem"),
+        cert=str(directory / "server.crt"),
+        key=str(directory / "server.key"),
+        other_ca=str(directory / "other-ca.pem"),
+        wrong_name_cert=str(directory / "wrong-name.crt"),
+        wrong_name_key=str(directory / "wrong-name.key"),
+    )
+    pathlib.Path(paths.ca).write_bytes(_pem(ca_cert))
+    pathlib.Path(paths.other_ca).write_bytes(_pem(other_cert))
+    loopback = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    _server(ca_key, ca_cert, "127.0.0.1", loopback, paths.cert, paths.key)
+    elsewhere: list[x509.GeneralName] = [x509.DNSName("smsc.example.net")]
+    _server(
+        ca_key, ca_cert, "smsc.example.net", elsewhere, paths.wrong_name_cert, paths.wrong_name_key
     )
     return paths

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from smpprelay import downstream, passwd, pdu
 from smpprelay.config import ListenTls
 from smpprelay.passwd import make_hash
-from smpprelay.service import Listener
+from smpprelay.service import Listener, RelayService
 from smpprelay.simulator import Simulator
 from smpprelay.tls import server_endpoint
 from tests.certs import Certs, make_certs
@@ -46,6 +46,30 @@ async def tls_simulator(harness: Harness, certs: Certs) -> tuple[Listener, Simul
     """A stand-alone simulated SMSC that speaks SMPP over TLS only."""
     tls = ListenTls(port=0, cert=certs.cert, key=certs.key)
     return await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
+
+
+def pdus_read(simulator: Listener) -> float:
+    """PDUs (a bind, with its password, first of all) the simulated SMSC has read, any kind."""
+    metrics = simulator.factory.metrics  # type: ignore[attr-defined]
+    read: float = sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "smpprelay_pdus"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["direction"] == "in"
+    )
+    return read
+
+
+def failed_attempts(service: RelayService) -> float:
+    """How often the relay's upstream session 0 failed to come up."""
+    return sum(
+        service.metrics.registry.get_sample_value(
+            "smpprelay_upstream_reconnects_total", {"session": "0", "reason": reason}
+        )
+        or 0
+        for reason in ("connect", "bind_timeout", "bind_refused", "lost")
+    )
 
 
 def tls_upstream(listener: Listener, **extra: Any) -> dict[str, Any]:
@@ -152,26 +176,46 @@ async def test_tls_port_refuses_plain_smpp_and_old_tls(harness: Harness, certs: 
 @pytest_twisted.ensureDeferred
 async def test_upstream_certificate_is_verified(harness: Harness, certs: Certs) -> None:
     """Against a CA that did not sign the operator's certificate the relay never binds and
-    keeps retrying; with tls_verify false it binds."""
+    keeps retrying: no PDU at all, so not the bind with our password, reaches the operator.
+    With tls_verify false it binds (and the operator reads that bind)."""
     sim_listener, sim = await tls_simulator(harness, certs)
     service = await harness.relay(
         bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.other_ca)
     )
-
-    def failed_attempts() -> float:
-        return sum(
-            service.metrics.registry.get_sample_value(
-                "smpprelay_upstream_reconnects_total", {"session": "0", "reason": reason}
-            )
-            or 0
-            for reason in ("connect", "bind_timeout", "bind_refused", "lost")
-        )
-
-    await wait_for(lambda: failed_attempts() >= 2)
+    await wait_for(lambda: failed_attempts(service) >= 2)
     assert service.upstream.pool.bound == 0
+    assert pdus_read(sim_listener) == 0
     assert list(sim.received) == []
     insecure = await harness.relay(upstream=tls_upstream(sim_listener, tls_verify=False))
     assert insecure.upstream.pool.bound == 1
+    assert pdus_read(sim_listener) >= 1  # the probe sees a bind when one arrives
+
+
+def _chain_only(port: int, ca: str) -> str:
+    # What the operator's certificate is worth with the host name left out of the check.
+    context = ssl.create_default_context(cafile=ca)
+    context.check_hostname = False
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        context.wrap_socket(sock) as tls,
+    ):
+        return str(tls.version())
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_host_name_is_verified(harness: Harness, certs: Certs) -> None:
+    """An operator certificate from the trusted CA (a valid chain) but for another host name
+    than upstream.host means no bind: nothing, so not our password, reaches the operator, and
+    the relay keeps retrying."""
+    tls = ListenTls(port=0, cert=certs.wrong_name_cert, key=certs.wrong_name_key)
+    sim_listener, sim = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
+    port = port_of(sim_listener)
+    assert await deferToThread(_chain_only, port, certs.ca) in ("TLSv1.2", "TLSv1.3")
+    service = await harness.relay(bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.ca))
+    await wait_for(lambda: failed_attempts(service) >= 2)
+    assert service.upstream.pool.bound == 0
+    assert pdus_read(sim_listener) == 0
+    assert list(sim.received) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -107,12 +107,19 @@ class _RecordTable:
     def _dropped(self, bucket: bytearray, end: int) -> None:
         """The records before ``end`` are about to go (a hook for what is kept beside them)."""
 
-    def _append(self, index: int, record: bytes, others: int = 0) -> None:
-        """Add ``record`` at the back of bucket ``index``; ``others`` count toward the bound."""
-        self._buckets[index] += record
+    def _add(self, index: int, record: bytes, now: float, others: int) -> None:
+        """Add ``record``, accepted at ``now``, at the back of bucket ``index`` (whose front is
+        pruned first if its life ended) and queue its due time; ``others`` (entries kept
+        elsewhere, such as messages in flight) count toward the bound."""
+        bucket = self._buckets[index]
+        if bucket and now - _unpack_time(bucket, self._key_size)[0] >= self.horizon:
+            self._prune(bucket, now)
+        bucket += record
         self._count += 1
         if self._count + others > self.max_entries:
             self._evict(index, max(1, self.max_entries - others))
+        self._due.append(now)
+        self._due_buckets.append(index)
 
     def _evict(self, first: int, bound: int, keep_newest: bool = True) -> None:
         """Drop the oldest records of bucket ``first`` (but for its newest one, just added, if
@@ -226,14 +233,7 @@ class DedupWindow(_RecordTable):
             at = self._find(bucket, key)
             if at >= 0:
                 self._remove(bucket, at)
-        if bucket and now - _unpack_time(bucket, DEDUP_KEY_SIZE)[0] >= self.window:
-            self._prune(bucket, now)
-        bucket += key + _TIME.pack(now)
-        self._count += 1
-        if self._count + len(pending) > self.max_entries:
-            self._evict(index, max(1, self.max_entries - len(pending)))
-        self._due.append(now)
-        self._due_buckets.append(index)
+        self._add(index, key + _TIME.pack(now), now, len(pending))
         if self._ids is not None:
             self._ids[key] = message_id
 
@@ -270,9 +270,8 @@ class FloodStreaks(_RecordTable):
 
     def count(self, key: bytes, now: float) -> int:
         """How many messages a new one at ``now`` would follow in its streak, in flight included."""
-        return self._count_at(key, now, self._pending.get(key, 0) if self._pending else 0)
-
-    def _count_at(self, key: bytes, now: float, count: int) -> int:
+        pending = self._pending
+        count = pending.get(key, 0) if pending else 0
         code = hash(key)
         bucket = self._buckets[code & self._mask]
         record_key = _pack_flood_key(code)
@@ -287,22 +286,10 @@ class FloodStreaks(_RecordTable):
 
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
-        pending = self._pending
-        count = in_flight = pending.get(key, 0) if pending else 0
-        # _count_at written out: this runs for every message.
-        code = hash(key)
-        bucket = self._buckets[code & self._mask]
-        record_key = _pack_flood_key(code)
-        at = bucket.find(record_key)
-        if at > 0 and at % RECORD:
-            at = self._find(bucket, record_key)
-        if at >= 0:
-            last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
-            if now - last < self.gap:
-                count += length
-        if count >= limit:
+        if self.count(key, now) >= limit:
             return False
-        pending[key] = in_flight + 1
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
         return True
 
     def release(self, key: bytes) -> None:
@@ -332,11 +319,4 @@ class FloodStreaks(_RecordTable):
                 length = previous + 1
             del bucket[at : at + RECORD]  # to the back: the front stays the oldest
             self._count -= 1
-        if bucket and now - _unpack_time(bucket, _FLOOD_KEY.size)[0] >= self.gap:
-            self._prune(bucket, now)
-        bucket += record_key + _FLOOD_TAIL.pack(now, length)
-        self._count += 1
-        if self._count + len(pending) > self.max_entries:
-            self._evict(index, max(1, self.max_entries - len(pending)))
-        self._due.append(now)
-        self._due_buckets.append(index)
+        self._add(index, record_key + _FLOOD_TAIL.pack(now, length), now, len(pending))

@@ -4,16 +4,22 @@
   `pdu.encode_short_message`, so a test names only the fields it cares about.
 - `frames_of`: split bytes written to a `StringTransport` back into frames.
 - `result_of` / `failure_of`: the outcome of a Deferred that has already fired.
+- `app_connection`: an app session's SMPP connection on a `StringTransport` from an address.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
+from smpprelay.connection import RequestHandler, SmppConnection
+from smpprelay.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -78,3 +84,26 @@ def failure_of(deferred: Deferred[Any]) -> Failure:
     assert outcome, "Deferred has not fired"
     assert isinstance(outcome[0], Failure), f"Deferred succeeded with {outcome[0]!r}"
     return outcome[0]
+
+
+def app_connection(
+    session: RequestHandler,
+    clock: IReactorTime,
+    metrics: Metrics,
+    host: str = "127.0.0.1",
+    max_pdu: int = 70_000,
+    pdu_read: float | None = None,
+) -> tuple[SmppConnection, StringTransport]:
+    """An app's connection to ``session``, made on a StringTransport from ``host``."""
+    connection = SmppConnection(
+        session,
+        clock,
+        metrics,
+        side="downstream",
+        max_pdu=max_pdu,
+        response_timeout=30.0,
+        pdu_read=pdu_read,
+    )
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    connection.makeConnection(transport)  # type: ignore[no-untyped-call]
+    return connection, transport

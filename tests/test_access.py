@@ -10,18 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from smpprelay import downstream, passwd, pdu
 from smpprelay.access import Access, TokenBucket
 from smpprelay.config import Client, Security
-from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import make_hash
+from tests.support import app_connection
 from tests.test_downstream import PASSWORD, FakeSubmit, resp_header, submit_frame
 
 BIND_TRX_RESP = 0x80000009
@@ -44,16 +42,9 @@ class App:
             10,
             access=relay.access,
         )
-        self.connection = SmppConnection(
-            self.session,
-            relay.clock,
-            relay.metrics,
-            side="downstream",
-            max_pdu=70_000,
-            response_timeout=30.0,
+        self.connection, self.transport = app_connection(
+            self.session, relay.clock, relay.metrics, host
         )
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
-        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
 
     def send(self, frame: bytes) -> bytes:
         """Send a PDU; returns what the relay wrote since the last call."""

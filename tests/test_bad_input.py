@@ -10,13 +10,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from smpprelay import pdu
 from smpprelay.config import Client, DedupRule, Filters, FloodRule
-from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
@@ -24,7 +21,7 @@ from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
-from tests.support import frames_of, submit_sm
+from tests.support import app_connection, frames_of, submit_sm
 from tests.test_relay import FakePool
 
 MAX_PDU = 70_000
@@ -60,17 +57,9 @@ class Relayed:
         self.session = DownstreamSession(
             make_portal(clients), registry, relay.submit, self.clock, self.metrics, 10.0, 100
         )
-        self.connection = SmppConnection(
-            self.session,
-            self.clock,
-            self.metrics,
-            side="downstream",
-            max_pdu=max_pdu,
-            response_timeout=30.0,
-            pdu_read=10.0,
+        self.connection, self.transport = app_connection(
+            self.session, self.clock, self.metrics, max_pdu=max_pdu, pdu_read=10.0
         )
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
         if bind:
             self.connection.dataReceived(pdu.bind_request("transceiver", 1, "app", "pw"))
             assert pdu.header(self.written())[2] == Status.ESME_ROK

@@ -8,19 +8,16 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from smpprelay import pdu
 from smpprelay.config import Client
-from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry, State, make_portal
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, ShortMessage, Status
-from tests.support import frames_of
+from tests.support import app_connection, frames_of
 
 PASSWORD = "s3cr3tPw"
 SESSION_INIT = 5.0
@@ -70,16 +67,9 @@ class Harness:
             window,
             inactivity=INACTIVITY,
         )
-        self.connection = SmppConnection(
-            self.session,
-            self.clock,
-            self.metrics,
-            side="downstream",
-            max_pdu=70_000,
-            response_timeout=30.0,
+        self.connection, self.transport = app_connection(
+            self.session, self.clock, self.metrics, host
         )
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
-        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
 
     def send(self, frame: bytes) -> None:
         self.connection.dataReceived(frame)

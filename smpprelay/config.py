@@ -228,6 +228,9 @@ class DedupRule:
     status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
     scope: RuleScope = "upstream"
     max_entries: int = attrs.field(default=2_000_000, metadata=_rule(ge=1))
+    # The newest entries kept in a dict (fast, ~120-175 B each) before the oldest move into
+    # compact records (~46 B each, slower to reach); see smpprelay/store/windows.py.
+    fast_entries: int = attrs.field(default=1 << 18, metadata=_rule(ge=0))
 
 
 @attrs.frozen(kw_only=True)
@@ -240,6 +243,9 @@ class FloodRule:
     status: int = attrs.field(default=0x45, metadata=_rule(ge=0, le=0xFFFFFFFF))
     scope: RuleScope = "upstream"
     max_entries: int = attrs.field(default=2_000_000, metadata=_rule(ge=1))
+    # The newest entries kept in a dict (fast, ~120-175 B each) before the oldest move into
+    # compact records (~46 B each, slower to reach); see smpprelay/store/windows.py.
+    fast_entries: int = attrs.field(default=1 << 18, metadata=_rule(ge=0))
 
 
 @attrs.frozen(kw_only=True)

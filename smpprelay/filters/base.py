@@ -27,7 +27,10 @@ class Filter(Protocol):
         ...
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
-        """The operator accepted ``message`` under ``message_id``, or (None) did not."""
+        """The operator accepted ``message`` under ``message_id``, or (None) did not.
+
+        A rule whose class sets ``settles = False`` is never called here.
+        """
         ...
 
 
@@ -46,7 +49,9 @@ class FilterChain:
         self._accepted = dict.fromkeys((rule.name for rule in filters), 0)
         self._passed = 0
         self._checks = tuple(rule.check for rule in filters)
-        self._settles = tuple(rule.settle for rule in filters)
+        # Rules whose state does not depend on the operator's answer are not told it.
+        self._settled = [rule for rule in filters if getattr(rule, "settles", True)]
+        self._settles = tuple(rule.settle for rule in self._settled)
 
     def check(self, message: Message, now: float) -> Verdict:
         """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR."""
@@ -56,7 +61,7 @@ class FilterChain:
             except Exception:
                 self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
                 verdict = reject(Status.ESME_RSYSERR, "rule_error")
-            if verdict is ACCEPT or verdict.action == "accept":
+            if verdict is ACCEPT:  # a rule accepts with ACCEPT itself: one identity test
                 continue
             rule = self.filters[index]
             self._count(rule.name, verdict)
@@ -86,7 +91,7 @@ class FilterChain:
             try:
                 settle(message, now, message_id)
             except Exception:
-                self.log.failure("rule {rule} failed to settle", rule=self.filters[index].name)
+                self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
 
     def _count(self, name: str, verdict: Verdict, amount: int = 1) -> None:
         key = (name, verdict.action, verdict.reason)

@@ -147,6 +147,8 @@ class ConcatFilter:
         self._per_account[account] = count + 1
         return HOLD
 
+    settles = False  # a glued message's fate does not change the window
+
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Nothing to do: a glued message's fate does not change the window."""
 

@@ -34,7 +34,7 @@ class FloodFilter:
         self.metrics = metrics
         self.max_messages = config.max_messages
         self.per_client = config.scope == "client"
-        self.streaks = FloodStreaks(config.gap, config.max_entries)
+        self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
 
@@ -50,13 +50,16 @@ class FloodFilter:
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject a message that would exceed the streak; otherwise count it as in flight."""
-        if self.streaks.claim(self.key(message), now, self.max_messages):
+        destination = message.fields.destination_addr
+        key = message.account.encode() + b"\0" + destination if self.per_client else destination
+        if self.streaks.claim(key, now, self.max_messages):
             return ACCEPT
         return self._flood
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Count an accepted message in its streak at ``now``, or release one that was not."""
-        key = self.key(message)
+        destination = message.fields.destination_addr
+        key = message.account.encode() + b"\0" + destination if self.per_client else destination
         if message_id is None:
             self.streaks.release(key)
         else:

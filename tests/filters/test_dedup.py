@@ -40,11 +40,22 @@ def glued(reference: int, text: bytes) -> Message:
     return attrs.evolve(parts[-1], content=text, parts=parts)
 
 
+# Every test runs with the entries in the dict tier, and again with each entry moved at once
+# into the compact records: the rule must behave the same whichever tier holds its state.
+_TIER: dict[str, int] = {}
+
+
+@pytest.fixture(autouse=True, params=[1 << 18, 0], ids=["dict-tier", "records"])
+def _tier(request: pytest.FixtureRequest) -> None:
+    _TIER["fast_entries"] = request.param
+
+
 class Rule:
     """A dedup rule on its own metrics registry."""
 
     def __init__(self, **config: Any) -> None:
         self.registry = CollectorRegistry()
+        config.setdefault("fast_entries", _TIER["fast_entries"])
         self.filter = DedupFilter(DedupRule(**config), Metrics(self.registry))
 
     def accepted(self, message: Message, now: float, message_id: bytes = b"op-1") -> None:

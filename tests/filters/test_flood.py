@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 from prometheus_client import CollectorRegistry
 
 from smpprelay.config import FloodRule
@@ -22,11 +23,22 @@ def make(account: str = "app1", destination: bytes = NUMBER, text: bytes = b"hi"
     return read_message(account, submit_sm(7, destination_addr=destination, short_message=text))
 
 
+# Every test runs with the entries in the dict tier, and again with each entry moved at once
+# into the compact records: the rule must behave the same whichever tier holds its state.
+_TIER: dict[str, int] = {}
+
+
+@pytest.fixture(autouse=True, params=[1 << 18, 0], ids=["dict-tier", "records"])
+def _tier(request: pytest.FixtureRequest) -> None:
+    _TIER["fast_entries"] = request.param
+
+
 class Rule:
     """A flood rule on its own metrics registry."""
 
     def __init__(self, **config: Any) -> None:
         self.registry = CollectorRegistry()
+        config.setdefault("fast_entries", _TIER["fast_entries"])
         self.filter = FloodFilter(FloodRule(**config), Metrics(self.registry))
 
     def check(self, now: float, **message: Any) -> bool:

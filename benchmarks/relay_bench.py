@@ -17,7 +17,10 @@ Phases, each bounded in count and in time:
 
 ``--rules`` says which relay runs: ``on`` (the operator's four rules at their defaults, as
 shipped), ``off`` (every rule disabled) or ``both`` (default: two relay children, the rate of
-each and their ratio; the latency phase uses the one with the rules on). So that the rules
+each and their ratio; the latency phase uses the one with the rules on). The dedup and flood
+windows keep their newest ``fast_entries`` (2^18) entries in a dict and the rest in compact
+records; ``--fast-entries N`` below ``--count`` measures the rules with most of their state in
+the records, as at more than 2^18 live entries. So that the rules
 reject nothing, every submit is distinct: its own 11-digit destination number, so no two are
 identical within the dedup window and no number gets more than one. The frames are encoded
 before the run; only their sequence numbers are patched as they are sent.
@@ -589,7 +592,7 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
                 "binds": args.binds,
             },
             "limits": {"window": args.window},
-            **({"filters": RULES_OFF} if args.rules_off else {}),
+            **({"filters": RULES_OFF} if args.rules_off else _fast_entries(args)),
         },
         "benchmark",
     )
@@ -713,6 +716,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="relay with the four operator rules at their defaults, with none, or both (default)",
     )
     parser.add_argument(
+        "--fast-entries",
+        type=int,
+        default=None,
+        help="relay with the rules on: filters.dedup/flood.fast_entries (default: as shipped, "
+        "2^18; a value under --count puts the rules' state in the compact records)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run the relay under cProfile and print its top 25 functions by own time",
@@ -793,6 +803,14 @@ def _header() -> str:
     )
 
 
+def _fast_entries(args: argparse.Namespace) -> dict[str, Any]:
+    """The relay's filters config for ``--fast-entries`` (nothing: as shipped)."""
+    if args.fast_entries is None:
+        return {}
+    tier = {"fast_entries": args.fast_entries}
+    return {"filters": {"dedup": tier, "flood": tier}}
+
+
 def _relays(rules: str) -> list[tuple[str, str, bool]]:
     """The relay children to run: (process name, row label, rules off)."""
     if rules == "both":
@@ -818,7 +836,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"relay benchmark: {args.count:,} submits per throughput run, window {window} x "
         f"{clients} client(s), {args.rate:,.0f}/s paced for {args.seconds:g} s, "
-        f"{args.binds} upstream bind(s), rules {args.rules}; "
+        f"{args.binds} upstream bind(s), rules {args.rules}"
+        + ("" if args.fast_entries is None else f" (fast_entries {args.fast_entries:,})")
+        + "; "
         + (
             f"relay/forwarder on cpu {relay_cpu}, client/simulator on cpu {load_cpu}"
             if pinned
@@ -852,6 +872,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     "--binds",
                     str(args.binds),
                     *(["--rules-off"] if rules_off else []),
+                    *(
+                        ["--fast-entries", str(args.fast_entries)]
+                        if args.fast_entries is not None and not rules_off
+                        else []
+                    ),
                     # Only the first relay is profiled: it is the one the latency phase uses.
                     *(["--profile-out", profile_out] if profile_out and not relay_children else []),
                 ],
@@ -1022,6 +1047,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     errors = sum(r.errors for r in (*throughput.values(), *paced.values()))
     return {
         "rules": args.rules,
+        "fast_entries": args.fast_entries,
         "relay_submits_per_s": round(relay_rate, 1),
         "forwarder_submits_per_s": round(forwarder_rate, 1),
         "ratio": round(ratio, 3),

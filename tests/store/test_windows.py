@@ -67,13 +67,14 @@ def test_the_due_queue_is_compacted_and_stays_right() -> None:
 
 
 def test_the_bound_holds_with_many_buckets() -> None:
-    """max_entries is never exceeded, and every eviction is counted."""
+    """max_entries is never exceeded, every eviction is counted, and the oldest go first."""
     window = DedupWindow(60.0, 5000, young_max=0)
     for n in range(6000):
         window.accept(key(n), n / 1000, b"")
         assert len(window) <= 5000
     assert window.evicted == 1000
-    assert window.claim(key(5999), 6.0) == b""  # the newest is kept
+    assert all(window.claim(key(n), 6.0) == b"" for n in range(1000, 6000))
+    assert window.claim(key(999), 6.0) is True
 
 
 def test_replay_ids_go_with_their_records() -> None:
@@ -156,16 +157,29 @@ def test_a_flood_streak_continues_across_the_tiers() -> None:
 
 
 def test_the_bound_spans_both_tiers() -> None:
-    """max_entries counts both tiers; the oldest go first, wherever they are (one bucket:
-    its oldest record is the oldest of all)."""
-    window = DedupWindow(60.0, 12, young_max=5)
-    for n in range(20):
-        window.accept(key(n), n / 10, b"")
-        assert len(window) <= 12
-    assert window.evicted == 8
-    assert (window._count, len(window._young)) == (7, 5)
-    assert all(window.claim(key(n), 9.0) == b"" for n in range(8, 20))
-    assert window.claim(key(7), 9.0) is True
+    """max_entries counts both tiers; the oldest entries go first, wherever they are."""
+    window = DedupWindow(60.0, 5000, young_max=1000)
+    for n in range(8000):
+        window.accept(key(n), n / 1000, b"")
+        assert len(window) <= 5000
+    assert window.evicted == 3000
+    assert len(window._young) <= 1000
+    assert all(window.claim(key(n), 9.0) == b"" for n in range(3000, 8000))
+    assert window.claim(key(2999), 9.0) is True
+
+
+def test_eviction_skips_renewed_records() -> None:
+    """A record renewed since its acceptance was queued is not taken for the oldest."""
+    streaks = FloodStreaks(30.0, 3, young_max=0)
+    first, second, third, fourth = (b"7900000000%d" % n for n in range(1, 5))
+    for when, number in enumerate((first, second, first, third)):
+        streaks.accept(number, float(when))
+    assert streaks.evicted == 0
+    streaks.accept(fourth, 4.0)  # one too many: second (at 1.0) is the oldest, not first
+    assert streaks.evicted == 1
+    assert streaks.count(second, 4.0) == 0
+    assert streaks.count(first, 4.0) == 2
+    assert streaks.count(third, 4.0) == streaks.count(fourth, 4.0) == 1
 
 
 def test_the_dict_tier_is_never_tracked_by_the_garbage_collector() -> None:

@@ -35,8 +35,11 @@ def makeService(options: Options) -> IService:
     """Build the relay for the parsed options."""
     from twisted.internet import reactor
 
+    from smpprelay.malloc import fix_mmap_threshold
     from smpprelay.service import build
 
+    # Before anything large is allocated: the rules' windows churn big tables all day.
+    fix_mmap_threshold()
     return build(options.relay_config, reactor)
 
 

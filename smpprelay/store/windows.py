@@ -1,33 +1,34 @@
-"""The duplicate and flood rules' state: two compact in-memory tables that expire and stay bounded.
+"""The duplicate and flood rules' state: two in-memory tables that expire and stay bounded.
 
-Memory is what these tables are for. A dict of bytes keys to floats costs about 125 bytes per
-entry (the key object, the value object, the table slot) and never shrinks its table, so a
-million live entries of each kind took 330-415 MB. Here an entry is a 20-byte record in a
-``bytearray`` bucket instead: a fixed-size key, then the time it was last accepted as a
-double, then (for a flood streak) its length. The bucket of a key is picked by ``hash(key)``;
-a lookup is one ``bytearray.find`` over a bucket of a few records, in C. There is no object
-per entry, so an entry costs its 20 bytes plus its share of its bucket (about 46 bytes in all,
-``benchmarks/state_memory.py`` measures it), and a bucket gives back what its expired records
-held.
+Each table has two tiers, and a key is in at most one of them:
 
-A bucket keeps its records in the order they were last accepted, so the oldest are at its
-front and expiry only ever looks there; messages still on their way to the operator are kept
-apart, in a small dict per table. Beside the buckets, two arrays (12 bytes per acceptance)
-queue when each record was accepted and its bucket, so ``expire`` visits only the buckets whose
-oldest record may have ended, and costs per acceptance, not per bucket. ``max_entries`` bounds each
-table (messages in flight included): past it, the oldest records of the bucket being added to
-go first, counted in ``evicted``; a small table has a single bucket, whose oldest record is
-the oldest of all.
+- **The dict tier** holds the newest acceptances, up to ``young_max`` (``fast_entries`` in the
+  configuration, 2^18 by default), in a plain dict in acceptance order: a lookup or an
+  acceptance is one dict operation. Its keys and values are bytes, floats and complex numbers,
+  so the garbage collector never tracks the dict (a dict of 2^18 tuples made the relay's
+  collections cost about 3 us per message). It costs about 180 bytes per entry of resident
+  memory.
+- **The records** take the oldest entries once the dict tier is full, in batches of 1/256 of
+  it. A record is 20 bytes in a ``bytearray`` bucket picked by ``hash(key)``: a fixed-size
+  key, the time it was accepted as a double, then 4 bytes that the flood table uses for the
+  streak's length and the dedup table's longer key fills. A lookup is one
+  ``bytearray.find`` over a bucket of a few records, in C; there is no Python object per
+  entry, so a record costs about 46 bytes with its share of its bucket and of the due queue.
+  But reaching it takes a dozen interpreted steps where a dict takes one: in the relay, about
+  1.5 us more per rule per message.
 
-The price of the records is CPU: a lookup and an acceptance are a dozen interpreted steps
-each where a dict takes one, which in the relay costs about 1.5 us per rule per message. So
-the newest acceptances, up to ``young_max`` (``YOUNG_MAX``, 2^18 by default), stay in a plain
-dict in acceptance order, and only when there are more than that do the oldest of them move
-into the records, one per new acceptance. A relay whose windows hold fewer entries than that
-(under about 4,000 messages a second with a 60 s window) never pays for the records; one that
-holds more pays per message what it saves in memory (about 120-175 bytes per entry in the dict
-tier against 46 in the records, so 1 M live entries of each kind stay far under 300 MB).
-A key is in at most one tier, and every entry of the dict tier is newer than every record.
+So a relay whose windows hold up to 2^18 entries each (up to about 4,000 messages a second with
+a 60 s window) runs at dict speed, and one that holds more pays per message for the memory it
+saves: a million live entries of each kind take under 250 MB instead of 330-415 MB
+(``benchmarks/state_memory.py``).
+
+Every entry of the dict tier is newer than every record, and each bucket keeps its records in
+the order they were accepted, so expiry only ever looks at the front. Beside the buckets, two
+arrays (16 bytes per record) queue when each record was accepted and its bucket, so ``expire``
+visits only the buckets whose oldest record ended, and ``max_entries`` (both tiers and the
+messages in flight) evicts the oldest records first, then the oldest of the dict tier, each
+counted in ``evicted``. Messages still on their way to the operator are kept apart, in a
+small dict per table.
 """
 
 from __future__ import annotations

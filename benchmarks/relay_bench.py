@@ -574,6 +574,7 @@ def _start_simulator(reactor: Any) -> Callable[[], int]:
 
 def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
     from smpprelay.config import parse_config
+    from smpprelay.malloc import fix_mmap_threshold
     from smpprelay.service import build
 
     config = parse_config(
@@ -596,6 +597,7 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
         },
         "benchmark",
     )
+    fix_mmap_threshold()  # as `twistd smpprelay` does at start
     service = build(config, reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

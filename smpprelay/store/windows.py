@@ -404,17 +404,22 @@ class FloodStreaks(_RecordTable):
             if now - streak.real < self.gap:
                 count += int(streak.imag)
         elif self._count:
-            code = hash(key)
-            bucket = self._buckets[code & self._mask]
-            record_key = _pack_flood_key(code)
-            at = bucket.find(record_key)
-            if at > 0 and at % RECORD:
-                at = self._find(bucket, record_key)
+            bucket, at = self._streak_record(key)
             if at >= 0:
                 last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
                 if now - last < self.gap:
                     count += length
         return count
+
+    def _streak_record(self, key: bytes) -> tuple[bytearray, int]:
+        """The bucket for ``key`` and the offset of its record there (-1: none)."""
+        code = hash(key)
+        bucket = self._buckets[code & self._mask]
+        record_key = _pack_flood_key(code)
+        at = bucket.find(record_key)
+        if at > 0 and at % RECORD:
+            at = self._find(bucket, record_key)
+        return bucket, at
 
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
@@ -444,12 +449,7 @@ class FloodStreaks(_RecordTable):
             if now - streak.real < self.gap:
                 length = int(streak.imag) + 1
         elif self._count:
-            code = hash(key)
-            bucket = self._buckets[code & self._mask]
-            record_key = _pack_flood_key(code)
-            at = bucket.find(record_key)
-            if at > 0 and at % RECORD:
-                at = self._find(bucket, record_key)
+            bucket, at = self._streak_record(key)
             if at >= 0:
                 last, previous = _unpack_streak(bucket, at + _FLOOD_KEY.size)
                 if now - last < self.gap:

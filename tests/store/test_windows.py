@@ -6,6 +6,8 @@ import gc
 import struct
 from hashlib import blake2b
 
+import pytest
+
 from smpprelay.store.windows import COMPACT_AT, DEDUP_KEY_SIZE, DedupWindow, FloodStreaks
 
 BIG = 1_000_000  # max_entries: 2^16 buckets, so that keys spread over many of them
@@ -66,15 +68,18 @@ def test_the_due_queue_is_compacted_and_stays_right() -> None:
     assert len(window) == 0
 
 
-def test_the_bound_holds_with_many_buckets() -> None:
-    """max_entries is never exceeded, every eviction is counted, and the oldest go first."""
-    window = DedupWindow(60.0, 5000, young_max=0)
-    for n in range(6000):
+@pytest.mark.parametrize("young_max", [0, 1000], ids=["records only", "both tiers"])
+def test_the_bound_holds_with_many_buckets(young_max: int) -> None:
+    """max_entries (both tiers) is never exceeded, every eviction is counted, and the oldest
+    entries go first, wherever they are."""
+    window = DedupWindow(60.0, 5000, young_max=young_max)
+    for n in range(8000):
         window.accept(key(n), n / 1000, b"")
         assert len(window) <= 5000
-    assert window.evicted == 1000
-    assert all(window.claim(key(n), 6.0) == b"" for n in range(1000, 6000))
-    assert window.claim(key(999), 6.0) is True
+    assert window.evicted == 3000
+    assert len(window._young) <= young_max
+    assert all(window.claim(key(n), 9.0) == b"" for n in range(3000, 8000))
+    assert window.claim(key(2999), 9.0) is True
 
 
 def test_replay_ids_go_with_their_records() -> None:
@@ -154,18 +159,6 @@ def test_a_flood_streak_continues_across_the_tiers() -> None:
     assert streaks.count(second, 32.0) == 0  # gap of 30 s: over
     assert streaks.expire(34.0) == 3
     assert len(streaks) == 0
-
-
-def test_the_bound_spans_both_tiers() -> None:
-    """max_entries counts both tiers; the oldest entries go first, wherever they are."""
-    window = DedupWindow(60.0, 5000, young_max=1000)
-    for n in range(8000):
-        window.accept(key(n), n / 1000, b"")
-        assert len(window) <= 5000
-    assert window.evicted == 3000
-    assert len(window._young) <= 1000
-    assert all(window.claim(key(n), 9.0) == b"" for n in range(3000, 8000))
-    assert window.claim(key(2999), 9.0) is True
 
 
 def test_eviction_skips_renewed_records() -> None:

@@ -23,6 +23,7 @@ from smpprelay.metrics import Metrics
 MAX_TRACKED_ADDRESSES = 100_000
 # The refusal reason for each full `Slots` cap of the open connections.
 _CONNECTION_CAPS = {"total": "max_connections", "per_address": "max_connections_per_address"}
+_LOCKED_OUT = "locked_out"
 
 
 class TokenBucket:
@@ -95,6 +96,9 @@ class Access:
         self.security = security
         self.clock = clock
         self.metrics = metrics
+        # Every reason's series exists from the start at 0, so increase() sees the first one.
+        for reason in (_LOCKED_OUT, *_CONNECTION_CAPS.values()):
+            metrics.connections_refused.labels(reason)
         self._connections = Slots(security.max_connections, security.max_connections_per_address)
         # Taken before a hash check is handed to the thread pool, given back when the pool is
         # done with it: the pool's queue never holds more than max_password_checks.
@@ -130,7 +134,7 @@ class Access:
 
     def _refusal(self, host: str) -> str | None:
         if self.locked(host):
-            return "locked_out"
+            return _LOCKED_OUT
         full = self._connections.full(host)
         return None if full is None else _CONNECTION_CAPS[full]
 

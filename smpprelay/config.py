@@ -79,6 +79,8 @@ class ListenTls:
     port: int = attrs.field(default=3550, metadata=_rule(ge=0, le=65535))
     cert: str = attrs.field(metadata=_rule(min_len=1))  # PEM file: the certificate (and chain)
     key: str = attrs.field(metadata=_rule(min_len=1))  # PEM file: its private key
+    # PEM CA certificate(s): apps must present a certificate one of them signed (mutual TLS).
+    client_ca: str | None = attrs.field(default=None, metadata=_rule(min_len=1))
 
 
 @attrs.frozen(kw_only=True)
@@ -143,6 +145,9 @@ class Upstream:
     tls: bool = False
     tls_ca: str | None = attrs.field(default=None, metadata=_rule(min_len=1))  # None: system CAs
     tls_verify: bool = True
+    # Our client certificate (and chain) and its key, for an operator that asks for one.
+    tls_cert: str | None = attrs.field(default=None, metadata=_rule(min_len=1))
+    tls_key: str | None = attrs.field(default=None, metadata=_rule(min_len=1))
 
 
 @attrs.frozen(kw_only=True)
@@ -431,6 +436,11 @@ def _cross_check(config: Config) -> None:
             "upstream.reconnect_max",
             f"must be at least reconnect_initial ({up.reconnect_initial}), got {up.reconnect_max}",
         )
+    if up is not None and (up.tls_cert is None) != (up.tls_key is None):
+        missing = "upstream.tls_key" if up.tls_key is None else "upstream.tls_cert"
+        raise _Invalid(missing, "missing (tls_cert and tls_key come together)")
+    if up is not None and up.tls_cert is not None and not up.tls:
+        raise _Invalid("upstream.tls_cert", "needs upstream.tls: true")
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:

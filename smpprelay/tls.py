@@ -56,40 +56,56 @@ def _public(key: Any) -> bytes:
     )
 
 
-def server_options(tls: ListenTls) -> CertificateOptions:
-    """The server side of the apps' TLS listener: its certificate chain, TLS 1.2+."""
-    chain = _certificates(tls.cert, "listen.tls.cert")
+def _certificate_and_key(cert_path: str, key_path: str, cert_key: str, key_key: str) -> Any:
+    """A certificate chain and its private key, checked to belong together."""
+    chain = _certificates(cert_path, cert_key)
     try:
-        private_key = serialization.load_pem_private_key(
-            _read(tls.key, "listen.tls.key"), password=None
-        )
+        private_key = serialization.load_pem_private_key(_read(key_path, key_key), password=None)
     except (ValueError, TypeError) as exc:
-        raise TlsFileError(
-            "listen.tls.key", f"no usable PEM private key in {tls.key}: {exc}"
-        ) from None
+        raise TlsFileError(key_key, f"no usable PEM private key in {key_path}: {exc}") from None
     if _public(private_key.public_key()) != _public(chain[0].public_key()):
-        raise TlsFileError("listen.tls.key", f"does not match the certificate in {tls.cert}")
+        raise TlsFileError(key_key, f"does not match the certificate in {cert_path}")
+    # cryptography objects: pyOpenSSL deprecates its own X509 here.
+    return {"privateKey": private_key, "certificate": chain[0], "extraCertChain": chain[1:]}
+
+
+def _trust(path: str, key: str) -> Any:
+    certs = _certificates(path, key)
+    return trustRootFromCertificates(
+        [Certificate(crypto.X509.from_cryptography(cert)) for cert in certs]
+    )
+
+
+def server_options(tls: ListenTls) -> CertificateOptions:
+    """The server side of the apps' TLS listener: its certificate chain, TLS 1.2+, and with
+    ``client_ca`` a certificate that CA signed required of every app (mutual TLS)."""
+    own = _certificate_and_key(tls.cert, tls.key, "listen.tls.cert", "listen.tls.key")
+    if tls.client_ca is None:
+        return CertificateOptions(raiseMinimumTo=MINIMUM, **own)
     return CertificateOptions(
-        privateKey=private_key,  # type: ignore[arg-type]
-        certificate=chain[0],  # type: ignore[arg-type]
-        extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=MINIMUM,
+        # A trust root makes Twisted require and verify the peer's certificate.
+        trustRoot=_trust(tls.client_ca, "listen.tls.client_ca"),
+        **own,
     )
 
 
 def client_options(upstream: Upstream) -> Any:
     """What we offer the operator: TLS 1.2+, its certificate checked against ``tls_ca`` (or
-    the system's trusted CAs) and ``host``, unless ``tls_verify`` is false."""
-    if not upstream.tls_verify:
-        return CertificateOptions(raiseMinimumTo=MINIMUM)
-    trust = None
-    if upstream.tls_ca is not None:
-        certs = _certificates(upstream.tls_ca, "upstream.tls_ca")
-        trust = trustRootFromCertificates(
-            [Certificate(crypto.X509.from_cryptography(cert)) for cert in certs]
+    the system's trusted CAs) and ``host``, unless ``tls_verify`` is false; and our own
+    certificate when ``tls_cert`` and ``tls_key`` are given."""
+    own: dict[str, Any] = {}
+    if upstream.tls_cert is not None and upstream.tls_key is not None:
+        own = _certificate_and_key(
+            upstream.tls_cert, upstream.tls_key, "upstream.tls_cert", "upstream.tls_key"
         )
+    if not upstream.tls_verify:
+        return CertificateOptions(raiseMinimumTo=MINIMUM, **own)
+    trust = None if upstream.tls_ca is None else _trust(upstream.tls_ca, "upstream.tls_ca")
+    # Our certificate goes in as options rather than as clientCertificate, which would hand
+    # pyOpenSSL the X509 objects it deprecates.
     return optionsForClientTLS(
-        upstream.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM}
+        upstream.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM, **own}
     )
 
 

@@ -1,6 +1,6 @@
 """Certificates made at test time (nothing committed that expires): a CA and a server
-certificate it signs for 127.0.0.1 and localhost (and one for another host name), written as
-PEM files."""
+certificate it signs for 127.0.0.1 and localhost (and one for another host name), a client
+certificate it signs and one another CA signs (for mutual TLS), written as PEM files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @attrs.frozen
@@ -25,6 +25,10 @@ class Certs:
     other_ca: str  # a CA that signed nothing here
     wrong_name_cert: str  # signed by `ca` for smsc.example.net only: a valid chain, wrong host
     wrong_name_key: str
+    client_cert: str  # a client certificate (CN app1) signed by `ca`
+    client_key: str
+    stranger_cert: str  # a client certificate signed by `other_ca`
+    stranger_key: str
 
 
 def _name(common_name: str) -> x509.Name:
@@ -73,8 +77,9 @@ def _server(
     names: list[x509.GeneralName],
     cert_path: str,
     key_path: str,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> None:
-    """Write a server certificate (followed by its CA's) and its key, signed by the CA."""
+    """Write a server (or client) certificate, followed by its CA's, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -87,6 +92,7 @@ def _server(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     pathlib.Path(cert_path).write_bytes(_pem(cert) + _pem(ca_cert))
@@ -102,7 +108,7 @@ def _server(
 def make_certs(directory: pathlib.Path) -> Certs:
     """Write a CA, server certificates and keys, and an unrelated CA into ``directory``."""
     ca_key, ca_cert = _ca("smpprelay test CA")
-    _, other_cert = _ca("some other CA")
+    other_key, other_cert = _ca("some other CA")
     paths = Certs(
         ca=str(directory / "ca.pem"),
         cert=str(directory / "server.crt"),
@@ -110,6 +116,10 @@ def make_certs(directory: pathlib.Path) -> Certs:
         other_ca=str(directory / "other-ca.pem"),
         wrong_name_cert=str(directory / "wrong-name.crt"),
         wrong_name_key=str(directory / "wrong-name.key"),
+        client_cert=str(directory / "client.crt"),
+        client_key=str(directory / "client.key"),
+        stranger_cert=str(directory / "stranger.crt"),
+        stranger_key=str(directory / "stranger.key"),
     )
     pathlib.Path(paths.ca).write_bytes(_pem(ca_cert))
     pathlib.Path(paths.other_ca).write_bytes(_pem(other_cert))
@@ -119,4 +129,8 @@ def make_certs(directory: pathlib.Path) -> Certs:
     _server(
         ca_key, ca_cert, "smsc.example.net", elsewhere, paths.wrong_name_cert, paths.wrong_name_key
     )
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+    app: list[x509.GeneralName] = [x509.DNSName("app1.example.net")]
+    _server(ca_key, ca_cert, "app1", app, paths.client_cert, paths.client_key, client)
+    _server(other_key, other_cert, "app1", app, paths.stranger_cert, paths.stranger_key, client)
     return paths

@@ -297,6 +297,18 @@ def test_fractional_durations_accepted(tmp_path: pathlib.Path) -> None:
             _minimal(upstream=_upstream(reconnect_initial=10, reconnect_max=5)),
             "upstream.reconnect_max: must be at least reconnect_initial (10.0), got 5.0",
         ),
+        (
+            _minimal(upstream=_upstream(tls=True, tls_cert="c.pem")),
+            "upstream.tls_key: missing (tls_cert and tls_key come together)",
+        ),
+        (
+            _minimal(upstream=_upstream(tls=True, tls_key="k.pem")),
+            "upstream.tls_cert: missing (tls_cert and tls_key come together)",
+        ),
+        (
+            _minimal(upstream=_upstream(tls_cert="c.pem", tls_key="k.pem")),
+            "upstream.tls_cert: needs upstream.tls: true",
+        ),
     ],
 )
 def test_ranges(data: dict[str, Any], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -12,10 +13,25 @@ from tests.certs import make_certs
 
 
 def test_files_that_fit_load(tmp_path: pathlib.Path) -> None:
-    """A certificate with its chain and the matching key load; so does a CA file."""
+    """A certificate with its chain and the matching key load; so do CA files and a client
+    certificate with its key."""
     certs = make_certs(tmp_path)
     server_options(ListenTls(cert=certs.cert, key=certs.key))
+    server_options(ListenTls(cert=certs.cert, key=certs.key, client_ca=certs.ca))
     client_options(Upstream(host="127.0.0.1", system_id="r", password="p", tls_ca=certs.ca))
+    for verify in (True, False):
+        client_options(
+            Upstream(
+                host="127.0.0.1",
+                system_id="r",
+                password="p",
+                tls=True,
+                tls_ca=certs.ca,
+                tls_verify=verify,
+                tls_cert=certs.client_cert,
+                tls_key=certs.client_key,
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -25,8 +41,12 @@ def test_files_that_fit_load(tmp_path: pathlib.Path) -> None:
         ("key as cert", "listen.tls.cert", "no usable PEM certificate"),
         ("cert as key", "listen.tls.key", "no usable PEM private key"),
         ("other key", "listen.tls.key", "does not match the certificate"),
+        ("missing client ca", "listen.tls.client_ca", "cannot read"),
+        ("key as client ca", "listen.tls.client_ca", "no usable PEM certificate"),
         ("missing ca", "upstream.tls_ca", "cannot read"),
         ("key as ca", "upstream.tls_ca", "no usable PEM certificate"),
+        ("missing client cert", "upstream.tls_cert", "cannot read"),
+        ("other client key", "upstream.tls_key", "does not match the certificate"),
     ],
 )
 def test_unusable_files_name_their_key(
@@ -37,20 +57,25 @@ def test_unusable_files_name_their_key(
     (tmp_path / "b").mkdir()
     certs, other = make_certs(tmp_path / "a"), make_certs(tmp_path / "b")
     missing = str(tmp_path / "missing.pem")
-    cert, private, ca = {
-        "missing cert": (missing, certs.key, certs.ca),
-        "key as cert": (certs.key, certs.key, certs.ca),
-        "cert as key": (certs.cert, certs.cert, certs.ca),
-        "other key": (certs.cert, other.key, certs.ca),
-        "missing ca": (certs.cert, certs.key, missing),
-        "key as ca": (certs.cert, certs.key, certs.key),
-    }[which]
-    load = (
-        (lambda: server_options(ListenTls(cert=cert, key=private)))
-        if key.startswith("listen")
-        else (lambda: client_options(Upstream(host="h", system_id="r", password="p", tls_ca=ca)))
-    )
-    with pytest.raises(TlsFileError) as info:
-        load()
+    listen: dict[str, Any] = {"cert": certs.cert, "key": certs.key}
+    upstream: dict[str, Any] = {"host": "h", "system_id": "r", "password": "p", "tls": True}
+    changes: dict[str, dict[str, str]] = {
+        "missing cert": {"cert": missing},
+        "key as cert": {"cert": certs.key},
+        "cert as key": {"cert": certs.cert, "key": certs.cert},
+        "other key": {"key": other.key},
+        "missing client ca": {"client_ca": missing},
+        "key as client ca": {"client_ca": certs.key},
+        "missing ca": {"tls_ca": missing},
+        "key as ca": {"tls_ca": certs.key},
+        "missing client cert": {"tls_cert": missing, "tls_key": certs.client_key},
+        "other client key": {"tls_cert": certs.client_cert, "tls_key": other.client_key},
+    }
+    if key.startswith("listen"):
+        with pytest.raises(TlsFileError) as info:
+            server_options(ListenTls(**{**listen, **changes[which]}))
+    else:
+        with pytest.raises(TlsFileError) as info:
+            client_options(Upstream(**{**upstream, **changes[which]}))
     assert info.value.key == key
     assert problem in info.value.problem

@@ -92,6 +92,7 @@ async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Ha
     traffic = Traffic(harness, relay)
     await traffic.start()
     await traffic.round()
+    await traffic.misbehave()
     await traffic.lose_upstream()
     await traffic.round()
     # A receipt that matches nothing is counted after its one-second second look.
@@ -121,8 +122,9 @@ async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Ha
     assert value("smpprelay_bound_sessions", account="app2", bind_type="transmitter") == 1
     assert value("smpprelay_bind_attempts_total", result="ok") >= 2
     assert value("smpprelay_bind_attempts_total", result="credentials") == 1
+    # 16 from the two rounds, and one an app sent before binding.
     assert (
-        value("smpprelay_pdus_total", side="downstream", direction="in", command="submit_sm") == 16
+        value("smpprelay_pdus_total", side="downstream", direction="in", command="submit_sm") == 17
     )
     assert (
         value("smpprelay_pdus_total", side="downstream", direction="out", command="deliver_sm") >= 8
@@ -154,6 +156,14 @@ async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Ha
     assert value("smpprelay_start_time_seconds") > 1.6e9
     assert value("process_resident_memory_bytes") > 0
     assert value("smpprelay_deliveries_total", kind="receipt", result="unmatched") == 2
+    # The apps that misbehaved.
+    refused = "smpprelay_rejected_requests_total"
+    assert value(refused, command="submit_sm", status="ESME_RINVBNDSTS") == 1
+    assert value(refused, command="other", status="ESME_RINVCMDID") == 1
+    assert value("smpprelay_framing_errors_total", side="downstream", reason="too_short") == 1
+    assert value("smpprelay_unexpected_pdus_total", command="submit_sm_resp") == 1
+    assert "smpprelay_connections_refused_total" in exported  # every reason at 0
+    assert value("smpprelay_connections_refused_total") == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -154,6 +154,7 @@ async def prometheus_of_relay(
         await server.ready()
         traffic = Traffic(harness, relay)
         await traffic.start()
+        await traffic.misbehave()
         yield server, traffic
     finally:
         server.stop()

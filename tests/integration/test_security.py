@@ -218,6 +218,77 @@ async def test_upstream_host_name_is_verified(harness: Harness, certs: Certs) ->
     assert list(sim.received) == []
 
 
+def _bind_over_tls(context: ssl.SSLContext) -> Callable[[socket.socket], bytes | str]:
+    """Send a bind over TLS with ``context``; what came back, or the error."""
+
+    def speak(sock: socket.socket) -> bytes | str:
+        try:
+            with context.wrap_socket(sock) as tls:
+                tls.sendall(pdu.bind_request("transceiver", 1, "app1", "secret1"))
+                return tls.recv(4096)
+        except (ssl.SSLError, OSError) as error:
+            return str(error)
+
+    return speak
+
+
+def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    """An app with a client certificate."""
+    context = app_context(ca)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutual_tls_on_the_apps_listener(harness: Harness, certs: Certs) -> None:
+    """With listen.tls.client_ca, an app without a certificate, or with one another CA
+    signed, never gets to SMPP (no bind is even read); one the CA signed binds."""
+    tls = {"port": 0, **_pem(certs), "client_ca": certs.ca}
+    service = await harness.relay(listen={"host": "127.0.0.1", "tls": tls})
+    port = port_of(service.tls_listener)  # type: ignore[arg-type]
+    for context in (
+        app_context(certs.ca),
+        client_context(certs.ca, certs.stranger_cert, certs.stranger_key),
+    ):
+        answer = await deferToThread(_talk, port, _bind_over_tls(context))
+        assert isinstance(answer, str) or answer == b"", answer  # an alert or EOF, no bind_resp
+    app = harness.esme(service, client_context(certs.ca, certs.client_cert, certs.client_key))
+    app.client.port = port
+    assert (await app.bind("transceiver", "app1")).status == pdu.Status.ESME_ROK
+    attempts = {
+        sample.labels["result"]: sample.value
+        for family in service.metrics.registry.collect()
+        if family.name == "smpprelay_bind_attempts"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.value
+    }
+    assert attempts == {"ok": 1.0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_presents_its_certificate_to_an_operator_that_asks(
+    harness: Harness, certs: Certs
+) -> None:
+    """An operator requiring client certificates reads nothing from a relay without one
+    (which keeps retrying), and binds the relay that has upstream.tls_cert and tls_key."""
+    tls = ListenTls(port=0, cert=certs.cert, key=certs.key, client_ca=certs.ca)
+    sim_listener, sim = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
+    without = await harness.relay(bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.ca))
+    await wait_for(lambda: failed_attempts(without) >= 2)
+    assert without.upstream.pool.bound == 0
+    assert pdus_read(sim_listener) == 0
+    upstream = tls_upstream(
+        sim_listener, tls_ca=certs.ca, tls_cert=certs.client_cert, tls_key=certs.client_key
+    )
+    with_cert = await harness.relay(upstream=upstream)
+    assert with_cert.upstream.pool.bound == 1
+    app = harness.esme(with_cert)
+    assert (await app.bind("transceiver", "app1")).status == pdu.Status.ESME_ROK
+    resp = await app.submit(**message(b"mutual TLS"))
+    assert resp.status == pdu.Status.ESME_ROK
+    assert [r.message_id for r in sim.received] == [resp.message_id]
+
+
 @pytest_twisted.ensureDeferred
 async def test_hashed_password_end_to_end_verified_off_the_reactor(
     harness: Harness, monkeypatch: pytest.MonkeyPatch

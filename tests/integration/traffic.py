@@ -1,6 +1,8 @@
 """Traffic that moves every metric family: both accounts submit, the rules refuse some, the
 operator throttles one, receipts come back (delivered to app1, held for app2), an MO is
-delivered, a receipt matches nothing, a bind is refused and the upstream link is lost once.
+delivered, a receipt matches nothing, a bind is refused, the upstream link is lost once, and
+apps misbehave on raw sockets (a submit before binding, an unknown command, a header too
+short, an answer to nothing).
 
 Used by the observability tests, which check that the dashboard and the alerts only use names
 the relay exports after carrying it, and by the test that runs a real Prometheus against it.
@@ -8,17 +10,44 @@ the relay exports after carrying it, and by the test that runs a real Prometheus
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import smpplib.gsm
+from twisted.internet.threads import deferToThread
 
 from smpprelay import pdu
 from smpprelay.pdu import Status
 from smpprelay.service import RelayService
 
-from .conftest import Esme, Harness, simulator_of, wait_for
+from .conftest import Esme, Harness, port_of, simulator_of, wait_for
 from .test_end_to_end import message
 
 # Never to appear in a log line (tests/integration/test_observability.py checks).
 SECRET_TEXT = b"zebra-quartz-velvet"
+
+
+def _exchange(port: int, *frames: bytes) -> None:
+    """Blocking: send each frame and read what comes back (until the relay answers or hangs
+    up), on one fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for frame in frames:
+            sock.sendall(frame)
+            sock.recv(4096)
+
+
+def _misbehave(port: int) -> None:
+    submit = pdu.encode_short_message(pdu.CommandId.submit_sm, 2, pdu.BLANK_MESSAGE)
+    _exchange(port, submit)  # before any bind: ESME_RINVBNDSTS, closed
+    _exchange(port, struct.pack(">IIII", 16, 0x00000999, 0, 3))  # unknown: generic_nack
+    _exchange(port, struct.pack(">IIII", 8, 4, 0, 4))  # shorter than a header: closed
+    bind = pdu.bind_request("transmitter", 5, "app2", "secret2")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(bind)
+        sock.recv(4096)
+        sock.sendall(pdu.submit_sm_resp(77, Status.ESME_ROK, b"nothing"))  # answers nothing
+        sock.sendall(struct.pack(">IIII", 16, 0x00000006, 0, 6))  # unbind
+        sock.recv(4096)
 
 
 class Traffic:
@@ -77,6 +106,20 @@ class Traffic:
         sim.send_to("smpprelay", unknown)
         # Three receipts and the MO reach app1.
         await app1.read_until(lambda: len(app1.deliveries) >= delivered + 4)
+
+    async def misbehave(self) -> None:
+        """Apps that break the protocol on raw sockets, each answered and counted."""
+        await deferToThread(_misbehave, port_of(self.relay.listener))
+        registry = self.relay.metrics.registry
+        await wait_for(
+            lambda: (
+                registry.get_sample_value(
+                    "smpprelay_unexpected_pdus_total",
+                    {"side": "downstream", "command": "submit_sm_resp"},
+                )
+                == 1
+            )
+        )
 
     async def lose_upstream(self) -> None:
         """Drop the upstream link once and wait until the relay has bound again."""

@@ -21,7 +21,7 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     ``mallopt`` (musl, macOS) or refuses it."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

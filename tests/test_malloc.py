@@ -4,15 +4,40 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import subprocess
+import sys
 
 import pytest
 
-from smpprelay import malloc
+from smpprelay import malloc, service, tap
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_glibc_takes_the_threshold() -> None:
-    assert malloc.fix_mmap_threshold() is True
+    """In a child process: the allocator of the test run itself stays as it was."""
+    code = "from smpprelay import malloc; print(malloc.fix_mmap_threshold())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_twistd_smpprelay_fixes_it_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    built = object()
+
+    def fix() -> bool:
+        events.append("fixed")
+        return True
+
+    def build(config: object, reactor: object) -> object:
+        events.append("built")
+        return built
+
+    monkeypatch.setattr(malloc, "fix_mmap_threshold", fix)
+    monkeypatch.setattr(service, "build", build)
+    options = tap.Options()  # type: ignore[no-untyped-call]
+    options.parseOptions([])  # type: ignore[no-untyped-call]
+    assert tap.makeService(options) is built
+    assert events == ["fixed", "built"]
 
 
 def test_a_c_library_without_mallopt_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,10 @@ class Filter(Protocol):
     name: ClassVar[str]  # config key and metrics label
 
     def check(self, message: Message, now: float) -> Verdict:
-        """Decide about ``message``; a rule that accepts may reserve state for it."""
+        """Decide about ``message``; a rule that accepts may reserve state for it.
+
+        Accepting is returning `ACCEPT` itself (the chain tests identity, not equality).
+        """
         ...
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
@@ -72,7 +75,8 @@ class FilterChain:
             accepted = self._accepted
             for earlier in self.filters[:index]:
                 accepted[earlier.name] += 1
-                earlier.settle(message, now, None)
+                if getattr(earlier, "settles", True):
+                    earlier.settle(message, now, None)
             return verdict
         self._passed += 1
         return ACCEPT

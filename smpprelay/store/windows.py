@@ -158,33 +158,37 @@ class _RecordTable:
         """Append these entries, already out of the dict tier and oldest first, to the records.
 
         Written out per table, with no call per entry: at more than ``young_max`` live
-        entries this runs once per acceptance.
+        entries every acceptance passes through here, in batches.
         """
         raise NotImplementedError
 
-    def _settle_young(self, others: int) -> None:
-        """After an acceptance into the dict tier: move its oldest entries into the records if
-        it is over ``young_max``, and keep the whole table within ``max_entries``."""
+    def _settle_young(self, others: int, keep: int = 0) -> None:
+        """Move the dict tier's oldest entries into the records when it is over ``young_max``,
+        and keep the table (both tiers and ``others``, the messages in flight) within
+        ``max_entries``, oldest first. The ``keep`` newest entries of the dict tier stay: an
+        acceptance keeps the entry it just made even when messages in flight alone fill the
+        bound, which may then be exceeded by that one entry."""
         young = self._young
-        excess = len(young) - self.young_max
-        if excess > 0:
+        over = self._count + len(young) + others - self.max_entries
+        # Entries leave through the records, whose eviction follows the due queue: taking
+        # them from the dict's front would walk its deleted slots every time.
+        need = max(len(young) - self.young_max, min(over - self._count, len(young) - keep))
+        if need > 0:
             # A batch per pass: deleted entries leave empty slots at the front of a dict that
             # every new iteration walks again (until the dict is next resized), so taking
             # them one at a time costs about 14 us each at 2^18 entries. A batch of 1/256 of
             # the tier costs about 0.5 ms, once per that many acceptances.
-            moving = list(islice(young.items(), excess + self.young_max // 256))
-            for key, _ in moving:
+            batch = max(need, min(need + self.young_max // 256, len(young) - keep))
+            migrating = list(islice(young.items(), batch))
+            for key, _ in migrating:
                 del young[key]
-            self._migrate(moving)  # the total stays the same: no bound to check
-        over = self._count + len(young) + others - self.max_entries
-        if over > 0 and self._count:
-            self._evict(over)  # the records are older than the dict tier: they go first
+            self._migrate(migrating)
+            # Moving may have pruned ended records from the front of their buckets.
             over = self._count + len(young) + others - self.max_entries
-        if over > 0 and young:
-            for key in list(islice(young, over)):
-                del young[key]
-                self._forget(key)
-                self.evicted += 1
+        if over > 0:
+            # The records are older than the dict tier: they go first, but for the newest
+            # entry when it is to be kept and has just moved there (young_max 0).
+            self._evict(min(over, self._count - max(0, keep - len(young))))
 
     def _forget(self, key: bytes) -> None:
         """``key`` left the dict tier early (a hook for what is kept beside it)."""
@@ -336,7 +340,7 @@ class DedupWindow(_RecordTable):
             len(young) > self.young_max
             or self._count + len(young) + len(pending) > self.max_entries
         ):
-            self._settle_young(len(pending))
+            self._settle_young(len(pending), keep=1)
 
     def _remove(self, bucket: bytearray, at: int) -> None:
         if self._ids is not None:
@@ -358,10 +362,11 @@ class DedupWindow(_RecordTable):
 class FloodStreaks(_RecordTable):
     """Per key (a destination number): the current streak of accepted messages to it.
 
-    The record's key is the 8 bytes of ``hash(key)``: two numbers share a streak only if
-    their 64-bit hashes are equal (about one chance in 10^13 per lookup among a million live
-    numbers). Messages in flight are counted per key apart from the streaks, in a dict that
-    the relay's own limits on requests in flight keep small.
+    A record's key is the 8 bytes of ``hash(key)``: two numbers share a streak in the records
+    only if their 64-bit hashes are equal (about one chance in 10^13 per lookup among a
+    million live numbers); the dict tier keys by the number itself. Messages in flight are
+    counted per key apart from the streaks, in a dict that the relay's own limits on requests
+    in flight keep small.
     """
 
     def __init__(self, gap: float, max_entries: int, young_max: int = YOUNG_MAX) -> None:
@@ -461,4 +466,4 @@ class FloodStreaks(_RecordTable):
             len(young) > self.young_max
             or self._count + len(young) + len(pending) > self.max_entries
         ):
-            self._settle_young(len(pending))
+            self._settle_young(len(pending), keep=1)

@@ -186,3 +186,36 @@ def test_the_dict_tier_is_never_tracked_by_the_garbage_collector() -> None:
     assert len(window._young) == len(streaks._young) == 1000
     assert not gc.is_tracked(window._young)
     assert not gc.is_tracked(streaks._young)
+
+
+def test_the_newest_acceptance_is_kept_when_messages_in_flight_fill_the_bound() -> None:
+    """Messages in flight alone at max_entries: the one just accepted is still remembered
+    (the bound is exceeded by that one entry), so its duplicate is refused."""
+    for young_max in (0, 5):
+        window = DedupWindow(60.0, 2, young_max=young_max)
+        assert all(window.claim(key(n), 0.0) is True for n in range(3))
+        window.accept(key(0), 1.0, b"")
+        assert window.claim(key(0), 2.0) == b""
+        streaks = FloodStreaks(30.0, 2, young_max=young_max)
+        numbers = [b"7900000000%d" % n for n in range(3)]
+        assert all(streaks.claim(number, 0.0, 50) for number in numbers)
+        streaks.accept(numbers[0], 1.0)
+        assert streaks.count(numbers[0], 2.0) == 1  # its streak goes on
+
+
+def test_a_bound_under_fast_entries_evicts_through_the_records() -> None:
+    """max_entries below young_max, with messages in flight: entries still leave the dict
+    tier in batches and are evicted from the records, oldest first (taking them one by one
+    from the dict's front would walk its deleted slots on every acceptance)."""
+    window = DedupWindow(60.0, 1000, young_max=1 << 18)
+    assert all(window.claim(key(-n), 0.0) is True for n in range(1, 11))  # 10 in flight
+    used_records = False
+    for n in range(5000):
+        assert window.claim(key(n), n / 1000) is True
+        window.accept(key(n), n / 1000, b"")
+        used_records = used_records or window._count > 0
+        assert len(window) <= 1000
+    assert used_records
+    assert window.evicted == 5000 + 10 - 1000
+    assert all(window.claim(key(n), 5.0) == b"" for n in range(4010, 5000))
+    assert window.claim(key(4009), 5.0) is True

@@ -5,9 +5,8 @@ The programs use six keys, so keys repeat, and time steps that land exactly on t
 window. ``max_entries`` never evicts (six keys hold at most twelve entries): one bucket, two,
 or 2^16 of them, so that keys share buckets whatever the hash seed.
 
-One difference is allowed, and shown on its own by the xfail tests at the end: when a bucket
-takes a record from the dict tier, it drops the records at its front whose window had already
-ended (``_RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes
+One difference is allowed, and shown on its own by the last test: when a bucket takes a
+record from the dict tier, it drops the records at its front whose window had already ended (``_RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes
 (an ended entry counts for nothing), but ``len`` and ``expire``'s count leave it out before
 ``expire`` runs. The property tests accept exactly that: only an acceptance may drop entries,
 only ended ones, and after ``expire`` the two agree again.
@@ -18,7 +17,6 @@ from __future__ import annotations
 from itertools import product
 from typing import NamedTuple
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -298,34 +296,22 @@ def test_flood_streaks_behave_as_their_model(
     assert len(streaks) == len(model.pending)
 
 
-# --- the one difference, shrunk ----------------------------------------------------------------
+# --- the one difference, on purpose -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a record moving out of the dict tier prunes the ended records at the front of its "
-    "bucket (_migrate -> _prune): len and expire's count leave them out before expire runs",
-)
-def test_dedup_entries_stay_counted_until_expire() -> None:
-    """The model keeps an ended entry in len and in expire's count until expire runs."""
+def test_an_ended_entry_may_go_when_its_bucket_takes_a_record() -> None:
+    """A bucket that takes a record drops the ended records at its front at once (their memory
+    comes back without waiting for the sweep): ``len`` leaves them out from then on, and
+    ``expire`` counts only what it removes itself. No answer changes."""
     window = DedupWindow(WINDOW, 12, young_max=0)  # one bucket: both records share it
     window.accept(DEDUP_KEYS[0], 0.0, b"")
     window.accept(DEDUP_KEYS[1], 10.0, b"")  # the first's window ended: pruned as this moves in
-    assert len(window) == 2
-    assert window.expire(10.0) == 1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a record moving out of the dict tier prunes the ended records at the front of its "
-    "bucket (_migrate -> _prune): len and expire's count leave them out before expire runs",
-)
-def test_flood_streaks_stay_counted_until_expire() -> None:
-    """The model keeps an ended streak in len and in expire's count until expire runs."""
-    streaks = FloodStreaks(WINDOW, 12, young_max=0)  # one bucket: both records share it
+    assert len(window) == 1
+    assert window.expire(10.0) == 0
+    assert window.claim(DEDUP_KEYS[0], 10.0) is True
+    streaks = FloodStreaks(WINDOW, 12, young_max=0)
     streaks.accept(NUMBERS[0], 0.0)
-    streaks.accept(NUMBERS[1], 10.0)  # the first's gap ended: pruned as this moves in
-    assert len(streaks) == 2
-    assert streaks.expire(10.0) == 1
+    streaks.accept(NUMBERS[1], 10.0)
+    assert len(streaks) == 1
+    assert streaks.expire(10.0) == 0
+    assert streaks.count(NUMBERS[0], 10.0) == 0

@@ -6,8 +6,9 @@ window. ``max_entries`` never evicts (six keys hold at most twelve entries): one
 or 2^16 of them, so that keys share buckets whatever the hash seed.
 
 One difference is allowed, and shown on its own by the last test: when a bucket takes a
-record from the dict tier, it drops the records at its front whose window had already ended (``_RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes
-(an ended entry counts for nothing), but ``len`` and ``expire``'s count leave it out before
+record from the dict tier, it drops the records at its front whose window had already ended
+(``_RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes (an
+ended entry counts for nothing), but ``len`` and ``expire``'s count leave it out before
 ``expire`` runs. The property tests accept exactly that: only an acceptance may drop entries,
 only ended ones, and after ``expire`` the two agree again.
 """

@@ -9,7 +9,11 @@ from smpprelay.config import ListenTls
 from smpprelay.config import Simulator as SimulatorConfig
 
 # The relay's TLS helper names the configuration keys; here they are options.
-_TLS_OPTIONS = {"listen.tls.cert": "--tls-cert", "listen.tls.key": "--tls-key"}
+_TLS_OPTIONS = {
+    "listen.tls.cert": "--tls-cert",
+    "listen.tls.key": "--tls-key",
+    "listen.tls.client_ca": "--tls-client-ca",
+}
 _STATS = ("DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD")
 
 
@@ -21,6 +25,12 @@ class Options(usage.Options):
         ["port", "p", 2776, "TCP port to listen on (TLS with --tls-cert and --tls-key).", int],
         ["tls-cert", None, None, "PEM certificate (and chain): listen with TLS 1.2+ only."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM CA certificate(s): require a client certificate they signed (mutual TLS).",
+        ],
         ["receipt-delay", None, 0.0, "Seconds before a delivery receipt is sent.", float],
         ["stat", None, "DELIVRD", "stat: of the receipts (" + ", ".join(_STATS) + ")."],
     ]
@@ -34,8 +44,15 @@ class Options(usage.Options):
         self.tls: ListenTls | None = None
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-client-ca"] is not None and self["tls-cert"] is None:
+            raise usage.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self["tls-cert"] is not None:
-            self.tls = ListenTls(port=self["port"], cert=self["tls-cert"], key=self["tls-key"])
+            self.tls = ListenTls(
+                port=self["port"],
+                cert=self["tls-cert"],
+                key=self["tls-key"],
+                client_ca=self["tls-client-ca"],
+            )
             # The files are read now, so an unusable one stops the start with one line (as
             # the relay's do; UsageError would print the whole --help first).
             from smpprelay.tls import TlsFileError, server_options

@@ -38,6 +38,24 @@ def test_with_certificate_and_key_it_listens_with_tls_on_port(tmp_path: pathlib.
     assert service.endpoint._port == 2999
 
 
+def test_a_client_ca_asks_for_client_certificates(tmp_path: pathlib.Path) -> None:
+    certs = make_certs(tmp_path)
+    options = parse("--tls-cert", certs.cert, "--tls-key", certs.key, "--tls-client-ca", certs.ca)
+    assert options.tls is not None
+    assert options.tls.client_ca == certs.ca
+    with pytest.raises(usage.UsageError, match="--tls-client-ca needs --tls-cert and --tls-key"):
+        parse("--tls-client-ca", certs.ca)
+    with pytest.raises(SystemExit, match="--tls-client-ca: cannot read"):
+        parse(
+            "--tls-cert",
+            certs.cert,
+            "--tls-key",
+            certs.key,
+            "--tls-client-ca",
+            str(tmp_path / "missing.pem"),
+        )
+
+
 @pytest.mark.parametrize("given", ["--tls-cert", "--tls-key"])
 def test_certificate_and_key_go_together(tmp_path: pathlib.Path, given: str) -> None:
     certs = make_certs(tmp_path)

@@ -33,6 +33,7 @@ from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import decoy_like, verify_password
 from smpprelay.pdu import CommandId, DecodeError, Status
+from smpprelay.tls import tls_problem
 
 # What we call ourselves in bind responses.
 SYSTEM_ID = "smpprelay"
@@ -342,6 +343,14 @@ class DownstreamSession:
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+        problem = tls_problem(reason.value)
+        if problem is not None:
+            # A handshake that failed (no client certificate, plain SMPP or old TLS on the TLS
+            # port): the app never got to SMPP, so this line and the metric are all it leaves.
+            self.log.info(
+                "TLS with {peer} failed: {problem}", peer=connection.peer, problem=problem
+            )
+            self.metrics.tls_failures.labels("downstream").inc()
         self._abandoned.set()
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()

@@ -112,6 +112,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.tls_failures = Counter(
+            "smpprelay_tls_failures_total",
+            "TLS handshakes or sessions that failed (the connection is closed), by side.",
+            ["side"],
+            registry=r,
+        )
+        for side in ("downstream", "upstream"):
+            self.tls_failures.labels(side)
         self.framing_errors = Counter(
             "smpprelay_framing_errors_total",
             "Streams that could not be split into PDUs (the connection is closed).",

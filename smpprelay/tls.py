@@ -10,7 +10,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from service_identity.exceptions import VerificationError
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.ssl import (
@@ -107,6 +108,22 @@ def client_options(upstream: Upstream) -> Any:
     return optionsForClientTLS(
         upstream.host, trustRoot=trust, extraCertificateOptions={"raiseMinimumTo": MINIMUM, **own}
     )
+
+
+def tls_problem(error: BaseException | None) -> str | None:
+    """What went wrong, when ``error`` (a connection's end) is a failed TLS handshake or
+    session: OpenSSL's reasons, such as "peer did not return a certificate", or the host name
+    the operator's certificate does not match; else None."""
+    if isinstance(error, VerificationError):
+        return "certificate not for this host: " + ", ".join(
+            str(mismatch) for mismatch in error.errors
+        )
+    if not isinstance(error, SSL.Error):
+        return None
+    reasons = [
+        str(item[-1]) for item in (error.args[0] if error.args else []) if isinstance(item, tuple)
+    ]
+    return ", ".join(reason for reason in reasons if reason) or str(error) or "TLS error"
 
 
 def server_endpoint(reactor: Any, host: str, tls: ListenTls) -> IStreamServerEndpoint:

@@ -37,6 +37,7 @@ from smpprelay.config import Upstream as UpstreamConfig
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
+from smpprelay.tls import tls_problem
 
 
 class QueueFull(Exception):
@@ -391,7 +392,7 @@ class UpstreamSession(ClientService):
         )
         self._set_state("connecting")
         metrics.upstream_window_size.labels(name).set(config.window)
-        for reason in ("connect", "bind_timeout", "bind_refused", "lost"):
+        for reason in ("connect", "tls", "bind_timeout", "bind_refused", "lost"):
             metrics.upstream_reconnects.labels(name, reason)
         metrics.upstream_window_in_use.labels(name).set_function(self._in_flight)
 
@@ -432,8 +433,20 @@ class UpstreamSession(ClientService):
         try:
             resp = await connection.send_request(request)
         except Exception as error:
-            self.metrics.upstream_reconnects.labels(self.session_name, "bind_timeout").inc()
-            self.log.warn("upstream {name}: no bind answer ({e})", name=self.session_name, e=error)
+            problem = tls_problem(error)
+            if problem is not None:
+                # The operator's certificate did not check out, or it refused ours: the bind
+                # (and our password) never left this process.
+                self.metrics.upstream_reconnects.labels(self.session_name, "tls").inc()
+                self.metrics.tls_failures.labels("upstream").inc()
+                self.log.warn(
+                    "upstream {name}: TLS failed ({e})", name=self.session_name, e=problem
+                )
+            else:
+                self.metrics.upstream_reconnects.labels(self.session_name, "bind_timeout").inc()
+                self.log.warn(
+                    "upstream {name}: no bind answer ({e})", name=self.session_name, e=error
+                )
             if not connection.closed:  # ClientService leaves a connection it failed to prepare open
                 connection.abort()
             raise
@@ -472,6 +485,8 @@ class UpstreamSession(ClientService):
                 why=reason.getErrorMessage(),
             )
             self.metrics.upstream_reconnects.labels(self.session_name, "lost").inc()
+            if tls_problem(reason.value) is not None:
+                self.metrics.tls_failures.labels("upstream").inc()
             self._set_state("connecting")
 
     def unbind(self) -> Deferred[None]:

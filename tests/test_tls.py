@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from smpprelay.config import ListenTls, Upstream
-from smpprelay.tls import TlsFileError, client_options, server_options
+from smpprelay.tls import TlsFileError, client_options, server_options, tls_problem
 from tests.certs import make_certs
 
 
@@ -79,3 +79,19 @@ def test_unusable_files_name_their_key(
             client_options(Upstream(**{**upstream, **changes[which]}))
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_a_failed_handshake_is_told_apart_and_described() -> None:
+    """OpenSSL's reasons and a host-name mismatch are TLS problems; anything else is not."""
+    from OpenSSL import SSL
+    from service_identity.exceptions import DNSMismatch, VerificationError
+    from service_identity.hazmat import DNS_ID
+    from twisted.internet.error import ConnectionDone
+
+    refused = SSL.Error([("SSL routines", "", "peer did not return a certificate")])
+    assert tls_problem(refused) == "peer did not return a certificate"
+    wrong_host = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("smsc.example.net"))])
+    assert str(tls_problem(wrong_host)).startswith("certificate not for this host")
+    assert tls_problem(SSL.Error()) == "TLS error"
+    assert tls_problem(ConnectionDone()) is None
+    assert tls_problem(None) is None

@@ -61,6 +61,22 @@ def pdus_read(simulator: Listener) -> float:
     return read
 
 
+def tls_failures(service: RelayService, side: str) -> float:
+    """TLS handshakes the relay saw fail on ``side``."""
+    value = service.metrics.registry.get_sample_value(
+        "smpprelay_tls_failures_total", {"side": side}
+    )
+    return value or 0.0
+
+
+def tls_reconnects(service: RelayService) -> float:
+    """How often the relay's upstream session 0 failed its TLS handshake."""
+    value = service.metrics.registry.get_sample_value(
+        "smpprelay_upstream_reconnects_total", {"session": "0", "reason": "tls"}
+    )
+    return value or 0.0
+
+
 def failed_attempts(service: RelayService) -> float:
     """How often the relay's upstream session 0 failed to come up."""
     return sum(
@@ -68,7 +84,7 @@ def failed_attempts(service: RelayService) -> float:
             "smpprelay_upstream_reconnects_total", {"session": "0", "reason": reason}
         )
         or 0
-        for reason in ("connect", "bind_timeout", "bind_refused", "lost")
+        for reason in ("connect", "tls", "bind_timeout", "bind_refused", "lost")
     )
 
 
@@ -157,6 +173,7 @@ async def test_tls_port_refuses_plain_smpp_and_old_tls(harness: Harness, certs: 
     assert answer == b"" or answer[0] == 21
     old = await deferToThread(_talk, port, _old_tls)
     assert "PROTOCOL_VERSION" in old.upper()
+    await wait_for(lambda: tls_failures(service, "downstream") == 2)
     app = harness.esme(service, app_context(certs.ca))
     app.client.port = port
     assert (await app.bind("transmitter", "app1")).status == pdu.Status.ESME_ROK
@@ -186,6 +203,8 @@ async def test_upstream_certificate_is_verified(harness: Harness, certs: Certs) 
     assert service.upstream.pool.bound == 0
     assert pdus_read(sim_listener) == 0
     assert list(sim.received) == []
+    assert tls_failures(service, "upstream") >= 2
+    assert tls_reconnects(service) >= 2
     insecure = await harness.relay(upstream=tls_upstream(sim_listener, tls_verify=False))
     assert insecure.upstream.pool.bound == 1
     assert pdus_read(sim_listener) >= 1  # the probe sees a bind when one arrives
@@ -216,6 +235,8 @@ async def test_upstream_host_name_is_verified(harness: Harness, certs: Certs) ->
     assert service.upstream.pool.bound == 0
     assert pdus_read(sim_listener) == 0
     assert list(sim.received) == []
+    assert tls_failures(service, "upstream") >= 2
+    assert tls_reconnects(service) >= 2
 
 
 def _bind_over_tls(context: ssl.SSLContext) -> Callable[[socket.socket], bytes | str]:
@@ -252,6 +273,7 @@ async def test_mutual_tls_on_the_apps_listener(harness: Harness, certs: Certs) -
     ):
         answer = await deferToThread(_talk, port, _bind_over_tls(context))
         assert isinstance(answer, str) or answer == b"", answer  # an alert or EOF, no bind_resp
+    await wait_for(lambda: tls_failures(service, "downstream") == 2)  # logged and counted
     app = harness.esme(service, client_context(certs.ca, certs.client_cert, certs.client_key))
     app.client.port = port
     assert (await app.bind("transceiver", "app1")).status == pdu.Status.ESME_ROK
@@ -277,6 +299,7 @@ async def test_relay_presents_its_certificate_to_an_operator_that_asks(
     await wait_for(lambda: failed_attempts(without) >= 2)
     assert without.upstream.pool.bound == 0
     assert pdus_read(sim_listener) == 0
+    assert tls_failures(without, "upstream") >= 2  # the operator's alert, seen as a TLS failure
     upstream = tls_upstream(
         sim_listener, tls_ca=certs.ca, tls_cert=certs.client_cert, tls_key=certs.client_key
     )

@@ -112,6 +112,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "smpprelay_tls_certificate_expiry_timestamp_seconds",
+            "When a certificate the relay presents expires (Unix time): the apps' listener's "
+            "(listen) and ours to the operator (upstream).",
+            ["certificate"],
+            registry=r,
+        )
         self.tls_failures = Counter(
             "smpprelay_tls_failures_total",
             "TLS handshakes or sessions that failed (the connection is closed), by side.",

@@ -236,6 +236,9 @@ def build(
             return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     elif upstream_config.tls:
         secure, options = upstream_config, tls.client_options(upstream_config)
+        if secure.tls_cert is not None:
+            expiry = tls.expires(secure.tls_cert, "upstream.tls_cert")
+            metrics.certificate_expiry.labels("upstream").set(expiry)
 
         def endpoint() -> Any:
             return tls.client_endpoint(reactor, secure, options)
@@ -306,6 +309,8 @@ def build(
     if listen.tls is not None:
         tls_endpoint = tls.server_endpoint(reactor, listen.host, listen.tls)
         tls_listener = Listener("SMPP over TLS", tls_endpoint, factory)
+        expiry = tls.expires(listen.tls.cert, "listen.tls.cert")
+        metrics.certificate_expiry.labels("listen").set(expiry)
     listener = tls_listener
     if listen.port is not None:
         listener = Listener("SMPP", tcp_server(reactor, listen.host, listen.port), factory)

@@ -110,6 +110,11 @@ def client_options(upstream: Upstream) -> Any:
     )
 
 
+def expires(cert_path: str, key: str) -> float:
+    """When the certificate (the first in the file) expires, as Unix time."""
+    return _certificates(cert_path, key)[0].not_valid_after_utc.timestamp()
+
+
 def tls_problem(error: BaseException | None) -> str | None:
     """What went wrong, when ``error`` (a connection's end) is a failed TLS handshake or
     session: OpenSSL's reasons, such as "peer did not return a certificate", or the host name

@@ -4,9 +4,13 @@ after carrying traffic, every metric family has a real value, and the health end
 from __future__ import annotations
 
 import json
+import pathlib
+import time
 
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.certs import make_certs
 
 from .conftest import Harness, free_port, wait_for
 from .observability import (
@@ -85,10 +89,15 @@ def test_dashboard_has_datasource_and_account_variables_on_every_panel() -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Harness) -> None:
-    """Scrape a relay that carried traffic: every name in every dashboard query and alert
-    expression is exported, and every metric family has a real, non-trivial value."""
-    relay = await harness.relay()
+async def test_dashboard_and_alerts_use_only_names_the_relay_exports(
+    harness: Harness, tmp_path: pathlib.Path
+) -> None:
+    """Scrape a relay that carried traffic (and has a TLS listener): every name in every
+    dashboard query and alert expression is exported, and every metric family has a real,
+    non-trivial value."""
+    certs = make_certs(tmp_path)
+    tls = {"port": 0, "cert": certs.cert, "key": certs.key}
+    relay = await harness.relay(listen={"host": "127.0.0.1", "port": 0, "tls": tls})
     traffic = Traffic(harness, relay)
     await traffic.start()
     await traffic.round()
@@ -164,6 +173,8 @@ async def test_dashboard_and_alerts_use_only_names_the_relay_exports(harness: Ha
     assert value("smpprelay_unexpected_pdus_total", command="submit_sm_resp") == 1
     assert "smpprelay_connections_refused_total" in exported  # every reason at 0
     assert value("smpprelay_connections_refused_total") == 0
+    expiry = value("smpprelay_tls_certificate_expiry_timestamp_seconds", certificate="listen")
+    assert time.time() < expiry < time.time() + 2 * 86400  # the test certificate: one day
 
 
 @pytest_twisted.ensureDeferred

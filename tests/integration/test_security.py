@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -305,6 +306,11 @@ async def test_relay_presents_its_certificate_to_an_operator_that_asks(
     )
     with_cert = await harness.relay(upstream=upstream)
     assert with_cert.upstream.pool.bound == 1
+    expiry = with_cert.metrics.registry.get_sample_value(
+        "smpprelay_tls_certificate_expiry_timestamp_seconds", {"certificate": "upstream"}
+    )
+    assert expiry is not None
+    assert time.time() < expiry < time.time() + 2 * 86400  # the test certificate: one day
     app = harness.esme(with_cert)
     assert (await app.bind("transceiver", "app1")).status == pdu.Status.ESME_ROK
     resp = await app.submit(**message(b"mutual TLS"))

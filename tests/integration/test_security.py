@@ -89,6 +89,17 @@ def failed_attempts(service: RelayService) -> float:
     )
 
 
+async def refused_by_tls(service: RelayService, simulator: Listener, sim: Simulator) -> None:
+    """The relay's upstream failed its TLS handshake at least twice and is retrying: never
+    bound, and no PDU at all (so not the bind with our password) reached the operator."""
+    await wait_for(lambda: failed_attempts(service) >= 2)
+    assert service.upstream.pool.bound == 0
+    assert pdus_read(simulator) == 0
+    assert list(sim.received) == []
+    assert tls_failures(service, "upstream") >= 2
+    assert tls_reconnects(service) >= 2
+
+
 def tls_upstream(listener: Listener, **extra: Any) -> dict[str, Any]:
     section: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -200,12 +211,7 @@ async def test_upstream_certificate_is_verified(harness: Harness, certs: Certs) 
     service = await harness.relay(
         bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.other_ca)
     )
-    await wait_for(lambda: failed_attempts(service) >= 2)
-    assert service.upstream.pool.bound == 0
-    assert pdus_read(sim_listener) == 0
-    assert list(sim.received) == []
-    assert tls_failures(service, "upstream") >= 2
-    assert tls_reconnects(service) >= 2
+    await refused_by_tls(service, sim_listener, sim)
     insecure = await harness.relay(upstream=tls_upstream(sim_listener, tls_verify=False))
     assert insecure.upstream.pool.bound == 1
     assert pdus_read(sim_listener) >= 1  # the probe sees a bind when one arrives
@@ -232,12 +238,7 @@ async def test_upstream_host_name_is_verified(harness: Harness, certs: Certs) ->
     port = port_of(sim_listener)
     assert await deferToThread(_chain_only, port, certs.ca) in ("TLSv1.2", "TLSv1.3")
     service = await harness.relay(bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.ca))
-    await wait_for(lambda: failed_attempts(service) >= 2)
-    assert service.upstream.pool.bound == 0
-    assert pdus_read(sim_listener) == 0
-    assert list(sim.received) == []
-    assert tls_failures(service, "upstream") >= 2
-    assert tls_reconnects(service) >= 2
+    await refused_by_tls(service, sim_listener, sim)
 
 
 def _bind_over_tls(context: ssl.SSLContext) -> Callable[[socket.socket], bytes | str]:
@@ -297,10 +298,7 @@ async def test_relay_presents_its_certificate_to_an_operator_that_asks(
     tls = ListenTls(port=0, cert=certs.cert, key=certs.key, client_ca=certs.ca)
     sim_listener, sim = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
     without = await harness.relay(bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.ca))
-    await wait_for(lambda: failed_attempts(without) >= 2)
-    assert without.upstream.pool.bound == 0
-    assert pdus_read(sim_listener) == 0
-    assert tls_failures(without, "upstream") >= 2  # the operator's alert, seen as a TLS failure
+    await refused_by_tls(without, sim_listener, sim)  # the operator's alert is a TLS failure
     upstream = tls_upstream(
         sim_listener, tls_ca=certs.ca, tls_cert=certs.client_cert, tls_key=certs.client_key
     )

@@ -37,6 +37,11 @@ class Filter(Protocol):
         ...
 
 
+def _settles(rule: Filter) -> bool:
+    """Whether ``rule`` wants to hear what became of a message (see `Filter.settle`)."""
+    return bool(getattr(rule, "settles", True))
+
+
 class FilterChain:
     """Runs the rules in order; the first one that does not accept decides."""
 
@@ -53,7 +58,7 @@ class FilterChain:
         self._passed = 0
         self._checks = tuple(rule.check for rule in filters)
         # Rules whose state does not depend on the operator's answer are not told it.
-        self._settled = [rule for rule in filters if getattr(rule, "settles", True)]
+        self._settled = [rule for rule in filters if _settles(rule)]
         self._settles = tuple(rule.settle for rule in self._settled)
 
     def check(self, message: Message, now: float) -> Verdict:
@@ -75,7 +80,7 @@ class FilterChain:
             accepted = self._accepted
             for earlier in self.filters[:index]:
                 accepted[earlier.name] += 1
-                if getattr(earlier, "settles", True):
+                if _settles(earlier):
                     earlier.settle(message, now, None)
             return verdict
         self._passed += 1

@@ -33,7 +33,6 @@ from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
 KEY_SIZE = DEDUP_KEY_SIZE
 _KEY = struct.Struct("<qI")  # hash of the fields, length of the content
-_pack_key = _KEY.pack
 
 
 class DedupFilter:
@@ -71,21 +70,7 @@ class DedupFilter:
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject (or replay) a duplicate; otherwise reserve the message as in flight."""
-        fields = message.fields
-        content = message.content
-        # self.key(message), written out: this runs for every message.
-        key = _pack_key(
-            hash(
-                (
-                    message.account if self.per_client else "",
-                    fields.source_addr,
-                    fields.destination_addr,
-                    fields.data_coding,
-                    content,
-                )
-            ),
-            len(content),
-        )
+        key = self.key(message)
         found = self.window.claim(key, now)
         if found is True:
             self._keys[message] = key

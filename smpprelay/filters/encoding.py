@@ -235,15 +235,13 @@ class EncodingFilter:
         elif message.concat is not None:
             self._bill(message.data_coding, 1)
         else:
-            # The common case, written out: one settle per message.
-            dc = message.fields.data_coding
+            dc = message.data_coding
             content = message.content
             if len(content) <= _ONE_SMS_OCTETS and not (dc == GSM and self.upstream_iso):
-                parts = 1  # fits one SMS in any coding
+                parts = 1  # the common case, without the call: fits one SMS in any coding
             else:
                 parts = billed_parts(dc, content, latin1=self.upstream_iso)
-            billed = self._billed
-            billed[dc] = billed.get(dc, 0) + parts
+            self._bill(dc, parts)
 
     # --- transcoding --------------------------------------------------------------------
 

@@ -50,16 +50,13 @@ class FloodFilter:
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject a message that would exceed the streak; otherwise count it as in flight."""
-        destination = message.fields.destination_addr
-        key = message.account.encode() + b"\0" + destination if self.per_client else destination
-        if self.streaks.claim(key, now, self.max_messages):
+        if self.streaks.claim(self.key(message), now, self.max_messages):
             return ACCEPT
         return self._flood
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Count an accepted message in its streak at ``now``, or release one that was not."""
-        destination = message.fields.destination_addr
-        key = message.account.encode() + b"\0" + destination if self.per_client else destination
+        key = self.key(message)
         if message_id is None:
             self.streaks.release(key)
         else:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from smpprelay.config import Client, Security
+from smpprelay.config import Account, SecurityConfig
 from smpprelay.metrics import Metrics
 
 # Addresses with recent failures remembered at most; past it the stalest are forgotten first.
@@ -88,8 +88,8 @@ class Access:
 
     def __init__(
         self,
-        security: Security,
-        clients: Iterable[Client],
+        security: SecurityConfig,
+        clients: Iterable[Account],
         clock: IReactorTime,
         metrics: Metrics,
     ) -> None:

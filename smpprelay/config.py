@@ -73,7 +73,7 @@ def _rule(**kwargs: Any) -> dict[str, _Rule]:
 
 
 @attrs.frozen(kw_only=True)
-class ListenTls:
+class ListenTlsConfig:
     """A TLS (1.2 or later) listener for apps, beside or instead of the plain port."""
 
     port: int = attrs.field(default=3550, metadata=_rule(ge=0, le=65535))
@@ -84,16 +84,16 @@ class ListenTls:
 
 
 @attrs.frozen(kw_only=True)
-class Listen:
+class ListenConfig:
     """Where applications bind to us; ``port: null`` with ``tls`` means TLS only."""
 
     host: str = "127.0.0.1"
     port: int | None = attrs.field(default=2775, metadata=_rule(ge=0, le=65535))
-    tls: ListenTls | None = None
+    tls: ListenTlsConfig | None = None
 
 
 @attrs.frozen(kw_only=True)
-class Metrics:
+class MetricsConfig:
     """Where the Prometheus metrics endpoint listens."""
 
     host: str = "127.0.0.1"
@@ -101,7 +101,7 @@ class Metrics:
 
 
 @attrs.frozen(kw_only=True)
-class Client:
+class Account:
     """An application account allowed to bind to the relay."""
 
     system_id: str = attrs.field(metadata=_rule(min_len=1, max_len=15, smpp=True))
@@ -121,7 +121,7 @@ class Client:
 
 
 @attrs.frozen(kw_only=True)
-class Upstream:
+class UpstreamConfig:
     """The operator's SMSC that the relay binds to."""
 
     host: str = attrs.field(metadata=_rule(min_len=1))
@@ -151,7 +151,7 @@ class Upstream:
 
 
 @attrs.frozen(kw_only=True)
-class Limits:
+class LimitsConfig:
     """Protections for the relay's own listener and app sessions."""
 
     max_pdu: int = attrs.field(default=70_000, metadata=_rule(ge=1024, le=16_777_216))
@@ -165,7 +165,7 @@ class Limits:
 
 
 @attrs.frozen(kw_only=True)
-class Security:
+class SecurityConfig:
     """Brute-force lock-outs and connection caps for the app listener(s)."""
 
     bind_failures: int = attrs.field(default=5, metadata=_rule(ge=1))
@@ -180,7 +180,7 @@ class Security:
 
 
 @attrs.frozen(kw_only=True)
-class Receipts:
+class ReceiptsConfig:
     """How delivery receipts and MO messages are routed back and held for apps."""
 
     map_ttl: float = attrs.field(default=172_800.0, metadata=_rule(gt=0))
@@ -191,7 +191,7 @@ class Receipts:
 
 
 @attrs.frozen(kw_only=True)
-class Simulator:
+class SimulatorConfig:
     """Behaviour of the built-in simulated SMSC used when no upstream is configured."""
 
     receipt_delay: float = attrs.field(default=0.0, metadata=_rule(ge=0))
@@ -254,7 +254,7 @@ class FloodRule:
 
 
 @attrs.frozen(kw_only=True)
-class Filters:
+class FiltersConfig:
     """The operator's rules, checked in this order: encoding, concat, dedup, flood."""
 
     encoding: EncodingRule = EncodingRule()
@@ -267,15 +267,15 @@ class Filters:
 class Config:
     """The whole relay configuration; ``upstream=None`` means the built-in simulated SMSC."""
 
-    listen: Listen = Listen()
-    clients: tuple[Client, ...] = ()
-    upstream: Upstream | None = None
-    metrics: Metrics = Metrics()
-    limits: Limits = Limits()
-    security: Security = Security()
-    receipts: Receipts = Receipts()
-    simulator: Simulator = Simulator()
-    filters: Filters = Filters()
+    listen: ListenConfig = ListenConfig()
+    clients: tuple[Account, ...] = ()
+    upstream: UpstreamConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    security: SecurityConfig = SecurityConfig()
+    receipts: ReceiptsConfig = ReceiptsConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    filters: FiltersConfig = FiltersConfig()
 
 
 _A = TypeVar("_A", bound=AttrsInstance)
@@ -483,5 +483,7 @@ def load_config(path: str) -> Config:
 def default_config() -> Config:
     """The configuration used without --config: simulated SMSC, one local "demo" account."""
     return Config(
-        clients=(Client(system_id="demo", password="demo", allowed_ips=("127.0.0.0/8", "::1/128")),)
+        clients=(
+            Account(system_id="demo", password="demo", allowed_ips=("127.0.0.0/8", "::1/128")),
+        )
     )

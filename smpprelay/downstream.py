@@ -28,7 +28,7 @@ from zope.interface import Interface, implementer
 
 from smpprelay import pdu
 from smpprelay.access import Access, Slots
-from smpprelay.config import Client
+from smpprelay.config import Account
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import decoy_like, verify_password
@@ -77,7 +77,7 @@ def _verify_unless_abandoned(
 
 
 class IAccount(Interface):
-    """The avatar of a bound app: its `Client` configuration."""
+    """The avatar of a bound app: its `Account` configuration."""
 
 
 @implementer(ICredentialsChecker)
@@ -95,7 +95,7 @@ class AccountChecker:
 
     def __init__(
         self,
-        clients: dict[str, Client],
+        clients: dict[str, Account],
         off_thread: OffThread | None = None,
         slots: Slots | None = None,
     ) -> None:
@@ -151,9 +151,9 @@ class AccountChecker:
 
 @implementer(IRealm)
 class AccountRealm:
-    """Gives each authenticated system_id its `Client` configuration."""
+    """Gives each authenticated system_id its `Account` configuration."""
 
-    def __init__(self, clients: dict[str, Client]) -> None:
+    def __init__(self, clients: dict[str, Account]) -> None:
         self._clients = clients
 
     def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> Any:
@@ -439,7 +439,7 @@ class DownstreamSession:
             self._abandoned,
         )
 
-        def authenticated(result: tuple[Any, Client, Callable[[], None]]) -> None:
+        def authenticated(result: tuple[Any, Account, Callable[[], None]]) -> None:
             client = result[1]
             if not address_allowed(connection.transport.getPeer(), client.allowed_ips):  # type: ignore[union-attr]
                 self._bind_failed(
@@ -471,7 +471,7 @@ class DownstreamSession:
 
         self.portal.login(credentials, None, IAccount).addCallbacks(authenticated, refused)
 
-    def _bound(self, connection: SmppConnection, kind: str, sequence: int, client: Client) -> None:
+    def _bound(self, connection: SmppConnection, kind: str, sequence: int, client: Account) -> None:
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
         self.state = _STATE_OF_KIND[kind]
@@ -645,7 +645,7 @@ class DownstreamFactory(Factory):
 
 
 def make_portal(
-    clients: dict[str, Client],
+    clients: dict[str, Account],
     off_thread: OffThread | None = None,
     slots: Slots | None = None,
 ) -> Portal:

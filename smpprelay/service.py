@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from smpprelay import tls
 from smpprelay.access import Access
-from smpprelay.config import Config, Upstream, default_config
+from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
 from smpprelay.filters import build_chain
@@ -227,7 +227,9 @@ def build(
             tcp_server(reactor, "127.0.0.1", 0),
             SimulatorFactory(sim, metrics, limits.max_pdu),
         )
-        upstream_config = Upstream(host="127.0.0.1", port=1, system_id="smpprelay", password="sim")
+        upstream_config = UpstreamConfig(
+            host="127.0.0.1", port=1, system_id="smpprelay", password="sim"
+        )
         listener_of_sim = simulator
 
         def endpoint() -> Any:

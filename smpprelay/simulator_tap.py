@@ -5,8 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService
 from twisted.python import usage
 
-from smpprelay.config import ListenTls
-from smpprelay.config import Simulator as SimulatorConfig
+from smpprelay.config import ListenTlsConfig, SimulatorConfig
 
 # The relay's TLS helper names the configuration keys; here they are options.
 _TLS_OPTIONS = {
@@ -41,13 +40,13 @@ class Options(usage.Options):
         if self["receipt-delay"] < 0:
             raise usage.UsageError("--receipt-delay must be 0 or more")
         SimulatorConfig(receipt_delay=self["receipt-delay"], stat=self["stat"])
-        self.tls: ListenTls | None = None
+        self.tls: ListenTlsConfig | None = None
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["tls-client-ca"] is not None and self["tls-cert"] is None:
             raise usage.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self["tls-cert"] is not None:
-            self.tls = ListenTls(
+            self.tls = ListenTlsConfig(
                 port=self["port"],
                 cert=self["tls-cert"],
                 key=self["tls-key"],

@@ -22,7 +22,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 
-from smpprelay.config import Config, ConfigError, ListenTls, Upstream
+from smpprelay.config import Config, ConfigError, ListenTlsConfig, UpstreamConfig
 
 MINIMUM = TLSVersion.TLSv1_2
 
@@ -77,7 +77,7 @@ def _trust(path: str, key: str) -> Any:
     )
 
 
-def server_options(tls: ListenTls) -> CertificateOptions:
+def server_options(tls: ListenTlsConfig) -> CertificateOptions:
     """The server side of the apps' TLS listener: its certificate chain, TLS 1.2+, and with
     ``client_ca`` a certificate that CA signed required of every app (mutual TLS)."""
     own = _certificate_and_key(tls.cert, tls.key, "listen.tls.cert", "listen.tls.key")
@@ -91,7 +91,7 @@ def server_options(tls: ListenTls) -> CertificateOptions:
     )
 
 
-def client_options(upstream: Upstream) -> Any:
+def client_options(upstream: UpstreamConfig) -> Any:
     """What we offer the operator: TLS 1.2+, its certificate checked against ``tls_ca`` (or
     the system's trusted CAs) and ``host``, unless ``tls_verify`` is false; and our own
     certificate when ``tls_cert`` and ``tls_key`` are given."""
@@ -131,13 +131,13 @@ def tls_problem(error: BaseException | None) -> str | None:
     return ", ".join(reason for reason in reasons if reason) or str(error) or "TLS error"
 
 
-def server_endpoint(reactor: Any, host: str, tls: ListenTls) -> IStreamServerEndpoint:
+def server_endpoint(reactor: Any, host: str, tls: ListenTlsConfig) -> IStreamServerEndpoint:
     """The apps' TLS listening endpoint."""
     return SSL4ServerEndpoint(reactor, tls.port, server_options(tls), interface=host)
 
 
 def client_endpoint(
-    reactor: Any, upstream: Upstream, options: Any, timeout: float = 10
+    reactor: Any, upstream: UpstreamConfig, options: Any, timeout: float = 10
 ) -> IStreamClientEndpoint:
     """A TLS connection to the operator (``options`` from `client_options`, built once)."""
     tcp = TCP4ClientEndpoint(reactor, upstream.host, upstream.port, timeout=timeout)

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smpprelay import pdu
-from smpprelay.config import Upstream as UpstreamConfig
+from smpprelay.config import UpstreamConfig
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status

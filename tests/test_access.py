@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 
 from smpprelay import downstream, passwd, pdu
 from smpprelay.access import Access, TokenBucket
-from smpprelay.config import Client, Security
+from smpprelay.config import Account, SecurityConfig
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import make_hash
@@ -25,7 +25,7 @@ from tests.test_downstream import PASSWORD, FakeSubmit, resp_header, submit_fram
 BIND_TRX_RESP = 0x80000009
 SUBMIT_RESP = 0x80000004
 OK_BIND = pdu.bind_response("transceiver", 1, pdu.Status.ESME_ROK, "smpprelay")
-APP = Client(system_id="app", password=PASSWORD)
+APP = Account(system_id="app", password=PASSWORD)
 
 
 class App:
@@ -70,8 +70,8 @@ class Relay:
 
     def __init__(
         self,
-        clients: tuple[Client, ...] = (APP,),
-        security: Security | None = None,
+        clients: tuple[Account, ...] = (APP,),
+        security: SecurityConfig | None = None,
         off_thread: Callable[[Callable[[], bool]], Deferred[bool]] | None = None,
     ) -> None:
         self.clock = Clock()
@@ -79,7 +79,7 @@ class Relay:
         self.metrics = Metrics()
         self.registry = SessionRegistry(self.metrics)
         self.submit = FakeSubmit()
-        self.access = Access(security or Security(), clients, self.clock, self.metrics)
+        self.access = Access(security or SecurityConfig(), clients, self.clock, self.metrics)
         self.portal = make_portal(
             {c.system_id: c for c in clients}, off_thread, self.access.password_checks
         )
@@ -157,14 +157,14 @@ def test_failures_count_within_the_window(gaps: list[float], locked: bool) -> No
     [
         (APP, {"system_id": "nobody"}, True),
         (APP, {"password": "wrong"}, True),
-        (Client(system_id="app", password=PASSWORD, allowed_ips=("192.0.2.0/24",)), {}, True),
-        (Client(system_id="app", password=PASSWORD, max_binds=1), {}, False),
+        (Account(system_id="app", password=PASSWORD, allowed_ips=("192.0.2.0/24",)), {}, True),
+        (Account(system_id="app", password=PASSWORD, max_binds=1), {}, False),
     ],
 )
-def test_which_failures_count(client: Client, bind: dict[str, str], counts: bool) -> None:
+def test_which_failures_count(client: Account, bind: dict[str, str], counts: bool) -> None:
     """Unknown ids, wrong passwords and disallowed addresses count toward a lock-out;
     max_binds refusals (a legitimate app reconnecting too early) do not."""
-    relay = Relay((client,), Security(bind_failures=2))
+    relay = Relay((client,), SecurityConfig(bind_failures=2))
     if client.max_binds is not None:
         assert relay.connect("10.9.9.9").bind() == OK_BIND
     for _ in range(2):
@@ -175,7 +175,7 @@ def test_which_failures_count(client: Client, bind: dict[str, str], counts: bool
 
 def test_malformed_bind_counts() -> None:
     """An undecodable bind is a failure that counts too."""
-    relay = Relay(security=Security(bind_failures=1))
+    relay = Relay(security=SecurityConfig(bind_failures=1))
     app = relay.connect()
     assert app.send(pdu.build(pdu.CommandId.bind_transceiver, 1, b"app")) == resp_header(
         BIND_TRX_RESP, 0x0D, 1
@@ -190,15 +190,19 @@ def test_malformed_bind_counts() -> None:
 @pytest.mark.parametrize(
     ("security", "hosts", "reason"),
     [
-        (Security(max_connections=2), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "max_connections"),
         (
-            Security(max_connections_per_address=2),
+            SecurityConfig(max_connections=2),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            "max_connections",
+        ),
+        (
+            SecurityConfig(max_connections_per_address=2),
             ["10.0.0.1", "10.0.0.1", "10.0.0.1"],
             "max_connections_per_address",
         ),
     ],
 )
-def test_connection_caps(security: Security, hosts: list[str], reason: str) -> None:
+def test_connection_caps(security: SecurityConfig, hosts: list[str], reason: str) -> None:
     """One connection over a cap is dropped at once; the established ones keep working, and
     a closed one makes room."""
     relay = Relay(security=security)
@@ -220,7 +224,7 @@ def test_connection_caps(security: Security, hosts: list[str], reason: str) -> N
 
 def test_per_address_cap_leaves_other_addresses_alone() -> None:
     """A full address does not stop another one."""
-    relay = Relay(security=Security(max_connections_per_address=1))
+    relay = Relay(security=SecurityConfig(max_connections_per_address=1))
     assert relay.connect("10.0.0.1").bind() == OK_BIND
     _dropped_at_accept(relay.connect("10.0.0.1"))
     assert relay.connect("10.0.0.2").bind() == OK_BIND
@@ -232,7 +236,7 @@ def test_per_address_cap_leaves_other_addresses_alone() -> None:
 def test_max_binds() -> None:
     """max_binds=2: a third bind gets ESME_RBINDFAIL and a close, the first two keep
     working, and after one unbinds a new bind is accepted."""
-    relay = Relay((Client(system_id="app", password=PASSWORD, max_binds=2),))
+    relay = Relay((Account(system_id="app", password=PASSWORD, max_binds=2),))
     first, second = relay.connect(), relay.connect()
     assert first.bind() == OK_BIND
     assert second.bind() == OK_BIND
@@ -255,8 +259,8 @@ def test_throughput_token_bucket_shared_by_the_accounts_binds() -> None:
     """throughput=2, burst=3 over two binds: 3 submits pass at once, the 4th gets
     ESME_RTHROTTLED (not relayed, session kept); half a second buys one more. Another
     account is not affected."""
-    limited = Client(system_id="app", password=PASSWORD, throughput=2, burst=3)
-    other = Client(system_id="other", password=PASSWORD)
+    limited = Account(system_id="app", password=PASSWORD, throughput=2, burst=3)
+    other = Account(system_id="other", password=PASSWORD)
     relay = Relay((limited, other))
     first, second, free = relay.connect(), relay.connect(), relay.connect("10.0.0.2")
     for app, system_id in ((first, "app"), (second, "app"), (free, "other")):
@@ -330,7 +334,7 @@ class StartedAtOnce(OffThread):
         return super().__call__(lambda: result)
 
 
-HASHED = Client(system_id="app", password_hash=make_hash(PASSWORD, n=16))
+HASHED = Account(system_id="app", password_hash=make_hash(PASSWORD, n=16))
 
 
 @pytest.mark.parametrize(
@@ -360,7 +364,7 @@ def test_hashed_password_checked_off_the_reactor(
 def test_plain_and_hashed_accounts_side_by_side() -> None:
     """A plain-password account binds without the pool; a hashed one through it."""
     pool = OffThread()
-    relay = Relay((HASHED, Client(system_id="plain", password="pw")), off_thread=pool)
+    relay = Relay((HASHED, Account(system_id="plain", password="pw")), off_thread=pool)
     assert relay.connect().bind("plain", "pw") == OK_BIND
     assert pool.checks == []
     _refused_bind(relay.connect(), system_id="plain", password="PW")
@@ -388,7 +392,7 @@ def test_connection_lost_while_the_hash_is_checked() -> None:
 def test_locked_addresses_gauge_counts_only_lockouts_in_force() -> None:
     """The gauge drops when a lock-out ends, with no reconnect or failure to notice it; two
     lock-outs end one after the other."""
-    relay = Relay(security=Security(bind_failures=1, lockout=100))
+    relay = Relay(security=SecurityConfig(bind_failures=1, lockout=100))
     _refused_bind(relay.connect("10.0.0.1"), password="wrong")
     relay.clock.advance(40)
     _refused_bind(relay.connect("10.0.0.2"), password="wrong")
@@ -410,7 +414,7 @@ def test_locked_addresses_gauge_counts_only_lockouts_in_force() -> None:
 def test_lockout_drops_that_addresses_unbound_connections() -> None:
     """The failure that locks an address out aborts its other connections that have not
     bound (they could bind or guess on); its bound sessions and other addresses carry on."""
-    relay = Relay(security=Security(bind_failures=2))
+    relay = Relay(security=SecurityConfig(bind_failures=2))
     idle, bound = relay.connect(), relay.connect()
     elsewhere = relay.connect("10.0.0.2")
     assert bound.bind() == OK_BIND
@@ -429,7 +433,7 @@ def test_lockout_drops_that_addresses_unbound_connections() -> None:
 def test_connection_opened_before_the_lockout_cannot_bind() -> None:
     """A connection accepted before its address was locked out gets ESME_RBINDFAIL and a close
     for a bind with the right password, which does not prolong the lock-out."""
-    relay = Relay(security=Security(bind_failures=2))
+    relay = Relay(security=SecurityConfig(bind_failures=2))
     early = relay.connect()
     for _ in range(2):
         relay.access.bind_failed("10.0.0.1")  # failures seen elsewhere: early is not dropped
@@ -446,7 +450,7 @@ def test_lockout_while_the_hash_is_checked() -> None:
     """Locked out while a bind's hash is being checked: even the right password is refused
     when the check comes back."""
     pool = OffThread()
-    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    relay = Relay((HASHED,), SecurityConfig(bind_failures=1), off_thread=pool)
     app = relay.connect()
     assert app.bind() == b""
     relay.access.bind_failed("10.0.0.1")
@@ -464,7 +468,7 @@ def test_hangup_before_the_answer_still_counts() -> None:
     """An app that sends a wrong password and hangs up before the hash check comes back is
     counted like one that waits for its answer: two such binds lock the address out."""
     pool = StartedAtOnce()
-    relay = Relay((HASHED,), Security(bind_failures=2), off_thread=pool)
+    relay = Relay((HASHED,), SecurityConfig(bind_failures=2), off_thread=pool)
     for _ in range(2):
         app = relay.connect()
         assert app.bind(password="wrong") == b""
@@ -479,7 +483,7 @@ def test_right_password_then_hangup_does_not_count() -> None:
     """An app with the right password that hangs up once its check has started is not a
     failure."""
     pool = StartedAtOnce()
-    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    relay = Relay((HASHED,), SecurityConfig(bind_failures=1), off_thread=pool)
     app = relay.connect()
     app.bind()
     app.close()
@@ -500,7 +504,7 @@ def test_check_skipped_when_the_app_hung_up(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(downstream, "verify_password", verify)
     pool = OffThread()
-    relay = Relay((HASHED,), Security(bind_failures=1), off_thread=pool)
+    relay = Relay((HASHED,), SecurityConfig(bind_failures=1), off_thread=pool)
     gone, waiting = relay.connect("10.0.0.1"), relay.connect("10.0.0.2")
     gone.bind(password="guess")
     waiting.bind()
@@ -518,7 +522,9 @@ def test_password_checks_capped_per_address_and_in_all() -> None:
     max_password_checks (3) in all, a bind gets ESME_RBINDFAIL and a close at once, with no
     check queued and no lock-out counted; when checks finish, binds are checked again."""
     pool = OffThread()
-    security = Security(bind_failures=1, max_password_checks=3, max_password_checks_per_address=2)
+    security = SecurityConfig(
+        bind_failures=1, max_password_checks=3, max_password_checks_per_address=2
+    )
     relay = Relay((HASHED,), security, off_thread=pool)
     first, second = relay.connect("10.0.0.1"), relay.connect("10.0.0.1")
     assert first.bind() == b""

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from smpprelay import pdu
-from smpprelay.config import Client, DedupRule, Filters, FloodRule
+from smpprelay.config import Account, DedupRule, FiltersConfig, FloodRule
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
@@ -50,10 +50,10 @@ class Relayed:
             5.0,
         )
         # The default rules, with small tables: their size is not what is tested here.
-        rules = Filters(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
+        rules = FiltersConfig(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
         chain = build_chain(rules, False, self.metrics)
         relay = Relay(self.pool, router, self.metrics, self.clock, chain)  # type: ignore[arg-type]
-        clients = {"app": Client(system_id="app", password="pw")}
+        clients = {"app": Account(system_id="app", password="pw")}
         self.session = DownstreamSession(
             make_portal(clients), registry, relay.submit, self.clock, self.metrics, 10.0, 100
         )

@@ -9,22 +9,22 @@ import yaml
 
 from smpprelay import tap
 from smpprelay.config import (
-    Client,
+    Account,
     ConcatRule,
     Config,
     ConfigError,
     DedupRule,
     EncodingRule,
-    Filters,
+    FiltersConfig,
     FloodRule,
-    Limits,
-    Listen,
-    ListenTls,
-    Metrics,
-    Receipts,
-    Security,
-    Simulator,
-    Upstream,
+    LimitsConfig,
+    ListenConfig,
+    ListenTlsConfig,
+    MetricsConfig,
+    ReceiptsConfig,
+    SecurityConfig,
+    SimulatorConfig,
+    UpstreamConfig,
     default_config,
     load_config,
     parse_config,
@@ -70,27 +70,27 @@ def test_example_file_loads() -> None:
     assert config.upstream.system_id == "relay"
     assert config.upstream.interface_version == 0x34
     assert config.simulator.receipt_delay == 0.5
-    assert config.limits == Limits()
-    assert config.receipts == Receipts()
-    assert config.filters == Filters()
+    assert config.limits == LimitsConfig()
+    assert config.receipts == ReceiptsConfig()
+    assert config.filters == FiltersConfig()
 
 
 def test_example_file_lists_every_key() -> None:
     """etc/smpprelay.yaml documents every key of every section."""
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     for section, cls in [
-        ("listen", Listen),
-        ("metrics", Metrics),
-        ("upstream", Upstream),
-        ("limits", Limits),
-        ("security", Security),
-        ("receipts", Receipts),
-        ("simulator", Simulator),
+        ("listen", ListenConfig),
+        ("metrics", MetricsConfig),
+        ("upstream", UpstreamConfig),
+        ("limits", LimitsConfig),
+        ("security", SecurityConfig),
+        ("receipts", ReceiptsConfig),
+        ("simulator", SimulatorConfig),
     ]:
         assert set(data[section]) == {f.name for f in attrs.fields(cls)}, section
-    assert set(data["listen"]["tls"]) == {f.name for f in attrs.fields(ListenTls)}
+    assert set(data["listen"]["tls"]) == {f.name for f in attrs.fields(ListenTlsConfig)}
     client_keys = {key for client in data["clients"] for key in client}
-    assert client_keys == {f.name for f in attrs.fields(Client)}
+    assert client_keys == {f.name for f in attrs.fields(Account)}
     for rule, cls in [
         ("encoding", EncodingRule),
         ("concat", ConcatRule),
@@ -105,14 +105,14 @@ def test_default_config() -> None:
     config = default_config()
     assert config.upstream is None
     assert config.clients == (
-        Client(system_id="demo", password="demo", allowed_ips=("127.0.0.0/8", "::1/128")),
+        Account(system_id="demo", password="demo", allowed_ips=("127.0.0.0/8", "::1/128")),
     )
-    assert config.listen == Listen(host="127.0.0.1", port=2775)
+    assert config.listen == ListenConfig(host="127.0.0.1", port=2775)
     assert config.metrics.port == 9775
     assert config.limits.max_pdu == 70_000
     assert config.receipts.map_ttl == 172_800
-    assert config.simulator == Simulator(receipt_delay=0.0, stat="DELIVRD")
-    assert config.filters == Filters()
+    assert config.simulator == SimulatorConfig(receipt_delay=0.0, stat="DELIVRD")
+    assert config.filters == FiltersConfig()
     hash(config)  # frozen and hashable
 
 
@@ -121,7 +121,7 @@ def test_minimal_file_gets_defaults_and_simulator(tmp_path: pathlib.Path) -> Non
     path = _write(tmp_path, "clients:\n  - {system_id: a, password: b}\n")
     config = load_config(path)
     assert config.upstream is None
-    assert config.clients == (Client(system_id="a", password="b"),)
+    assert config.clients == (Account(system_id="a", password="b"),)
     assert config.clients[0].allowed_ips == ("0.0.0.0/0", "::/0")
     assert config == Config(clients=config.clients)
 
@@ -130,7 +130,7 @@ def test_upstream_defaults() -> None:
     """An upstream with only the required keys gets the documented defaults."""
     up = parse_config(_minimal(upstream=_upstream())).upstream
     assert up is not None
-    assert up == Upstream(host="smsc", system_id="relay", password="pw")
+    assert up == UpstreamConfig(host="smsc", system_id="relay", password="pw")
     assert (up.port, up.bind, up.binds, up.window) == (2775, "transceiver", 1, 10)
     assert (up.enquire_link, up.reconnect_initial, up.reconnect_max) == (30.0, 1.0, 60.0)
 
@@ -415,7 +415,7 @@ def test_error_is_one_line_with_file_and_key(tmp_path: pathlib.Path) -> None:
 def test_null_section_means_defaults() -> None:
     """A section left empty (null) gets its defaults; a null upstream means the simulator."""
     config = parse_config(_minimal(limits=None, upstream=None))
-    assert config.limits == Limits()
+    assert config.limits == LimitsConfig()
     assert config.upstream is None
 
 
@@ -479,7 +479,7 @@ def test_security_defaults_and_hash_accepted() -> None:
     config = parse_config({"clients": [{"system_id": "a", "password_hash": hashed}]})
     assert config.clients[0].password_hash == hashed
     assert config.clients[0].password is None
-    assert config.security == Security(
+    assert config.security == SecurityConfig(
         bind_failures=5,
         bind_failure_window=60.0,
         lockout=300.0,

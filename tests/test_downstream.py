@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from smpprelay import pdu
-from smpprelay.config import Client
+from smpprelay.config import Account
 from smpprelay.downstream import DownstreamSession, SessionRegistry, State, make_portal
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, ShortMessage, Status
@@ -47,7 +47,7 @@ class Harness:
 
     def __init__(
         self,
-        clients: tuple[Client, ...] = (Client(system_id="app", password=PASSWORD),),
+        clients: tuple[Account, ...] = (Account(system_id="app", password=PASSWORD),),
         window: int = 10,
         host: str = "127.0.0.1",
     ) -> None:
@@ -211,7 +211,7 @@ def test_bind_unknown_system_id_refused_like_a_wrong_password() -> None:
 
 def test_bind_from_address_not_allowed_refused() -> None:
     """Right credentials from outside allowed_ips get ESME_RBINDFAIL and a close."""
-    client = Client(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
+    client = Account(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
     h = Harness(clients=(client,), host="127.0.0.1")
     h.send(pdu.bind_request("transmitter", 6, "app", PASSWORD))
     _assert_bind_refused(h, 0x80000002, 6)
@@ -220,7 +220,7 @@ def test_bind_from_address_not_allowed_refused() -> None:
 
 def test_bind_from_allowed_network_ok() -> None:
     """A peer inside allowed_ips binds."""
-    client = Client(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
+    client = Account(system_id="app", password=PASSWORD, allowed_ips=("10.0.0.0/8",))
     h = Harness(clients=(client,), host="10.1.2.3")
     h.send(pdu.bind_request("transmitter", 6, "app", PASSWORD))
     assert h.written() == _bind_ok_bytes(0x80000002, 6)

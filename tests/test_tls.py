@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from smpprelay.config import ListenTls, Upstream
+from smpprelay.config import ListenTlsConfig, UpstreamConfig
 from smpprelay.tls import TlsFileError, client_options, server_options, tls_problem
 from tests.certs import make_certs
 
@@ -16,12 +16,12 @@ def test_files_that_fit_load(tmp_path: pathlib.Path) -> None:
     """A certificate with its chain and the matching key load; so do CA files and a client
     certificate with its key."""
     certs = make_certs(tmp_path)
-    server_options(ListenTls(cert=certs.cert, key=certs.key))
-    server_options(ListenTls(cert=certs.cert, key=certs.key, client_ca=certs.ca))
-    client_options(Upstream(host="127.0.0.1", system_id="r", password="p", tls_ca=certs.ca))
+    server_options(ListenTlsConfig(cert=certs.cert, key=certs.key))
+    server_options(ListenTlsConfig(cert=certs.cert, key=certs.key, client_ca=certs.ca))
+    client_options(UpstreamConfig(host="127.0.0.1", system_id="r", password="p", tls_ca=certs.ca))
     for verify in (True, False):
         client_options(
-            Upstream(
+            UpstreamConfig(
                 host="127.0.0.1",
                 system_id="r",
                 password="p",
@@ -73,10 +73,10 @@ def test_unusable_files_name_their_key(
     }
     if key.startswith("listen"):
         with pytest.raises(TlsFileError) as info:
-            server_options(ListenTls(**{**listen, **changes[which]}))
+            server_options(ListenTlsConfig(**{**listen, **changes[which]}))
     else:
         with pytest.raises(TlsFileError) as info:
-            client_options(Upstream(**{**upstream, **changes[which]}))
+            client_options(UpstreamConfig(**{**upstream, **changes[which]}))
     assert info.value.key == key
     assert problem in info.value.problem
 

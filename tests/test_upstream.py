@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from smpprelay import pdu
-from smpprelay.config import Upstream
+from smpprelay.config import UpstreamConfig
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
@@ -179,7 +179,7 @@ class Upstreams:
         self.endpoint = OperatorEndpoint(self.clock)
         self.routed: list[bytes] = []
         self.service: UpstreamService = build_upstream(
-            Upstream(**fields),
+            UpstreamConfig(**fields),
             lambda: self.endpoint,  # type: ignore[arg-type,return-value]
             self._route,
             self.clock,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smpprelay.config import Filters
+from smpprelay.config import FiltersConfig
 from smpprelay.filters.base import Filter, FilterChain
 from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
@@ -11,7 +11,7 @@ from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 
 
-def build_chain(config: Filters, upstream_iso: bool, metrics: Metrics) -> FilterChain:
+def build_chain(config: FiltersConfig, upstream_iso: bool, metrics: Metrics) -> FilterChain:
     """The enabled rules in the operator's order: encoding, concat, dedup, flood."""
     rules: list[Filter] = []
     if config.encoding.enabled:

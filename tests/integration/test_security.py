@@ -20,7 +20,7 @@ import smpplib.exceptions
 from twisted.internet.threads import deferToThread
 
 from smpprelay import downstream, passwd, pdu
-from smpprelay.config import ListenTls
+from smpprelay.config import ListenTlsConfig
 from smpprelay.passwd import make_hash
 from smpprelay.service import Listener, RelayService
 from smpprelay.simulator import Simulator
@@ -45,7 +45,7 @@ def app_context(ca: str) -> ssl.SSLContext:
 
 async def tls_simulator(harness: Harness, certs: Certs) -> tuple[Listener, Simulator]:
     """A stand-alone simulated SMSC that speaks SMPP over TLS only."""
-    tls = ListenTls(port=0, cert=certs.cert, key=certs.key)
+    tls = ListenTlsConfig(port=0, cert=certs.cert, key=certs.key)
     return await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
 
 
@@ -233,7 +233,7 @@ async def test_upstream_host_name_is_verified(harness: Harness, certs: Certs) ->
     """An operator certificate from the trusted CA (a valid chain) but for another host name
     than upstream.host means no bind: nothing, so not our password, reaches the operator, and
     the relay keeps retrying."""
-    tls = ListenTls(port=0, cert=certs.wrong_name_cert, key=certs.wrong_name_key)
+    tls = ListenTlsConfig(port=0, cert=certs.wrong_name_cert, key=certs.wrong_name_key)
     sim_listener, sim = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
     port = port_of(sim_listener)
     assert await deferToThread(_chain_only, port, certs.ca) in ("TLSv1.2", "TLSv1.3")
@@ -295,7 +295,7 @@ async def test_relay_presents_its_certificate_to_an_operator_that_asks(
 ) -> None:
     """An operator requiring client certificates reads nothing from a relay without one
     (which keeps retrying), and binds the relay that has upstream.tls_cert and tls_key."""
-    tls = ListenTls(port=0, cert=certs.cert, key=certs.key, client_ca=certs.ca)
+    tls = ListenTlsConfig(port=0, cert=certs.cert, key=certs.key, client_ca=certs.ca)
     sim_listener, sim = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
     without = await harness.relay(bound=0, upstream=tls_upstream(sim_listener, tls_ca=certs.ca))
     await refused_by_tls(without, sim_listener, sim)  # the operator's alert is a TLS failure

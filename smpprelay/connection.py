@@ -22,10 +22,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 from zope.interface import implementer
 
 from smpprelay import pdu
-from smpprelay.metrics import Metrics
+from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, FramingError, Status
 
 _CONNECTION_LOST = Failure(ConnectionLost())
@@ -69,7 +70,7 @@ class SmppConnection(Protocol):
         clock: IReactorTime,
         metrics: Metrics,
         *,
-        side: str,
+        side: Side,
         max_pdu: int,
         response_timeout: float,
         pdu_read: float | None = None,
@@ -106,6 +107,7 @@ class SmppConnection(Protocol):
 
     # --- Twisted hooks ------------------------------------------------------------------
 
+    @override
     def connectionMade(self) -> None:
         address = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
@@ -125,6 +127,7 @@ class SmppConnection(Protocol):
         self._producing = True
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
 
+    @override
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return  # after a framing error or a close nothing more is read, let alone buffered
@@ -208,6 +211,7 @@ class SmppConnection(Protocol):
     def stopProducing(self) -> None:
         self.paused = False
 
+    @override
     def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:
         self.closed = True
         for call in (self._timer, self._keepalive, self._read_timer, self._idle_timer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -20,6 +20,11 @@ from twisted.web.resource import Resource
 
 from smpprelay import __version__
 from smpprelay.pdu import CommandId, Status, command_label, status_name
+
+# Which connections a PDU count is about: the apps' (downstream), ours to the operator
+# (upstream), or the built-in simulated SMSC's.
+Side = Literal["downstream", "upstream", "simulator"]
+Direction = Literal["in", "out"]
 
 # SMPP latencies run from a fraction of a millisecond (loopback) to the 30 s response timer.
 LATENCY_BUCKETS = (
@@ -248,6 +253,12 @@ class Metrics:
             "Operator message ids remembered to route their receipts.",
             registry=r,
         )
+        self.receipt_routes_evicted = Counter(
+            "smpprelay_receipt_routes_evicted",
+            "Receipt routes dropped, oldest first, because receipts.map_max were held: their "
+            "receipts will count as unmatched.",
+            registry=r,
+        )
         # Series that alerts and dashboards watch for increases exist from the start at 0,
         # so the first failure is an increase and not a series appearing out of nowhere.
         for kind in ("receipt", "mo"):
@@ -284,7 +295,7 @@ class Metrics:
         if status == Status.ESME_RTHROTTLED:
             self.upstream_throttled.inc()
 
-    def count_pdu(self, side: str, direction: str, frame: bytes) -> None:
+    def count_pdu(self, side: Side, direction: Direction, frame: bytes) -> None:
         """A PDU went ``direction`` ("in" or "out") on a connection of ``side``."""
         command_id = int.from_bytes(frame[4:8])
         if command_id not in _COMMANDS:

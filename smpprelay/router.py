@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
-from smpprelay.store.memory import Held, HeldDeliveries, ReceiptRoutes
+from smpprelay.store.memory import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
 # binds (deps.md P14); one second look after this long catches that race.
@@ -64,6 +64,7 @@ class Router:
         self.retry = retry
         self._retry_call: IDelayedCall | None = None
         self._second_looks: dict[IDelayedCall, Callable[[], None]] = {}
+        self._evicting = False  # routes are being evicted at map_max (logged once per spell)
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -71,9 +72,21 @@ class Router:
         self, message_id: bytes, account: str, app_message_id: bytes | None = None
     ) -> None:
         """Route receipts for operator ``message_id`` to ``account``."""
-        self.routes.add(
+        if self.routes.add(
             pdu.normalise_message_id(message_id), account, self.clock.seconds(), app_message_id
-        )
+        ):
+            self._evicted()
+
+    def _evicted(self) -> None:
+        """The oldest route gave way to a new one: count it, and say so when it starts."""
+        self.metrics.receipt_routes_evicted.inc()
+        if not self._evicting:
+            self._evicting = True
+            self.log.warn(
+                "receipt routes full ({max} held): the oldest are being dropped, and their "
+                "receipts will count as unmatched; raise receipts.map_max",
+                max=self.routes.max_entries,
+            )
 
     def mo_account(self, destination: bytes) -> str | None:
         """The account whose mo_prefixes match ``destination`` best."""
@@ -138,11 +151,11 @@ class Router:
 
     # --- to the apps ----------------------------------------------------------------------
 
-    def deliver(self, kind: str, account: str, frame: bytes) -> Deferred[int]:
+    def deliver(self, kind: DeliveryKind, account: str, frame: bytes) -> Deferred[int]:
         """Deliver a deliver_sm the relay made itself (a receipt for a held part)."""
         return self._deliver(kind, account, frame)
 
-    def _deliver(self, kind: str, account: str, frame: bytes) -> Deferred[int]:
+    def _deliver(self, kind: DeliveryKind, account: str, frame: bytes) -> Deferred[int]:
         item = Held(kind, account, frame, self.clock.seconds() + self.held.ttl)
         receiver = self._receiver_with_room(account)
         if receiver is None:
@@ -240,6 +253,8 @@ class Router:
             self.metrics.held.labels(item.account).set(self.held.count(item.account))
         self.routes.expire(now)
         self.metrics.receipt_routes.set(len(self.routes))
+        if self._evicting and len(self.routes) < self.routes.max_entries:
+            self._evicting = False  # room again: the next eviction is news
 
     def stop(self) -> None:
         """Cancel the pending retry (on shutdown)."""

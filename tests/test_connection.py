@@ -10,12 +10,12 @@ from twisted.python.failure import Failure
 
 from smpprelay import pdu
 from smpprelay.connection import ResponseTimeout, SmppConnection
-from smpprelay.metrics import Metrics
+from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, Status
 from tests.support import failure_of, frames_of, result_of, submit_sm
 
 TIMEOUT = 10.0
-SIDE = "downstream"
+SIDE: Side = "downstream"
 
 
 class RecordingHandler:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from typing import Literal
 
 import attrs
+
+# What the router carries back to apps: a delivery receipt or a mobile-originated message.
+DeliveryKind = Literal["receipt", "mo"]
 
 
 @attrs.frozen(slots=True)
@@ -37,14 +41,19 @@ class ReceiptRoutes:
     def __len__(self) -> int:
         return len(self._routes)
 
-    def add(self, message_id: str, account: str, now: float, app_id: bytes | None = None) -> None:
-        """Remember where the receipt for ``message_id`` goes."""
+    def add(self, message_id: str, account: str, now: float, app_id: bytes | None = None) -> bool:
+        """Remember where the receipt for ``message_id`` goes.
+
+        Returns True when that took the place of the oldest route (``max_entries`` reached).
+        """
         routes = self._routes
         routes.pop(message_id, None)
         routes[message_id] = Route(account, app_id, now + self.ttl)
         if len(routes) > self.max_entries:
             routes.popitem(last=False)
             self.evicted += 1
+            return True
+        return False
 
     def get(self, message_id: str, now: float) -> Route | None:
         """The route for ``message_id``, if it is known and has not expired."""
@@ -70,7 +79,7 @@ class ReceiptRoutes:
 class Held:
     """One receipt or MO waiting for its app."""
 
-    kind: str  # "receipt" or "mo"
+    kind: DeliveryKind
     account: str
     frame: bytes  # the deliver_sm to send the app (its sequence number is replaced on send)
     expires: float

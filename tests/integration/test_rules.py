@@ -10,8 +10,8 @@ from twisted.internet import task
 
 from smpprelay.service import RelayService
 
+from .apps import message
 from .conftest import Harness, simulator_of, wait_for
-from .test_end_to_end import message
 
 RSUBMITFAIL = 0x45
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import pytest_twisted
@@ -221,7 +220,8 @@ async def test_explicit_upstream_with_separate_tx_and_rx_binds(harness: Harness)
 async def test_unreachable_upstream_answers_msgqful_after_queue_timeout(
     harness: Harness,
 ) -> None:
-    """With no upstream reachable, a submit waits queue_timeout (0.5 s), then gets 0x14."""
+    """With no upstream reachable, a submit gets 0x14 once queue_timeout has passed (exactly
+    when is unit-tested on a Clock in test_upstream; a wall clock here would only flake)."""
     relay = await harness.relay(
         bound=0,
         upstream={
@@ -235,12 +235,9 @@ async def test_unreachable_upstream_answers_msgqful_after_queue_timeout(
     app = harness.esme(relay)
     await app.bind("transceiver", "app1")
 
-    started = time.monotonic()
     resp = await app.submit(**message(b"nowhere to go"))
-    elapsed = time.monotonic() - started
 
     assert resp.status == smpplib.consts.SMPP_ESME_RMSGQFUL == 0x14
-    assert 0.45 <= elapsed < 2.5
     assert relay.upstream.pool.bound == 0
     code, _ = await http_get(relay, "/readyz")
     assert code == 503

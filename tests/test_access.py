@@ -19,8 +19,7 @@ from smpprelay.config import Account, SecurityConfig
 from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import make_hash
-from tests.support import app_connection
-from tests.test_downstream import PASSWORD, FakeSubmit, resp_header, submit_frame
+from tests.fakes import PASSWORD, FakeSubmit, app_connection, resp_header, submit_frame
 
 BIND_TRX_RESP = 0x80000009
 SUBMIT_RESP = 0x80000004

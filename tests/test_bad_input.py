@@ -10,68 +10,13 @@ from __future__ import annotations
 import struct
 
 import pytest
-from twisted.internet.task import Clock
 
 from smpprelay import pdu
-from smpprelay.config import Account, DedupRule, FiltersConfig, FloodRule
-from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
-from smpprelay.filters import build_chain
-from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
-from smpprelay.relay import Relay
-from smpprelay.router import Router
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
-from tests.support import app_connection, frames_of, submit_sm
-from tests.test_relay import FakePool
+from tests.fakes import Relayed, frames_of, submit_sm
 
 MAX_PDU = 70_000
 SEQ = 9
-
-
-class Relayed:
-    """A bound transceiver (or, with ``bind=False``, a fresh connection) in front of the real
-    relay and rules; the operator is a FakePool."""
-
-    def __init__(
-        self, bind: bool = True, max_pdu: int = MAX_PDU, metrics: Metrics | None = None
-    ) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000.0)
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.pool = FakePool()
-        registry = SessionRegistry(self.metrics)
-        router = Router(
-            self.clock,
-            self.metrics,
-            ReceiptRoutes(3600.0, 100),
-            HeldDeliveries(3600.0, 100),
-            {},
-            registry.receivers,
-            5.0,
-        )
-        # The default rules, with small tables: their size is not what is tested here.
-        rules = FiltersConfig(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
-        chain = build_chain(rules, False, self.metrics)
-        relay = Relay(self.pool, router, self.metrics, self.clock, chain)  # type: ignore[arg-type]
-        clients = {"app": Account(system_id="app", password="pw")}
-        self.session = DownstreamSession(
-            make_portal(clients), registry, relay.submit, self.clock, self.metrics, 10.0, 100
-        )
-        self.connection, self.transport = app_connection(
-            self.session, self.clock, self.metrics, max_pdu=max_pdu, pdu_read=10.0
-        )
-        if bind:
-            self.connection.dataReceived(pdu.bind_request("transceiver", 1, "app", "pw"))
-            assert pdu.header(self.written())[2] == Status.ESME_ROK
-
-    def written(self) -> bytes:
-        data = bytes(self.transport.value())
-        self.transport.clear()
-        return data
-
-    @property
-    def open(self) -> bool:
-        return not self.transport.disconnecting
 
 
 def refused(status: int, sequence: int = SEQ) -> bytes:

@@ -12,7 +12,7 @@ from smpprelay import pdu
 from smpprelay.connection import ResponseTimeout, SmppConnection
 from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, Status
-from tests.support import failure_of, frames_of, result_of, submit_sm
+from tests.fakes import failure_of, frames_of, result_of, submit_sm
 
 TIMEOUT = 10.0
 SIDE: Side = "downstream"
@@ -114,6 +114,7 @@ def test_requests_split_and_batched_reach_handler_in_order(h: Harness) -> None:
     ]
 
 
+@pytest.mark.logs_errors  # the handler's bug is logged, as it must be
 def test_handler_error_gets_generic_nack_and_connection_stays(h: Harness) -> None:
     """A handler that raises costs that request a generic_nack ESME_RSYSERR, not the session."""
     h.handler.error = RuntimeError("bug")

@@ -3,43 +3,29 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from smpprelay import pdu
 from smpprelay.config import Account
 from smpprelay.downstream import DownstreamSession, SessionRegistry, State, make_portal
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import CommandId, ShortMessage, Status
-from tests.support import app_connection, frames_of
+from smpprelay.pdu import CommandId, Status
+from tests.fakes import (
+    PASSWORD,
+    FakeSubmit,
+    app_connection,
+    captured_logs,
+    frames_of,
+    resp_header,
+    submit_frame,
+)
 
-PASSWORD = "s3cr3tPw"
 SESSION_INIT = 5.0
 INACTIVITY = 300.0
-
-
-class FakeSubmit:
-    """The relay's submit callable: records (account, frame) and lets the test answer."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bytes]] = []
-        self.pending: list[Deferred[bytes]] = []
-
-    def __call__(self, account: str, frame: bytes, app_iso: bool = False) -> Deferred[bytes]:
-        deferred: Deferred[bytes] = Deferred()
-        self.calls.append((account, frame))
-        self.pending.append(deferred)
-        return deferred
-
-    def answer(self, index: int, message_id: bytes, status: int = Status.ESME_ROK) -> None:
-        """Answer call ``index`` the way the relay does (sequence 0, operator's bytes)."""
-        self.pending[index].callback(pdu.submit_sm_resp(0, status, message_id))
 
 
 class Harness:
@@ -96,32 +82,9 @@ class Harness:
         assert pdu.header(self.written())[2] == Status.ESME_ROK
 
 
-def resp_header(command_id: int, status: int, sequence: int) -> bytes:
-    """A header-only response, packed by hand."""
-    return struct.pack("!IIII", 16, command_id, status, sequence)
-
-
-def submit_frame(sequence: int, text: bytes = b"hello") -> bytes:
-    message = ShortMessage(
-        b"", 1, 1, b"12345", 1, 1, b"79001234567", 0, 0, 0, b"", b"", 1, 0, 0, 0, text, ()
-    )
-    return pdu.encode_short_message(CommandId.submit_sm, sequence, message)
-
-
 def submit_resp(sequence: int, message_id: bytes) -> bytes:
     body = message_id + b"\0"
     return struct.pack("!IIII", 16 + len(body), 0x80000004, 0, sequence) + body
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 def _bind_ok_bytes(command_id: int, sequence: int) -> bytes:

@@ -10,23 +10,17 @@ closed; and the bytes held back never exceed one PDU of the cap.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import pairwise
-from typing import cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, FramingError, Status
-from tests.support import short_message
-from tests.test_bad_input import Relayed
+from tests.fakes import Relayed, captured_logs, is_error, short_message
 
 MAX_PDU = 512
-EXAMPLES = 300
 METRICS = Metrics()  # one registry for every example: building one per example is wasted time
 
 _byte = st.integers(0, 255)
@@ -104,22 +98,6 @@ def _stream(draw: st.DrawFn) -> list[bytes]:
     return [data[a:b] for a, b in pairwise(bounds) if b > a]
 
 
-@contextmanager
-def _failures() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    observer = cast(ILogObserver, observe)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
-
-
 def _requests_read(data: bytes) -> tuple[list[int], bool]:
     """The sequence numbers of the requests a correct reader finds in ``data``, in order, and
     whether the stream is broken: a bad length, or a PDU left unfinished."""
@@ -137,7 +115,7 @@ def _requests_read(data: bytes) -> tuple[list[int], bool]:
 
 def _run(bound: bool, chunks: list[bytes]) -> None:
     h = Relayed(bind=bound, max_pdu=MAX_PDU, metrics=METRICS)
-    with _failures() as failures:
+    with captured_logs(is_error) as failures:
         for chunk in chunks:
             h.connection.dataReceived(chunk)
             assert h.connection._framer.buffered < MAX_PDU
@@ -168,13 +146,15 @@ def _run(bound: bool, chunks: list[bytes]) -> None:
     assert h.session._in_flight == 0
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The example count is the Hypothesis profile's (tests/conftest.py).
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_stream())
 def test_fuzz_bound_session(chunks: list[bytes]) -> None:
     _run(True, chunks)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The example count is the Hypothesis profile's (tests/conftest.py).
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_stream())
 def test_fuzz_unbound_session(chunks: list[bytes]) -> None:
     _run(False, chunks)

@@ -10,10 +10,26 @@ from twisted.internet.task import Clock
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
-from tests.support import submit_sm
-from tests.test_router import Harness as RouterHarness
-from tests.test_router import mo, outcome, receipt
-from tests.test_upstream import Wire, bound, make_pool
+from tests.fakes import FakeReceiver, failure_of, make_router, mo, outcome, receipt, submit_sm
+from tests.fakes.operator import Wire, bound, make_pool
+
+
+class RouterHarness:
+    """A real router with one receiving app, "app", that owns the MO numbers under 7900."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics(CollectorRegistry())
+        self.receiver = FakeReceiver("app")
+        self.router = make_router(
+            self.clock,
+            self.metrics,
+            lambda account: [self.receiver] if account == "app" else [],
+            mo_prefixes={"7900": "app"},
+        )
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
 
 
 def test_pdus_counted_by_side_direction_and_command() -> None:
@@ -60,6 +76,8 @@ def test_upstream_window_in_use_follows_the_session_and_size_is_the_config() -> 
     transport.peer_closes()
     up.clock.advance(0)
     assert sample("smpprelay_upstream_window_in_use") == 0
+    for lost in answers[1:]:
+        failure_of(lost)
 
 
 def test_upstream_round_trip_observed_and_throttled_answers_counted() -> None:
@@ -92,8 +110,8 @@ def test_upstream_round_trip_observed_and_throttled_answers_counted() -> None:
 
 def test_deliveries_received_by_kind_and_app_answer_latency_by_account() -> None:
     """Receipts and MO are counted as they arrive; the app's answer time is observed."""
-    h = RouterHarness(mo_prefixes={"7900": "app"})
-    app = h.receiver("app")
+    h = RouterHarness()
+    app = h.receiver
     h.router.remember(b"ABC123", "app")
     result = outcome(h.router.route(receipt(b"ABC123")))
     h.clock.advance(0.2)

@@ -11,7 +11,7 @@ from smpp.pdu import operations, pdu_types
 
 from smpprelay import pdu
 from smpprelay.pdu import CommandId, DecodeError, Framer, FramingError, Status, Tag
-from tests.support import deliver_sm, short_message, submit_sm
+from tests.fakes import deliver_sm, short_message, submit_sm
 
 MAX_PDU = 4096
 VENDOR_TAG = 0x1403

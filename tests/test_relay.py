@@ -20,26 +20,10 @@ from smpprelay.connection import ResponseTimeout
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
-from smpprelay.router import Router
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
 from smpprelay.upstream import QueueFull
-from tests.support import result_of, submit_sm
+from tests.fakes import FakePool, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"
-
-
-class FakePool:
-    """Records each submit and hands back a Deferred the test fires."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.answers: list[Deferred[bytes]] = []
-
-    def submit(self, frame: bytes) -> Deferred[bytes]:
-        self.frames.append(frame)
-        answer: Deferred[bytes] = Deferred()
-        self.answers.append(answer)
-        return answer
 
 
 class Harness:
@@ -48,15 +32,7 @@ class Harness:
         self.clock.advance(1000.0)
         self.metrics = Metrics(CollectorRegistry())
         self.pool = FakePool()
-        self.router = Router(
-            self.clock,
-            self.metrics,
-            ReceiptRoutes(ttl=3600.0, max_entries=100),
-            HeldDeliveries(ttl=3600.0, max_entries=100),
-            {},
-            lambda account: [],
-            retry=5.0,
-        )
+        self.router = make_router(self.clock, self.metrics)
         self.relay = Relay(self.pool, self.router, self.metrics)  # type: ignore[arg-type]
 
     def route_of(self, message_id: bytes) -> str | None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
+import pytest
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from smpprelay import pdu
 from smpprelay.filters.base import FilterChain
@@ -20,10 +19,8 @@ from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
 from smpprelay.relay import Relay
-from smpprelay.router import Router
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
 from smpprelay.upstream import QueueFull
-from tests.support import result_of, submit_sm
+from tests.fakes import FakePool, FakeReceiver, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"
 
@@ -44,58 +41,14 @@ class ScriptedRule:
         self.settled.append((message, message_id))
 
 
-class FakePool:
-    """Answers single submits and batches with Deferreds the test fires."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.batches: list[list[bytes]] = []
-        self.answers: list[Deferred[bytes]] = []
-        self.batch_answers: list[Deferred[list[bytes | Failure]]] = []
-
-    def submit(self, frame: bytes) -> Deferred[bytes]:
-        self.frames.append(frame)
-        answer: Deferred[bytes] = Deferred()
-        self.answers.append(answer)
-        return answer
-
-    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
-        self.batches.append(frames)
-        answer: Deferred[list[bytes | Failure]] = Deferred()
-        self.batch_answers.append(answer)
-        return answer
-
-
-class FakeReceiver:
-    """An app receiving bind that acknowledges every deliver_sm."""
-
-    account = ACCOUNT
-    can_deliver = True
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def deliver(self, frame: bytes) -> Deferred[bytes]:
-        self.frames.append(frame)
-        return succeed(pdu.response(pdu.CommandId.deliver_sm, 1, 0, b"\0"))
-
-
 class Harness:
     def __init__(self, *rules: ScriptedRule) -> None:
         self.clock = Clock()
         self.clock.advance(1000.0)
         self.metrics = Metrics(CollectorRegistry())
         self.pool = FakePool()
-        self.receiver = FakeReceiver()
-        self.router = Router(
-            self.clock,
-            self.metrics,
-            ReceiptRoutes(ttl=3600.0, max_entries=100),
-            HeldDeliveries(ttl=3600.0, max_entries=100),
-            {},
-            lambda account: [self.receiver],
-            retry=5.0,
-        )
+        self.receiver = FakeReceiver(ACCOUNT, auto_answer=True)
+        self.router = make_router(self.clock, self.metrics, lambda account: [self.receiver])
         self.chain = FilterChain(list(rules), self.metrics)
         self.relay = Relay(
             self.pool,  # type: ignore[arg-type]
@@ -177,6 +130,7 @@ def test_a_later_rejection_releases_what_earlier_rules_reserved() -> None:
     assert second.settled == []
 
 
+@pytest.mark.logs_errors  # the rule's bug is logged, as it must be
 def test_a_rule_that_raises_fails_closed() -> None:
     """A bug in a rule costs that submit ESME_RSYSERR, never a silent pass."""
 

@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from smpprelay import pdu, router
 from smpprelay.connection import ResponseTimeout
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import CommandId, ShortMessage, Status, Tag
-from smpprelay.router import Router
-from smpprelay.simulator import Simulator
+from smpprelay.pdu import CommandId, Status, Tag
 from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from tests.fakes import FakeReceiver, make_router, mo, outcome, receipt
 
 RETRY = 30.0
 HOLD_TTL = 600.0
 MAP_TTL = 3600.0
-
-SUBMITTED = ShortMessage(
-    b"", 1, 1, b"12345", 1, 1, b"79001234567", 0, 0, 0, b"", b"", 1, 0, 0, 0, b"hi there", ()
-)
-
-
-class FakeReceiver:
-    """A bound receiving app session: records deliver_sm frames, the test answers them."""
-
-    def __init__(self, account: str, window: int = 10) -> None:
-        self.account = account
-        self.bound = True
-        self.window = window
-        self.frames: list[bytes] = []
-        self.pending: list[Deferred[bytes]] = []
-
-    @property
-    def can_deliver(self) -> bool:
-        unanswered = sum(1 for d in self.pending if not d.called)
-        return self.bound and unanswered < self.window
-
-    def deliver(self, frame: bytes) -> Deferred[bytes]:
-        deferred: Deferred[bytes] = Deferred()
-        self.frames.append(frame)
-        self.pending.append(deferred)
-        return deferred
-
-    def answer(self, index: int, status: int = Status.ESME_ROK) -> None:
-        self.pending[index].callback(pdu.response(CommandId.deliver_sm, 0, status, b"\0"))
 
 
 class Harness:
@@ -61,13 +28,13 @@ class Harness:
         self.receivers: dict[str, list[FakeReceiver]] = {}
         self.routes = ReceiptRoutes(MAP_TTL, map_max)
         self.held = HeldDeliveries(HOLD_TTL, hold_max)
-        self.router = Router(
+        self.router = make_router(
             self.clock,
             self.metrics,
+            lambda account: self.receivers.get(account, []),
+            mo_prefixes,
             self.routes,
             self.held,
-            mo_prefixes or {},
-            lambda account: self.receivers.get(account, []),
             RETRY,
         )
 
@@ -83,31 +50,12 @@ class Harness:
         return self.sample("smpprelay_deliveries_total", kind=kind, result=result)
 
 
-def outcome(deferred: Deferred[int]) -> list[Any]:
-    """A list that holds the Deferred's result once it has fired."""
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    return results
-
-
-def receipt(message_id: bytes) -> bytes:
-    """A receipt as the simulator sends it: TLV receipted_message_id and text ``id:``."""
-    return Simulator(Clock()).receipt(SUBMITTED, message_id, 0.0)
-
-
 def receipt_without_tlv(text_id: bytes) -> bytes:
     message = pdu.read_short_message(receipt(text_id))
     stripped = message._replace(
         tlvs=tuple(t for t in message.tlvs if t[0] != Tag.receipted_message_id)
     )
     return pdu.encode_short_message(CommandId.deliver_sm, 0, stripped)
-
-
-def mo(destination: bytes) -> bytes:
-    message = ShortMessage(
-        b"", 1, 1, b"79991112233", 1, 1, destination, 0, 0, 0, b"", b"", 0, 0, 0, 0, b"hey", ()
-    )
-    return pdu.encode_short_message(CommandId.deliver_sm, 0, message)
 
 
 # --- receipts --------------------------------------------------------------------------------

@@ -9,218 +9,26 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import (
-    ConnectionAborted,
-    ConnectionDone,
     ConnectionLost,
-    ConnectionRefusedError,
 )
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import provider
 
 from smpprelay import pdu
-from smpprelay.config import UpstreamConfig
-from smpprelay.connection import SmppConnection
-from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from smpprelay.upstream import (
     QueueFull,
-    UpstreamHandler,
-    UpstreamPool,
-    UpstreamService,
     backoff,
-    build_upstream,
 )
-from tests.support import failure_of, frames_of, result_of, submit_sm
-
-OPERATOR = IPv4Address("TCP", "127.0.0.1", 2775)
-RECONNECTS = "smpprelay_upstream_reconnects_total"
-SESSIONS = "smpprelay_upstream_sessions"
-
-
-@pytest.fixture(autouse=True)
-def logged_errors() -> Iterator[list[LogEvent]]:
-    """Fails the test if anything logs an error (an Unhandled Error, a NoTransition...)."""
-    errors: list[LogEvent] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        if event.get("log_failure") is not None or event.get("isError"):
-            errors.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield errors
-    globalLogPublisher.removeObserver(observe)
-    assert not errors, [formatEvent(event) for event in errors]
-
-
-# --- the operator's side -----------------------------------------------------------------
-
-
-class OperatorTransport(StringTransport):
-    """One TCP connection as the operator sees it.
-
-    Closing it (either side) delivers ``connectionLost`` on the next turn of the clock, once;
-    with ``hold_loss`` the loss waits until the test calls `deliver_loss` (a peer that does
-    not read, so the close never completes).
-    """
-
-    def __init__(self, clock: Clock, protocol: IProtocol) -> None:
-        super().__init__(peerAddress=OPERATOR)  # type: ignore[no-untyped-call]
-        self.clock = clock
-        self.protocol = protocol
-        self.hold_loss = False
-        self.aborted = False
-        self.lost = False
-        self._reason: Failure | None = None
-
-    def loseConnection(self) -> None:
-        super().loseConnection()  # type: ignore[no-untyped-call]
-        self._lose(ConnectionDone())
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        self.disconnecting = True
-        self._lose(ConnectionAborted())
-
-    def peer_closes(self) -> None:
-        """The operator closes the connection."""
-        self._lose(ConnectionDone())
-
-    def deliver_loss(self) -> None:
-        """Deliver a held loss now."""
-        assert self._reason is not None
-        assert not self.lost
-        self.lost = True
-        self.protocol.connectionLost(self._reason)
-
-    def _lose(self, reason: Exception) -> None:
-        if self._reason is not None:
-            return
-        self._reason = Failure(reason)
-        if not self.hold_loss:
-            self.clock.callLater(0, self.deliver_loss)
-
-    def frames(self) -> list[bytes]:
-        """The PDUs written to the operator since the last `take`."""
-        return frames_of(self.value())  # type: ignore[no-untyped-call]
-
-    def take(self) -> list[bytes]:
-        """The PDUs written since the last `take`, forgetting them."""
-        frames = self.frames()
-        self.clear()  # type: ignore[no-untyped-call]
-        return frames
-
-    def send(self, frame: bytes) -> None:
-        """The operator sends a PDU."""
-        self.protocol.dataReceived(frame)
-
-    def answer_bind(self, status: int = Status.ESME_ROK) -> None:
-        """Answer the bind request written on this connection."""
-        (request,) = self.take()
-        _, command_id, _, sequence = pdu.header(request)
-        kind = pdu.BIND_KINDS[CommandId(command_id)]
-        self.send(pdu.bind_response(kind, sequence, status, "SMSC"))
-
-
-class OperatorEndpoint:
-    """A client endpoint that records every connection attempt; ``refuse`` makes them fail."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.refuse = False
-        self.attempts: list[float] = []
-        self.transports: list[OperatorTransport] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        self.attempts.append(self.clock.seconds())
-        if self.refuse:
-            return fail(ConnectionRefusedError("operator down"))
-        protocol = factory.buildProtocol(OPERATOR)
-        assert protocol is not None
-        transport = OperatorTransport(self.clock, protocol)
-        protocol.makeConnection(transport)
-        self.transports.append(transport)
-        return succeed(protocol)
-
-    @property
-    def last(self) -> OperatorTransport:
-        return self.transports[-1]
-
-
-class Upstreams:
-    """An `UpstreamService` built from config, on a clock, connected to `OperatorEndpoint`."""
-
-    def __init__(self, **overrides: Any) -> None:
-        fields: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": 2775,
-            "system_id": "relay",
-            "password": "pw",
-            "enquire_link": 10.0,
-            "response_timeout": 3.0,
-            "reconnect_initial": 1.0,
-            "reconnect_max": 8.0,
-        }
-        fields.update(overrides)
-        self.clock = Clock()
-        self.metrics = Metrics(CollectorRegistry())
-        self.endpoint = OperatorEndpoint(self.clock)
-        self.routed: list[bytes] = []
-        self.service: UpstreamService = build_upstream(
-            UpstreamConfig(**fields),
-            lambda: self.endpoint,  # type: ignore[arg-type,return-value]
-            self._route,
-            self.clock,
-            self.metrics,
-            70_000,
-            jitter=lambda: 0.0,
-        )
-        self.pool = self.service.pool
-
-    def _route(self, frame: bytes) -> Deferred[int]:
-        self.routed.append(frame)
-        return succeed(Status.ESME_ROK)
-
-    def start(self) -> None:
-        self.service.startService()  # type: ignore[no-untyped-call]
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels)
-
-    def state(self, session: str = "0") -> dict[str, float | None]:
-        return {
-            state: self.sample(SESSIONS, session=session, state=state)
-            for state in ("connecting", "bound")
-        }
-
-    def reconnects(self, reason: str, session: str = "0") -> float | None:
-        return self.sample(RECONNECTS, session=session, reason=reason)
-
-    def pending_reconnects(self) -> int:
-        return sum("_reconnect" in repr(call) for call in self.clock.getDelayedCalls())
-
-
-def bound(**overrides: Any) -> tuple[Upstreams, OperatorTransport]:
-    """A started service whose one session has bound."""
-    up = Upstreams(**overrides)
-    up.start()
-    transport = up.endpoint.last
-    transport.answer_bind()
-    assert len(up.pool.transmitters) == 1
-    return up, transport
-
+from tests.fakes import failure_of, result_of, submit_sm
+from tests.fakes.operator import (
+    Upstreams,
+    Wire,
+    bound,
+    make_pool,
+)
 
 # --- backoff ---------------------------------------------------------------------------------
 
@@ -532,40 +340,6 @@ def test_stop_while_waiting_to_retry_cancels_the_retry() -> None:
 
 
 # --- the pool --------------------------------------------------------------------------------
-
-
-class Wire:
-    """A bound `SmppConnection` over a `StringTransport`, for pool tests."""
-
-    def __init__(self, clock: Clock, metrics: Metrics) -> None:
-        self.transport = StringTransport(peerAddress=OPERATOR)
-        self.connection = SmppConnection(
-            UpstreamHandler(lambda frame: succeed(0)),
-            clock,
-            metrics,
-            side="upstream",
-            max_pdu=70_000,
-            response_timeout=30.0,
-        )
-        self.connection.makeConnection(self.transport)  # type: ignore[no-untyped-call]
-
-    def take(self) -> list[bytes]:
-        frames = frames_of(self.transport.value())
-        self.transport.clear()
-        return frames
-
-    def answer(self, request: bytes, message_id: bytes) -> None:
-        self.connection.dataReceived(
-            pdu.submit_sm_resp(pdu.sequence_of(request), Status.ESME_ROK, message_id)
-        )
-
-
-def make_pool(
-    window: int = 2, queue_timeout: float = 5.0, queue_max: int = 100
-) -> tuple[UpstreamPool, Clock, Metrics]:
-    clock = Clock()
-    metrics = Metrics(CollectorRegistry())
-    return UpstreamPool(clock, metrics, window, queue_timeout, queue_max), clock, metrics
 
 
 def test_pool_window_holds_the_third_submit_until_a_response() -> None:

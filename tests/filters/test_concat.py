@@ -11,7 +11,7 @@ from smpprelay.filters.concat import ConcatFilter
 from smpprelay.message import ACCEPT, Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
-from tests.support import submit_sm
+from tests.fakes import submit_sm
 
 HOLD = Verdict("hold")
 MALFORMED = reject(0x45, "malformed")

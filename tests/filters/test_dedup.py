@@ -13,7 +13,7 @@ from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store.windows import DedupWindow
-from tests.support import submit_sm
+from tests.fakes import submit_sm
 
 DUPLICATE = reject(0x45, "duplicate")
 IN_FLIGHT = reject(0x45, "in_flight")

@@ -20,7 +20,7 @@ from smpprelay.filters.encoding import (
 from smpprelay.message import ACCEPT, Concat, Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
-from tests.support import submit_sm
+from tests.fakes import submit_sm
 
 RSUBMITFAIL = 0x45
 SEQUENCE = 0x1234

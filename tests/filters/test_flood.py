@@ -12,7 +12,7 @@ from smpprelay.config import FloodRule
 from smpprelay.filters.flood import FloodFilter
 from smpprelay.message import ACCEPT, Message, read_message, reject
 from smpprelay.metrics import Metrics
-from tests.support import submit_sm
+from tests.fakes import submit_sm
 
 FLOOD = reject(0x45, "flood")
 NUMBER = b"79161234567"

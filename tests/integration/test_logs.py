@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 from collections.abc import Iterator
@@ -13,44 +12,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from zope.interface import provider
 
-from smpprelay.logs import event_as_json, json_observer
+from smpprelay.logs import event_as_json
 
 from .conftest import CLIENTS, Harness, free_port, relay_config
-from .test_twistd import STOP_DEADLINE, _twistd, running, submit_and_get_receipt, wait_until_ready
 from .traffic import SECRET_TEXT, Traffic
-
-
-def test_event_as_json_carries_the_fields_level_and_failure() -> None:
-    """One line, valid JSON: time, level, namespace, message and the event's own fields."""
-    out = io.StringIO()
-    log = Logger(namespace="smpprelay.test", observer=json_observer(out))
-    log.warn(
-        "{account} from {peer}: seq {sequence} answered {status}",
-        account="app1",
-        peer="127.0.0.1:4000",
-        sequence=7,
-        status="ESME_RTHROTTLED",
-        message_id=b"ABC",
-        other=object(),
-    )
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        log.failure("it failed", Failure())
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
-    assert first["level"] == "warn"
-    assert first["namespace"] == "smpprelay.test"
-    assert first["message"] == "app1 from 127.0.0.1:4000: seq 7 answered ESME_RTHROTTLED"
-    assert (first["account"], first["peer"], first["sequence"]) == ("app1", "127.0.0.1:4000", 7)
-    assert first["message_id"] == "ABC"
-    assert first["other"].startswith("<object object")
-    assert first["time"].endswith("+00:00")
-    assert second["level"] == "critical"
-    assert "ValueError: boom" in second["failure"]
+from .twistd import STOP_DEADLINE, running, submit_and_get_receipt, twistd_args, wait_until_ready
 
 
 @pytest.fixture
@@ -110,7 +79,9 @@ def test_twistd_logger_option_writes_one_json_object_per_line(tmp_path: Path) ->
         {"host": loopback, "port": metrics_port},
     )
     config.write_text(yaml.safe_dump(relay_config(listen=listen, metrics=metrics)))
-    args = _twistd("--logger", "smpprelay.logs.json_observer", "smpprelay", "--config", str(config))
+    args = twistd_args(
+        "--logger", "smpprelay.logs.json_observer", "smpprelay", "--config", str(config)
+    )
     with running(args, tmp_path) as (process, log):
         wait_until_ready(metrics_port, log)
         resp, _receipt = submit_and_get_receipt(smpp_port, "app1", "secret1")

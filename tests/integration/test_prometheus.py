@@ -24,8 +24,9 @@ import yaml
 from twisted.internet import task
 from twisted.internet.threads import deferToThread
 
+from tests.observability import ALERTS, alert_rules, dashboard_queries, grafana_to_promql
+
 from .conftest import Harness, free_port, port_of
-from .observability import ALERTS, alert_rules, dashboard_queries, grafana_to_promql
 from .traffic import Traffic
 
 PROMETHEUS = shutil.which("prometheus")

@@ -10,7 +10,6 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,20 +26,13 @@ from smpprelay.simulator import Simulator
 from smpprelay.tls import server_endpoint
 from tests.certs import Certs, make_certs
 
+from .apps import app_context, message, old_tls, plain_bind
 from .conftest import Harness, port_of, wait_for
-from .test_end_to_end import message
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("tls"))
-
-
-def app_context(ca: str) -> ssl.SSLContext:
-    """What a careful app uses: the relay's CA, TLS 1.2 or later."""
-    context = ssl.create_default_context(cafile=ca)
-    context.check_hostname = False  # smpplib passes no server_hostname; the chain is checked
-    return context
 
 
 async def tls_simulator(harness: Harness, certs: Certs) -> tuple[Listener, Simulator]:
@@ -145,45 +137,18 @@ def _talk(port: int, speak: Callable[[socket.socket], Any]) -> Any:
         return speak(sock)
 
 
-def _plain_bind(sock: socket.socket) -> bytes:
-    sock.sendall(pdu.bind_request("transceiver", 1, "app1", "secret1"))
-    received = b""
-    try:
-        while chunk := sock.recv(4096):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
-
-
-def _old_tls(sock: socket.socket) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        context.wrap_socket(sock).close()
-    except ssl.SSLError as error:
-        return str(error)
-    return "handshake succeeded"
-
-
 @pytest_twisted.ensureDeferred
-async def test_tls_port_refuses_plain_smpp_and_old_tls(harness: Harness, certs: Certs) -> None:
+async def test_tls_port_refuses_plain_smpp_andold_tls(harness: Harness, certs: Certs) -> None:
     """A9: plain SMPP to the TLS port and a TLS 1.1 client are closed without an SMPP
     answer and reach nothing; a TLS 1.2+ client on the same port binds."""
     service = await harness.relay(listen={"host": "127.0.0.1", "tls": {"port": 0, **_pem(certs)}})
     assert service.tls_listener is not None
     assert service.tls_listener is not service.listener
     port = port_of(service.tls_listener)
-    answer = await deferToThread(_talk, port, _plain_bind)
+    answer = await deferToThread(_talk, port, plain_bind)
     # At most a TLS alert record (content type 21), never an SMPP bind_resp.
     assert answer == b"" or answer[0] == 21
-    old = await deferToThread(_talk, port, _old_tls)
+    old = await deferToThread(_talk, port, old_tls)
     assert "PROTOCOL_VERSION" in old.upper()
     await wait_for(lambda: tls_failures(service, "downstream") == 2)
     app = harness.esme(service, app_context(certs.ca))

@@ -20,8 +20,8 @@ from smpprelay import pdu
 from smpprelay.pdu import Status
 from smpprelay.service import RelayService
 
+from .apps import message
 from .conftest import Esme, Harness, port_of, simulator_of, wait_for
-from .test_end_to_end import message
 
 # Never to appear in a log line (tests/integration/test_observability.py checks).
 SECRET_TEXT = b"zebra-quartz-velvet"

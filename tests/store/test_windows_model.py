@@ -31,8 +31,8 @@ YOUNG_MAX = (0, 1, 2, 3, 5, 8)  # 8 holds all six keys: the dict tier alone, for
 # 1 bucket, 2 buckets, 2^16 buckets. None is ever reached: six keys make at most twelve
 # entries (six streaks, and six numbers with messages in flight).
 MAX_ENTRIES = (12, 16, 1_000_000)
-EXAMPLES = 300
-SETTINGS = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None)
+# The example count is the Hypothesis profile's (tests/conftest.py).
+SETTINGS = settings(derandomize=True, database=None, deadline=None)
 
 # Keys of identical bytes, and one that a record of the second key spells from its middle into
 # its time: a multiple of 0.5 under 16 (and 0, 20, 24...) packs as six zero bytes, then two

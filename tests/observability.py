@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "etc" / "grafana" / "smpprelay.json"
 ALERTS = ROOT / "etc" / "prometheus" / "alerts.yml"
 # Series Prometheus makes itself for every target.

@@ -600,6 +600,7 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
     fix_mmap_threshold()  # as `twistd smpprelay` does at start
     service = build(config, reactor)
     service.startService()
+    reactor.callWhenRunning(gc.freeze)  # as `twistd smpprelay` does once running
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     def ready() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from twisted.application.service import IService
@@ -40,7 +41,12 @@ def makeService(options: Options) -> IService:
 
     # Before anything large is allocated: the rules' windows churn big tables all day.
     fix_mmap_threshold()
-    return build(options.relay_config, reactor)
+    service = build(options.relay_config, reactor)
+    # Once running, everything built so far lives as long as the process: moving it out of
+    # the collector's reach keeps full collections short (p99 at full load: ~20 ms -> ~5 ms).
+    # Process-wide, so here and not in a service that tests start in-process.
+    reactor.callWhenRunning(gc.freeze)
+    return service
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from service_identity.exceptions import VerificationError
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, SSL4ServerEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.ssl import (
     Certificate,
@@ -140,7 +140,7 @@ def client_endpoint(
     reactor: Any, upstream: UpstreamConfig, options: Any, timeout: float = 10
 ) -> IStreamClientEndpoint:
     """A TLS connection to the operator (``options`` from `client_options`, built once)."""
-    tcp = TCP4ClientEndpoint(reactor, upstream.host, upstream.port, timeout=timeout)
+    tcp = HostnameEndpoint(reactor, upstream.host, upstream.port, timeout=timeout)
     return wrapClientTLS(options, tcp)
 
 

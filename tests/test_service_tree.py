@@ -1,0 +1,193 @@
+"""The whole service tree `build` makes, on a fake reactor: no socket, no wall clock.
+
+`MemoryReactorClock` records every listen and connect; `ConnectionCompleter` joins the relay's
+upstream to its built-in simulated SMSC and an app to the relay, and `IOPump`s carry the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from twisted.application.internet import TimerService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump, connect
+
+from smpprelay import pdu
+from smpprelay.config import default_config
+from smpprelay.pdu import CommandId, Status
+from smpprelay.service import ListenFailed, RelayService, build
+from tests.fakes import submit_sm
+
+SMPP_PORT = 2775
+assert default_config().listen.port == SMPP_PORT
+METRICS_PORT = default_config().metrics.port
+
+
+class App(Protocol):
+    """A minimal app: records every PDU the relay sends and answers its requests."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.framer = pdu.Framer(max_pdu=1 << 16)
+        self.received: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        for frame in self.framer.feed(data):
+            self.received.append(frame)
+            _, command_id, _, sequence = pdu.header(frame)
+            if command_id == CommandId.unbind:
+                self.events.append("app asked to unbind")
+                self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
+            elif command_id == CommandId.deliver_sm:
+                self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
+
+    def send(self, frame: bytes) -> None:
+        self.transport.write(frame)  # type: ignore[union-attr]
+
+    def answers(self, command_id: int) -> list[bytes]:
+        return [frame for frame in self.received if pdu.header(frame)[1] == command_id]
+
+
+class Tree:
+    """A relay built on a `MemoryReactorClock`, with the pumps of its connections."""
+
+    def __init__(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.service: RelayService = build(default_config(), self.reactor)
+        self.completer = ConnectionCompleter(self.reactor)
+        self.pumps: list[IOPump] = []
+        self.events: list[str] = []
+
+    def connect_pending(self) -> None:
+        """Complete every connection attempt made so far."""
+        while (pump := self.completer.succeedOnce()) is not None:
+            self.pumps.append(pump)
+
+    def turn(self, seconds: float = 0.0) -> None:
+        """Move the clock and carry every byte both ways until nothing moves."""
+        self.reactor.advance(seconds)
+        self.connect_pending()
+        for _ in range(20):
+            if not any([pump.pump() for pump in self.pumps]):
+                break
+
+    def app(self) -> App:
+        """An app connected to the relay's SMPP port from loopback (the demo account's net)."""
+        app = App(self.events)
+        loopback = IPv4Address("TCP", "127.0.0.1", 40000)
+        here = IPv4Address("TCP", "127.0.0.1", SMPP_PORT)
+        (factory,) = [args[1] for args in self.reactor.tcpServers if args[0] == SMPP_PORT]
+        relay_side = factory.buildProtocol(loopback)
+        self.pumps.append(
+            connect(
+                relay_side,
+                FakeTransport(relay_side, isServer=True, hostAddress=here, peerAddress=loopback),
+                app,
+                FakeTransport(app, isServer=False, hostAddress=loopback, peerAddress=here),
+                clock=self.reactor,
+            )
+        )
+        self.turn()
+        return app
+
+    def spy(self, name: str, owner: Any, method: str) -> None:
+        """Record in ``events`` when ``owner.method`` is called."""
+        original: Callable[..., Any] = getattr(owner, method)
+
+        def recorded(*args: Any) -> Any:
+            self.events.append(name)
+            return original(*args)
+
+        setattr(owner, method, recorded)
+
+    def stop(self) -> None:
+        stopped: Deferred[None] = self.service.stopService()
+        for _ in range(200):
+            if stopped.called:
+                break
+            self.turn(0.1)
+        assert stopped.called, "stopService did not finish"
+
+
+def test_whole_tree_relays_a_submit_and_its_receipt_and_stops_with_no_delayed_call() -> None:
+    """build() on a fake reactor: the upstream binds to the simulated SMSC, an app binds and
+    submits, the receipt comes back; stopService leaves no delayed call on that reactor, and
+    stopping follows the documented order: listeners, held parts, apps unbound, upstream."""
+    tree = Tree()
+    service = tree.service
+    service.startService()
+    tree.turn()
+    assert service.upstream.pool.bound == 1
+    assert service.ready() == (True, "ok")
+    # Every timer runs on the injected reactor (none went to the global one).
+    timers = [child for child in service if isinstance(child, TimerService)]
+    assert len(timers) == 2
+    assert all(timer.clock is tree.reactor for timer in timers)
+
+    app = tree.app()
+    app.send(pdu.bind_request("transceiver", 1, "demo", "demo"))
+    tree.turn()
+    (bound,) = app.answers(CommandId.bind_transceiver_resp)
+    assert pdu.header(bound)[2] == Status.ESME_ROK
+    app.send(submit_sm(2, registered_delivery=1))
+    tree.turn()
+    (answer,) = app.answers(CommandId.submit_sm_resp)
+    assert pdu.header(answer)[2] == Status.ESME_ROK
+    message_id = pdu.message_id_of(answer)
+    tree.turn(1.0)
+    (receipt,) = app.answers(CommandId.deliver_sm)
+    assert pdu.receipt_id(pdu.read_short_message(receipt)) == message_id
+
+    for listener in service.app_listeners:
+        tree.spy("stop listening", listener, "stopService")
+    tree.spy("answer held parts", service.relay, "drop_held")
+    tree.spy("unbind apps", service.registry, "shutdown")
+    tree.spy("stop upstream", service.upstream, "stopService")
+    tree.stop()
+    assert tree.events == [
+        "stop listening",
+        "answer held parts",
+        "unbind apps",
+        "app asked to unbind",
+        "stop upstream",
+    ]
+    assert service.upstream.pool.bound == 0
+    assert tree.reactor.getDelayedCalls() == []
+
+
+class Taken(MemoryReactorClock):
+    """A reactor on which some TCP ports are held by another process."""
+
+    def __init__(self, *taken: int) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.taken = taken
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if port in self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("port", "name"), [(SMPP_PORT, "SMPP"), (METRICS_PORT, "metrics")], ids=["smpp", "metrics"]
+)
+def test_a_port_that_is_taken_stops_the_start(port: int, name: str) -> None:
+    """A listener that cannot listen stops the start with one line naming the listener, the
+    address and the reason (a SystemExit: twistd prints it and exits 1); nothing is left
+    trying to reach the operator."""
+    reactor = Taken(port)
+    service = build(default_config(), reactor)
+    with pytest.raises(ListenFailed) as raised:
+        service.privilegedStartService()  # type: ignore[no-untyped-call]
+    line = str(raised.value.code)
+    assert line.startswith(f"smpprelay: {name}: ")
+    assert f"127.0.0.1:{port}" in line
+    assert "Address already in use" in line
+    assert "\n" not in line
+    assert reactor.tcpClients == []

@@ -41,6 +41,9 @@ class FakePool:
         self.answers.append(answer)
         return answer
 
+    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
+        raise AssertionError("no concatenated message is glued without rules")
+
 
 class Harness:
     def __init__(self) -> None:
@@ -57,7 +60,7 @@ class Harness:
             lambda account: [],
             retry=5.0,
         )
-        self.relay = Relay(self.pool, self.router, self.metrics)  # type: ignore[arg-type]
+        self.relay = Relay(self.pool, self.router, self.metrics)
 
     def route_of(self, message_id: bytes) -> str | None:
         route = self.router.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
@@ -172,13 +175,13 @@ def test_failure_already_known_when_submitting_is_answered_too() -> None:
     """A pool that fails at once (queue full) still yields a submit_sm_resp."""
     h = Harness()
 
-    class FullPool:
+    class FullPool(FakePool):
         def submit(self, frame: bytes) -> Deferred[bytes]:
             failed: Deferred[bytes] = Deferred()
             failed.errback(QueueFull("full"))
             return failed
 
-    relay = Relay(FullPool(), h.router, h.metrics)  # type: ignore[arg-type]
+    relay = Relay(FullPool(), h.router, h.metrics)
     assert result_of(relay.submit(ACCOUNT, submit_sm())) == bare_submit_sm_resp(0x14)
 
 

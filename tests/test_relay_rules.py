@@ -6,17 +6,18 @@ The rules here are scripted fakes, so these tests pin the relay's side of the co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import attrs
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.filters.base import FilterChain
-from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.filters.base import Dropped, Filter, FilterChain
+from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
 from smpprelay.relay import Relay
@@ -32,6 +33,8 @@ class ScriptedRule:
     """A rule whose verdicts the test scripts; records what it was told in settle."""
 
     name: ClassVar[str] = "scripted"
+    settles: ClassVar[bool] = True
+    holds_parts: ClassVar[bool] = True  # glue_on_second_part holds
 
     def __init__(self, decide: Callable[[Message], Verdict]) -> None:
         self.decide = decide
@@ -42,6 +45,12 @@ class ScriptedRule:
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         self.settled.append((message, message_id))
+
+    def expire(self, now: float) -> Sequence[Dropped]:
+        return ()
+
+    def drop_all(self) -> Sequence[Dropped]:
+        return ()
 
 
 class FakePool:
@@ -81,10 +90,10 @@ class FakeReceiver:
 
 
 class Harness:
-    def __init__(self, *rules: ScriptedRule) -> None:
+    def __init__(self, *rules: Filter, metrics: Metrics | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1000.0)
-        self.metrics = Metrics(CollectorRegistry())
+        self.metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
         self.pool = FakePool()
         self.receiver = FakeReceiver()
         self.router = Router(
@@ -97,13 +106,7 @@ class Harness:
             retry=5.0,
         )
         self.chain = FilterChain(list(rules), self.metrics)
-        self.relay = Relay(
-            self.pool,  # type: ignore[arg-type]
-            self.router,
-            self.metrics,
-            self.clock,
-            self.chain,
-        )
+        self.relay = Relay(self.pool, self.router, self.metrics, self.clock, self.chain)
 
     def route(self, operator_id: bytes) -> tuple[str, bytes | None] | None:
         route = self.router.routes.get(pdu.normalise_message_id(operator_id), self.clock.seconds())
@@ -197,9 +200,11 @@ def glue_on_second_part() -> ScriptedRule:
         if not held:
             held.append(message)
             return Verdict("hold")
-        message.parts = (held[0], message)
-        message.content = held[0].content + message.content
-        return ACCEPT
+        return accept(
+            attrs.evolve(
+                message, parts=(held[0], message), content=held[0].content + message.content
+            )
+        )
 
     return ScriptedRule(decide)
 
@@ -304,8 +309,7 @@ def test_completing_part_first_in_sequence_still_answers_for_the_whole() -> None
         if not held:
             held.append(message)
             return Verdict("hold")
-        message.parts = (message, held[0])
-        return ACCEPT
+        return accept(attrs.evolve(message, parts=(message, held[0])))
 
     h = Harness(ScriptedRule(decide))
     held_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(2))))

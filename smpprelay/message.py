@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import attrs
 
@@ -11,6 +11,11 @@ from smpprelay.pdu import DecodeError, ShortMessage, Status, Tag
 
 UDHI = 0x40
 
+# How a part names its message: UDH IE 0x00 (8-bit reference), IE 0x08 (16-bit), or sar_* TLVs.
+Scheme = Literal["udh8", "udh16", "sar"]
+# What a rule decided; see `Verdict`.
+Action = Literal["accept", "reject", "hold", "replay"]
+
 
 class Concat(NamedTuple):
     """Where a part sits in a concatenated message, as its header says (not yet validated)."""
@@ -18,16 +23,18 @@ class Concat(NamedTuple):
     reference: int
     total: int
     sequence: int
-    scheme: str  # "udh8" (IE 0x00), "udh16" (IE 0x08) or "sar" (the sar_* TLVs)
+    scheme: Scheme
 
 
 @attrs.define(slots=True, eq=False)
 class Message:
     """One submit as the rules see it.
 
-    ``frame`` is what goes upstream; the encoding rule may replace it (and ``fields``) when it
-    transcodes. ``content`` is the user data without its header. A concatenated message that
-    the concat rule has glued carries its parts in order in ``parts`` and the glued content.
+    ``frame`` is what goes upstream. ``content`` is the user data without its header. A rule
+    never changes a message it is given: the encoding rule's transcoding and the concat rule's
+    gluing come back as a replacement in the verdict (`Verdict.message`). A glued message
+    carries its parts in ``parts``, in sequence order (not the order they arrived), and their
+    joined content.
     """
 
     account: str
@@ -38,7 +45,9 @@ class Message:
     concat: Concat | None
     app_iso: bool = False
     parts: tuple[Message, ...] = ()
-    app_message_id: bytes = b""  # the id the relay gave the app, when not the operator's
+    # The relay's own id for a part the concat rule may hold, set before any rule sees the part;
+    # a glued message shares the id of the part that completed it.
+    app_message_id: bytes = b""
 
     @property
     def source(self) -> bytes:
@@ -108,16 +117,24 @@ class Verdict(NamedTuple):
 
     ``accept`` lets it go on; ``reject`` answers ``status``; ``hold`` keeps a part until its
     message is whole; ``replay`` answers ESME_ROK with ``message_id`` and sends nothing.
-    ``reason`` is for logs and metrics only, never sent.
+    ``reason`` is for logs and metrics only, never sent. ``message``, on an accept, is the
+    replacement the rule made (transcoded, glued) for the next rules and the operator; a rule
+    that changes nothing returns `ACCEPT` itself, so the common path allocates nothing.
     """
 
-    action: str
+    action: Action
     status: int = Status.ESME_ROK
     reason: str = ""
     message_id: bytes = b""
+    message: Message | None = None
 
 
 ACCEPT = Verdict("accept")
+
+
+def accept(replacement: Message) -> Verdict:
+    """An acceptance that passes ``replacement`` on in place of the message checked."""
+    return Verdict("accept", message=replacement)
 
 
 def reject(status: int, reason: str) -> Verdict:

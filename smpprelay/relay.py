@@ -10,7 +10,9 @@ operator cannot be reached or does not answer in time.
 Concatenated parts are the exception to "the operator's answer" (design.md, acknowledgement
 contract): earlier parts are held and answered ``ESME_ROK`` at once with relay-issued ids;
 the part that completes the message carries the verdict of the whole, whose parts then go to
-the operator back to back on one session. Their receipts are rewritten to the app's ids.
+the operator back to back on one session. Their receipts are rewritten to the app's ids. A
+held part that never reaches the operator (its message refused, incomplete after its window,
+or still open when the relay stops) gets a receipt saying so, if it asked for one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,17 +28,31 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.filters.base import FilterChain
-from smpprelay.filters.concat import ConcatFilter
+from smpprelay.filters.base import Dropped, FilterChain
 from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.router import Router
-from smpprelay.upstream import QueueFull, UpstreamPool
+from smpprelay.upstream import QueueFull
 
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
 # message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).
 _WANTS_RECEIPT = 0x1F
+
+# Why a concatenated message was given up (`Dropped.reason`), as the log line says it.
+_DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay stopping"}
+
+
+class Upstream(Protocol):
+    """What the relay needs of the operator side (`smpprelay.upstream.UpstreamPool`)."""
+
+    def submit(self, frame: bytes) -> Deferred[bytes]:
+        """Send one submit_sm; fires with the operator's answer, fails when there is none."""
+        ...
+
+    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
+        """Send ``frames`` back to back on one session; fires with each one's outcome."""
+        ...
 
 
 class MessageIds:
@@ -45,13 +62,18 @@ class MessageIds:
         self._prefix = b"R" + os.urandom(4).hex().upper().encode()
         self._counter = itertools.count(1)
 
-    def next(self) -> bytes:
+    def issue(self) -> bytes:
         """A fresh message id."""
         return b"%s%08X" % (self._prefix, next(self._counter))
 
 
 def _wants_receipt(message: Message) -> bool:
     return bool(message.fields.registered_delivery & _WANTS_RECEIPT)
+
+
+def _held_parts(message: Message) -> list[Message]:
+    """The parts of a glued message answered when they were held: all but the completing one."""
+    return [part for part in message.parts if part.app_message_id != message.app_message_id]
 
 
 def _status_of(answer: bytes | Failure) -> int:
@@ -68,7 +90,7 @@ class Relay:
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        pool: Upstream,
         router: Router,
         metrics: Metrics,
         clock: IReactorTime | None = None,
@@ -100,23 +122,25 @@ class Relay:
         chain = self.chain
         if chain is None:
             return self._send_one(message, None)
-        now = self.clock.seconds()
-        verdict = chain.check(message, now)
+        if message.concat is not None and chain.holds_parts:
+            # Issued before any rule sees the part (nothing holds it yet): a held part is
+            # answered with this id, and its receipts are rewritten to it.
+            message.app_message_id = self.ids.issue()
+        verdict = chain.check(message, self.clock.seconds())
+        if verdict.message is not None:
+            message = verdict.message  # transcoded or glued by a rule
         action = verdict.action
         if action == "accept":
             if message.parts:
-                return self._send_glued(message, chain, now)
+                return self._send_glued(message, chain)
             return self._send_one(message, chain)
         if action == "hold":
-            # The concat rule keeps this part (the object itself) until its message is whole.
-            message.app_message_id = self.ids.next()
             return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id))
         if action == "replay":
             return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
         if message.parts:
             # A whole message refused: its held parts were answered OK, so their receipts say so.
-            # The completing part (not always the last by sequence) has no relay id: skipped.
-            self._receipts(message.parts, "REJECTD")
+            self._receipts(_held_parts(message), "REJECTD")
         return succeed(pdu.submit_sm_resp(0, verdict.status))
 
     # --- one message, one submit ------------------------------------------------------------
@@ -155,10 +179,9 @@ class Relay:
 
     # --- a glued concatenated message -------------------------------------------------------
 
-    def _send_glued(self, message: Message, chain: FilterChain, now: float) -> Deferred[bytes]:
+    def _send_glued(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
         """Send every part back to back on one session; the last part's answer is the verdict."""
         parts = message.parts
-        message.app_message_id = self.ids.next()
         account = message.account
 
         def answered(results: list[bytes | Failure]) -> bytes:
@@ -182,14 +205,20 @@ class Relay:
                 total=len(parts),
                 status=pdu.status_name(refused[0]),
             )
-            # Parts arrive in any order: the one answering now is `message`, wherever it sits.
+            # Parts arrive in any order: the one answering now shares the message's id,
+            # wherever it sits in sequence.
+            completing = message.app_message_id
             failed_parts = [
                 part
                 for part, status in zip(parts, statuses, strict=True)
-                if status != Status.ESME_ROK and part is not message
+                if status != Status.ESME_ROK and part.app_message_id != completing
             ]
             self._receipts(failed_parts, "REJECTD")
-            own = statuses[parts.index(message)]
+            [own] = [
+                status
+                for part, status in zip(parts, statuses, strict=True)
+                if part.app_message_id == completing
+            ]
             return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
 
         return self.pool.submit_all([part.frame for part in parts]).addCallback(answered)
@@ -210,18 +239,28 @@ class Relay:
         if self.chain is None:
             return
         self.chain.flush_counts()
-        now = self.clock.seconds()
-        for rule in self.chain.filters:
-            if isinstance(rule, ConcatFilter):
-                for held in rule.expire(now):
-                    self.log.info(
-                        "{account}: concatenated message incomplete after its window; "
-                        "{n} held parts dropped",
-                        account=held.account,
-                        n=len(held.parts),
-                    )
-                    self._receipts(held.parts, "EXPIRED")
-            else:
-                expire = getattr(rule, "expire", None)
-                if expire is not None:
-                    expire(now)
+        self._give_up(self.chain.expire(self.clock.seconds()), "EXPIRED")
+
+    def drop_held(self) -> int:
+        """Give up every held part (the relay is stopping); return how many.
+
+        The parts were answered ESME_ROK and will never reach the operator: those that asked
+        for a receipt get one with ``stat:UNDELIV`` (not EXPIRED: their window did not end).
+        """
+        if self.chain is None:
+            return 0
+        return self._give_up(self.chain.drop_all(), "UNDELIV")
+
+    def _give_up(self, dropped: Sequence[Dropped], stat: str) -> int:
+        """Log each message given up and send its held parts' receipts; return the parts."""
+        parts = 0
+        for held in dropped:
+            self.log.info(
+                "{account}: concatenated message {why}; {n} held parts dropped",
+                account=held.account,
+                why=_DROPPED_BECAUSE[held.reason],
+                n=len(held.arrived),
+            )
+            self._receipts(held.arrived, stat)
+            parts += len(held.arrived)
+        return parts

@@ -33,7 +33,7 @@ class Harness:
         self.metrics = Metrics(CollectorRegistry())
         self.pool = FakePool()
         self.router = make_router(self.clock, self.metrics)
-        self.relay = Relay(self.pool, self.router, self.metrics)  # type: ignore[arg-type]
+        self.relay = Relay(self.pool, self.router, self.metrics)
 
     def route_of(self, message_id: bytes) -> str | None:
         route = self.router.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
@@ -148,13 +148,13 @@ def test_failure_already_known_when_submitting_is_answered_too() -> None:
     """A pool that fails at once (queue full) still yields a submit_sm_resp."""
     h = Harness()
 
-    class FullPool:
+    class FullPool(FakePool):
         def submit(self, frame: bytes) -> Deferred[bytes]:
             failed: Deferred[bytes] = Deferred()
             failed.errback(QueueFull("full"))
             return failed
 
-    relay = Relay(FullPool(), h.router, h.metrics)  # type: ignore[arg-type]
+    relay = Relay(FullPool(), h.router, h.metrics)
     assert result_of(relay.submit(ACCOUNT, submit_sm())) == bare_submit_sm_resp(0x14)
 
 

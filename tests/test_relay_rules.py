@@ -6,16 +6,20 @@ The rules here are scripted fakes, so these tests pin the relay's side of the co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import attrs
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 
 from smpprelay import pdu
-from smpprelay.filters.base import FilterChain
-from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.config import ConcatRule, DedupRule
+from smpprelay.filters.base import Dropped, Filter, FilterChain
+from smpprelay.filters.concat import ConcatFilter
+from smpprelay.filters.dedup import DedupFilter
+from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
 from smpprelay.relay import Relay
@@ -29,6 +33,8 @@ class ScriptedRule:
     """A rule whose verdicts the test scripts; records what it was told in settle."""
 
     name: ClassVar[str] = "scripted"
+    settles: ClassVar[bool] = True
+    holds_parts: ClassVar[bool] = True  # glue_on_second_part holds
 
     def __init__(self, decide: Callable[[Message], Verdict]) -> None:
         self.decide = decide
@@ -40,23 +46,23 @@ class ScriptedRule:
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         self.settled.append((message, message_id))
 
+    def expire(self, now: float) -> Sequence[Dropped]:
+        return ()
+
+    def drop_all(self) -> Sequence[Dropped]:
+        return ()
+
 
 class Harness:
-    def __init__(self, *rules: ScriptedRule) -> None:
+    def __init__(self, *rules: Filter, metrics: Metrics | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1000.0)
-        self.metrics = Metrics(CollectorRegistry())
+        self.metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
         self.pool = FakePool()
         self.receiver = FakeReceiver(ACCOUNT, auto_answer=True)
         self.router = make_router(self.clock, self.metrics, lambda account: [self.receiver])
         self.chain = FilterChain(list(rules), self.metrics)
-        self.relay = Relay(
-            self.pool,  # type: ignore[arg-type]
-            self.router,
-            self.metrics,
-            self.clock,
-            self.chain,
-        )
+        self.relay = Relay(self.pool, self.router, self.metrics, self.clock, self.chain)
 
     def route(self, operator_id: bytes) -> tuple[str, bytes | None] | None:
         route = self.router.routes.get(pdu.normalise_message_id(operator_id), self.clock.seconds())
@@ -151,9 +157,11 @@ def glue_on_second_part() -> ScriptedRule:
         if not held:
             held.append(message)
             return Verdict("hold")
-        message.parts = (held[0], message)
-        message.content = held[0].content + message.content
-        return ACCEPT
+        return accept(
+            attrs.evolve(
+                message, parts=(held[0], message), content=held[0].content + message.content
+            )
+        )
 
     return ScriptedRule(decide)
 
@@ -258,8 +266,7 @@ def test_completing_part_first_in_sequence_still_answers_for_the_whole() -> None
         if not held:
             held.append(message)
             return Verdict("hold")
-        message.parts = (message, held[0])
-        return ACCEPT
+        return accept(attrs.evolve(message, parts=(message, held[0])))
 
     h = Harness(ScriptedRule(decide))
     held_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(2))))
@@ -280,3 +287,64 @@ def test_accept_decisions_are_counted_by_the_sweep() -> None:
     assert h.metrics.registry.get_sample_value(name, labels) is None
     h.relay.sweep()
     assert h.metrics.registry.get_sample_value(name, labels) == 1
+
+
+def concat_harness() -> tuple[Harness, ConcatFilter]:
+    """The real concat rule in the chain."""
+    metrics = Metrics(CollectorRegistry())
+    concat = ConcatFilter(ConcatRule(), metrics)
+    return Harness(concat, metrics=metrics), concat
+
+
+def test_drop_held_sends_undeliv_receipts_under_the_apps_ids() -> None:
+    """The relay stopping: held parts, answered OK, get UNDELIV receipts under the ids the app
+    was given; a part that asked for none gets none; nothing stays held."""
+    h, concat = concat_harness()
+    asked = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1, total=3))))
+    result_of(h.relay.submit(ACCOUNT, part(2, total=3, receipt=0)))
+    other = submit_sm(
+        1, esm_class=0x40, short_message=bytes((5, 0, 3, 0x43, 2, 2)) + b"x", registered_delivery=1
+    )
+    other_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, other)))
+    assert h.receiver.frames == []
+    assert h.relay.drop_held() == 3
+    receipts = [pdu.read_short_message(frame) for frame in h.receiver.frames]
+    assert [receipt.tlv(Tag.receipted_message_id) for receipt in receipts] == [
+        asked + b"\0",
+        other_id + b"\0",
+    ]
+    assert all(b"stat:UNDELIV" in receipt.short_message for receipt in receipts)
+    assert len(concat) == 0
+    assert h.chain.drop_all() == []
+    assert h.pool.frames == []
+    assert h.pool.batches == []
+
+
+def test_drop_held_without_rules_drops_nothing() -> None:
+    """No rule chain, nothing held."""
+    h = Harness()
+    assert h.relay.drop_held() == 0
+
+
+def test_sweep_sends_expired_receipts_for_an_incomplete_message() -> None:
+    """A message still incomplete after its window: its held parts get EXPIRED receipts."""
+    h, concat = concat_harness()
+    held = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    h.clock.advance(61.0)
+    h.relay.sweep()
+    [receipt] = [pdu.read_short_message(frame) for frame in h.receiver.frames]
+    assert receipt.tlv(Tag.receipted_message_id) == held + b"\0"
+    assert b"stat:EXPIRED" in receipt.short_message
+    assert len(concat) == 0
+
+
+def test_a_part_gets_no_relay_id_when_no_rule_holds_parts() -> None:
+    """Concat disabled: a part goes to the operator on its own, under the operator's id, and
+    dedup replays that id (not one the app never saw)."""
+    metrics = Metrics(CollectorRegistry())
+    h = Harness(DedupFilter(DedupRule(action="replay"), metrics), metrics=metrics)
+    sent = h.relay.submit(ACCOUNT, part(1))
+    h.pool.answers[0].callback(ok(b"OP1"))
+    assert result_of(sent) == ok(b"OP1")
+    again = result_of(h.relay.submit(ACCOUNT, part(1)))
+    assert again == pdu.submit_sm_resp(0, Status.ESME_ROK, b"OP1")

@@ -4,11 +4,14 @@
 rule per submit would cost more than the rules themselves. ``settle`` tells each rule that
 let a message through what became of it, because only messages the operator accepted may
 enter the dedup and flood windows (a retry after a temporary failure is no duplicate).
+``expire`` and ``drop_all`` hand back the held parts a rule gives up, so that the relay can
+send their receipts: the parts were answered ESME_ROK when they were held.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from collections.abc import Sequence
+from typing import ClassVar, Literal, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
@@ -17,29 +20,48 @@ from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 
 
+class Dropped(NamedTuple):
+    """A concatenated message given up before it was whole, and the parts held for it."""
+
+    account: str
+    first: float  # when its first part arrived
+    arrived: list[Message]  # the held parts, in the order they arrived (not by sequence)
+    reason: Literal["expired", "shutdown"]
+
+
 class Filter(Protocol):
     """One operator rule."""
 
     name: ClassVar[str]  # config key and metrics label
+    # False: the rule's state does not depend on the operator's answer, so `settle` is never
+    # called (one call less per submit).
+    settles: ClassVar[bool]
+    # True: the rule may answer ``hold`` for a concatenated part, so the relay gives each part
+    # its own id (`Message.app_message_id`) before the rules see it.
+    holds_parts: ClassVar[bool]
 
     def check(self, message: Message, now: float) -> Verdict:
         """Decide about ``message``; a rule that accepts may reserve state for it.
 
-        Accepting is returning `ACCEPT` itself (the chain tests identity, not equality).
+        A rule never changes ``message``: it accepts with `ACCEPT` (nothing changed, the cheap
+        path) or with ``accept(replacement)``, which the next rules and the relay then get.
         """
         ...
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """The operator accepted ``message`` under ``message_id``, or (None) did not.
 
-        A rule whose class sets ``settles = False`` is never called here.
+        ``message`` is the one the chain finally passed on, every replacement made.
         """
         ...
 
+    def expire(self, now: float) -> Sequence[Dropped]:
+        """Forget state whose window has ended; return the held messages given up."""
+        ...
 
-def _settles(rule: Filter) -> bool:
-    """Whether ``rule`` wants to hear what became of a message (see `Filter.settle`)."""
-    return bool(getattr(rule, "settles", True))
+    def drop_all(self) -> Sequence[Dropped]:
+        """Give up every held message (the relay is stopping) and return them."""
+        ...
 
 
 class FilterChain:
@@ -58,18 +80,33 @@ class FilterChain:
         self._passed = 0
         self._checks = tuple(rule.check for rule in filters)
         # Rules whose state does not depend on the operator's answer are not told it.
-        self._settled = [rule for rule in filters if _settles(rule)]
+        self._settled = [rule for rule in filters if rule.settles]
         self._settles = tuple(rule.settle for rule in self._settled)
+        self.holds_parts = any(rule.holds_parts for rule in filters)
 
     def check(self, message: Message, now: float) -> Verdict:
-        """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR."""
+        """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR.
+
+        When a rule replaced the message, the verdict (of whatever action) carries the
+        replacement in ``message``: the glued message whose held parts a rejection concerns too.
+        Rules that reserve state by the message's identity (dedup) come after the rules that
+        replace it (`smpprelay.filters.build_chain`), so they see, and settle, the same object.
+        """
+        passed_on = ACCEPT
         for index, check in enumerate(self._checks):
             try:
                 verdict = check(message, now)
             except Exception:
                 self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
                 verdict = reject(Status.ESME_RSYSERR, "rule_error")
-            if verdict is ACCEPT:  # a rule accepts with ACCEPT itself: one identity test
+            # The identity test is the fast path; the action decides, so an equal
+            # Verdict("accept") is an accept too.
+            if verdict is ACCEPT:
+                continue
+            if verdict.action == "accept":
+                if verdict.message is not None:
+                    message = verdict.message
+                    passed_on = verdict
                 continue
             rule = self.filters[index]
             self._count(rule.name, verdict)
@@ -80,11 +117,27 @@ class FilterChain:
             accepted = self._accepted
             for earlier in self.filters[:index]:
                 accepted[earlier.name] += 1
-                if _settles(earlier):
+                if earlier.settles:
                     earlier.settle(message, now, None)
+            if passed_on is not ACCEPT:
+                return verdict._replace(message=message)
             return verdict
         self._passed += 1
-        return ACCEPT
+        return passed_on
+
+    def expire(self, now: float) -> list[Dropped]:
+        """Expire every rule's old state; return the held messages given up."""
+        dropped: list[Dropped] = []
+        for rule in self.filters:
+            dropped.extend(rule.expire(now))
+        return dropped
+
+    def drop_all(self) -> list[Dropped]:
+        """Give up every held message (the relay is stopping) and return them."""
+        dropped: list[Dropped] = []
+        for rule in self.filters:
+            dropped.extend(rule.drop_all())
+        return dropped
 
     def flush_counts(self) -> None:
         """Add the accepts counted since the last flush to the decisions metric."""

@@ -3,9 +3,10 @@
 A concatenated message is (account, source, destination, reference, total), its parts
 recognised by ``message.concat`` (UDH IE 0x00 or 0x08, or the sar_* TLVs; `read_message` parses
 them, this rule validates them). Parts may arrive in any order. Each part but the last is held
-(``Verdict("hold")``: the relay answers it with an id of its own and sets it on the part);
-the part that completes the message becomes the glued message, carrying every part in
-sequence order in ``parts`` and their joined content, and goes on to the next rules.
+(``Verdict("hold")``: the relay answers it with the id it gave the part before the rules saw
+it, ``app_message_id``); the part that completes the message is accepted with a replacement,
+the glued message: the completing part carrying every part in sequence order in ``parts`` and
+their joined content, which goes on to the next rules.
 
 Rejected: a malformed header (total 0 or 1, sequence 0 or above total); a part more than
 ``window`` seconds after its message's first part (``late``, also once the message has expired
@@ -15,8 +16,9 @@ is open with a different total (``reference_reused``). A part that would open a 
 ``max_open`` open messages in total, or ``max_open_per_account`` for its account, is answered
 ``ESME_RMSGQFUL`` (``full``), a status apps retry.
 
-`expire` (run about once a second) drops the messages whose window has ended and returns them,
-so the relay can send their held parts' receipts. Open messages are kept in a dict keyed by
+`expire` (run about once a second) drops the messages whose window has ended and returns them
+(`Dropped`), so the relay can send their held parts' receipts; `drop_all` does so for every
+open message when the relay stops. Open messages are kept in a dict keyed by
 (account, source, destination, reference): with a fixed window the order of first parts is
 the order of expiry, so expiry scans from the front and stops at the first message still open.
 """
@@ -26,8 +28,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import ClassVar
 
+import attrs
+
 from smpprelay.config import ConcatRule
-from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.filters.base import Dropped
+from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 
@@ -42,7 +47,7 @@ ClosedKey = tuple[str, bytes, bytes, int, int]
 class OpenConcat:
     """A concatenated message whose parts are not all in: its held parts and first part's time."""
 
-    __slots__ = ("account", "closed_key", "first", "key", "reason", "received", "total")
+    __slots__ = ("account", "closed_key", "first", "key", "received", "total")
 
     def __init__(self, key: OpenKey, closed_key: ClosedKey, first: float) -> None:
         self.key = key
@@ -50,13 +55,7 @@ class OpenConcat:
         self.account = key[0]
         self.total = closed_key[4]
         self.first = first  # when its first part arrived
-        self.received: dict[int, Message] = {}  # sequence -> part, in arrival order
-        self.reason = ""  # why it was dropped: "expired" or "shutdown"
-
-    @property
-    def parts(self) -> list[Message]:
-        """The held parts, in arrival order."""
-        return list(self.received.values())
+        self.received: dict[int, Message] = {}  # sequence -> part, in the order they arrived
 
     def __repr__(self) -> str:
         return (
@@ -69,6 +68,8 @@ class ConcatFilter:
     """Holds the parts of a concatenated message until it is whole, within its window."""
 
     name: ClassVar[str] = "concat"
+    settles: ClassVar[bool] = False  # a glued message's fate does not change the window
+    holds_parts: ClassVar[bool] = True
 
     def __init__(self, config: ConcatRule, metrics: Metrics) -> None:
         self.config = config
@@ -121,9 +122,8 @@ class ConcatFilter:
                 return HOLD
             self._close(entry)
             parts = tuple(received[number] for number in range(1, total + 1))
-            message.parts = parts
-            message.content = b"".join([part.content for part in parts])
-            return ACCEPT
+            content = b"".join([part.content for part in parts])
+            return accept(attrs.evolve(message, parts=parts, content=content))
         # No open message with this total: a straggler of a closed one, a new message, or a
         # reference reused while another message holds it.
         closed_key = (*key, total)
@@ -147,12 +147,10 @@ class ConcatFilter:
         self._per_account[account] = count + 1
         return HOLD
 
-    settles = False  # a glued message's fate does not change the window
-
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Nothing to do: a glued message's fate does not change the window."""
 
-    def expire(self, now: float) -> list[OpenConcat]:
+    def expire(self, now: float) -> list[Dropped]:
         """Drop and return the messages whose window has ended. Run about once a second."""
         window = self.window
         ended: list[OpenConcat] = []
@@ -161,7 +159,6 @@ class ConcatFilter:
                 break  # first parts are in order: every later message is still open
             ended.append(entry)
         for entry in ended:
-            entry.reason = "expired"
             self._close(entry)
         # Forget closed messages that can no longer have stragglers.
         closed = self._closed
@@ -171,13 +168,17 @@ class ConcatFilter:
             if now <= closed[key] + horizon:
                 break
             closed.popitem(last=False)
-        return ended
+        return [
+            Dropped(entry.account, entry.first, list(entry.received.values()), "expired")
+            for entry in ended
+        ]
 
-    def drop_all(self) -> list[OpenConcat]:
+    def drop_all(self) -> list[Dropped]:
         """Drop and return every open message (at shutdown)."""
-        dropped = list(self._open.values())
-        for entry in dropped:
-            entry.reason = "shutdown"
+        dropped = [
+            Dropped(entry.account, entry.first, list(entry.received.values()), "shutdown")
+            for entry in self._open.values()
+        ]
         self._open.clear()
         self._per_account.clear()
         return dropped

@@ -24,14 +24,18 @@ from __future__ import annotations
 import codecs
 import contextlib
 import re
+from collections.abc import Sequence
 from typing import ClassVar, Final
+
+import attrs
 
 # Imported for its side effect: it registers the "gsm03.38" codec the tables below are read from.
 import gsm0338  # type: ignore[import-untyped]  # noqa: F401
 
 from smpprelay import pdu
 from smpprelay.config import EncodingRule
-from smpprelay.message import ACCEPT, Message, Verdict, reject
+from smpprelay.filters.base import Dropped
+from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status, Tag
 
@@ -188,6 +192,8 @@ class EncodingFilter:
     """Rejects content invalid for its data_coding and transcodes between conventions."""
 
     name: ClassVar[str] = "encoding"
+    settles: ClassVar[bool] = True  # bills what the operator accepted
+    holds_parts: ClassVar[bool] = False
 
     def __init__(self, config: EncodingRule, upstream_iso: bool, metrics: Metrics) -> None:
         self.config = config
@@ -198,7 +204,7 @@ class EncodingFilter:
         self._billed = metrics.parts_billed.counts  # data_coding -> parts
 
     def check(self, message: Message, now: float) -> Verdict:
-        """Accept (perhaps after transcoding ``message`` in place) or reject."""
+        """Accept (with a transcoded replacement where the conventions differ) or reject."""
         dc = message.fields.data_coding
         content = message.content
         if dc == GSM:
@@ -243,6 +249,14 @@ class EncodingFilter:
                 parts = billed_parts(dc, content, latin1=self.upstream_iso)
             self._bill(dc, parts)
 
+    def expire(self, now: float) -> Sequence[Dropped]:
+        """Nothing to forget: this rule keeps no state between messages."""
+        return ()
+
+    def drop_all(self) -> Sequence[Dropped]:
+        """Nothing to give up: this rule holds no message."""
+        return ()
+
     # --- transcoding --------------------------------------------------------------------
 
     def _transcode(self, message: Message, text: str) -> Verdict:
@@ -270,7 +284,7 @@ class EncodingFilter:
         return header + len(data) > limit
 
     def _rewrite(self, message: Message, dc: int, data: bytes) -> Verdict:
-        """Replace the submit's user data and data_coding, every other byte as it was."""
+        """The submit with new user data and data_coding, every other byte as it was."""
         fields = message.fields
         user_data = message.udh + data
         if message.uses_payload:
@@ -282,12 +296,8 @@ class EncodingFilter:
             new = fields._replace(data_coding=dc, tlvs=tuple(tlvs))
         else:
             new = fields._replace(data_coding=dc, short_message=user_data)
-        message.frame = pdu.encode_short_message(
-            CommandId.submit_sm, pdu.sequence_of(message.frame), new
-        )
-        message.fields = new
-        message.content = data
-        return ACCEPT
+        frame = pdu.encode_short_message(CommandId.submit_sm, pdu.sequence_of(message.frame), new)
+        return accept(attrs.evolve(message, frame=frame, fields=new, content=data))
 
     def _bill(self, dc: int, parts: int) -> None:
         billed = self._billed

@@ -299,7 +299,7 @@ class Relayed:
         # The default rules, with small tables: their size is not what is tested here.
         rules = FiltersConfig(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
         chain = build_chain(rules, False, self.metrics)
-        relay = Relay(self.pool, router, self.metrics, self.clock, chain)  # type: ignore[arg-type]
+        relay = Relay(self.pool, router, self.metrics, self.clock, chain)
         clients = {"app": Account(system_id="app", password="pw")}
         self.session = DownstreamSession(
             make_portal(clients), registry, relay.submit, self.clock, self.metrics, 10.0, 100

@@ -187,7 +187,7 @@ def test_replay_after_expiry_answers_the_new_id() -> None:
     """Expiry forgets the original's id with it: the next copy is sent and its id replayed."""
     rule = Rule(action="replay")
     rule.accepted(make(), 0.0, b"first")
-    assert rule.filter.expire(60.0) == 1
+    assert rule.filter.forget(60.0) == 1
     assert len(rule.filter) == 0
     rule.accepted(make(), 61.0, b"second")
     assert rule.filter.check(make(), 62.0) == Verdict("replay", message_id=b"second")
@@ -307,11 +307,11 @@ def test_expire_forgets_messages_whose_window_ended() -> None:
     rule = Rule()
     for second in range(3):
         rule.accepted(make(short_message=b"%d" % second), float(second))
-    assert rule.filter.expire(60.5) == 1
+    assert rule.filter.forget(60.5) == 1
     assert len(rule.filter) == 2
     assert rule.gauge() == 2
     assert rule.filter.check(make(short_message=b"1"), 60.5) == DUPLICATE
-    assert rule.filter.expire(62.0) == 2
+    assert rule.filter.forget(62.0) == 2
     assert len(rule.filter) == 0
     assert rule.gauge() == 0
     assert rule.filter.check(make(short_message=b"1"), 62.0) == ACCEPT
@@ -336,7 +336,7 @@ def test_an_expired_entry_is_replaced_by_the_next_acceptance() -> None:
     rule.accepted(make(), 70.0)
     assert len(rule.filter) == 1
     assert rule.filter.check(make(), 129.9) == DUPLICATE
-    assert rule.filter.expire(130.0) == 1
+    assert rule.filter.forget(130.0) == 1
     assert len(rule.filter) == 0
 
 
@@ -384,6 +384,6 @@ def test_a_renewed_reservation_does_not_hold_up_expiry() -> None:
     rule.accepted(make(short_message=b"a"), 0.0)
     rule.accepted(make(short_message=b"b"), 30.0)
     assert rule.filter.check(make(short_message=b"a"), 70.0) == ACCEPT  # in flight now
-    assert rule.filter.expire(95.0) == 1  # b
+    assert rule.filter.forget(95.0) == 1  # b
     assert len(rule.filter) == 1
     assert rule.filter.check(make(short_message=b"a"), 95.0) == IN_FLIGHT

@@ -17,7 +17,7 @@ from smpprelay.filters.encoding import (
     gsm_decode,
     gsm_encode,
 )
-from smpprelay.message import ACCEPT, Concat, Message, read_message
+from smpprelay.message import ACCEPT, Concat, Message, Verdict, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
 from tests.fakes import submit_sm
@@ -54,6 +54,12 @@ class Rule:
             "smpprelay_parts_billed_total", {"data_coding": str(data_coding)}
         )
         return 0.0 if value is None else value
+
+
+def passed_on(verdict: Verdict, message: Message) -> Message:
+    """The message an accepting rule passes on: its replacement, or ``message`` itself."""
+    assert verdict.action == "accept"
+    return message if verdict.message is None else verdict.message
 
 
 def assert_untouched(message: Message, frame: bytes) -> None:
@@ -204,7 +210,7 @@ def test_standard_latin1_becomes_the_operators_8bit_with_the_same_octets() -> No
     text = "café ¾ ç".encode("latin-1")
     fields: dict[str, Any] = {"short_message": text, "tlvs": (VENDOR, USER_REF)}
     message = make(data_coding=3, **fields)
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.frame == expected_frame(data_coding=4, **fields)
     assert message.fields.data_coding == 4
     assert message.content == text
@@ -214,7 +220,7 @@ def test_standard_latin1_becomes_the_operators_8bit_with_the_same_octets() -> No
 def test_iso_app_latin1_becomes_gsm() -> None:
     """ISO app, standard upstream: Latin-1 "café" under 0 → GSM "café" under 0."""
     message = make(app_iso=True, short_message="café".encode("latin-1"), tlvs=(VENDOR,))
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.content == b"caf\x05"
     assert message.frame == expected_frame(short_message=b"caf\x05", tlvs=(VENDOR,))
     assert pdu.read_short_message(message.frame) == message.fields
@@ -224,7 +230,7 @@ def test_iso_app_latin1_with_extension_characters_becomes_gsm_escapes() -> None:
     """[ ] ~ ^ { } \\ | exist in Latin-1 and in GSM's extension table (two octets each)."""
     text = "[ ] ~ ^ { } \\ | @"
     message = make(app_iso=True, short_message=text.encode("latin-1"))
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.fields.data_coding == 0
     assert message.content == ALL_EXTENSION_GSM[3:] + b" \x00"
     assert gsm_decode(message.content) == text
@@ -234,7 +240,7 @@ def test_iso_app_latin1_with_extension_characters_becomes_gsm_escapes() -> None:
 def test_iso_app_latin1_outside_gsm_becomes_ucs2(text: str) -> None:
     """ISO app: '¾', 'ç' (GSM has only 'Ç') or an ESC character → UCS-2, never a '?'."""
     message = make(app_iso=True, short_message=text.encode("latin-1"))
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.fields.data_coding == 8
     assert message.content == text.encode("utf-16-be")
     assert message.frame == expected_frame(data_coding=8, short_message=text.encode("utf-16-be"))
@@ -243,7 +249,7 @@ def test_iso_app_latin1_outside_gsm_becomes_ucs2(text: str) -> None:
 def test_gsm_to_an_iso_upstream_becomes_latin1_under_0() -> None:
     """Standard app, ISO upstream: GSM "é [x] @" → Latin-1 0xE9 ... under 0."""
     message = make(short_message=gsm_encode("é [x] @"), tlvs=(USER_REF,))
-    assert Rule(upstream_iso=True).filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule(upstream_iso=True).filter.check(message, 0.0), message)
     assert message.content == b"\xe9 [x] @"
     assert message.frame == expected_frame(short_message=b"\xe9 [x] @", tlvs=(USER_REF,))
 
@@ -252,7 +258,7 @@ def test_gsm_to_an_iso_upstream_becomes_latin1_under_0() -> None:
 def test_gsm_outside_latin1_to_an_iso_upstream_becomes_ucs2(text: str) -> None:
     """'€' and GSM's Greek capitals are not in Latin-1: the whole text goes as UCS-2."""
     message = make(short_message=gsm_encode(text))
-    assert Rule(upstream_iso=True).filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule(upstream_iso=True).filter.check(message, 0.0), message)
     assert message.fields.data_coding == 8
     assert message.content == text.encode("utf-16-be")
     assert message.frame == expected_frame(data_coding=8, short_message=text.encode("utf-16-be"))
@@ -270,10 +276,10 @@ def test_latin1_to_gsm_and_back_round_trips() -> None:
     """ISO app → GSM, then GSM → ISO upstream gives back the app's octets."""
     original = "Ærøskøbing {x} ÄÖÑÜ§¿ £$¥".encode("latin-1")
     there = make(app_iso=True, short_message=original)
-    assert Rule().filter.check(there, 0.0) == ACCEPT
+    there = passed_on(Rule().filter.check(there, 0.0), there)
     assert there.fields.data_coding == 0
     back = make(short_message=there.content)
-    assert Rule(upstream_iso=True).filter.check(back, 0.0) == ACCEPT
+    back = passed_on(Rule(upstream_iso=True).filter.check(back, 0.0), back)
     assert (back.fields.data_coding, back.content) == (0, original)
 
 
@@ -283,7 +289,7 @@ def test_latin1_to_gsm_and_back_round_trips() -> None:
 def test_udh_is_kept_when_a_part_is_transcoded() -> None:
     """An ISO app's part: the UDH goes in front of the new user data, esm_class unchanged."""
     message = make(app_iso=True, esm_class=0x40, short_message=UDH8 + "café".encode("latin-1"))
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.udh == UDH8
     assert message.content == b"caf\x05"
     assert message.concat == Concat(0x42, 2, 1, "udh8")
@@ -293,7 +299,7 @@ def test_udh_is_kept_when_a_part_is_transcoded() -> None:
 def test_udh_is_kept_when_a_part_becomes_ucs2() -> None:
     """A part with '¾' becomes UCS-2 behind the same UDH."""
     message = make(app_iso=True, esm_class=0x40, short_message=UDH8 + b"\xbe")
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.frame == expected_frame(
         esm_class=0x40, data_coding=8, short_message=UDH8 + b"\x00\xbe"
     )
@@ -311,7 +317,7 @@ def test_ucs2_part_must_fit_140_octets_with_its_udh(chars: int, verdict: str) ->
         assert (result.status, result.reason) == (0x45, "too_long")
         assert message.frame == frame
     else:
-        assert len(message.fields.short_message) == 140
+        assert len(passed_on(result, message).fields.short_message) == 140
 
 
 @pytest.mark.parametrize(("chars", "verdict"), [(66, "accept"), (67, "reject")])
@@ -338,7 +344,7 @@ def test_gsm_part_must_fit_153_septets_behind_a_6_octet_udh(plain: int, verdict:
 def test_gsm_part_of_full_length_is_not_refused_when_no_longer() -> None:
     """153 Latin-1 letters behind the UDH become 153 septets: same length, accepted."""
     message = make(app_iso=True, esm_class=0x40, short_message=UDH8 + b"e" * 153)
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.content == b"e" * 153
 
 
@@ -346,7 +352,7 @@ def test_a_part_not_made_longer_is_not_judged_too_long() -> None:
     """Only transcoding that lengthens is checked: the app's own 160-septet part after a
     6-octet UDH (too long already) becomes Latin-1 for an ISO upstream, unrefused here."""
     message = make(esm_class=0x40, short_message=UDH8 + b"a" * 160)
-    assert Rule(upstream_iso=True).filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule(upstream_iso=True).filter.check(message, 0.0), message)
     assert message.fields.short_message == UDH8 + b"a" * 160
 
 
@@ -379,7 +385,7 @@ def test_gsm_escapes_can_make_a_single_message_too_long() -> None:
     """128 '[' become 256 GSM octets (and UCS-2 would be as long): too_long."""
     verdict = Rule().filter.check(make(app_iso=True, short_message=b"[" * 128), 0.0)
     assert (verdict.status, verdict.reason) == (0x45, "too_long")
-    assert Rule().filter.check(make(app_iso=True, short_message=b"[" * 127), 0.0) == ACCEPT
+    assert Rule().filter.check(make(app_iso=True, short_message=b"[" * 127), 0.0).action == "accept"
 
 
 # --- message_payload ------------------------------------------------------------------------
@@ -396,7 +402,7 @@ def payload_message(app_iso: bool, data: bytes, data_coding: int = 0) -> Message
 def test_payload_is_transcoded_in_place() -> None:
     """ISO app "café" in message_payload → GSM in the same TLV; the other TLVs stay put."""
     message = payload_message(True, "café".encode("latin-1"))
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     tlvs = (VENDOR, (Tag.message_payload, b"caf\x05"), USER_REF)
     assert message.frame == expected_frame(short_message=b"", tlvs=tlvs)
     assert message.content == b"caf\x05"
@@ -405,7 +411,7 @@ def test_payload_is_transcoded_in_place() -> None:
 def test_long_payload_becomes_ucs2_past_254_octets() -> None:
     """message_payload is not bound by short_message's 254 octets: 200 '¾' → 400 octets."""
     message = payload_message(True, b"\xbe" * 200)
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     assert message.fields.data_coding == 8
     assert message.fields.tlv(Tag.message_payload) == "¾".encode("utf-16-be") * 200
 
@@ -413,7 +419,7 @@ def test_long_payload_becomes_ucs2_past_254_octets() -> None:
 def test_payload_to_an_iso_upstream_becomes_latin1() -> None:
     """Standard app's GSM payload "é{}" → Latin-1 for an ISO upstream."""
     message = payload_message(False, gsm_encode("é{}"))
-    assert Rule(upstream_iso=True).filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule(upstream_iso=True).filter.check(message, 0.0), message)
     assert message.fields.tlv(Tag.message_payload) == b"\xe9{}"
     assert message.fields.tlvs[0] == VENDOR
     assert message.fields.tlvs[2] == USER_REF
@@ -424,7 +430,7 @@ def test_payload_udh_is_kept_when_transcoded() -> None:
     tlvs = ((Tag.message_payload, UDH8 + b"\xbe"), VENDOR)
     message = make(app_iso=True, esm_class=0x40, short_message=b"", tlvs=tlvs)
     assert message.udh == UDH8
-    assert Rule().filter.check(message, 0.0) == ACCEPT
+    message = passed_on(Rule().filter.check(message, 0.0), message)
     new_tlvs = ((Tag.message_payload, UDH8 + b"\x00\xbe"), VENDOR)
     assert message.frame == expected_frame(
         esm_class=0x40, data_coding=8, short_message=b"", tlvs=new_tlvs
@@ -520,7 +526,7 @@ def test_settle_counts_under_the_data_coding_sent() -> None:
     """An ISO app's '¾' went as UCS-2: billed under 8, not 0."""
     rule = Rule()
     message = make(app_iso=True, short_message=b"\xbe" * 71)
-    assert rule.filter.check(message, 0.0) == ACCEPT
+    message = passed_on(rule.filter.check(message, 0.0), message)
     rule.filter.settle(message, 1.0, b"op-1")
     assert (rule.billed(0), rule.billed(8)) == (0, 2)
 
@@ -561,11 +567,11 @@ def test_settle_for_an_iso_upstream_counts_latin1_as_gsm_septets() -> None:
     162 GSM septets on the air (2 parts under 0)."""
     rule = Rule(upstream_iso=True)
     message = make(short_message=gsm_encode("€" * 81))
-    assert rule.filter.check(message, 0.0) == ACCEPT
+    message = passed_on(rule.filter.check(message, 0.0), message)
     rule.filter.settle(message, 1.0, b"op-1")
     assert rule.billed(8) == 2
     plain = make(short_message=gsm_encode("{" * 81))
-    assert rule.filter.check(plain, 0.0) == ACCEPT
+    plain = passed_on(rule.filter.check(plain, 0.0), plain)
     assert plain.content == b"{" * 81
     rule.filter.settle(plain, 1.0, b"op-2")
     assert rule.billed(0) == 2

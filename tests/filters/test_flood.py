@@ -232,12 +232,12 @@ def test_expire_forgets_streaks_that_ended() -> None:
     assert rule.check(0.0, destination=b"100")
     assert rule.check(10.0, destination=b"200")
     assert rule.check(20.0, destination=b"100")
-    assert rule.filter.expire(39.999) == 0
+    assert rule.filter.forget(39.999) == 0
     assert rule.gauge() == 2
-    assert rule.filter.expire(40.0) == 1  # 200
+    assert rule.filter.forget(40.0) == 1  # 200
     assert len(rule.filter) == 1
     assert rule.gauge() == 1
-    assert rule.filter.expire(50.0) == 1  # 100, last accepted at 20
+    assert rule.filter.forget(50.0) == 1  # 100, last accepted at 20
     assert len(rule.filter) == 0
     assert rule.gauge() == 0
 
@@ -247,7 +247,7 @@ def test_expire_keeps_live_streaks() -> None:
     rule = Rule(max_messages=1)
     assert rule.check(0.0, destination=b"100")
     assert rule.check(6.0, destination=b"200")
-    assert rule.filter.expire(30.5) == 1
+    assert rule.filter.forget(30.5) == 1
     assert len(rule.filter) == 1
     assert not rule.check(30.5, destination=b"200", text=b"again")
     assert rule.check(30.5, destination=b"100", text=b"again")

@@ -45,6 +45,7 @@ class App(Protocol):
                 self.events.append("app asked to unbind")
                 self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
             elif command_id == CommandId.deliver_sm:
+                self.events.append("app got a deliver_sm")
                 self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
 
     def send(self, frame: bytes) -> None:
@@ -143,6 +144,7 @@ def test_whole_tree_relays_a_submit_and_its_receipt_and_stops_with_no_delayed_ca
     tree.turn(1.0)
     (receipt,) = app.answers(CommandId.deliver_sm)
     assert pdu.receipt_id(pdu.read_short_message(receipt)) == message_id
+    tree.events.clear()
 
     for listener in service.app_listeners:
         tree.spy("stop listening", listener, "stopService")
@@ -158,6 +160,41 @@ def test_whole_tree_relays_a_submit_and_its_receipt_and_stops_with_no_delayed_ca
         "stop upstream",
     ]
     assert service.upstream.pool.bound == 0
+    assert tree.reactor.getDelayedCalls() == []
+
+
+def test_a_part_held_at_shutdown_gets_its_receipt_before_the_app_is_unbound() -> None:
+    """The first part of a two-part message, answered ESME_ROK and held when the relay stops,
+    is not lost without a word: its app gets an UNDELIV receipt under the id it was given,
+    and only then is asked to unbind; nothing of it reaches the operator."""
+    tree = Tree()
+    service = tree.service
+    service.startService()
+    tree.turn()
+    app = tree.app()
+    app.send(pdu.bind_request("transceiver", 1, "demo", "demo"))
+    tree.turn()
+    first_half = b"\x05\x00\x03\x2a\x02\x01" + b"first half"
+    app.send(submit_sm(2, esm_class=0x40, short_message=first_half, registered_delivery=1))
+    tree.turn()
+    (answer,) = app.answers(CommandId.submit_sm_resp)
+    assert pdu.header(answer)[2] == Status.ESME_ROK
+    held_id = pdu.message_id_of(answer)
+    assert held_id.startswith(b"R")  # the relay's own id: the part is held, not sent
+    tree.stop()
+    (receipt,) = app.answers(CommandId.deliver_sm)
+    fields = pdu.read_short_message(receipt)
+    assert pdu.receipt_id(fields) == held_id
+    assert b"stat:UNDELIV" in fields.text
+    assert tree.events == ["app got a deliver_sm", "app asked to unbind"]
+    sent = [
+        sample.value
+        for family in service.metrics.registry.collect()
+        if family.name == "smpprelay_upstream_submits"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    assert sum(sent) == 0
     assert tree.reactor.getDelayedCalls() == []
 
 

@@ -59,7 +59,7 @@ _BYTE = valid(number(ge=0, le=255))
 _STATUS = valid(number(ge=0, le=0xFFFFFFFF))
 _POSITIVE = valid(number(gt=0))  # durations and rates
 _AT_LEAST_1 = valid(number(ge=1))  # counts and sizes
-_NOT_EMPTY = valid(text(min_len=1))  # file names
+_NOT_EMPTY = valid(text(min_len=1))  # file and host names
 
 
 @attrs.frozen(kw_only=True)

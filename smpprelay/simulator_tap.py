@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from twisted.application.service import IService
 from twisted.python import usage
 
-from smpprelay.config import ListenTlsConfig, SimulatorConfig
+from smpprelay.config import Invalid, ListenTlsConfig, ReceiptStat, SimulatorConfig
 
 # The relay's TLS helper names the configuration keys; here they are options.
 _TLS_OPTIONS = {
@@ -13,7 +15,18 @@ _TLS_OPTIONS = {
     "listen.tls.key": "--tls-key",
     "listen.tls.client_ca": "--tls-client-ca",
 }
-_STATS = ("DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD")
+_STATS: tuple[str, ...] = get_args(ReceiptStat)
+# What the simulator's own checks refuse, said as the options that carry the values.
+_REFUSED = {
+    "stat": f"--stat must be one of {', '.join(_STATS)}",
+    "receipt_delay": "--receipt-delay must be 0 or more",
+}
+_LISTEN_OPTIONS = {
+    "port": "--port",
+    "cert": "--tls-cert",
+    "key": "--tls-key",
+    "client_ca": "--tls-client-ca",
+}
 
 
 class Options(usage.Options):
@@ -35,23 +48,26 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["stat"] not in _STATS:
-            raise usage.UsageError(f"--stat must be one of {', '.join(_STATS)}")
-        if self["receipt-delay"] < 0:
-            raise usage.UsageError("--receipt-delay must be 0 or more")
-        SimulatorConfig(receipt_delay=self["receipt-delay"], stat=self["stat"])
+        try:
+            self.simulator = SimulatorConfig(receipt_delay=self["receipt-delay"], stat=self["stat"])
+        except Invalid as error:
+            raise usage.UsageError(_REFUSED[error.key]) from None
         self.tls: ListenTlsConfig | None = None
         if (self["tls-cert"] is None) != (self["tls-key"] is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["tls-client-ca"] is not None and self["tls-cert"] is None:
             raise usage.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self["tls-cert"] is not None:
-            self.tls = ListenTlsConfig(
-                port=self["port"],
-                cert=self["tls-cert"],
-                key=self["tls-key"],
-                client_ca=self["tls-client-ca"],
-            )
+            try:
+                self.tls = ListenTlsConfig(
+                    port=self["port"],
+                    cert=self["tls-cert"],
+                    key=self["tls-key"],
+                    client_ca=self["tls-client-ca"],
+                )
+            except Invalid as error:
+                option = _LISTEN_OPTIONS[error.key]
+                raise usage.UsageError(f"{option}: {error.problem}") from None
             # The files are read now, so an unusable one stops the start with one line (as
             # the relay's do; UsageError would print the whole --help first).
             from smpprelay.tls import TlsFileError, server_options
@@ -72,7 +88,8 @@ def makeService(options: Options) -> IService:
     from smpprelay.simulator import Simulator, SimulatorFactory
     from smpprelay.tls import server_endpoint
 
-    simulator = Simulator(reactor, options["receipt-delay"], options["stat"])
+    settings = options.simulator
+    simulator = Simulator(reactor, settings.receipt_delay, settings.stat)
     if options.tls is not None:
         endpoint = server_endpoint(reactor, options["host"], options.tls)
         name = "simulated SMSC (TLS)"

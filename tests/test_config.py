@@ -17,6 +17,7 @@ from smpprelay.config import (
     EncodingRule,
     FiltersConfig,
     FloodRule,
+    Invalid,
     LimitsConfig,
     ListenConfig,
     ListenTlsConfig,
@@ -505,3 +506,125 @@ def test_unreadable_tls_files_stop_the_start(tmp_path: pathlib.Path) -> None:
     assert str(info.value) == (
         f"smpprelay: {path}: listen.tls.cert: cannot read {missing}: No such file or directory"
     )
+
+
+def _upstream_config(**extra: Any) -> UpstreamConfig:
+    return UpstreamConfig(**_upstream(**extra))
+
+
+def _account(**extra: Any) -> Account:
+    return Account(**{"system_id": "a", "password": "b", **extra})
+
+
+# Built in code, not from YAML: the objects check themselves, and say which field is wrong.
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ListenTlsConfig(cert="", key="k"), "cert: must not be empty"),
+        (
+            lambda: ListenTlsConfig(port=70000, cert="c", key="k"),
+            "port: must be between 0 and 65535, got 70000",
+        ),
+        (lambda: ListenConfig(port=-1), "port: must be between 0 and 65535, got -1"),
+        (lambda: ListenConfig(port=None), "port: null (no plain port) needs listen.tls"),
+        (lambda: MetricsConfig(port=65536), "port: must be between 0 and 65535, got 65536"),
+        (lambda: Account(system_id="", password="b"), "system_id: must not be empty"),
+        (lambda: _account(password="pä"), "password: must be printable ASCII"),
+        (lambda: Account(system_id="a"), "password: missing (or give password_hash)"),
+        (
+            lambda: _account(password_hash=make_hash("b", n=16)),
+            "password: give password or password_hash, not both",
+        ),
+        (
+            lambda: Account(system_id="a", password_hash="secret"),
+            "password_hash: expected scrypt$<n>$<r>$<p>$<salt>$<key>",
+        ),
+        (lambda: _account(mo_prefixes=("79", "7x")), "mo_prefixes[1]: expected digits"),
+        (
+            lambda: _account(allowed_ips=("10.0.0.0/33",)),
+            "allowed_ips[0]: not an IP address or CIDR network: '10.0.0.0/33'",
+        ),
+        (lambda: _account(max_binds=0), "max_binds: must be at least 1, got 0"),
+        (lambda: _account(throughput=0.0), "throughput: must be greater than 0, got 0.0"),
+        (lambda: _account(burst=0), "burst: must be at least 1, got 0"),
+        (lambda: _upstream_config(window=0), "window: must be between 1 and 10000, got 0"),
+        (lambda: _upstream_config(host=""), "host: must not be empty"),
+        (lambda: _upstream_config(system_id="r" * 16), "system_id: must be at most 15 characters"),
+        (
+            lambda: _upstream_config(bind="receiver"),
+            "bind: expected one of transceiver, transmitter_receiver, got 'receiver'",
+        ),
+        (
+            lambda: _upstream_config(enquire_link=float("nan")),
+            "enquire_link: expected a finite number, got nan",
+        ),
+        (
+            lambda: _upstream_config(reconnect_initial=10.0, reconnect_max=5.0),
+            "reconnect_max: must be at least reconnect_initial (10.0), got 5.0",
+        ),
+        (
+            lambda: _upstream_config(tls=True, tls_cert="c.pem"),
+            "tls_key: missing (tls_cert and tls_key come together)",
+        ),
+        (
+            lambda: _upstream_config(tls_cert="c.pem", tls_key="k.pem"),
+            "tls_cert: needs upstream.tls: true",
+        ),
+        (lambda: LimitsConfig(max_pdu=1023), "max_pdu: must be between 1024 and 16777216"),
+        (lambda: LimitsConfig(inactivity=0.0), "inactivity: must be greater than 0"),
+        (lambda: SecurityConfig(max_connections=0), "max_connections: must be at least 1"),
+        (lambda: ReceiptsConfig(retry=-1.0), "retry: must be greater than 0, got -1.0"),
+        (lambda: SimulatorConfig(receipt_delay=-5), "receipt_delay: must be at least 0, got -5"),
+        (
+            lambda: SimulatorConfig(stat="BOGUS"),  # type: ignore[arg-type]
+            "stat: expected one of DELIVRD, EXPIRED",
+        ),
+        (lambda: EncodingRule(allow=(0, 256)), "allow[1]: must be between 0 and 255, got 256"),
+        (lambda: ConcatRule(window=0.0), "window: must be greater than 0"),
+        (lambda: ConcatRule(status=-1), "status: must be between 0 and 4294967295, got -1"),
+        (
+            lambda: DedupRule(action="drop"),  # type: ignore[arg-type]
+            "action: expected one of reject, replay, got 'drop'",
+        ),
+        (
+            lambda: DedupRule(scope="everyone"),  # type: ignore[arg-type]
+            "scope: expected one of upstream, client, got 'everyone'",
+        ),
+        (lambda: FloodRule(max_messages=0), "max_messages: must be at least 1, got 0"),
+        (lambda: FloodRule(fast_entries=-1), "fast_entries: must be at least 0, got -1"),
+        (
+            lambda: Config(clients=(_account(), _account(password="c"))),
+            "clients[1].system_id: duplicate 'a'",
+        ),
+        (
+            lambda: Config(
+                clients=(
+                    _account(mo_prefixes=("7900",)),
+                    _account(system_id="b", mo_prefixes=("7900",)),
+                )
+            ),
+            "clients[1].mo_prefixes[0]: '7900' is already claimed by 'a'",
+        ),
+    ],
+)
+def test_built_in_code_with_a_bad_value(build: Any, message: str) -> None:
+    """Every config class refuses a bad value however it is built, naming the field."""
+    with pytest.raises(Invalid) as info:
+        build()
+    assert str(info.value).startswith(message)
+    assert isinstance(info.value, ValueError)
+
+
+def test_the_built_in_configurations_are_valid() -> None:
+    """The defaults of every class, default_config() and the example file's sections build."""
+    default_config()
+    Config()
+    config = load_config(str(EXAMPLE))
+    for made in [config, *config.clients, config.upstream, config.listen.tls, config.filters]:
+        assert made is not None
+        assert attrs.evolve(made) == made  # built again from its own values, checked again
+
+
+def test_allowed_ips_normalised_when_built_in_code() -> None:
+    """An Account made in code stores its networks as the YAML walker does."""
+    assert _account(allowed_ips=("10.1.2.3/8", "::1")).allowed_ips == ("10.0.0.0/8", "::1/128")

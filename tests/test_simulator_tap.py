@@ -1,4 +1,4 @@
-"""``twistd smpprelay-simulator`` options: --tls-cert and --tls-key."""
+"""``twistd smpprelay-simulator`` options: the simulator's settings, --tls-cert and --tls-key."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.python import usage
 
 from smpprelay import simulator_tap
+from smpprelay.config import SimulatorConfig
 from smpprelay.service import Listener
+from smpprelay.simulator import SimulatorFactory
 from tests.certs import make_certs
 
 
@@ -89,3 +91,32 @@ def test_unusable_files_stop_with_one_line_naming_the_option(
     message = str(stopped.value.code)
     assert message.startswith(f"smpprelay-simulator: {option}: {problem}")
     assert "\n" not in message
+
+
+def test_the_simulator_started_is_the_one_the_options_checked() -> None:
+    options = parse("--receipt-delay", "0.5", "--stat", "UNDELIV")
+    assert options.simulator == SimulatorConfig(receipt_delay=0.5, stat="UNDELIV")
+    service = simulator_tap.makeService(options)
+    assert isinstance(service, Listener)
+    assert isinstance(service.factory, SimulatorFactory)
+    simulator = service.factory.simulator
+    assert (simulator.receipt_delay, simulator.stat) == (0.5, "UNDELIV")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stat", "BOGUS"], "--stat must be one of DELIVRD, EXPIRED, DELETED, UNDELIV"),
+        (["--receipt-delay", "-5"], "--receipt-delay must be 0 or more"),
+        (["--receipt-delay", "nan"], "--receipt-delay must be 0 or more"),
+    ],
+)
+def test_bad_simulator_settings_are_usage_errors(args: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_a_tls_port_out_of_range_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    certs = make_certs(tmp_path)
+    with pytest.raises(usage.UsageError, match="--port: must be between 0 and 65535, got 70000"):
+        parse("--port", "70000", "--tls-cert", certs.cert, "--tls-key", certs.key)

@@ -19,9 +19,10 @@ from twisted.web.server import Site
 
 from smpprelay import tls
 from smpprelay.access import Access
+from smpprelay.auth import make_portal
 from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
-from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry, make_portal
+from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay

@@ -13,8 +13,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from smpprelay import pdu
+from smpprelay.auth import make_portal
 from smpprelay.config import Account, DedupRule, FiltersConfig, FloodRule
-from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
+from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status

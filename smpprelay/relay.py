@@ -30,8 +30,8 @@ from smpprelay.filters.concat import ConcatFilter
 from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
+from smpprelay.pool import QueueFull, UpstreamPool
 from smpprelay.router import Router
-from smpprelay.upstream import QueueFull, UpstreamPool
 
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
 # message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).

@@ -11,9 +11,10 @@ from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from tests.support import submit_sm
+from tests.test_pool import Wire, make_pool
 from tests.test_router import Harness as RouterHarness
 from tests.test_router import mo, outcome, receipt
-from tests.test_upstream import Wire, bound, make_pool
+from tests.test_upstream import bound
 
 
 def test_pdus_counted_by_side_direction_and_command() -> None:

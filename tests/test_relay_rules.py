@@ -19,10 +19,10 @@ from smpprelay.filters.base import FilterChain
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
+from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
-from smpprelay.upstream import QueueFull
 from tests.support import result_of, submit_sm
 
 ACCOUNT = "acme"

@@ -230,3 +230,26 @@ class Access:
         """Take one submit from ``account``'s throughput; False means answer ESME_RTHROTTLED."""
         bucket = self._buckets.get(account)
         return bucket is None or bucket.take()
+
+
+class OpenAccess:
+    """The `Access` of a session given none (tests): every connection admitted, no address
+    locked out, no account over a rate."""
+
+    def admit(self, host: str) -> bool:
+        return True
+
+    def closed(self, host: str) -> None:
+        pass
+
+    def locked(self, host: str) -> bool:
+        return False
+
+    def bind_failed(self, host: str) -> bool:
+        return False
+
+    def may_submit(self, account: str) -> bool:
+        return True
+
+
+OPEN_ACCESS = OpenAccess()

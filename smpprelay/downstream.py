@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.access import LOCKOUT_REASONS, Access, address_allowed
+from smpprelay.access import LOCKOUT_REASONS, OPEN_ACCESS, Access, OpenAccess, address_allowed
 from smpprelay.auth import BindAbandoned, BindCredentials, ChecksBusy, IAccount
 from smpprelay.config import Account
 from smpprelay.connection import SmppConnection
@@ -143,7 +143,7 @@ class DownstreamSession:
         session_init: float,
         window: int,
         inactivity: float = 300.0,
-        access: Access | None = None,
+        access: Access | OpenAccess = OPEN_ACCESS,
     ) -> None:
         self.portal = portal
         self.access = access
@@ -202,13 +202,12 @@ class DownstreamSession:
         assert transport is not None  # called from the connection's connectionMade
         self._peer_address = transport.getPeer()
         self.host = str(getattr(self._peer_address, "host", ""))
-        if self.access is not None:
-            if not self.access.admit(self.host):
-                # Locked out or over a connection cap: dropped before a byte is read.
-                self.state = State.CLOSED
-                connection.transport.abortConnection()  # type: ignore[union-attr]
-                return
-            self._admitted = True
+        if not self.access.admit(self.host):
+            # Locked out or over a connection cap: dropped before a byte is read.
+            self.state = State.CLOSED
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._admitted = True
         self.registry.connections.add(self)
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
@@ -224,7 +223,7 @@ class DownstreamSession:
         self._abandoned.set()
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
-        if self._admitted and self.access is not None:
+        if self._admitted:
             self._admitted = False
             self.access.closed(self.host)
         was_bound = self.state in _BOUND or self.state is State.UNBINDING
@@ -292,7 +291,7 @@ class DownstreamSession:
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
         kind = pdu.BIND_KINDS[CommandId(command_id)]
-        if self.access is not None and self.access.locked(self.host):
+        if self.access.locked(self.host):
             # Connected before the lock-out began: refused like a bind that failed (not counted).
             self._bind_failed(connection, kind, sequence, "locked_out", "address locked out")
             return
@@ -318,7 +317,7 @@ class DownstreamSession:
                 return
             if self.state is not State.BINDING:
                 return  # the app went away meanwhile, with the right password: nothing to count
-            if self.access is not None and self.access.locked(self.host):
+            if self.access.locked(self.host):
                 # Locked out while the password was checked: a right password changes nothing.
                 self._bind_failed(connection, kind, sequence, "locked_out", client.system_id)
                 return
@@ -379,12 +378,7 @@ class DownstreamSession:
         if answer:
             connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
             connection.close()
-        locked_now = (
-            self.access is not None
-            and reason in LOCKOUT_REASONS
-            and self.access.bind_failed(self.host)
-        )
-        if locked_now:
+        if reason in LOCKOUT_REASONS and self.access.bind_failed(self.host):
             self._drop_unbound_from(self.host)
 
     def _drop_unbound_from(self, host: str) -> None:
@@ -438,9 +432,7 @@ class DownstreamSession:
         started = self.clock.seconds()
         account = self.account
         # A full window, or (taking a token only when the window has room) over the rate.
-        if self._in_flight >= self.window or (
-            self.access is not None and not self.access.may_submit(account)
-        ):
+        if self._in_flight >= self.window or not self.access.may_submit(account):
             self.metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
             connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
             return

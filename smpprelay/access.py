@@ -9,11 +9,12 @@ session asks and acts on the answer.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter, deque
 from collections.abc import Iterable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from smpprelay.config import Account, SecurityConfig
@@ -24,6 +25,23 @@ MAX_TRACKED_ADDRESSES = 100_000
 # The refusal reason for each full `Slots` cap of the open connections.
 _CONNECTION_CAPS = {"total": "max_connections", "per_address": "max_connections_per_address"}
 _LOCKED_OUT = "locked_out"
+# Failed binds that count toward an address's lock-out (not max_binds: a legitimate app
+# reconnecting before its old sessions are gone must not lock itself out).
+# An app that hangs up before its password was checked counts too ("abandoned"); a bind
+# refused because too many hash checks are in flight ("busy") does not.
+LOCKOUT_REASONS = frozenset({"credentials", "address_not_allowed", "malformed", "abandoned"})
+
+
+def address_allowed(peer: IAddress | None, allowed: tuple[str, ...]) -> bool:
+    """True when the peer's IP address is inside one of the ``allowed`` networks."""
+    host = getattr(peer, "host", None)
+    if host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net) for net in allowed)
 
 
 class TokenBucket:
@@ -212,3 +230,26 @@ class Access:
         """Take one submit from ``account``'s throughput; False means answer ESME_RTHROTTLED."""
         bucket = self._buckets.get(account)
         return bucket is None or bucket.take()
+
+
+class OpenAccess:
+    """The `Access` of a session given none (tests): every connection admitted, no address
+    locked out, no account over a rate."""
+
+    def admit(self, host: str) -> bool:
+        return True
+
+    def closed(self, host: str) -> None:
+        pass
+
+    def locked(self, host: str) -> bool:
+        return False
+
+    def bind_failed(self, host: str) -> bool:
+        return False
+
+    def may_submit(self, account: str) -> bool:
+        return True
+
+
+OPEN_ACCESS = OpenAccess()

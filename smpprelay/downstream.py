@@ -1,176 +1,35 @@
 """App sessions: apps bind to us exactly as they would to their operator's SMSC.
 
 `DownstreamSession` is the request handler of one app connection: the bind (through a
-``twisted.cred`` portal), the session state machine, the hand-over of each submit to the relay
-and the delivery of receipts and MO. `SessionRegistry` knows who is bound.
+``twisted.cred`` portal, see `smpprelay.auth`), the session state machine, the hand-over of each
+submit to the relay and the delivery of receipts and MO. `SessionRegistry` knows who is bound.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import threading
 from collections.abc import Callable
 from enum import Enum
-from functools import partial
 from typing import Any
 
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword, UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
 
 from smpprelay import pdu
-from smpprelay.access import Access, Slots
+from smpprelay.access import LOCKOUT_REASONS, OPEN_ACCESS, Access, OpenAccess, address_allowed
+from smpprelay.auth import BindAbandoned, BindCredentials, ChecksBusy, IAccount
 from smpprelay.config import Account
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
-from smpprelay.passwd import decoy_like, verify_password
 from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.tls import tls_problem
 
 # What we call ourselves in bind responses.
 SYSTEM_ID = "smpprelay"
-
-# Runs a slow check (a password hash) away from the reactor thread; fires with its result.
-OffThread = Callable[[Callable[[], bool]], Deferred[bool]]
-# Failed binds that count toward an address's lock-out (not max_binds: a legitimate app
-# reconnecting before its old sessions are gone must not lock itself out).
-# An app that hangs up before its password was checked counts too ("abandoned"); a bind
-# refused because too many hash checks are in flight ("busy") does not.
-_LOCKOUT_REASONS = {"credentials", "address_not_allowed", "malformed", "abandoned"}
-
-
-class ChecksBusy(Exception):
-    """Too many password-hash checks are in flight (in all, or from this address)."""
-
-
-class BindAbandoned(Exception):
-    """The app hung up before its password hash was checked: the check was skipped."""
-
-
-class BindCredentials(UsernamePassword):
-    """An app's system_id and password, the address it binds from, and an event set once its
-    connection is gone (read by the hash check in its thread, to skip work nobody awaits)."""
-
-    def __init__(
-        self, username: bytes, password: bytes, host: str, abandoned: threading.Event
-    ) -> None:
-        super().__init__(username, password)
-        self.host = host
-        self.abandoned = abandoned
-
-
-def _verify_unless_abandoned(
-    abandoned: threading.Event | None, hashed: str, password: bytes
-) -> bool:
-    # Runs in the password pool: a bind whose app already hung up costs no scrypt.
-    if abandoned is not None and abandoned.is_set():
-        raise BindAbandoned("the app hung up before its password was checked")
-    return verify_password(hashed, password)
-
-
-class IAccount(Interface):
-    """The avatar of a bound app: its `Account` configuration."""
-
-
-@implementer(ICredentialsChecker)
-class AccountChecker:
-    """Checks an app's system_id and password against the configured accounts.
-
-    A ``password_hash`` is verified through ``off_thread`` (a thread pool), never on the
-    reactor thread, and only while ``slots`` has room for the bind's address (else
-    `ChecksBusy` at once, without hashing). An unknown system_id costs what a known one does:
-    it is checked against a decoy hash with the parameters of the first hashed account (or
-    compared like a plain password when no account has a hash).
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(
-        self,
-        clients: dict[str, Account],
-        off_thread: OffThread | None = None,
-        slots: Slots | None = None,
-    ) -> None:
-        self._clients = clients
-        self._off_thread = off_thread
-        self._slots = slots
-        hashes = [c.password_hash for c in clients.values() if c.password_hash is not None]
-        if hashes and off_thread is None:
-            raise ValueError("password hashes need a thread pool to be verified in")
-        self._decoy = decoy_like(hashes[0]) if hashes else None
-
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
-        system_id = credentials.username.decode("latin-1")
-        client = self._clients.get(system_id)
-        secret: bytes = credentials.password
-        hashed = self._decoy if client is None else client.password_hash
-        if hashed is not None:
-            checked = self._check_hash(credentials, hashed, secret)
-        else:
-            expected = client.password if client is not None else None
-            # Compare even for an unknown system_id, so the answer takes as long either way.
-            plain = (expected or "\0" * 9).encode("latin-1")
-            checked = succeed(hmac.compare_digest(plain, secret))
-
-        def decide(matches: bool) -> bytes:
-            if client is None:
-                raise UnauthorizedLogin(f"unknown system_id {system_id!r}")
-            if not matches:
-                raise UnauthorizedLogin(f"wrong password for {system_id!r}")
-            return credentials.username  # type: ignore[no-any-return]
-
-        return checked.addCallback(decide)
-
-    def _check_hash(self, credentials: Any, hashed: str, secret: bytes) -> Deferred[bool]:
-        assert self._off_thread is not None
-        host: str = getattr(credentials, "host", "")
-        abandoned: threading.Event | None = getattr(credentials, "abandoned", None)
-        slots = self._slots
-        if slots is not None and not slots.take(host):
-            busy = f"{slots.in_flight} password checks in flight, at most {slots.total} "
-            busy += f"and {slots.per_address} per address"
-            return fail(ChecksBusy(busy))
-        checked = self._off_thread(partial(_verify_unless_abandoned, abandoned, hashed, secret))
-        if slots is not None:
-
-            def give_back(result: Any) -> Any:
-                slots.give_back(host)  # the pool is done with it, whatever the outcome
-                return result
-
-            checked.addBoth(give_back)
-        return checked
-
-
-@implementer(IRealm)
-class AccountRealm:
-    """Gives each authenticated system_id its `Account` configuration."""
-
-    def __init__(self, clients: dict[str, Account]) -> None:
-        self._clients = clients
-
-    def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> Any:
-        assert isinstance(avatarId, bytes)  # AccountChecker never gives an anonymous id
-        return IAccount, self._clients[avatarId.decode("latin-1")], lambda: None
-
-
-def address_allowed(peer: IAddress, allowed: tuple[str, ...]) -> bool:
-    """True when the peer's IP address is inside one of the ``allowed`` networks."""
-    host = getattr(peer, "host", None)
-    if host is None:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(net) for net in allowed)
 
 
 class State(Enum):
@@ -226,6 +85,8 @@ class SessionRegistry:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # Called with an account whose receiving bind can take deliveries now (it bound, or
+        # read again after a pause): the router registers its flush here.
         self.on_receiver_bound: list[Callable[[str], None]] = []
         self._sessions: dict[str, list[DownstreamSession]] = {}
         self.connections: set[DownstreamSession] = set()
@@ -235,8 +96,12 @@ class SessionRegistry:
         self._sessions.setdefault(session.account, []).append(session)
         self._gauge(session)
         if session.receives:
-            for hook in self.on_receiver_bound:
-                hook(session.account)
+            self.receiver_ready(session.account)
+
+    def receiver_ready(self, account: str) -> None:
+        """A receiving bind of ``account`` can take deliveries now."""
+        for hook in self.on_receiver_bound:
+            hook(account)
 
     def unbound(self, session: DownstreamSession) -> None:
         """``session`` is gone."""
@@ -272,20 +137,21 @@ class DownstreamSession:
         self,
         portal: Portal,
         registry: SessionRegistry,
-        submit: Submitter,
+        relay_submit: Submitter,
         clock: IReactorTime,
         metrics: Metrics,
         session_init: float,
         window: int,
         inactivity: float = 300.0,
-        access: Access | None = None,
+        access: Access | OpenAccess = OPEN_ACCESS,
     ) -> None:
         self.portal = portal
         self.access = access
         self.host = ""
         self._admitted = False
         self.registry = registry
-        self.submit = submit
+        # The relay's entry point: one submit in, one submit_sm_resp out.
+        self._relay_submit = relay_submit
         self.clock = clock
         self.metrics = metrics
         self.session_init = session_init
@@ -297,6 +163,7 @@ class DownstreamSession:
         # An app that binds with system_type "ISO" sends Latin-1 under data_coding 0.
         self.app_iso = False
         self.connection: SmppConnection | None = None
+        self._peer_address: IAddress | None = None
         self._in_flight = 0
         self._unbind_sequence: int | None = None
         self._init_timer: IDelayedCall | None = None
@@ -313,13 +180,13 @@ class DownstreamSession:
     def can_deliver(self) -> bool:
         """True when a deliver_sm may be sent now (bound to receive, window not full, and the
         app reading what we write: a paused connection takes nothing more)."""
-        c = self.connection
+        connection = self.connection
         return (
             self.receives
-            and c is not None
-            and not c.closed
-            and not c.paused
-            and c.in_flight < self.window
+            and connection is not None
+            and not connection.closed
+            and not connection.paused
+            and connection.in_flight < self.window
         )
 
     def deliver(self, frame: bytes) -> Deferred[bytes]:
@@ -331,14 +198,16 @@ class DownstreamSession:
 
     def connection_made(self, connection: SmppConnection) -> None:
         self.connection = connection
-        self.host = str(getattr(connection.transport.getPeer(), "host", ""))  # type: ignore[union-attr]
-        if self.access is not None:
-            if not self.access.admit(self.host):
-                # Locked out or over a connection cap: dropped before a byte is read.
-                self.state = State.CLOSED
-                connection.transport.abortConnection()  # type: ignore[union-attr]
-                return
-            self._admitted = True
+        transport = connection.transport
+        assert transport is not None  # called from the connection's connectionMade
+        self._peer_address = transport.getPeer()
+        self.host = str(getattr(self._peer_address, "host", ""))
+        if not self.access.admit(self.host):
+            # Locked out or over a connection cap: dropped before a byte is read.
+            self.state = State.CLOSED
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._admitted = True
         self.registry.connections.add(self)
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
@@ -354,7 +223,7 @@ class DownstreamSession:
         self._abandoned.set()
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
-        if self._admitted and self.access is not None:
+        if self._admitted:
             self._admitted = False
             self.access.closed(self.host)
         was_bound = self.state in _BOUND or self.state is State.UNBINDING
@@ -422,7 +291,7 @@ class DownstreamSession:
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
         kind = pdu.BIND_KINDS[CommandId(command_id)]
-        if self.access is not None and self.access.locked(self.host):
+        if self.access.locked(self.host):
             # Connected before the lock-out began: refused like a bind that failed (not counted).
             self._bind_failed(connection, kind, sequence, "locked_out", "address locked out")
             return
@@ -441,14 +310,14 @@ class DownstreamSession:
 
         def authenticated(result: tuple[Any, Account, Callable[[], None]]) -> None:
             client = result[1]
-            if not address_allowed(connection.transport.getPeer(), client.allowed_ips):  # type: ignore[union-attr]
+            if not address_allowed(self._peer_address, client.allowed_ips):
                 self._bind_failed(
                     connection, kind, sequence, "address_not_allowed", f"{client.system_id}"
                 )
                 return
             if self.state is not State.BINDING:
                 return  # the app went away meanwhile, with the right password: nothing to count
-            if self.access is not None and self.access.locked(self.host):
+            if self.access.locked(self.host):
                 # Locked out while the password was checked: a right password changes nothing.
                 self._bind_failed(connection, kind, sequence, "locked_out", client.system_id)
                 return
@@ -509,12 +378,7 @@ class DownstreamSession:
         if answer:
             connection.send(pdu.bind_response(kind, sequence, Status.ESME_RBINDFAIL, SYSTEM_ID))
             connection.close()
-        locked_now = (
-            self.access is not None
-            and reason in _LOCKOUT_REASONS
-            and self.access.bind_failed(self.host)
-        )
-        if locked_now:
+        if reason in LOCKOUT_REASONS and self.access.bind_failed(self.host):
             self._drop_unbound_from(self.host)
 
     def _drop_unbound_from(self, host: str) -> None:
@@ -560,8 +424,7 @@ class DownstreamSession:
     def _resumed(self) -> None:
         # The app reads again: what waited for its receiving bind can flow.
         if self.receives:
-            for hook in self.registry.on_receiver_bound:
-                hook(self.account)
+            self.registry.receiver_ready(self.account)
 
     # --- submit and unbind ------------------------------------------------------------------
 
@@ -569,9 +432,7 @@ class DownstreamSession:
         started = self.clock.seconds()
         account = self.account
         # A full window, or (taking a token only when the window has room) over the rate.
-        if self._in_flight >= self.window or (
-            self.access is not None and not self.access.may_submit(account)
-        ):
+        if self._in_flight >= self.window or not self.access.may_submit(account):
             self.metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
             connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
             return
@@ -590,7 +451,7 @@ class DownstreamSession:
             self.log.failure("relaying a submit failed", reason)
             answer(pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR))
 
-        self.submit(account, frame, self.app_iso).addCallbacks(answer, failed)
+        self._relay_submit(account, frame, self.app_iso).addCallbacks(answer, failed)
 
     def _unbind(self, connection: SmppConnection, sequence: int) -> None:
         self.state = State.UNBINDING
@@ -642,13 +503,3 @@ class DownstreamFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return self._make_connection(self._make_session())
-
-
-def make_portal(
-    clients: dict[str, Account],
-    off_thread: OffThread | None = None,
-    slots: Slots | None = None,
-) -> Portal:
-    """The cred portal that authenticates app binds (hashes verified through ``off_thread``,
-    as many at once as ``slots`` allows)."""
-    return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread, slots)])

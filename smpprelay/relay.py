@@ -32,8 +32,8 @@ from smpprelay.filters.base import Dropped, FilterChain
 from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
+from smpprelay.pool import QueueFull
 from smpprelay.router import Router
-from smpprelay.upstream import QueueFull
 
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
 # message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).

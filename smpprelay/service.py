@@ -27,15 +27,10 @@ from zope.interface import implementer
 
 from smpprelay import tls
 from smpprelay.access import Access
+from smpprelay.auth import OffThread, make_portal
 from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
-from smpprelay.downstream import (
-    DownstreamFactory,
-    DownstreamSession,
-    OffThread,
-    SessionRegistry,
-    make_portal,
-)
+from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay

@@ -13,10 +13,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from smpprelay import downstream, passwd, pdu
+from smpprelay import auth, passwd, pdu
 from smpprelay.access import Access, TokenBucket
+from smpprelay.auth import make_portal
 from smpprelay.config import Account, SecurityConfig
-from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
+from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.metrics import Metrics
 from smpprelay.passwd import make_hash
 from tests.fakes import PASSWORD, FakeSubmit, app_connection, resp_header, submit_frame
@@ -501,7 +502,7 @@ def test_check_skipped_when_the_app_hung_up(monkeypatch: pytest.MonkeyPatch) -> 
         verified.append(password)
         return real_verify(hashed, password)
 
-    monkeypatch.setattr(downstream, "verify_password", verify)
+    monkeypatch.setattr(auth, "verify_password", verify)
     pool = OffThread()
     relay = Relay((HASHED,), SecurityConfig(bind_failures=1), off_thread=pool)
     gone, waiting = relay.connect("10.0.0.1"), relay.connect("10.0.0.2")

@@ -10,8 +10,9 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
 from smpprelay import pdu
+from smpprelay.auth import make_portal
 from smpprelay.config import Account
-from smpprelay.downstream import DownstreamSession, SessionRegistry, State, make_portal
+from smpprelay.downstream import DownstreamSession, SessionRegistry, State
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from tests.fakes import (

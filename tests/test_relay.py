@@ -19,8 +19,8 @@ from smpprelay import pdu
 from smpprelay.connection import ResponseTimeout
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
+from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
-from smpprelay.upstream import QueueFull
 from tests.fakes import FakePool, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"

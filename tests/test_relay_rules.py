@@ -22,8 +22,8 @@ from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
+from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
-from smpprelay.upstream import QueueFull
 from tests.fakes import FakePool, FakeReceiver, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"

@@ -31,9 +31,10 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from smpprelay import pdu
+from smpprelay.auth import make_portal
 from smpprelay.config import Account, DedupRule, FiltersConfig, FloodRule
 from smpprelay.connection import RequestHandler, SmppConnection
-from smpprelay.downstream import DownstreamSession, SessionRegistry, make_portal
+from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, ShortMessage, Status

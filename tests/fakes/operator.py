@@ -22,7 +22,8 @@ from smpprelay.config import UpstreamConfig
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
-from smpprelay.upstream import UpstreamHandler, UpstreamPool, UpstreamService, build_upstream
+from smpprelay.pool import UpstreamPool
+from smpprelay.upstream import UpstreamHandler, UpstreamService, build_upstream
 from tests.fakes import frames_of
 
 OPERATOR = IPv4Address("TCP", "127.0.0.1", 2775)

@@ -18,7 +18,7 @@ import pytest_twisted
 import smpplib.exceptions
 from twisted.internet.threads import deferToThread
 
-from smpprelay import downstream, passwd, pdu
+from smpprelay import auth, passwd, pdu
 from smpprelay.config import ListenTlsConfig
 from smpprelay.passwd import make_hash
 from smpprelay.service import Listener, RelayService
@@ -294,7 +294,7 @@ async def test_hashed_password_end_to_end_verified_off_the_reactor(
         threads.append(threading.get_ident())
         return real_verify(hashed, password)
 
-    monkeypatch.setattr(downstream, "verify_password", verify)
+    monkeypatch.setattr(auth, "verify_password", verify)
     clients = [{"system_id": "app1", "password_hash": make_hash("secret1", n=1024)}]
     service = await harness.relay(clients=clients)
     app = harness.esme(service)

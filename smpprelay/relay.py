@@ -33,6 +33,7 @@ from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.pool import QueueFull
+from smpprelay.receipts import delivery_receipt
 from smpprelay.router import Router
 
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
@@ -228,7 +229,7 @@ class Relay:
         now = self.clock.seconds()
         for part in parts:
             if part.app_message_id and _wants_receipt(part):
-                receipt = pdu.delivery_receipt(part.fields, part.app_message_id, stat, now, now)
+                receipt = delivery_receipt(part.fields, part.app_message_id, stat, now, now)
                 self.router.deliver("receipt", part.account, receipt)
 
     def sweep(self) -> None:

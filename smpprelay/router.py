@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
+from smpprelay.receipts import normalise_message_id, receipt_id, replace_receipt_id
 from smpprelay.store.memory import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
@@ -73,7 +74,7 @@ class Router:
     ) -> None:
         """Route receipts for operator ``message_id`` to ``account``."""
         if self.routes.add(
-            pdu.normalise_message_id(message_id), account, self.clock.seconds(), app_message_id
+            normalise_message_id(message_id), account, self.clock.seconds(), app_message_id
         ):
             self._evicted()
 
@@ -124,10 +125,10 @@ class Router:
     def _route_receipt(
         self, frame: bytes, message: pdu.ShortMessage, retried: bool
     ) -> Deferred[int]:
-        message_id = pdu.receipt_id(message)
+        message_id = receipt_id(message)
         route = None
         if message_id is not None:
-            route = self.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
+            route = self.routes.get(normalise_message_id(message_id), self.clock.seconds())
         if route is None:
             if message_id is not None and not retried:
                 later: Deferred[int] = Deferred()
@@ -146,7 +147,7 @@ class Router:
             self.metrics.deliveries.labels("receipt", "unmatched").inc()
             return succeed(Status.ESME_ROK)
         if route.app_message_id is not None and message_id is not None:
-            frame = pdu.replace_receipt_id(frame, message, message_id, route.app_message_id)
+            frame = replace_receipt_id(frame, message, message_id, route.app_message_id)
         return self._deliver("receipt", route.account, frame)
 
     # --- to the apps ----------------------------------------------------------------------

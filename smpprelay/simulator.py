@@ -22,6 +22,7 @@ from smpprelay import pdu
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, ShortMessage, Status
+from smpprelay.receipts import delivery_receipt
 
 _HELD_MAX = 100_000
 
@@ -96,7 +97,7 @@ class Simulator:
 
     def receipt(self, message: ShortMessage, message_id: bytes, submitted: float) -> bytes:
         """The delivery receipt for ``message`` (3.4 appendix B, with its TLVs)."""
-        return pdu.delivery_receipt(message, message_id, self.stat, submitted, self.clock.seconds())
+        return delivery_receipt(message, message_id, self.stat, submitted, self.clock.seconds())
 
     def send_mo(self, system_id: str, source: bytes, destination: bytes, text: bytes) -> None:
         """Inject a mobile-originated message for ``system_id`` (GSM default alphabet)."""

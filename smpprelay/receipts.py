@@ -1,0 +1,100 @@
+"""Delivery receipts: which submit one is about, rewriting its id, making one.
+
+Shared by the router (routes an operator's receipt back under the app's id), the relay (makes
+receipts for parts it answered itself) and the simulator (makes an SMSC's receipts).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Final
+
+from smpprelay.smpp.constants import MESSAGE_STATES, CommandId, Tag
+from smpprelay.smpp.framing import header
+from smpprelay.smpp.short_message import BLANK_MESSAGE, ShortMessage, encode_short_message
+
+__all__ = ["delivery_receipt", "normalise_message_id", "receipt_id", "replace_receipt_id"]
+
+_RECEIPT_ID: Final = re.compile(rb"\bid:(\S+)", re.IGNORECASE)
+
+
+def receipt_id(message: ShortMessage) -> bytes | None:
+    """The id a receipt is about: ``receipted_message_id`` first, else the text's ``id:``."""
+    tlv = message.tlv(Tag.receipted_message_id)
+    if tlv:
+        return tlv.rstrip(b"\0")
+    match = _RECEIPT_ID.search(message.text)
+    return match.group(1) if match else None
+
+
+def normalise_message_id(message_id: bytes) -> str:
+    """The form under which message ids are compared.
+
+    SMSCs differ in case and leading zeros between submit_sm_resp and the receipt (Jasmin and
+    Kannel both had to learn this); neither changes which message is meant.
+    """
+    return message_id.decode("latin-1").strip().upper().lstrip("0") or "0"
+
+
+def replace_receipt_id(frame: bytes, message: ShortMessage, old_id: bytes, new_id: bytes) -> bytes:
+    """The receipt ``frame`` about ``new_id`` instead of ``old_id``.
+
+    The id is in two places, the ``receipted_message_id`` TLV and the text's ``id:`` field;
+    both are rewritten, every other byte stays as the operator sent it.
+    """
+    old_text = b"id:" + old_id
+    new_text = b"id:" + new_id
+
+    def swap(text: bytes) -> bytes:
+        return _RECEIPT_ID.sub(
+            lambda m: new_text if m.group(0).lower() == old_text.lower() else m.group(0), text, 1
+        )
+
+    tlvs = tuple(
+        (tag, new_id + b"\0")
+        if tag == Tag.receipted_message_id
+        else (tag, swap(value))
+        if tag == Tag.message_payload
+        else (tag, value)
+        for tag, value in message.tlvs
+    )
+    rewritten = message._replace(short_message=swap(message.short_message), tlvs=tlvs)
+    _, command_id, _, sequence = header(frame)
+    return encode_short_message(command_id, sequence, rewritten)
+
+
+def delivery_receipt(
+    message: ShortMessage, message_id: bytes, stat: str, submitted: float, done: float
+) -> bytes:
+    """A delivery receipt about ``message`` (3.4 appendix B text plus its TLVs).
+
+    It goes from the message's destination back to its source, as an SMSC sends it.
+    """
+    stamp = time.strftime("%y%m%d%H%M", time.gmtime(submitted)).encode()
+    finished = time.strftime("%y%m%d%H%M", time.gmtime(done)).encode()
+    # Only text codings are quoted back; binary or UCS-2 would make the text unreadable.
+    sample = message.text[:20] if message.data_coding in (0, 1, 3) else b""
+    text = b"id:%s sub:001 dlvrd:%s submit date:%s done date:%s stat:%s err:000 text:%s" % (
+        message_id,
+        b"001" if stat == "DELIVRD" else b"000",
+        stamp,
+        finished,
+        stat.encode(),
+        sample,
+    )
+    receipt = BLANK_MESSAGE._replace(
+        source_ton=message.dest_ton,
+        source_npi=message.dest_npi,
+        source_addr=message.destination_addr,
+        dest_ton=message.source_ton,
+        dest_npi=message.source_npi,
+        destination_addr=message.source_addr,
+        esm_class=0x04,
+        short_message=text,
+        tlvs=(
+            (Tag.receipted_message_id, message_id + b"\0"),
+            (Tag.message_state, bytes((MESSAGE_STATES.get(stat, 7),))),
+        ),
+    )
+    return encode_short_message(CommandId.deliver_sm, 1, receipt)

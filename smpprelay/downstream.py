@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
 from smpprelay import pdu
 from smpprelay.access import LOCKOUT_REASONS, OPEN_ACCESS, Access, OpenAccess, address_allowed
@@ -501,5 +502,6 @@ class DownstreamFactory(Factory):
         self._make_session = make_session
         self._make_connection = make_connection
 
+    @override
     def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return self._make_connection(self._make_session())

@@ -214,10 +214,12 @@ class ThreadPoolService(Service):
         self.pool = pool
         self.reactor = reactor
 
+    @override
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.pool.start()
 
+    @override
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.pool.stop)

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
 from smpprelay import pdu
 from smpprelay.connection import SmppConnection
@@ -201,6 +202,7 @@ class SimulatorFactory(Factory):
         self.metrics = metrics
         self.max_pdu = max_pdu
 
+    @override
     def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return SmppConnection(
             SimulatedSession(self.simulator),

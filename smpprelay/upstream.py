@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEn
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
 from smpprelay import pdu
 from smpprelay._clientservice_fix import SessionEndpoint
@@ -266,6 +267,7 @@ class UpstreamSession(ClientService):
         self._set_state("connecting")
         return connection.unbind()
 
+    @override
     def stopService(self) -> Deferred[None]:
         # Unbind first, so the operator sees a clean unbind rather than a dropped socket, and
         # stop reconnecting as soon as that is done, not once every session has unbound.
@@ -285,6 +287,7 @@ class UpstreamService(MultiService):
         for session in sessions:
             session.setServiceParent(self)  # type: ignore[no-untyped-call]
 
+    @override
     def stopService(self) -> Deferred[None]:
         self.pool.stop()
         # Each session unbinds, then stops (UpstreamSession.stopService).

@@ -64,6 +64,25 @@ class Filter(Protocol):
         ...
 
 
+class HoldsNothing:
+    """For a rule that holds no message: nothing to give up, and expiry only forgets."""
+
+    holds_parts: ClassVar[bool] = False
+
+    def forget(self, now: float) -> int:
+        """Forget the state whose window has ended; return how many entries went."""
+        return 0
+
+    def expire(self, now: float) -> Sequence[Dropped]:
+        """Forget what has ended (see `forget`); no held message is ever given up."""
+        self.forget(now)
+        return ()
+
+    def drop_all(self) -> Sequence[Dropped]:
+        """Nothing to give up: this rule holds no message."""
+        return ()
+
+
 class FilterChain:
     """Runs the rules in order; the first one that does not accept decides."""
 

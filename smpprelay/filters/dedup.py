@@ -22,13 +22,12 @@ settled, so a message is hashed once.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.logger import Logger
 
 from smpprelay.config import DedupRule
-from smpprelay.filters.base import Dropped
+from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
@@ -37,12 +36,11 @@ KEY_SIZE = DEDUP_KEY_SIZE
 _KEY = struct.Struct("<qI")  # hash of the fields, length of the content
 
 
-class DedupFilter:
+class DedupFilter(HoldsNothing):
     """Rejects (or replays) a message identical to one accepted less than ``window`` s ago."""
 
     name: ClassVar[str] = "dedup"
     settles: ClassVar[bool] = True
-    holds_parts: ClassVar[bool] = False
     log = Logger()
 
     def __init__(self, config: DedupRule, metrics: Metrics) -> None:
@@ -95,15 +93,6 @@ class DedupFilter:
         else:
             # The app knows the message by the relay's id when it was given one.
             self.window.accept(key, now, message.app_message_id or message_id)
-
-    def expire(self, now: float) -> Sequence[Dropped]:
-        """Forget the messages whose window has ended (see `forget`); this rule holds nothing."""
-        self.forget(now)
-        return ()
-
-    def drop_all(self) -> Sequence[Dropped]:
-        """Nothing to give up: this rule holds no message."""
-        return ()
 
     def forget(self, now: float) -> int:
         """Forget the messages whose window has ended; return how many. Run about once a second."""

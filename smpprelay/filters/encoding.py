@@ -24,7 +24,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import re
-from collections.abc import Sequence
 from typing import ClassVar, Final
 
 import attrs
@@ -34,7 +33,7 @@ import gsm0338  # type: ignore[import-untyped]  # noqa: F401
 
 from smpprelay import pdu
 from smpprelay.config import EncodingRule
-from smpprelay.filters.base import Dropped
+from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status, Tag
@@ -188,12 +187,11 @@ def _parts(data: bytes, width: int, limits: tuple[int, int], low: int, high: int
     return parts + 1
 
 
-class EncodingFilter:
+class EncodingFilter(HoldsNothing):
     """Rejects content invalid for its data_coding and transcodes between conventions."""
 
     name: ClassVar[str] = "encoding"
     settles: ClassVar[bool] = True  # bills what the operator accepted
-    holds_parts: ClassVar[bool] = False
 
     def __init__(self, config: EncodingRule, upstream_iso: bool, metrics: Metrics) -> None:
         self.config = config
@@ -248,14 +246,6 @@ class EncodingFilter:
             else:
                 parts = billed_parts(dc, content, latin1=self.upstream_iso)
             self._bill(dc, parts)
-
-    def expire(self, now: float) -> Sequence[Dropped]:
-        """Nothing to forget: this rule keeps no state between messages."""
-        return ()
-
-    def drop_all(self) -> Sequence[Dropped]:
-        """Nothing to give up: this rule holds no message."""
-        return ()
 
     # --- transcoding --------------------------------------------------------------------
 

@@ -13,24 +13,22 @@ the operator accepted it, so that many concurrent submits to one number cannot a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.logger import Logger
 
 from smpprelay.config import FloodRule
-from smpprelay.filters.base import Dropped
+from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store.windows import FloodStreaks
 
 
-class FloodFilter:
+class FloodFilter(HoldsNothing):
     """Rejects a message that would make the streak to its number longer than allowed."""
 
     name: ClassVar[str] = "flood"
     settles: ClassVar[bool] = True
-    holds_parts: ClassVar[bool] = False
     log = Logger()
 
     def __init__(self, config: FloodRule, metrics: Metrics) -> None:
@@ -65,15 +63,6 @@ class FloodFilter:
             self.streaks.release(key)
         else:
             self.streaks.accept(key, now)
-
-    def expire(self, now: float) -> Sequence[Dropped]:
-        """Forget the streaks that have ended (see `forget`); this rule holds nothing."""
-        self.forget(now)
-        return ()
-
-    def drop_all(self) -> Sequence[Dropped]:
-        """Nothing to give up: this rule holds no message."""
-        return ()
 
     def forget(self, now: float) -> int:
         """Forget the streaks that have ended; return how many. Run about once a second."""

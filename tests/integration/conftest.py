@@ -201,7 +201,11 @@ class Harness:
     def esme(self, service: RelayService, ssl_context: ssl.SSLContext | None = None) -> Esme:
         """A new (unconnected) smpplib app aimed at ``service``'s SMPP listener (TLS with
         ``ssl_context``)."""
-        esme = Esme(port_of(service.listener), ssl_context)
+        return self.esme_at(port_of(service.listener), ssl_context)
+
+    def esme_at(self, port: int, ssl_context: ssl.SSLContext | None = None) -> Esme:
+        """A new (unconnected) smpplib app aimed at 127.0.0.1:``port``."""
+        esme = Esme(port, ssl_context)
         self.esmes.append(esme)
         return esme
 

@@ -173,6 +173,8 @@ class LimitsConfig:
     pdu_read: float = attrs.field(default=10.0, validator=_POSITIVE)
     # A bound app session with no PDU from the app for this long is unbound by the relay.
     inactivity: float = attrs.field(default=300.0, validator=_POSITIVE)
+    # A stop (SIGTERM) lasts at most this long: apps that have not unbound by then are cut off.
+    shutdown_timeout: float = attrs.field(default=15.0, validator=_POSITIVE)
 
 
 @attrs.frozen(kw_only=True)

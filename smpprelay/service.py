@@ -15,6 +15,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
@@ -122,6 +123,22 @@ class Listener(StreamServerEndpointService):
         return super().stopService()  # type: ignore[no-any-return,no-untyped-call]
 
 
+def exit_zero_after_a_clean_stop(reactor: Any, clean: Callable[[], bool]) -> None:
+    """Under twistd, a stop that went as planned exits 0, even on SIGTERM.
+
+    twistd re-raises the signal that stopped the reactor once it is done (status 143, or -15
+    as a subprocess), which supervisors and scripts read as a crash. The signal it re-raises
+    is the reactor's ``_exitSignal`` (`twisted.internet.base._ISupportsExitSignalCapturing`):
+    forgotten after a clean stop, kept when ``clean()`` says something was cut off.
+    """
+
+    def forget_the_signal() -> None:
+        if clean() and getattr(reactor, "_exitSignal", None) is not None:
+            reactor._exitSignal = None
+
+    reactor.addSystemEventTrigger("after", "shutdown", forget_the_signal)
+
+
 class RelayService(MultiService):
     """The whole relay; `build` makes and adds its parts, this service orders start and stop.
 
@@ -142,9 +159,13 @@ class RelayService(MultiService):
         app_listeners: Sequence[Listener],
         metrics_listener: Listener,
         simulator: Listener | None,
+        clock: IReactorTime,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
+        self.clock = clock
+        # False once a stop had to cut something off (see limits.shutdown_timeout).
+        self.stopped_cleanly = True
         self.metrics = relay.metrics
         self.registry = registry
         self.router = router
@@ -187,19 +208,61 @@ class RelayService(MultiService):
     @override
     def stopService(self) -> Deferred[None]:
         self.running = 0
+        deadline = self.clock.seconds() + self.config.limits.shutdown_timeout
 
         async def in_order() -> None:
             for listener in self.app_listeners:
                 await maybeDeferred(listener.stopService)
             log.info("stopping: no new apps; unbinding the bound ones")
             self.relay.drop_held()
-            await self.registry.shutdown()
+            if not await self._within(self.registry.shutdown(), deadline):
+                self.stopped_cleanly = False
+                self._cut_off_apps()
             self.router.stop()
             for service in reversed(list(self)):
-                if service not in self.app_listeners and service.running:
-                    await maybeDeferred(service.stopService)
+                if service in self.app_listeners or not service.running:
+                    continue
+                if not await self._within(maybeDeferred(service.stopService), deadline):
+                    self.stopped_cleanly = False
+                    log.warn("stopping: {service} did not stop in time", service=service)
+            if self.stopped_cleanly:
+                log.info("stopped cleanly")
 
         return Deferred.fromCoroutine(in_order())
+
+    def _within(self, stage: Deferred[Any], deadline: float) -> Deferred[bool]:
+        """Fires True when ``stage`` is done, or False at ``deadline`` if it is not."""
+        done: Deferred[bool] = Deferred()
+        timer = self.clock.callLater(
+            max(0.0, deadline - self.clock.seconds()),
+            lambda: None if done.called else done.callback(False),
+        )
+
+        def finished(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(True)
+
+        stage.addBoth(finished)
+        return done
+
+    def _cut_off_apps(self) -> None:
+        """limits.shutdown_timeout has passed: close every app connection still open."""
+        sessions = [
+            session
+            for session in self.registry.connections
+            if session.connection is not None and not session.connection.closed
+        ]
+        log.warn(
+            "stopping: {n} app connection(s) still open after limits.shutdown_timeout "
+            "({timeout} s); closing them",
+            n=len(sessions),
+            timeout=self.config.limits.shutdown_timeout,
+        )
+        for session in sessions:
+            assert session.connection is not None
+            session.connection.abort()
 
 
 class ThreadPoolService(Service):
@@ -392,7 +455,15 @@ def build(
         Site(metrics_resource(metrics, lambda: service.ready())),
     )
     service = RelayService(
-        config, registry, router, relay, upstream, app_listeners, metrics_listener, simulator
+        config,
+        registry,
+        router,
+        relay,
+        upstream,
+        app_listeners,
+        metrics_listener,
+        simulator,
+        reactor,
     )
     children: list[IService | None] = [
         ThreadPoolService(password_pool, reactor) if password_pool is not None else None,

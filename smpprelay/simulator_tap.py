@@ -84,7 +84,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from smpprelay.metrics import Metrics
-    from smpprelay.service import Listener, tcp_server
+    from smpprelay.service import Listener, exit_zero_after_a_clean_stop, tcp_server
     from smpprelay.simulator import Simulator, SimulatorFactory
     from smpprelay.tls import server_endpoint
 
@@ -96,4 +96,5 @@ def makeService(options: Options) -> IService:
     else:
         endpoint = tcp_server(reactor, options["host"], options["port"])
         name = "simulated SMSC"
+    exit_zero_after_a_clean_stop(reactor, lambda: True)  # closing its port is the whole stop
     return Listener(name, endpoint, SimulatorFactory(simulator, Metrics()))

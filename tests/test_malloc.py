@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
 import subprocess
 import sys
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from smpprelay import malloc, service, tap
 
@@ -36,7 +38,12 @@ def test_twistd_smpprelay_fixes_it_before_building(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(service, "build", build)
     options = tap.Options()  # type: ignore[no-untyped-call]
     options.parseOptions([])  # type: ignore[no-untyped-call]
-    assert tap.makeService(options) is built
+    # A fake reactor: makeService registers process-wide hooks (gc.freeze once running, the
+    # exit status after a stop) that must not land on the test runner's reactor.
+    reactor = MemoryReactorClock()
+    assert tap.makeService(options, reactor) is built
+    assert [call[0] for call in reactor.whenRunningHooks] == [gc.freeze]
+    assert len(reactor.triggers["after"]["shutdown"]) == 1
     assert events == ["fixed", "built"]
 
 

@@ -32,8 +32,9 @@ METRICS_PORT = default_config().metrics.port
 class App(Protocol):
     """A minimal app: records every PDU the relay sends and answers its requests."""
 
-    def __init__(self, events: list[str]) -> None:
+    def __init__(self, events: list[str], answers_unbind: bool = True) -> None:
         self.events = events
+        self.answers_unbind = answers_unbind
         self.framer = pdu.Framer(max_pdu=1 << 16)
         self.received: list[bytes] = []
 
@@ -43,7 +44,8 @@ class App(Protocol):
             _, command_id, _, sequence = pdu.header(frame)
             if command_id == CommandId.unbind:
                 self.events.append("app asked to unbind")
-                self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
+                if self.answers_unbind:
+                    self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
             elif command_id == CommandId.deliver_sm:
                 self.events.append("app got a deliver_sm")
                 self.transport.write(pdu.response(command_id, sequence, Status.ESME_ROK))  # type: ignore[union-attr]
@@ -78,9 +80,9 @@ class Tree:
             if not any([pump.pump() for pump in self.pumps]):
                 break
 
-    def app(self) -> App:
+    def app(self, answers_unbind: bool = True) -> App:
         """An app connected to the relay's SMPP port from loopback (the demo account's net)."""
-        app = App(self.events)
+        app = App(self.events, answers_unbind)
         loopback = IPv4Address("TCP", "127.0.0.1", 40000)
         here = IPv4Address("TCP", "127.0.0.1", SMPP_PORT)
         (factory,) = [args[1] for args in self.reactor.tcpServers if args[0] == SMPP_PORT]
@@ -107,13 +109,16 @@ class Tree:
 
         setattr(owner, method, recorded)
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop the relay, carrying bytes and moving the clock; return how long it took."""
+        began = self.reactor.seconds()
         stopped: Deferred[None] = self.service.stopService()
-        for _ in range(200):
+        for _ in range(1000):
             if stopped.called:
                 break
             self.turn(0.1)
         assert stopped.called, "stopService did not finish"
+        return self.reactor.seconds() - began
 
 
 def test_whole_tree_relays_a_submit_and_its_receipt_and_stops_with_no_delayed_call() -> None:
@@ -196,6 +201,40 @@ def test_a_part_held_at_shutdown_gets_its_receipt_before_the_app_is_unbound() ->
     ]
     assert sum(sent) == 0
     assert tree.reactor.getDelayedCalls() == []
+
+
+def test_an_app_that_ignores_our_unbind_holds_the_stop_no_longer_than_shutdown_timeout() -> None:
+    """An app that never answers the relay's unbind would hold the stop for limits.response
+    (30 s); the whole stop is bounded by limits.shutdown_timeout (15 s): the app is cut off,
+    upstream still unbinds, the stop is marked not clean (twistd then keeps its signal exit
+    status) and no delayed call is left."""
+    tree = Tree()
+    service = tree.service
+    service.startService()
+    tree.turn()
+    app = tree.app(answers_unbind=False)
+    app.send(pdu.bind_request("transceiver", 1, "demo", "demo"))
+    tree.turn()
+    took = tree.stop()
+    timeout = service.config.limits.shutdown_timeout
+    assert timeout < service.config.limits.response
+    assert timeout <= took < timeout + 1
+    assert "app asked to unbind" in tree.events
+    assert service.stopped_cleanly is False
+    assert service.upstream.pool.bound == 0
+    assert tree.reactor.getDelayedCalls() == []
+
+
+def test_a_stop_where_every_app_unbinds_is_clean() -> None:
+    """The counterpart: with an app that answers, the stop is clean (twistd exits 0)."""
+    tree = Tree()
+    tree.service.startService()
+    tree.turn()
+    app = tree.app()
+    app.send(pdu.bind_request("transceiver", 1, "demo", "demo"))
+    tree.turn()
+    assert tree.stop() < 1
+    assert tree.service.stopped_cleanly is True
 
 
 class Taken(MemoryReactorClock):

@@ -10,6 +10,9 @@ resident set size (``VmRSS`` in /proc/self/status, after ``gc.collect()``) befor
 - ``churn``: the two filled in one process, then N more of each while ``expire`` runs as the
   relay's sweep would, so the live count stays at N: a dict never shrinks its table, so this
   is the steady state under load;
+- ``routes``: N receipt routes (operator message ids of 16 hex digits, ten accounts, every
+  tenth with an id of the relay's own as concatenated parts have), the router's map whose
+  size ``receipts.map_max`` bounds;
 - ``churn`` again with glibc's own mmap threshold, for comparison: the others fix it at
   128 KiB as ``twistd smpprelay`` does at start (`smpprelay.malloc`), since by default glibc
   keeps the large blocks a dict frees when it grows on its heap rather than returning them.
@@ -42,6 +45,7 @@ from smpprelay.malloc import fix_mmap_threshold  # noqa: E402
 from smpprelay.message import ACCEPT, Message  # noqa: E402
 from smpprelay.metrics import Metrics  # noqa: E402
 from smpprelay.pdu import BLANK_MESSAGE  # noqa: E402
+from smpprelay.store.memory import ReceiptRoutes  # noqa: E402
 
 TARGET_MB = 300.0
 START = 1_700_000_000.0  # a realistic clock value: the accept times are full-size floats
@@ -90,8 +94,32 @@ def fill(
     return (time.perf_counter() - began) / count
 
 
+def routes_child(entries: int) -> dict[str, Any]:
+    """N live receipt routes, as the router keeps them."""
+    routes = ReceiptRoutes(ttl=172_800.0, max_entries=entries)
+    before = rss_bytes()
+    began = time.perf_counter()
+    for index in range(entries):
+        app_id = b"R0123ABCD%08X" % index if index % 10 == 0 else None
+        routes.add("%016X" % (0xA000000000000000 + index), f"app{index % 10}", START, app_id)
+    seconds = time.perf_counter() - began
+    after = rss_bytes()
+    if len(routes) != entries:
+        raise RuntimeError(f"{len(routes)} routes, not {entries}")
+    return {
+        "kind": "routes",
+        "entries": entries,
+        "before_mb": before / 1e6,
+        "after_mb": after / 1e6,
+        "bytes_per_entry": (after - before) / entries,
+        "us_per_message": {"routes": seconds / entries * 1e6},
+    }
+
+
 def child(kind: str, entries: int) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
+    if kind == "routes":
+        return routes_child(entries)
     metrics = Metrics()
     window = 60.0
     # All N accepted inside one window (dedup) or gap (flood): every entry is live at the end.
@@ -152,7 +180,9 @@ def run_child(kind: str, entries: int, glibc_default: bool = False) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000, help="live entries per kind")
-    parser.add_argument("--kind", choices=("dedup", "flood", "both", "churn"), help="(child)")
+    parser.add_argument(
+        "--kind", choices=("dedup", "flood", "both", "churn", "routes"), help="(child)"
+    )
     parser.add_argument("--glibc-default", action="store_true", help="(child)")
     args = parser.parse_args(argv)
     if args.entries < 1:
@@ -168,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     dedup, flood = run_child("dedup", n), run_child("flood", n)
     both = run_child("churn", n)  # both kinds filled, then churned
     default = run_child("churn", n, glibc_default=True)
+    routes = run_child("routes", n)
     print(f"\n{'run':<38}{'before MB':>10}{'after MB':>10}{'bytes/entry':>13}")
     rows = [
         ("dedup alone, filled", dedup, "after_mb", "bytes_per_entry"),
@@ -181,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{label:<38}{result['before_mb']:>10.1f}{result[mb]:>10.1f}{result[per_entry]:>13.0f}"
         )
+    print(
+        f"{'receipt routes (receipts.map_max)':<38}{routes['before_mb']:>10.1f}"
+        f"{routes['after_mb']:>10.1f}{routes['bytes_per_entry']:>13.0f}"
+    )
     dedup_us, flood_us = dedup["us_per_message"]["dedup"], flood["us_per_message"]["flood"]
     print(
         "check + settle per message (building the message included): "
@@ -209,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "dedup_us_per_message": round(dedup_us, 2),
         "flood_us_per_message": round(flood_us, 2),
         "target_mb": TARGET_MB,
+        "route_bytes": round(routes["bytes_per_entry"], 1),
+        "routes_mb": round(routes["after_mb"], 1),
     }
     print(json.dumps(summary), flush=True)
     return 0

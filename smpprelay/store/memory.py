@@ -25,6 +25,13 @@ class Route:
     expires: float
 
 
+# One route as stored: complex(expires, account number), or with the id the app was given
+# when it is not the operator's, (that complex, app id). A complex number is 32 bytes and never
+# tracked by the garbage collector; a `Route` object and its float took 80 (README "Receipts
+# and MO" has the bytes per route, measured by benchmarks/state_memory.py).
+_Stored = complex | tuple[complex, bytes]
+
+
 class ReceiptRoutes:
     """Operator message id (normalised) -> `Route`, oldest first, bounded and expiring.
 
@@ -35,7 +42,9 @@ class ReceiptRoutes:
     def __init__(self, ttl: float, max_entries: int) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._routes: OrderedDict[str, Route] = OrderedDict()
+        self._routes: OrderedDict[str, _Stored] = OrderedDict()
+        self._accounts: list[str] = []  # account number -> name
+        self._numbers: dict[str, int] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -46,9 +55,14 @@ class ReceiptRoutes:
 
         Returns True when that took the place of the oldest route (``max_entries`` reached).
         """
+        number = self._numbers.get(account)
+        if number is None:
+            number = self._numbers[account] = len(self._accounts)
+            self._accounts.append(account)
+        stored = complex(now + self.ttl, number)
         routes = self._routes
         routes.pop(message_id, None)
-        routes[message_id] = Route(account, app_id, now + self.ttl)
+        routes[message_id] = stored if app_id is None else (stored, app_id)
         if len(routes) > self.max_entries:
             routes.popitem(last=False)
             self.evicted += 1
@@ -57,10 +71,13 @@ class ReceiptRoutes:
 
     def get(self, message_id: str, now: float) -> Route | None:
         """The route for ``message_id``, if it is known and has not expired."""
-        route = self._routes.get(message_id)
-        if route is None or route.expires <= now:
+        stored = self._routes.get(message_id)
+        if stored is None:
             return None
-        return route
+        when, app_id = (stored, None) if isinstance(stored, complex) else stored
+        if when.real <= now:
+            return None
+        return Route(self._accounts[int(when.imag)], app_id, when.real)
 
     def expire(self, now: float) -> int:
         """Forget every expired route; return how many."""
@@ -68,7 +85,8 @@ class ReceiptRoutes:
         dropped = 0
         while routes:
             first = next(iter(routes.values()))
-            if first.expires > now:
+            expires = first.real if isinstance(first, complex) else first[0].real
+            if expires > now:
                 break
             routes.popitem(last=False)
             dropped += 1

@@ -6,13 +6,12 @@ by reading what was written and answering it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.error import ConnectionLost
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
+from smpprelay.metrics import Metrics
 from smpprelay.pool import QueueFull
 from tests.fakes import captured_logs, failure_of, result_of, submit_sm
 from tests.fakes.operator import Wire, make_pool
@@ -315,7 +314,7 @@ def test_pool_queue_timeout_applies_to_every_line() -> None:
 # --- backing off a throttling operator (fault 15) ------------------------------------------
 
 
-def _effective(metrics: Any, session: str = "0") -> float | None:
+def _effective(metrics: Metrics, session: str = "0") -> float | None:
     return metrics.registry.get_sample_value(
         "smpprelay_upstream_window_effective", {"session": session}
     )

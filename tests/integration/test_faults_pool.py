@@ -59,3 +59,31 @@ async def test_long_message_parts_keep_the_operator_window(
         await app.close()
         code, log = await relay.stop()
     assert code in (0, -15), log
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_message_with_more_parts_than_the_window_is_refused_whole(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """5 parts against upstream.window 4: no part reaches the operator, the completing part
+    is answered ESME_RMSGQFUL (apps retry it) and each held part gets a REJECTD receipt."""
+    smsc, port = await scripted_smsc(harness)
+    settings = relay_settings(port, upstream={"window": WINDOW})
+    async with RelayProcess(tmp_path, settings) as relay:
+        app = harness.esme_at(relay.smpp_port)
+        await app.bind("transceiver", "app1")
+        total = WINDOW + 1
+        for n in range(1, total + 1):
+            text = _udh(0x43, total, n) + b"part %d" % n
+            await app.send(**message(text, esm_class=0x40, registered_delivery=1))
+        await app.read_until(lambda: len(app.responses) == total and len(app.deliveries) == 4)
+        assert [r.status for r in app.responses] == [Status.ESME_ROK] * 4 + [Status.ESME_RMSGQFUL]
+        assert sorted(d.receipted_message_id for d in app.deliveries) == sorted(
+            r.message_id for r in app.responses[:4]
+        )
+        assert all(b"stat:REJECTD" in d.short_message for d in app.deliveries)
+        assert smsc.submitted == []
+        assert "a message of 5 parts is refused whole" in relay.log
+        await app.close()
+        code, log = await relay.stop()
+    assert code in (0, -15), log

@@ -144,13 +144,6 @@ class UpstreamPool:
         """Sessions bound now (transmitting or receiving)."""
         return len(self._lanes) + len(self.receivers)
 
-    def effective_window(self, connection: SmppConnection) -> int:
-        """Requests ``connection`` may have in flight now (below `window` while throttled)."""
-        for lane in self._lanes:
-            if lane.connection is connection:
-                return lane.limit
-        return 0
-
     def add(
         self, connection: SmppConnection, transmits: bool, receives: bool, name: str = "0"
     ) -> None:

@@ -271,6 +271,21 @@ class Metrics:
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[int, Any] = {}
+        # The pool's back-off from an operator that throttles (smpprelay.pool).
+        self.upstream_window_effective = Gauge(
+            "smpprelay_upstream_window_effective",
+            "Requests each upstream session may have in flight now: upstream.window, less while "
+            "the operator throttles it (halved per throttle answer, 0 while paused).",
+            ["session"],
+            registry=r,
+        )
+        self.upstream_backoffs = Counter(
+            "smpprelay_upstream_backoffs",
+            "Times an upstream session started backing off because the operator answered "
+            "ESME_RTHROTTLED or ESME_RMSGQFUL.",
+            ["session"],
+            registry=r,
+        )
 
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""

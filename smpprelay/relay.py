@@ -47,12 +47,13 @@ _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay
 class Upstream(Protocol):
     """What the relay needs of the operator side (`smpprelay.upstream.UpstreamPool`)."""
 
-    def submit(self, frame: bytes) -> Deferred[bytes]:
+    def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
         """Send one submit_sm; fires with the operator's answer, fails when there is none."""
         ...
 
-    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
-        """Send ``frames`` back to back on one session; fires with each one's outcome."""
+    def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
+        """Send ``frames`` in order on one session, within its window and the operator's
+        assembly limit; fires with each one's outcome (all refused if they cannot fit)."""
         ...
 
 
@@ -176,12 +177,16 @@ class Relay:
             )
             return pdu.submit_sm_resp(0, status)
 
-        return self.pool.submit(message.frame).addCallbacks(answered, failed)
+        return self.pool.submit(message.frame, account).addCallbacks(answered, failed)
 
     # --- a glued concatenated message -------------------------------------------------------
 
     def _send_glued(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
-        """Send every part back to back on one session; the last part's answer is the verdict."""
+        """Send every part in order on one session; the last part's answer is the verdict.
+
+        Refused whole (no part sent, each failed with `QueueFull`) when the parts cannot all
+        fit in the session's window within the operator's assembly limit.
+        """
         parts = message.parts
         account = message.account
 
@@ -222,7 +227,8 @@ class Relay:
             ]
             return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
 
-        return self.pool.submit_all([part.frame for part in parts]).addCallback(answered)
+        frames = [part.frame for part in parts]
+        return self.pool.submit_all(frames, account).addCallback(answered)
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:
         """Tell the app about held parts that will never reach the operator."""

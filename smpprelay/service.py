@@ -409,6 +409,7 @@ def build(
         metrics,
         limits.max_pdu,
         jitter,
+        parts_within=config.filters.concat.window,
     )
     chain = build_chain(
         config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics

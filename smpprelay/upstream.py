@@ -239,6 +239,7 @@ class UpstreamSession(ClientService):
             connection,
             transmits=self.kind in ("transmitter", "transceiver"),
             receives=self.kind in ("receiver", "transceiver"),
+            name=self.session_name,
         )
 
     def lost(self, connection: SmppConnection, reason: Failure) -> None:
@@ -302,9 +303,15 @@ def build_upstream(
     metrics: Metrics,
     max_pdu: int,
     jitter: Callable[[], float] = random.random,
+    parts_within: float = 60.0,
 ) -> UpstreamService:
-    """The sessions the config asks for: ``binds`` transceivers, or as many TX+RX pairs."""
-    pool = UpstreamPool(clock, metrics, config.window, config.queue_timeout, config.queue_max)
+    """The sessions the config asks for: ``binds`` transceivers, or as many TX+RX pairs.
+
+    ``parts_within``: the operator's limit on a long message's parts (the concat rule's window).
+    """
+    pool = UpstreamPool(
+        clock, metrics, config.window, config.queue_timeout, config.queue_max, parts_within
+    )
     kinds = ["transceiver"] if config.bind == "transceiver" else ["transmitter", "receiver"]
     sessions = [
         UpstreamSession(

@@ -149,7 +149,7 @@ def test_failure_already_known_when_submitting_is_answered_too() -> None:
     h = Harness()
 
     class FullPool(FakePool):
-        def submit(self, frame: bytes) -> Deferred[bytes]:
+        def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
             failed: Deferred[bytes] = Deferred()
             failed.errback(QueueFull("full"))
             return failed

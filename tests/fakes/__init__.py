@@ -217,15 +217,18 @@ class FakePool:
         self.batches: list[list[bytes]] = []
         self.answers: list[Deferred[bytes]] = []
         self.batch_answers: list[Deferred[list[bytes | Failure]]] = []
+        self.accounts: list[str] = []  # the account of each call, in order
 
-    def submit(self, frame: bytes) -> Deferred[bytes]:
+    def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
         self.frames.append(frame)
+        self.accounts.append(account)
         answer: Deferred[bytes] = Deferred()
         self.answers.append(answer)
         return answer
 
-    def submit_all(self, frames: list[bytes]) -> Deferred[list[bytes | Failure]]:
+    def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
         self.batches.append(frames)
+        self.accounts.append(account)
         answer: Deferred[list[bytes | Failure]] = Deferred()
         self.batch_answers.append(answer)
         return answer

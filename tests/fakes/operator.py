@@ -211,10 +211,15 @@ class Wire:
             pdu.submit_sm_resp(pdu.sequence_of(request), Status.ESME_ROK, message_id)
         )
 
+    def refuse(self, request: bytes, status: int = Status.ESME_RTHROTTLED) -> None:
+        """Answer ``request`` with an error status (no message id)."""
+        self.connection.dataReceived(pdu.submit_sm_resp(pdu.sequence_of(request), status))
+
 
 def make_pool(
-    window: int = 2, queue_timeout: float = 5.0, queue_max: int = 100
+    window: int = 2, queue_timeout: float = 5.0, queue_max: int = 100, parts_within: float = 60.0
 ) -> tuple[UpstreamPool, Clock, Metrics]:
     clock = Clock()
     metrics = Metrics(CollectorRegistry())
-    return UpstreamPool(clock, metrics, window, queue_timeout, queue_max), clock, metrics
+    pool = UpstreamPool(clock, metrics, window, queue_timeout, queue_max, parts_within)
+    return pool, clock, metrics

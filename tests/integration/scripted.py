@@ -50,6 +50,9 @@ class ScriptedSmsc(Simulator):
     - ``hold``: while True, submits are kept unanswered in ``held`` until `answer_held`.
     - ``submitted``: every submit_sm frame that arrived, in order, whatever its answer.
     - ``connections``: every bound connection the relay made, in order.
+    - ``window``: when set, a submit that arrives while that many are held unanswered on its
+      connection is answered ``ESME_RTHROTTLED`` at once (an operator enforcing its window);
+      ``throttled`` counts them.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -59,6 +62,8 @@ class ScriptedSmsc(Simulator):
         self.held: list[tuple[SmppConnection, int, bytes]] = []
         self.submitted: list[bytes] = []
         self.connections: list[SmppConnection] = []
+        self.window: int | None = None
+        self.throttled = 0
 
     def answer_held(self, status: int = Status.ESME_ROK) -> int:
         """Answer every held submit on its own connection (accepted with an id, or ``status``);
@@ -93,7 +98,11 @@ class _ScriptedSession(SimulatedSession):
     def _submit(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
         smsc = self.simulator
         smsc.submitted.append(frame)
-        if smsc.hold:
+        window = smsc.window
+        if window is not None and sum(c is connection for c, _, _ in smsc.held) >= window:
+            smsc.throttled += 1
+            connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
+        elif smsc.hold:
             smsc.held.append((connection, sequence, frame))
         elif smsc.statuses:
             connection.send(pdu.submit_sm_resp(sequence, smsc.statuses.popleft()))

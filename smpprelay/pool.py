@@ -11,8 +11,9 @@
 - **Long messages.** The parts of one message all go on one session (the operator assembles
   per bind), in order, each when that session has room in its window, and all within
   ``parts_within`` seconds of the first (the operator's assembly limit: the concat rule's
-  window). A message with more parts than the window is refused whole before any part is
-  sent, as is one that finds no session with room within ``queue_timeout``.
+  window): parts beyond the window wait for the answers to the earlier ones. A message that
+  finds no session with room within ``queue_timeout`` is refused whole before any part is
+  sent; parts still without room at the assembly limit are not sent (they fail).
 - **Throttling.** A session the operator answers ``ESME_RTHROTTLED`` (or ``ESME_RMSGQFUL``)
   backs off: its effective window halves per such answer, and once it is down to one
   request it pauses for 0.1 s, doubling up to 5 s, between probes; every other answer gives
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Final, cast
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -192,18 +193,6 @@ class UpstreamPool:
         Fires with each part's answer frame, or the failure that stands for it, in order.
         """
         count = len(frames)
-        if count > self.window:
-            # It could never be in flight at once, and how fast the operator answers (so
-            # whether every part would go within its assembly limit) is not knowable.
-            self.log.warn(
-                "{account}: a message of {parts} parts is refused whole: more parts than "
-                "upstream.window ({window})",
-                account=account,
-                parts=count,
-                window=self.window,
-            )
-            refused = Failure(QueueFull(f"{count} parts, more than upstream.window {self.window}"))
-            return succeed([refused] * count)
         long = _Long(tuple(frames))
         if not self._count:
             lane = self._with_room()

@@ -186,15 +186,21 @@ def test_pool_parts_wait_for_room_on_their_own_session_in_order() -> None:
     assert [pdu.message_id_of(r) for r in results if isinstance(r, bytes)] == [b"P1", b"P2"]
 
 
-def test_pool_refuses_a_message_with_more_parts_than_the_window_whole() -> None:
-    """3 parts against a window of 2: every part fails with QueueFull, none is written."""
+def test_pool_parts_beyond_the_window_wait_for_the_answers_to_the_first() -> None:
+    """3 parts against a window of 2: two go at once, the third when the first is answered;
+    every part is answered, in order, on the one session."""
     pool, clock, metrics = make_pool(window=2)
     wire = Wire(clock, metrics)
     pool.add(wire.connection, transmits=True, receives=True)
-    results = result_of(pool.submit_all(_parts(3), "app1"))
-    assert len(results) == 3
-    assert all(isinstance(r, Failure) and r.check(QueueFull) for r in results)
+    answers = pool.submit_all(_parts(3), "app1")
+    part1, part2 = wire.take()
     assert wire.take() == []
+    wire.answer(part1, b"P1")
+    (part3,) = wire.take()
+    wire.answer(part2, b"P2")
+    wire.answer(part3, b"P3")
+    results = result_of(answers)
+    assert [pdu.message_id_of(r) for r in results if isinstance(r, bytes)] == [b"P1", b"P2", b"P3"]
 
 
 def test_pool_parts_not_sent_within_parts_within_fail_unsent() -> None:

@@ -192,6 +192,9 @@ class SecurityConfig:
     # past either is refused at once, without hashing (and without counting as a failure).
     max_password_checks: int = attrs.field(default=64, validator=_AT_LEAST_1)
     max_password_checks_per_address: int = attrs.field(default=2, validator=_AT_LEAST_1)
+    # Connections not bound yet, in all (within max_connections); at the cap a new one
+    # pushes out the oldest idle one of the address holding the most.
+    max_unbound_connections: int = attrs.field(default=100, validator=_AT_LEAST_1)
 
 
 @attrs.frozen(kw_only=True)

@@ -271,6 +271,10 @@ class Metrics:
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[int, Any] = {}
+        self.session_timeouts.labels("downstream", "deliver_sm")
+        for kind in ("receipt", "mo"):
+            self.deliveries.labels(kind, "retry_later")
+            self.deliveries.labels(kind, "lost_at_stop")
 
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""

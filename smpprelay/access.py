@@ -177,13 +177,15 @@ class Access:
         binds within a round trip of connecting, an idle flood does not, so the flood loses
         its own connections rather than keep the app out. False from it: refused.
         """
-        reason = self._refusal(host)
+        reason = _LOCKED_OUT if self.locked(host) else None
         if reason is None and self._unbound.full(host) is not None:
+            # First, so that the connection pushed out also frees its place under the caps.
             busiest = self._unbound.busiest()
             if busiest is None or not push_out(busiest):
                 reason = _UNBOUND_CAP
             else:
                 self.metrics.connections_refused.labels(_PUSHED_OUT).inc()
+        reason = reason or self._refusal(host)
         if reason is not None:
             self.log.info("connection from {host} refused: {reason}", host=host, reason=reason)
             self.metrics.connections_refused.labels(reason).inc()

@@ -106,7 +106,8 @@ class DownstreamSession(Receiving):
     @property
     def idle(self) -> bool:
         """Connected, not bound and not binding: the connection a newer one may push out."""
-        return self.state is State.OPEN and self._admitted
+        # Not one already dropped whose loss the transport has yet to report.
+        return self.state is State.OPEN and self._admitted and not self._abandoned.is_set()
 
     def _receiver_ready(self) -> None:
         self.registry.receiver_ready(self.account)
@@ -320,9 +321,12 @@ class DownstreamSession(Receiving):
     def drop(self, why: str) -> None:
         """Abort this (not yet bound) connection now, without an answer."""
         self._abandoned.set()
-        # Its unbound slot is free at once: the connection pushing it out takes it now, not
-        # when the transport reports the loss.
+        # Its slots are free at once: the connection pushing it out takes them now, not when
+        # the transport reports the loss.
         self._leave_unbound()
+        if self._admitted:
+            self._admitted = False
+            self.access.closed(self.host)
         connection = self.connection
         if connection is not None and not connection.closed:
             self.log.info("{peer}: dropped, {why}", peer=connection.peer, why=why)

@@ -580,7 +580,7 @@ def test_push_out_takes_the_busiest_address_first() -> None:
     lone = relay.connect("10.0.0.2")
     crowd = [relay.connect("10.0.0.1") for _ in range(3)]
     newcomer = relay.connect("10.0.0.3")
-    assert newcomer.open and lone.open and bound.open
+    assert [newcomer.open, lone.open, bound.open] == [True, True, True]
     assert [app.open for app in crowd] == [False, True, True]
     assert newcomer.bind() == OK_BIND
 

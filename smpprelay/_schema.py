@@ -46,6 +46,50 @@ def show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# attrs field metadata of a setting whose value must never appear in an error (a password,
+# a password hash): the error says what kind of value it was instead.
+SECRET = {"secret": True}
+
+
+def show_secret(value: object) -> str:
+    """A secret value described without its text: its YAML type, and a string's length."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"  # e.g. a date: YAML reads 2024-01-01 as one
+
+
+class Refused(ValueError):
+    """A check's ``problem`` with the ``value`` refused, kept apart so that a secret's
+    value can be described instead of shown."""
+
+    def __init__(self, problem: str, value: object) -> None:
+        super().__init__(f"{problem}, got {show(value)}")
+        self.problem = problem
+        self.value = value
+
+
+def _secret_problem(exc: ValueError, value: object) -> str:
+    if isinstance(exc, Refused):
+        return f"{exc.problem}, got {show_secret(value)}"
+    problem = str(exc)
+    # A check that is not ours might quote what it refused: then say nothing of it.
+    if isinstance(value, str) and value and value in problem:
+        return f"not valid ({show_secret(value)}; a secret is never shown)"
+    return problem
+
+
 # A check raises ValueError with the problem only; Checked names the field (and item).
 Check = Callable[[Any], object]
 
@@ -74,7 +118,9 @@ class Checked:
                 try:
                     check(item)
                 except ValueError as exc:
-                    raise Invalid(key, str(exc)) from None
+                    secret = attribute.metadata.get("secret", False)
+                    problem = _secret_problem(exc, item) if secret else str(exc)
+                    raise Invalid(key, problem) from None
 
 
 def valid(*checks: Check) -> Checked:
@@ -116,7 +162,7 @@ def text(*, min_len: int = 0, max_len: int | None = None, smpp: bool = False) ->
 
     def check(value: str) -> None:
         if smpp and not (value.isascii() and value.isprintable()):
-            raise ValueError(f"must be printable ASCII (an SMPP C-Octet String), got {value!r}")
+            raise Refused("must be printable ASCII (an SMPP C-Octet String)", value)
         if max_len is not None and len(value) > max_len:
             span = f"{min_len} to {max_len}" if min_len else f"at most {max_len}"
             raise ValueError(f"must be {span} characters long, got {len(value)}")
@@ -149,13 +195,13 @@ class SchemaError(Exception):
 _A = TypeVar("_A", bound=AttrsInstance)
 
 
-def _value(tp: Any, data: object, path: str) -> object:
+def _value(tp: Any, data: object, path: str, secret: bool = False) -> object:
     origin = get_origin(tp)
     if origin is types.UnionType:  # only "X | None" is used
         if data is None:
             return None
         (inner,) = [arg for arg in get_args(tp) if arg is not type(None)]
-        return _value(inner, data, path)
+        return _value(inner, data, path, secret)
     if attrs.has(tp):
         # An empty section ("limits:" with nothing under it) means all defaults.
         return build(tp, {} if data is None else data, path)
@@ -178,7 +224,8 @@ def _value(tp: Any, data: object, path: str) -> object:
         if not isinstance(data, str):
             # YAML turns unquoted 1234, 0079, yes or 2024-01-01 into non-strings.
             hint = "" if data is None or isinstance(data, list | dict) else " (put it in quotes)"
-            raise SchemaError(path, f"expected a string, got {show(data)}{hint}")
+            shown = show_secret(data) if secret else show(data)
+            raise SchemaError(path, f"expected a string, got {shown}{hint}")
         return data
     if tp is int:
         # bool is an int subclass, and YAML reads "yes" as True.
@@ -205,7 +252,8 @@ def build(cls: type[_A], data: object, path: str) -> _A:
     try:
         for field in fields:
             if field.name in data:
-                value = _value(field.type, data[field.name], join(path, field.name))
+                secret = field.metadata.get("secret", False)
+                value = _value(field.type, data[field.name], join(path, field.name), secret)
                 # Checked here as well as in cls(), so that the first key in the file with a
                 # problem is the one reported, be it a type or a value problem.
                 if callable(field.converter):

@@ -1,10 +1,11 @@
 """Who may connect and how fast they may submit: connection caps, lock-outs, throughput.
 
 `Access` is shared by every app listener (plain and TLS). It counts open connections in total
-and per address, caps the password-hash checks in flight (both with `Slots`), locks an address out
-after ``security.bind_failures`` failed binds within ``security.bind_failure_window`` seconds,
-and keeps one token bucket per account with a ``throughput``. It never touches a socket: the
-session asks and acts on the answer.
+and per address, and those not bound yet apart, caps the password-hash checks in flight (all
+with `Slots`), locks an address out after ``security.bind_failures`` failed binds (or
+connections that never bound) within ``security.bind_failure_window`` seconds, and keeps one
+token bucket per account with a ``throughput``. It never touches a socket: the session asks and
+acts on the answer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -24,6 +25,9 @@ from smpprelay.metrics import Metrics
 MAX_TRACKED_ADDRESSES = 100_000
 # The refusal reason for each full `Slots` cap of the open connections.
 _CONNECTION_CAPS = {"total": "max_connections", "per_address": "max_connections_per_address"}
+_UNBOUND_CAP = "max_unbound_connections"
+# Counted with the refusals: an idle connection not kept, so that a newer one is.
+_PUSHED_OUT = "unbound_pushed_out"
 _LOCKED_OUT = "locked_out"
 # Failed binds that count toward an address's lock-out (not max_binds: a legitimate app
 # reconnecting before its old sessions are gone must not lock itself out).
@@ -32,16 +36,34 @@ _LOCKED_OUT = "locked_out"
 LOCKOUT_REASONS = frozenset({"credentials", "address_not_allowed", "malformed", "abandoned"})
 
 
+def unmapped(host: str) -> str:
+    """``host``, with an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, how a ``::`` listener
+    sees an IPv4 peer) written as the IPv4 address it is; anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
+
+
 def address_allowed(peer: IAddress | None, allowed: tuple[str, ...]) -> bool:
-    """True when the peer's IP address is inside one of the ``allowed`` networks."""
+    """True when the peer's IP address is inside one of the ``allowed`` networks (an
+    IPv4-mapped address matches as its IPv4 address, and as itself)."""
     host = getattr(peer, "host", None)
     if host is None:
         return False
     try:
-        address = ipaddress.ip_address(host)
+        forms = {ipaddress.ip_address(host), ipaddress.ip_address(unmapped(host))}
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(net) for net in allowed)
+    networks = [ipaddress.ip_network(net) for net in allowed]
+    return any(address in net for address in forms for net in networks)
+
+
+def _no_room_made(host: str) -> bool:
+    return False
 
 
 class TokenBucket:
@@ -91,6 +113,11 @@ class Slots:
         self._by_host[host] += 1
         return True
 
+    def busiest(self) -> str | None:
+        """The address holding the most slots (of equals, the one that took its first
+        earliest)."""
+        return max(self._by_host, key=self._by_host.__getitem__, default=None)
+
     def give_back(self, host: str) -> None:
         """What `take` allowed is over."""
         self.in_flight -= 1
@@ -115,9 +142,13 @@ class Access:
         self.clock = clock
         self.metrics = metrics
         # Every reason's series exists from the start at 0, so increase() sees the first one.
-        for reason in (_LOCKED_OUT, *_CONNECTION_CAPS.values()):
+        for reason in (_LOCKED_OUT, *_CONNECTION_CAPS.values(), _UNBOUND_CAP, _PUSHED_OUT):
             metrics.connections_refused.labels(reason)
         self._connections = Slots(security.max_connections, security.max_connections_per_address)
+        # Connections not bound yet, apart: they cost an attacker nothing, so they get a
+        # smaller cap, and at it the newest pushes out an idle one (see `admit`).
+        unbound = security.max_unbound_connections
+        self._unbound = Slots(unbound, unbound)
         # Taken before a hash check is handed to the thread pool, given back when the pool is
         # done with it: the pool's queue never holds more than max_password_checks.
         self.password_checks = Slots(
@@ -137,18 +168,35 @@ class Access:
 
     # --- connections ------------------------------------------------------------------------
 
-    def admit(self, host: str) -> bool:
+    def admit(self, host: str, push_out: Callable[[str], bool] = _no_room_made) -> bool:
         """A connection from ``host`` was accepted: True to keep it, False to drop it now.
 
-        A kept connection must be given back with `closed`.
+        A kept connection counts as unbound until `left_unbound` (it bound, or went), and must
+        be given back with `closed`. With the unbound ones at their cap, ``push_out(host)`` is
+        asked to drop an idle one (preferably from the address holding the most): an app
+        binds within a round trip of connecting, an idle flood does not, so the flood loses
+        its own connections rather than keep the app out. False from it: refused.
         """
-        reason = self._refusal(host)
+        reason = _LOCKED_OUT if self.locked(host) else None
+        if reason is None and self._unbound.full(host) is not None:
+            # First, so that the connection pushed out also frees its place under the caps.
+            busiest = self._unbound.busiest()
+            if busiest is None or not push_out(busiest):
+                reason = _UNBOUND_CAP
+            else:
+                self.metrics.connections_refused.labels(_PUSHED_OUT).inc()
+        reason = reason or self._refusal(host)
         if reason is not None:
             self.log.info("connection from {host} refused: {reason}", host=host, reason=reason)
             self.metrics.connections_refused.labels(reason).inc()
             return False
         self._connections.take(host)
+        self._unbound.take(host)
         return True
+
+    def left_unbound(self, host: str) -> None:
+        """A connection `admit` kept bound, or went before it did."""
+        self._unbound.give_back(host)
 
     def _refusal(self, host: str) -> str | None:
         if self.locked(host):
@@ -236,8 +284,11 @@ class OpenAccess:
     """The `Access` of a session given none (tests): every connection admitted, no address
     locked out, no account over a rate."""
 
-    def admit(self, host: str) -> bool:
+    def admit(self, host: str, push_out: Callable[[str], bool] = _no_room_made) -> bool:
         return True
+
+    def left_unbound(self, host: str) -> None:
+        pass
 
     def closed(self, host: str) -> None:
         pass

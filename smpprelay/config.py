@@ -13,9 +13,8 @@ from typing import Literal
 import attrs
 import yaml
 
-# Invalid is what a config class raises when built with a bad value: part of this module's API.
-from smpprelay._schema import Invalid as Invalid
 from smpprelay._schema import (
+    SECRET,
     SchemaError,
     build,
     each,
@@ -25,6 +24,9 @@ from smpprelay._schema import (
     valid,
     yaml_problem,
 )
+
+# Invalid is what a config class raises when built with a bad value: part of this module's API.
+from smpprelay._schema import Invalid as Invalid
 from smpprelay.passwd import parse_hash
 
 BindMode = Literal["transceiver", "transmitter_receiver"]
@@ -101,9 +103,11 @@ class Account:
     system_id: str = attrs.field(validator=valid(text(min_len=1, max_len=15, smpp=True)))
     # Exactly one of the two: a plain password, or (preferred) a smpprelay-passwd hash.
     password: str | None = attrs.field(
-        default=None, validator=valid(text(min_len=1, max_len=8, smpp=True))
+        default=None, validator=valid(text(min_len=1, max_len=8, smpp=True)), metadata=SECRET
     )
-    password_hash: str | None = attrs.field(default=None, validator=valid(parse_hash))
+    password_hash: str | None = attrs.field(
+        default=None, validator=valid(parse_hash), metadata=SECRET
+    )
     mo_prefixes: tuple[str, ...] = attrs.field(default=(), validator=each(_mo_prefix))
     allowed_ips: tuple[str, ...] = attrs.field(default=("0.0.0.0/0", "::/0"), converter=_networks)
     max_binds: int | None = attrs.field(default=None, validator=_AT_LEAST_1)  # None: no limit
@@ -128,7 +132,7 @@ class UpstreamConfig:
     host: str = attrs.field(validator=_NOT_EMPTY)
     port: int = attrs.field(default=2775, validator=valid(number(ge=1, le=65535)))
     system_id: str = attrs.field(validator=valid(text(max_len=15, smpp=True)))
-    password: str = attrs.field(validator=valid(text(max_len=8, smpp=True)))
+    password: str = attrs.field(validator=valid(text(max_len=8, smpp=True)), metadata=SECRET)
     system_type: str = attrs.field(default="", validator=valid(text(max_len=12, smpp=True)))
     bind: BindMode = attrs.field(default="transceiver", validator=valid(one_of(BindMode)))
     binds: int = attrs.field(default=1, validator=valid(number(ge=1, le=64)))
@@ -190,6 +194,9 @@ class SecurityConfig:
     # past either is refused at once, without hashing (and without counting as a failure).
     max_password_checks: int = attrs.field(default=64, validator=_AT_LEAST_1)
     max_password_checks_per_address: int = attrs.field(default=2, validator=_AT_LEAST_1)
+    # Connections not bound yet, in all (within max_connections); at the cap a new one
+    # pushes out the oldest idle one of the address holding the most.
+    max_unbound_connections: int = attrs.field(default=100, validator=_AT_LEAST_1)
 
 
 @attrs.frozen(kw_only=True)

@@ -2,18 +2,18 @@
 
 `DownstreamSession` is the request handler of one app connection: the bind (through a
 ``twisted.cred`` portal, see `smpprelay.auth`), the session state machine, the hand-over of each
-submit to the relay and the delivery of receipts and MO. `SessionRegistry` knows who is bound.
+submit to the relay and the delivery of receipts and MO. `SessionRegistry` (`smpprelay.registry`)
+knows who is bound.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -21,115 +21,42 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from smpprelay import pdu
-from smpprelay.access import LOCKOUT_REASONS, OPEN_ACCESS, Access, OpenAccess, address_allowed
+from smpprelay.access import (
+    LOCKOUT_REASONS,
+    OPEN_ACCESS,
+    Access,
+    OpenAccess,
+    address_allowed,
+    unmapped,
+)
 from smpprelay.auth import BindAbandoned, BindCredentials, ChecksBusy, IAccount
 from smpprelay.config import Account
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, Status
+from smpprelay.receiving import Receiving
+from smpprelay.registry import Registry
+from smpprelay.session_states import (
+    ANSWERED_WITH_RESP,
+    BOUND,
+    NONE,
+    NOT_RELAYED,
+    STATE_OF_KIND,
+    TRANSMITTING,
+    UNBOUND,
+)
+from smpprelay.session_states import State as State
 from smpprelay.tls import tls_problem
 
 # What we call ourselves in bind responses.
 SYSTEM_ID = "smpprelay"
 
 
-class State(Enum):
-    """SMPP session states (3.4 section 2.3), plus UNBINDING while in-flight submits drain."""
-
-    OPEN = "open"
-    BINDING = "binding"
-    BOUND_TX = "transmitter"
-    BOUND_RX = "receiver"
-    BOUND_TRX = "transceiver"
-    UNBINDING = "unbinding"
-    CLOSED = "closed"
-
-
-_BOUND = {State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX}
-_UNBOUND = {State.OPEN, State.BINDING}
-_NONE: set[State] = set()
-_TRANSMITTING = {State.BOUND_TX, State.BOUND_TRX}
-_STATE_OF_KIND = {
-    "transmitter": State.BOUND_TX,
-    "receiver": State.BOUND_RX,
-    "transceiver": State.BOUND_TRX,
-}
-# Requests an app may send that the relay answers but does not carry (3.4 table 2-1).
-_ANSWERED_WITH_RESP = {
-    CommandId.submit_sm,
-    CommandId.query_sm,
-    CommandId.replace_sm,
-    CommandId.cancel_sm,
-    CommandId.submit_multi,
-    CommandId.data_sm,
-    CommandId.deliver_sm,
-    CommandId.unbind,
-}
-
-# Requests valid in these states (3.4 table 2-1) that the relay does not carry: answered
-# generic_nack ESME_RINVCMDID (as Kannel does), the session kept. Out of their states they get
-# ESME_RINVBNDSTS like any other request.
-_NOT_RELAYED: dict[int, set[State]] = {
-    CommandId.query_sm: _TRANSMITTING,
-    CommandId.replace_sm: _TRANSMITTING,
-    CommandId.cancel_sm: _TRANSMITTING,
-    CommandId.submit_multi: _TRANSMITTING,
-    CommandId.data_sm: _BOUND,
-}
-
 # (account, the app's submit_sm, whether the app bound with system_type "ISO")
 Submitter = Callable[[str, bytes, bool], Deferred[bytes]]
 
 
-class SessionRegistry:
-    """Who is bound: sessions by account, and the receiving ones the router delivers to."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        # Called with an account whose receiving bind can take deliveries now (it bound, or
-        # read again after a pause): the router registers its flush here.
-        self.on_receiver_bound: list[Callable[[str], None]] = []
-        self._sessions: dict[str, list[DownstreamSession]] = {}
-        self.connections: set[DownstreamSession] = set()
-
-    def bound(self, session: DownstreamSession) -> None:
-        """``session`` finished binding."""
-        self._sessions.setdefault(session.account, []).append(session)
-        self._gauge(session)
-        if session.receives:
-            self.receiver_ready(session.account)
-
-    def receiver_ready(self, account: str) -> None:
-        """A receiving bind of ``account`` can take deliveries now."""
-        for hook in self.on_receiver_bound:
-            hook(account)
-
-    def unbound(self, session: DownstreamSession) -> None:
-        """``session`` is gone."""
-        sessions = self._sessions.get(session.account, [])
-        if session in sessions:
-            sessions.remove(session)
-            self._gauge(session)
-
-    def _gauge(self, session: DownstreamSession) -> None:
-        kind = session.bind_kind
-        count = sum(1 for s in self._sessions.get(session.account, []) if s.bind_kind == kind)
-        self.metrics.bound_sessions.labels(session.account, kind).set(count)
-
-    def bound_count(self, account: str) -> int:
-        """How many binds ``account`` has now."""
-        return len(self._sessions.get(account, ()))
-
-    def receivers(self, account: str) -> list[DownstreamSession]:
-        """The sessions of ``account`` that take deliver_sm (receiver or transceiver)."""
-        return [s for s in self._sessions.get(account, ()) if s.receives]
-
-    def shutdown(self) -> Deferred[Any]:
-        """Unbind every app (after its in-flight submits are answered) and close the rest."""
-        return DeferredList([session.shutdown() for session in list(self.connections)])
-
-
-class DownstreamSession:
+class DownstreamSession(Receiving):
     """The handler of one app connection."""
 
     log = Logger()
@@ -150,6 +77,8 @@ class DownstreamSession:
         self.access = access
         self.host = ""
         self._admitted = False
+        # Holds one of security.max_unbound_connections from accept until the bind succeeds.
+        self._holds_unbound = False
         self.registry = registry
         # The relay's entry point: one submit in, one submit_sm_resp out.
         self._relay_submit = relay_submit
@@ -169,31 +98,19 @@ class DownstreamSession:
         self._unbind_sequence: int | None = None
         self._init_timer: IDelayedCall | None = None
         self._drained: list[Deferred[None]] = []
+        self._receives_while_unbinding = False
+        self.deaf = False
         # Set once the connection is gone: a password check still waiting for a thread is skipped.
         self._abandoned = threading.Event()
 
     @property
-    def receives(self) -> bool:
-        """True for receiver and transceiver binds."""
-        return self.state in (State.BOUND_RX, State.BOUND_TRX)
+    def idle(self) -> bool:
+        """Connected, not bound and not binding: the connection a newer one may push out."""
+        # Not one already dropped whose loss the transport has yet to report.
+        return self.state is State.OPEN and self._admitted and not self._abandoned.is_set()
 
-    @property
-    def can_deliver(self) -> bool:
-        """True when a deliver_sm may be sent now (bound to receive, window not full, and the
-        app reading what we write: a paused connection takes nothing more)."""
-        connection = self.connection
-        return (
-            self.receives
-            and connection is not None
-            and not connection.closed
-            and not connection.paused
-            and connection.in_flight < self.window
-        )
-
-    def deliver(self, frame: bytes) -> Deferred[bytes]:
-        """Send a deliver_sm; fires with the app's deliver_sm_resp."""
-        assert self.connection is not None
-        return self.connection.send_request(frame)
+    def _receiver_ready(self) -> None:
+        self.registry.receiver_ready(self.account)
 
     # --- RequestHandler -------------------------------------------------------------------
 
@@ -202,14 +119,18 @@ class DownstreamSession:
         transport = connection.transport
         assert transport is not None  # called from the connection's connectionMade
         self._peer_address = transport.getPeer()
-        self.host = str(getattr(self._peer_address, "host", ""))
-        if not self.access.admit(self.host):
+        # A "::" listener sees IPv4 apps as ::ffff:a.b.c.d: keyed, capped, locked out and
+        # logged as the IPv4 address they are.
+        self.host = unmapped(str(getattr(self._peer_address, "host", "")))
+        connection.peer = f"{self.host}:{getattr(self._peer_address, 'port', '?')}"
+        if not self.access.admit(self.host, self.registry.push_out_idle):
             # Locked out or over a connection cap: dropped before a byte is read.
             self.state = State.CLOSED
             connection.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._admitted = True
-        self.registry.connections.add(self)
+        self._holds_unbound = True
+        self.registry.connected(self)
         self._init_timer = self.clock.callLater(self.session_init, self._init_expired)
 
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
@@ -224,12 +145,13 @@ class DownstreamSession:
         self._abandoned.set()
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
+        self._leave_unbound()
         if self._admitted:
             self._admitted = False
             self.access.closed(self.host)
-        was_bound = self.state in _BOUND or self.state is State.UNBINDING
+        was_bound = self.state in BOUND or self.state is State.UNBINDING
         self.state = State.CLOSED
-        self.registry.connections.discard(self)
+        self.registry.disconnected(self)
         if was_bound:
             self.registry.unbound(self)
             self.log.info(
@@ -244,18 +166,18 @@ class DownstreamSession:
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
         state = self.state
-        if command_id == CommandId.submit_sm and state in _TRANSMITTING:
+        if command_id == CommandId.submit_sm and state in TRANSMITTING:
             self._submit(connection, sequence, frame)
         elif command_id in pdu.BIND_KINDS:
             if state is State.OPEN:
                 self._bind(connection, command_id, sequence, frame)
             else:
                 self._reject(connection, command_id, sequence, Status.ESME_RALYBND)
-        elif command_id == CommandId.unbind and state in _BOUND:
+        elif command_id == CommandId.unbind and state in BOUND:
             self._unbind(connection, sequence)
-        elif state in _NOT_RELAYED.get(command_id, _NONE):
+        elif state in NOT_RELAYED.get(command_id, NONE):
             self._nack_unsupported(connection, command_id, sequence)
-        elif command_id in _ANSWERED_WITH_RESP:
+        elif command_id in ANSWERED_WITH_RESP:
             # Out of its state (3.4 table 2-1); before a bind, nothing is read and we hang up.
             self._reject(connection, command_id, sequence, Status.ESME_RINVBNDSTS)
             if state in (State.OPEN, State.BINDING):
@@ -341,10 +263,17 @@ class DownstreamSession:
 
         self.portal.login(credentials, None, IAccount).addCallbacks(authenticated, refused)
 
+    def _leave_unbound(self) -> None:
+        # The connection bound or went: its slot among the unbound ones is free.
+        if self._holds_unbound:
+            self._holds_unbound = False
+            self.access.left_unbound(self.host)
+
     def _bound(self, connection: SmppConnection, kind: str, sequence: int, client: Account) -> None:
         if self._init_timer is not None and self._init_timer.active():
             self._init_timer.cancel()
-        self.state = _STATE_OF_KIND[kind]
+        self._leave_unbound()
+        self.state = STATE_OF_KIND[kind]
         self.account = client.system_id
         self.bind_kind = kind
         connection.send(pdu.bind_response(kind, sequence, Status.ESME_ROK, SYSTEM_ID))
@@ -365,7 +294,7 @@ class DownstreamSession:
         # One answer for every failure, so a prober learns nothing about which accounts exist;
         # the real reason goes to the log only (never the password). A failure found after the
         # app hung up (or was dropped) is counted all the same, with no one left to answer.
-        answer = self.state in _UNBOUND and not connection.closed
+        answer = self.state in UNBOUND and not connection.closed
         if answer:
             self.state = State.OPEN
         self.log.warn(
@@ -386,12 +315,18 @@ class DownstreamSession:
         # ``host`` was just locked out: its connections that have not bound yet go at once
         # (bound sessions carry on, as at accept).
         for session in list(self.registry.connections):
-            if session is not self and session.host == host and session.state in _UNBOUND:
+            if session is not self and session.host == host and session.state in UNBOUND:
                 session.drop("address locked out")
 
     def drop(self, why: str) -> None:
         """Abort this (not yet bound) connection now, without an answer."""
         self._abandoned.set()
+        # Its slots are free at once: the connection pushing it out takes them now, not when
+        # the transport reports the loss.
+        self._leave_unbound()
+        if self._admitted:
+            self._admitted = False
+            self.access.closed(self.host)
         connection = self.connection
         if connection is not None and not connection.closed:
             self.log.info("{peer}: dropped, {why}", peer=connection.peer, why=why)
@@ -399,18 +334,24 @@ class DownstreamSession:
 
     def _init_expired(self) -> None:
         self._init_timer = None
-        if self.connection is not None and self.state in (State.OPEN, State.BINDING):
+        connection = self.connection
+        # A connection already closing (a refused bind) has had its answer and its count.
+        if connection is not None and not connection.closed and self.state in UNBOUND:
             self.log.info(
                 "{peer}: no bind within {s} s; closing",
-                peer=self.connection.peer,
+                peer=connection.peer,
                 s=self.session_init,
             )
             self.metrics.session_timeouts.labels("downstream", "session_init").inc()
-            self.connection.close()
+            connection.close()
+            # Holding a connection without binding counts toward the address's lock-out like
+            # a failed bind: otherwise idle connections cost an attacker nothing.
+            if self.access.bind_failed(self.host):
+                self._drop_unbound_from(self.host)
 
     def _idle(self) -> None:
         # Nothing from the app for `inactivity` seconds: unbind it (after any in-flight answer).
-        if self.connection is None or self.state not in _BOUND:
+        if self.connection is None or self.state not in BOUND:
             return
         self.log.info(
             "{account} ({kind}) from {peer}: nothing received for {s} s; unbinding",
@@ -481,12 +422,20 @@ class DownstreamSession:
         connection = self.connection
         if connection is None or connection.closed:
             return succeed(None)
-        if self.state not in _BOUND:
+        if self.state not in BOUND:
             connection.close()
             return succeed(None)
+        # Still a receiver while its submits drain: a receipt arriving meanwhile reaches the
+        # app. Once our unbind is out the app may take no more (3.4 section 2.3).
+        self._receives_while_unbinding = self.receives
         self.state = State.UNBINDING
-        self.registry.unbound(self)
-        return self._when_drained().addCallback(lambda _: connection.unbind())
+
+        def unbind(_: object) -> Deferred[None]:
+            self._receives_while_unbinding = False
+            self.registry.unbound(self)
+            return connection.unbind()
+
+        return self._when_drained().addCallback(unbind)
 
 
 class DownstreamFactory(Factory):
@@ -505,3 +454,7 @@ class DownstreamFactory(Factory):
     @override
     def buildProtocol(self, addr: IAddress | None) -> SmppConnection:
         return self._make_connection(self._make_session())
+
+
+class SessionRegistry(Registry[DownstreamSession]):
+    """The registry of the relay's app sessions (see `smpprelay.registry.Registry`)."""

@@ -286,6 +286,10 @@ class Metrics:
             ["session"],
             registry=r,
         )
+        self.session_timeouts.labels("downstream", "deliver_sm")
+        for kind in ("receipt", "mo"):
+            self.deliveries.labels(kind, "retry_later")
+            self.deliveries.labels(kind, "lost_at_stop")
 
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""

@@ -2,10 +2,12 @@
 
 A receipt goes to the account that submitted the message it is about (the route is written
 before that account got its ``ESME_ROK``); an MO goes to the account whose ``mo_prefixes``
-match its destination. Either is delivered to a receiving bind of that account and the app's
-``deliver_sm_resp`` is awaited. With no receiving bind, or when the app answers
+match its destination. Either is delivered to a receiving bind of that account that answers
+(the one with the fewest deliveries unanswered; not one that let a deliver_sm time out) and the
+app's ``deliver_sm_resp`` is awaited. With no such bind, or when the app answers
 ``ESME_RX_T_APPN`` or not at all, it is held and delivered later; the operator is answered
-``ESME_ROK`` once the relay has it one way or the other.
+``ESME_ROK`` once the relay has it one way or the other. While the relay stops nothing new is
+held (it would be lost): the operator is answered ``ESME_RX_T_APPN`` to send it again later.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ class Receiver(Protocol):
     account: str
 
     @property
-    def can_deliver(self) -> bool: ...
+    def can_deliver(self) -> bool:
+        """Takes a fresh deliver_sm now (room in its window, and it answers)."""
+        ...
+
+    @property
+    def can_probe(self) -> bool:
+        """Deaf (a deliver_sm timed out), nothing in flight: may take one held delivery."""
+        ...
+
+    @property
+    def unanswered(self) -> int: ...
 
     def deliver(self, frame: bytes) -> Deferred[bytes]: ...
 
@@ -66,6 +78,7 @@ class Router:
         self._retry_call: IDelayedCall | None = None
         self._second_looks: dict[IDelayedCall, Callable[[], None]] = {}
         self._evicting = False  # routes are being evicted at map_max (logged once per spell)
+        self._stopping = False  # the relay stops: nothing new is held
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -160,18 +173,24 @@ class Router:
         item = Held(kind, account, frame, self.clock.seconds() + self.held.ttl)
         receiver = self._receiver_with_room(account)
         if receiver is None:
-            return succeed(self._hold(item))
-        return self._send(receiver, item)
+            return succeed(self._hold(item, fresh=True))
+        return self._send(receiver, item, fresh=True)
 
-    def _receiver_with_room(self, account: str) -> Receiver | None:
+    def _receiver_with_room(self, account: str, probe: bool = False) -> Receiver | None:
+        # The one with the fewest unanswered: an app that answers takes the traffic, one
+        # that is slow or deaf is not waited on. ``probe`` (held deliveries only, whose
+        # operator was answered): with none, a deaf one gets one, to learn if it answers.
         best = None
+        deaf = None
         for receiver in self._receivers(account):
             if receiver.can_deliver:
-                best = receiver
-                break
-        return best
+                if best is None or receiver.unanswered < best.unanswered:
+                    best = receiver
+            elif probe and deaf is None and receiver.can_probe:
+                deaf = receiver
+        return best if best is not None else deaf
 
-    def _send(self, receiver: Receiver, item: Held) -> Deferred[int]:
+    def _send(self, receiver: Receiver, item: Held, fresh: bool = False) -> Deferred[int]:
         item.attempts += 1
         sent = self.clock.seconds()
 
@@ -183,7 +202,7 @@ class Router:
                 self.flush(item.account)
                 return Status.ESME_ROK
             if status == Status.ESME_RX_T_APPN:
-                return self._hold(item, refused=True)
+                return self._hold(item, refused=True, fresh=fresh)
             # A permanent refusal is the app's answer to give: pass it to the operator.
             self.log.info(
                 "{account} refused a {kind} with {status}",
@@ -201,11 +220,21 @@ class Router:
                 account=item.account,
                 why=reason.getErrorMessage(),
             )
-            return self._hold(item, refused=True)
+            return self._hold(item, refused=True, fresh=fresh)
 
         return receiver.deliver(item.frame).addCallbacks(answered, failed)
 
-    def _hold(self, item: Held, refused: bool = False) -> int:
+    def _hold(self, item: Held, refused: bool = False, fresh: bool = False) -> int:
+        if fresh and self._stopping:
+            # Held now it would be lost at the stop, after the operator heard ESME_ROK.
+            self.log.info(
+                "{kind} for {account} arrived while stopping with no receiver to take it; "
+                "asking the operator to retry later",
+                kind=item.kind,
+                account=item.account,
+            )
+            self.metrics.deliveries.labels(item.kind, "retry_later").inc()
+            return Status.ESME_RX_T_APPN
         if not self.held.hold(item):
             self.log.warn("held deliveries full; asking the operator to retry later")
             self.metrics.deliveries.labels(item.kind, "store_full").inc()
@@ -219,7 +248,7 @@ class Router:
     def flush(self, account: str) -> None:
         """Deliver what waits for ``account`` while one of its receivers has room."""
         while self.held.count(account):
-            receiver = self._receiver_with_room(account)
+            receiver = self._receiver_with_room(account, probe=True)
             if receiver is None:
                 break
             item = self.held.take(account)
@@ -257,8 +286,13 @@ class Router:
         if self._evicting and len(self.routes) < self.routes.max_entries:
             self._evicting = False  # room again: the next eviction is news
 
+    def stopping(self) -> None:
+        """The relay starts to stop: deliveries no receiver takes are not held from now on."""
+        self._stopping = True
+
     def stop(self) -> None:
-        """Cancel the pending retry (on shutdown)."""
+        """Cancel the pending retry, and count what is held as lost (on shutdown)."""
+        self._stopping = True
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
@@ -266,3 +300,22 @@ class Router:
         for call, look_again in list(self._second_looks.items()):
             call.cancel()
             look_again()
+        self._lost_at_stop()
+
+    def _lost_at_stop(self) -> None:
+        # Held deliveries were answered ESME_ROK to the operator and live in memory only:
+        # the stop loses them. Say so, per account and kind, so they can be chased.
+        for account in self.held.accounts():
+            lost: dict[DeliveryKind, int] = {}
+            while (item := self.held.take(account)) is not None:
+                lost[item.kind] = lost.get(item.kind, 0) + 1
+            self.metrics.held.labels(account).set(0)
+            for kind, count in lost.items():
+                self.log.warn(
+                    "stopping: {count} held {kind} deliveries for {account} are lost "
+                    "(answered ESME_ROK to the operator, never delivered)",
+                    count=count,
+                    kind=kind,
+                    account=account,
+                )
+                self.metrics.deliveries.labels(kind, "lost_at_stop").inc(count)

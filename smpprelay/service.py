@@ -310,6 +310,7 @@ def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionReg
         config.receipts.retry,
     )
     registry.on_receiver_bound.append(router.receiver_bound)
+    registry.on_stopping.append(router.stopping)
     return router
 
 

@@ -59,7 +59,8 @@ class App:
 
     @property
     def open(self) -> bool:
-        return not self.transport.disconnecting
+        # Closed (disconnecting) or aborted (disconnected) both end it.
+        return not (self.transport.disconnecting or self.transport.disconnected)
 
     def close(self) -> None:
         self.connection.connectionLost()
@@ -545,3 +546,113 @@ def test_password_checks_capped_per_address_and_in_all() -> None:
     later = relay.connect("10.0.0.3")
     assert later.bind() == b""
     assert len(pool.checks) == 1
+
+
+# --- Faults issue, item 7: connection slots without a password ------------------------------
+
+
+def test_idle_connections_from_many_addresses_do_not_keep_an_app_out() -> None:
+    """1,000 connections that never bind, from 20 addresses, used to keep the app's binds out
+    (all 49 dropped at accept); now each new connection pushes out an idle one and the app's
+    49 binds all succeed."""
+    relay = Relay()
+    flood = [relay.connect(f"10.66.0.{i % 20}") for i in range(1000)]
+    assert sum(1 for app in flood if app.open) == 100  # security.max_unbound_connections
+    apps = []
+    for _ in range(49):  # an app binds as soon as it has connected
+        app = relay.connect("10.0.0.1")
+        apps.append(app)
+        assert app.bind() == OK_BIND
+    assert all(app.open for app in apps)
+    assert relay.registry.bound_count("app") == 49
+    # One idle connection made room; each bound app gave its unbound place back at once.
+    assert sum(1 for app in flood if app.open) == 99
+    pushed = relay.sample("smpprelay_connections_refused_total", reason="unbound_pushed_out")
+    assert pushed == 900 + 1
+
+
+def test_push_out_takes_the_busiest_address_first() -> None:
+    """At the cap, the oldest idle connection of the address holding the most unbound ones
+    goes; a lone idle connection elsewhere stays, and bound sessions never count."""
+    relay = Relay(security=SecurityConfig(max_unbound_connections=4))
+    bound = relay.connect("10.0.0.9")
+    assert bound.bind() == OK_BIND
+    lone = relay.connect("10.0.0.2")
+    crowd = [relay.connect("10.0.0.1") for _ in range(3)]
+    newcomer = relay.connect("10.0.0.3")
+    assert [newcomer.open, lone.open, bound.open] == [True, True, True]
+    assert [app.open for app in crowd] == [False, True, True]
+    assert newcomer.bind() == OK_BIND
+
+
+def test_unbound_cap_refuses_when_no_connection_is_idle() -> None:
+    """Connections in the middle of a bind are not pushed out: past the cap a new one is
+    refused at accept, with its own reason."""
+    checks: list[Callable[[], bool]] = []
+
+    def later(check: Callable[[], bool]) -> Deferred[bool]:
+        checks.append(check)
+        return Deferred()
+
+    hashed = Account(system_id="app", password_hash=make_hash(PASSWORD, n=16))
+    security = SecurityConfig(max_unbound_connections=2, max_password_checks_per_address=5)
+    relay = Relay((hashed,), security=security, off_thread=later)
+    binding = [relay.connect(), relay.connect()]
+    for app in binding:
+        assert app.bind() == b""  # the hash check is under way
+    _dropped_at_accept(relay.connect("10.0.0.5"))
+    refused = relay.sample("smpprelay_connections_refused_total", reason="max_unbound_connections")
+    assert refused == 1
+    assert all(app.open for app in binding)
+
+
+def test_connections_that_never_bind_count_toward_the_lockout() -> None:
+    """Five connections from one address that sit out limits.session_init lock it out, like
+    five failed binds; another address is not affected."""
+    relay = Relay()
+    idle = [relay.connect("10.0.0.7") for _ in range(5)]
+    relay.clock.advance(10)
+    assert not any(app.open for app in idle)
+    assert relay.sample("smpprelay_bind_lockouts_total") == 1
+    _dropped_at_accept(relay.connect("10.0.0.7"))
+    assert relay.connect("10.0.0.8").bind() == OK_BIND
+
+
+# --- Faults issue, item 13: IPv4 apps on a "::" listener -------------------------------------
+
+
+def test_ipv4_mapped_peer_matches_ipv4_allowed_ips() -> None:
+    """An IPv4 app seen as ::ffff:10.20.0.5 binds to an account allowed 10.20.0.0/16 (it was
+    refused ESME_RBINDFAIL, address_not_allowed)."""
+    client = Account(system_id="app", password=PASSWORD, allowed_ips=("10.20.0.0/16",))
+    relay = Relay((client,))
+    app = relay.connect("::ffff:10.20.0.5")
+    assert app.bind() == OK_BIND
+    assert app.session.host == "10.20.0.5"
+    assert app.connection.peer == "10.20.0.5:40000"
+    assert relay.sample("smpprelay_bind_attempts_total", result="address_not_allowed") is None
+
+
+def test_ipv4_mapped_peer_keyed_as_its_ipv4_address() -> None:
+    """Caps and lock-outs key a mapped peer by its IPv4 address: the same app over either
+    form shares one per-address cap and one lock-out."""
+    relay = Relay(security=SecurityConfig(max_connections_per_address=2))
+    first = relay.connect("::ffff:10.0.0.1")
+    second = relay.connect("10.0.0.1")
+    _dropped_at_accept(relay.connect("::ffff:10.0.0.1"))
+    first.close()
+    second.close()
+    for _ in range(5):
+        app = relay.connect("::ffff:10.0.0.1")
+        _refused_bind(app, password="wrong")
+        app.close()
+    _dropped_at_accept(relay.connect("10.0.0.1"))
+    assert relay.access.locked("10.0.0.1")
+
+
+def test_mapped_network_in_allowed_ips_still_matches() -> None:
+    """An allowed_ips entry written in the mapped form keeps matching."""
+    client = Account(system_id="app", password=PASSWORD, allowed_ips=("::ffff:10.0.0.0/104",))
+    relay = Relay((client,))
+    assert relay.connect("::ffff:10.1.2.3").bind() == OK_BIND
+    assert relay.connect("::1").bind() != OK_BIND

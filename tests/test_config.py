@@ -249,12 +249,12 @@ def test_float_is_not_an_int() -> None:
 
 
 def test_int_is_not_a_string(tmp_path: pathlib.Path) -> None:
-    """An unquoted numeric password is refused with a hint to quote it."""
+    """An unquoted numeric password is refused with a hint to quote it (and not echoed)."""
     path = _write(tmp_path, "clients:\n  - system_id: app1\n    password: 1234\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == (
-        f"{path}: clients[0].password: expected a string, got 1234 (put it in quotes)"
+        f"{path}: clients[0].password: expected a string, got an integer (put it in quotes)"
     )
 
 
@@ -628,3 +628,84 @@ def test_the_built_in_configurations_are_valid() -> None:
 def test_allowed_ips_normalised_when_built_in_code() -> None:
     """An Account made in code stores its networks as the YAML walker does."""
     assert _account(allowed_ips=("10.1.2.3/8", "::1")).allowed_ips == ("10.0.0.0/8", "::1/128")
+
+
+# --- secrets are never echoed (Faults issue, item 14) ---------------------------------------
+
+_SECRET_CASES = [
+    ("password", 73190482, "expected a string, got an integer (put it in quotes)"),
+    ("password", 7319.5, "expected a string, got a number (put it in quotes)"),
+    ("password", "pässwörd", "must be printable ASCII (an SMPP C-Octet String), got a string"),
+    ("password", "Zq9\tX", "must be printable ASCII (an SMPP C-Octet String), got a string"),
+    ("password", "Zq9Xw7Vb44", "must be 1 to 8 characters long, got 10"),
+    ("password_hash", 73190482, "expected a string, got an integer (put it in quotes)"),
+    ("password_hash", "scrypt$hunter2$x", "expected scrypt$<n>$<r>$<p>$<salt>$<key>"),
+    ("password_hash", "scrypt$16$8$1$Zq9Xw7Vb$Zq9Xw7Vb", "scrypt hash: salt or key too short"),
+]
+
+
+def _secret_text(value: object) -> list[str]:
+    # The value as YAML wrote it and as Python would print it.
+    return [str(value), repr(value)]
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), _SECRET_CASES)
+def test_client_secret_never_echoed(key: str, value: object, problem: str) -> None:
+    """A bad password or password_hash is described by type or length, never shown."""
+    message = _error({"clients": [{"system_id": "app1", key: value}]})
+    assert message.startswith(f"x.yaml: clients[0].{key}: {problem}")
+    for shown in _secret_text(value):
+        assert shown not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (73190482, "expected a string, got an integer (put it in quotes)"),
+        ("pässwörd", "must be printable ASCII (an SMPP C-Octet String), got a string of 8"),
+        ("Zq9Xw7Vb44", "must be at most 8 characters long, got 10"),
+    ],
+)
+def test_upstream_password_never_echoed(value: object, problem: str) -> None:
+    """The operator password is a secret too."""
+    message = _error(_minimal(upstream=_upstream(password=value)))
+    assert message.startswith(f"x.yaml: upstream.password: {problem}")
+    for shown in _secret_text(value):
+        assert shown not in message
+
+
+def test_secret_date_never_echoed(tmp_path: pathlib.Path) -> None:
+    """An unquoted date-like password (YAML reads a date) is named by its type only."""
+    path = _write(tmp_path, "clients:\n  - system_id: app1\n    password: 2024-01-02\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).endswith("expected a string, got a date (put it in quotes)")
+    assert "2024" not in str(info.value)
+
+
+def test_secret_never_echoed_when_built_in_code() -> None:
+    """Config objects made in code refuse a secret without showing it either."""
+    with pytest.raises(Invalid) as info:
+        Account(system_id="app1", password="pässwörd")
+    assert "pässwörd" not in str(info.value)
+    assert str(info.value) == (
+        "password: must be printable ASCII (an SMPP C-Octet String), got a string of 8 characters"
+    )
+    with pytest.raises(Invalid) as info:
+        UpstreamConfig(host="h", system_id="s", password="sécret")
+    assert "sécret" not in str(info.value)
+
+
+def test_secret_fields_are_marked() -> None:
+    """Every password-like field is marked secret (a new one must be marked too)."""
+    marked = {
+        (cls.__name__, field.name)
+        for cls in (Account, UpstreamConfig)
+        for field in attrs.fields(cls)
+        if field.metadata.get("secret")
+    }
+    assert marked == {
+        ("Account", "password"),
+        ("Account", "password_hash"),
+        ("UpstreamConfig", "password"),
+    }

@@ -586,3 +586,52 @@ def test_resumed_transmitter_does_not_wake_the_router() -> None:
     h.connection.pauseProducing()
     h.connection.resumeProducing()
     assert h.receiver_hooks == []
+
+
+# --- Faults issue, item 10: deaf receivers ---------------------------------------------------
+
+
+def test_session_goes_deaf_on_a_timeout_and_back_on_an_answer() -> None:
+    """DownstreamSession: a deliver_sm left unanswered for limits.response makes it deaf
+    (can_deliver False, counted), an answer to the next one makes it a receiver again."""
+    s = Harness()
+    s.bind("transceiver")
+    session = s.session
+    assert session.can_deliver
+    timed_out: list[object] = []
+    session.deliver(pdu.build(CommandId.deliver_sm, 0, b"\0" * 20)).addErrback(timed_out.append)
+    s.clock.advance(30)
+    assert len(timed_out) == 1
+    assert session.deaf
+    assert not session.can_deliver
+    assert session.can_probe
+    name = "smpprelay_session_timeouts_total"
+    assert s.sample(name, side="downstream", timer="deliver_sm") == 1
+    result: list[bytes] = []
+    session.deliver(pdu.build(CommandId.deliver_sm, 0, b"\0" * 20)).addCallback(result.append)
+    assert not session.can_probe
+    s.connection.dataReceived(pdu.response(CommandId.deliver_sm, 2, 0, b"\0"))
+    assert len(result) == 1
+    assert not session.deaf
+    assert session.can_deliver
+
+
+# --- Faults issue, item 6: a stopping relay keeps delivering until its unbind goes out -------
+
+
+def test_receiver_keeps_taking_deliveries_while_the_stop_drains() -> None:
+    """A transceiver the relay unbinds stays a receiver while its submits drain (it left the
+    registry at once, so a receipt then was answered OK and dropped), and stops being one
+    when the relay's unbind goes out."""
+    h = Harness()
+    h.bind("transceiver")
+    h.send(submit_frame(30))
+    h.session.shutdown()
+    assert h.registry.receivers("app") == [h.session]
+    assert h.session.can_deliver
+    h.session.deliver(pdu.build(CommandId.deliver_sm, 0, b"\0" * 20))
+    assert [pdu.header(f)[1] for f in h.frames()] == [CommandId.deliver_sm]
+    h.submit.answer(0, b"M30")
+    assert [pdu.header(f)[1] for f in h.frames()] == [CommandId.submit_sm_resp, CommandId.unbind]
+    assert h.registry.receivers("app") == []
+    assert not h.session.receives

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 
 from smpprelay import pdu, router
 from smpprelay.connection import ResponseTimeout
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status, Tag
 from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
-from tests.fakes import FakeReceiver, make_router, mo, outcome, receipt
+from tests.fakes import FakeReceiver, captured_logs, make_router, mo, outcome, receipt
 
 RETRY = 30.0
 HOLD_TTL = 600.0
@@ -360,3 +361,92 @@ def test_malformed_deliver_sm_answered_with_its_status() -> None:
     assert outcome(h.router.route(frame)) == [Status.ESME_RINVSRCADR]
     assert short.frames == []
     assert h.deliveries("unknown", "malformed") == 1
+
+
+# --- Faults issue, item 10: a deaf receiver holds up nobody ---------------------------------
+
+
+def test_fresh_delivery_prefers_the_receiver_that_answers() -> None:
+    """Of two receivers, the one with fewer unanswered deliveries gets the next one, and a
+    deaf one (a deliver_sm timed out) gets no fresh delivery at all."""
+    h = Harness(mo_prefixes={"7900": "app"})
+    deaf = h.receiver("app")
+    good = h.receiver("app")
+    first = outcome(h.router.route(mo(b"79001")))
+    assert len(deaf.frames) == 1  # both idle: the first one listed
+    second = outcome(h.router.route(mo(b"79002")))
+    assert len(good.frames) == 1  # fewer unanswered
+    good.answer(0)
+    assert second == [Status.ESME_ROK]
+    deaf.time_out(0)
+    assert first == [Status.ESME_ROK]  # held, to be retried
+    results = [outcome(h.router.route(mo(b"7900" + bytes([48 + i])))) for i in range(5)]
+    assert len(deaf.frames) == 1
+    for i in range(1, 6):
+        good.answer(i)
+    assert results == [[Status.ESME_ROK]] * 5
+    assert h.deliveries("mo", "delivered") == 6
+
+
+def test_only_deaf_receivers_means_held_at_once() -> None:
+    """When the account's only receiver is deaf, a receipt is held and the operator answered
+    ESME_ROK at once (it waited limits.response on each before); one held delivery probes the
+    deaf app at the retry, and when it answers the rest follow."""
+    h = Harness()
+    app = h.receiver("app")
+    h.router.remember(b"M0", "app")
+    first = outcome(h.router.route(receipt(b"M0")))
+    app.time_out(0)
+    assert first == [Status.ESME_ROK]
+    for i in range(1, 4):
+        h.router.remember(b"M%d" % i, "app")
+    answers = [outcome(h.router.route(receipt(b"M%d" % i))) for i in range(1, 4)]
+    assert answers == [[Status.ESME_ROK]] * 3  # answered now, not after a timeout each
+    assert len(app.frames) == 1
+    assert len(h.held) == 4
+    h.clock.advance(RETRY)
+    assert len(app.frames) == 2  # one probe, not four
+    app.answer(1)
+    assert len(app.frames) == 5  # it answers: the other three follow at once
+    app.answer(2)
+    app.answer(3)
+    app.answer(4)
+    assert len(h.held) == 0
+    assert h.deliveries("receipt", "delivered") == 4
+
+
+# --- Faults issue, item 6: nothing new held while stopping, held ones counted lost ---------
+
+
+def test_while_stopping_unreceived_deliveries_are_refused_for_later() -> None:
+    """Once the relay stops, a receipt no receiver takes is answered ESME_RX_T_APPN (it was
+    ESME_ROK and held, then lost); one a receiver takes is still delivered."""
+    h = Harness()
+    h.router.remember(b"A1", "app")
+    h.router.remember(b"A2", "app")
+    h.router.stopping()
+    assert outcome(h.router.route(receipt(b"A1"))) == [Status.ESME_RX_T_APPN]
+    assert len(h.held) == 0
+    assert h.deliveries("receipt", "retry_later") == 1
+    app = h.receiver("app")
+    result = outcome(h.router.route(receipt(b"A2")))
+    app.answer(0, Status.ESME_RX_T_APPN)
+    assert result == [Status.ESME_RX_T_APPN]  # the app asked for later: so does the operator
+    assert len(h.held) == 0
+
+
+def test_held_deliveries_lost_at_stop_are_logged_and_counted() -> None:
+    """What is held at the stop was answered ESME_ROK earlier: each is counted and logged."""
+    h = Harness(mo_prefixes={"7900": "app"})
+    h.router.remember(b"B1", "app")
+    outcome(h.router.route(receipt(b"B1")))
+    outcome(h.router.route(mo(b"79001")))
+    outcome(h.router.route(mo(b"79002")))
+    with captured_logs() as events:
+        h.router.stop()
+    assert h.deliveries("receipt", "lost_at_stop") == 1
+    assert h.deliveries("mo", "lost_at_stop") == 2
+    assert h.sample("smpprelay_held_deliveries", account="app") == 0
+    lines = [formatEvent(e) for e in events if "lost" in formatEvent(e)]
+    assert len(lines) == 2
+    assert not h.clock.getDelayedCalls()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
@@ -33,7 +33,7 @@ from zope.interface import provider
 from smpprelay import pdu
 from smpprelay.auth import make_portal
 from smpprelay.config import Account, DedupRule, FiltersConfig, FloodRule
-from smpprelay.connection import RequestHandler, SmppConnection
+from smpprelay.connection import RequestHandler, ResponseTimeout, SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
@@ -126,7 +126,8 @@ def app_connection(
         response_timeout=30.0,
         pdu_read=pdu_read,
     )
-    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
+    transport = StringTransport(peerAddress=address)
     connection.makeConnection(transport)  # type: ignore[no-untyped-call]
     return connection, transport
 
@@ -245,11 +246,20 @@ class FakeReceiver:
         self.auto_answer = auto_answer
         self.frames: list[bytes] = []
         self.pending: list[Deferred[bytes]] = []
+        # As DownstreamSession: deaf from a timed-out deliver_sm until it answers one.
+        self.deaf = False
+
+    @property
+    def unanswered(self) -> int:
+        return sum(1 for d in self.pending if not d.called)
 
     @property
     def can_deliver(self) -> bool:
-        unanswered = sum(1 for d in self.pending if not d.called)
-        return self.bound and unanswered < self.window
+        return self.bound and not self.deaf and self.unanswered < self.window
+
+    @property
+    def can_probe(self) -> bool:
+        return self.bound and self.deaf and self.unanswered == 0
 
     def deliver(self, frame: bytes) -> Deferred[bytes]:
         self.frames.append(frame)
@@ -260,7 +270,13 @@ class FakeReceiver:
         return deferred
 
     def answer(self, index: int, status: int = Status.ESME_ROK) -> None:
+        self.deaf = False
         self.pending[index].callback(pdu.response(CommandId.deliver_sm, 0, status, b"\0"))
+
+    def time_out(self, index: int) -> None:
+        """The response timer of delivery ``index`` ran out: the app is deaf now."""
+        self.deaf = True
+        self.pending[index].errback(ResponseTimeout("no answer"))
 
 
 _receiver: Receiver = FakeReceiver("typecheck")  # mypy checks the double against the Protocol

@@ -1,0 +1,54 @@
+"""The app session's states (SMPP 3.4 section 2.3) and which requests each one takes.
+
+Apart from `smpprelay.downstream` so the state machine's tables read as one table; nothing here
+does anything.
+"""
+
+from enum import Enum
+
+from smpprelay.pdu import CommandId
+
+
+class State(Enum):
+    """SMPP session states (3.4 section 2.3), plus UNBINDING while in-flight submits drain."""
+
+    OPEN = "open"
+    BINDING = "binding"
+    BOUND_TX = "transmitter"
+    BOUND_RX = "receiver"
+    BOUND_TRX = "transceiver"
+    UNBINDING = "unbinding"
+    CLOSED = "closed"
+
+
+BOUND = {State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX}
+UNBOUND = {State.OPEN, State.BINDING}
+NONE: set[State] = set()
+TRANSMITTING = {State.BOUND_TX, State.BOUND_TRX}
+STATE_OF_KIND = {
+    "transmitter": State.BOUND_TX,
+    "receiver": State.BOUND_RX,
+    "transceiver": State.BOUND_TRX,
+}
+# Requests an app may send that the relay answers but does not carry (3.4 table 2-1).
+ANSWERED_WITH_RESP = {
+    CommandId.submit_sm,
+    CommandId.query_sm,
+    CommandId.replace_sm,
+    CommandId.cancel_sm,
+    CommandId.submit_multi,
+    CommandId.data_sm,
+    CommandId.deliver_sm,
+    CommandId.unbind,
+}
+
+# Requests valid in these states (3.4 table 2-1) that the relay does not carry: answered
+# generic_nack ESME_RINVCMDID (as Kannel does), the session kept. Out of their states they get
+# ESME_RINVBNDSTS like any other request.
+NOT_RELAYED: dict[int, set[State]] = {
+    CommandId.query_sm: TRANSMITTING,
+    CommandId.replace_sm: TRANSMITTING,
+    CommandId.cancel_sm: TRANSMITTING,
+    CommandId.submit_multi: TRANSMITTING,
+    CommandId.data_sm: BOUND,
+}

@@ -208,14 +208,18 @@ class RelayService(MultiService):
     @override
     def stopService(self) -> Deferred[None]:
         self.running = 0
-        deadline = self.clock.seconds() + self.config.limits.shutdown_timeout
+        timeout = self.config.limits.shutdown_timeout
+        deadline = self.clock.seconds() + timeout
+        # The apps get all but the last third (5 s at most) of the time: what is left is for
+        # unbinding from the operator cleanly, even after apps had to be cut off.
+        apps_deadline = deadline - min(5.0, timeout / 3)
 
         async def in_order() -> None:
             for listener in self.app_listeners:
                 await maybeDeferred(listener.stopService)
             log.info("stopping: no new apps; unbinding the bound ones")
             self.relay.drop_held()
-            if not await self._within(self.registry.shutdown(), deadline):
+            if not await self._within(self.registry.shutdown(), apps_deadline):
                 self.stopped_cleanly = False
                 self._cut_off_apps()
             self.router.stop()

@@ -218,7 +218,8 @@ def test_an_app_that_ignores_our_unbind_holds_the_stop_no_longer_than_shutdown_t
     took = tree.stop()
     timeout = service.config.limits.shutdown_timeout
     assert timeout < service.config.limits.response
-    assert timeout <= took < timeout + 1
+    # The apps get all but the last third (5 s at most); upstream unbinds in what is left.
+    assert timeout - 5 <= took <= timeout
     assert "app asked to unbind" in tree.events
     assert service.stopped_cleanly is False
     assert service.upstream.pool.bound == 0

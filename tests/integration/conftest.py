@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest_twisted
 import smpplib.client
+import smpplib.smpp
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -132,6 +133,22 @@ class Esme:
 
         await self.read_until(answered)
         return next(resp for resp in self.responses if resp.sequence == request.sequence)
+
+    def answer_unbind(self, timeout: float = 5.0) -> Deferred[None]:
+        """Read until the relay's unbind comes, and answer it (smpplib itself never does)."""
+
+        def run() -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                request = self.client.read_pdu()
+                if request.command == "unbind":
+                    answer = smpplib.smpp.make_pdu("unbind_resp", client=self.client)
+                    answer.sequence = request.sequence
+                    self.client.send_pdu(answer)
+                    return
+            raise TimeoutError(f"no unbind within {timeout} s")
+
+        return deferToThread(run)
 
     def at_eof(self) -> Deferred[bool]:
         """True when the relay closed the connection (the next read finds end of stream)."""

@@ -176,6 +176,7 @@ class RelayProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.smpp_port = 0
         self.metrics_port = 0
+        self.terminated = False
 
     @property
     def log(self) -> str:
@@ -224,11 +225,18 @@ class RelayProcess:
                 raise AssertionError(f"{what or 'condition'} within {timeout} s:\n{self.log}")
             await task.deferLater(self.reactor, 0.02, lambda: None)
 
+    def terminate(self) -> None:
+        """Send SIGTERM, once (a second one only makes twistd log an error)."""
+        assert self.process is not None
+        if not self.terminated:
+            self.terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
     async def stop(self, timeout: float = STOP_DEADLINE) -> tuple[int, str]:
-        """SIGTERM; wait for the exit; return its status and the log."""
+        """SIGTERM (unless `terminate` sent it); wait for the exit; return status and log."""
         assert self.process is not None
         process = self.process
-        process.send_signal(signal.SIGTERM)
+        self.terminate()
         deadline = time.monotonic() + timeout
         while process.poll() is None:
             assert time.monotonic() < deadline, f"relay did not stop in {timeout} s:\n{self.log}"

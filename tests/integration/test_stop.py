@@ -29,7 +29,7 @@ async def test_an_app_that_ignores_unbind_cannot_hold_the_stop_past_shutdown_tim
         code, log = await relay.stop(timeout=10)
         took = time.monotonic() - began
     assert code == -signal.SIGTERM, log
-    assert 1 <= took < 10, log
+    assert 0.5 <= took < 10, log  # the apps get two thirds of the second, upstream the rest
     assert "still open after limits.shutdown_timeout" in log
     assert "stopped cleanly" not in log
     assert log.rstrip().endswith("Server Shut Down."), log

@@ -9,7 +9,9 @@ The code lives in `smpprelay.smpp` (``constants``, ``framing``, ``short_message`
 from __future__ import annotations
 
 from smpprelay.receipts import (
+    MessageIdFormat,
     delivery_receipt,
+    id_bases,
     normalise_message_id,
     receipt_id,
     replace_receipt_id,
@@ -28,12 +30,14 @@ from smpprelay.smpp.constants import (
     MESSAGE_STATES,
     RECEIPT_ESM_BITS,
     RESPONSE_BIT,
+    SPEC_STATUSES,
     BindKind,
     CommandId,
     Status,
     Tag,
     command_label,
     command_name,
+    status_label,
     status_name,
 )
 from smpprelay.smpp.framing import (
@@ -70,6 +74,7 @@ __all__ = [
     "MESSAGE_STATES",
     "RECEIPT_ESM_BITS",
     "RESPONSE_BIT",
+    "SPEC_STATUSES",
     "TLV_HEAD",
     "TLV_LENGTHS",
     "BindKind",
@@ -78,6 +83,7 @@ __all__ = [
     "DecodeError",
     "Framer",
     "FramingError",
+    "MessageIdFormat",
     "ShortMessage",
     "Status",
     "Tag",
@@ -93,6 +99,7 @@ __all__ = [
     "encode_short_message",
     "generic_nack",
     "header",
+    "id_bases",
     "message_id_of",
     "normalise_message_id",
     "read_bind",
@@ -101,6 +108,7 @@ __all__ = [
     "replace_receipt_id",
     "response",
     "sequence_of",
+    "status_label",
     "status_name",
     "submit_sm_resp",
     "with_sequence",

@@ -245,6 +245,10 @@ def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionReg
         {p.lstrip("+"): c.system_id for c in config.clients for p in c.mo_prefixes},
         registry.receivers,
         config.receipts.retry,
+        second_look=config.receipts.second_look,
+        message_id_format=(
+            config.upstream.message_id_format if config.upstream is not None else "as-is"
+        ),
     )
     registry.on_receiver_bound.append(router.receiver_bound)
     return router
@@ -333,7 +337,8 @@ def build(
     jitter: Callable[[], float] = random.random,
 ) -> RelayService:
     """Wire every part of the relay for ``config``."""
-    metrics = metrics if metrics is not None else Metrics()
+    vendor_statuses = config.upstream.vendor_statuses if config.upstream is not None else ()
+    metrics = metrics if metrics is not None else Metrics(vendor_statuses=vendor_statuses)
     limits = config.limits
     registry = SessionRegistry(metrics)
     router = _router(config, reactor, metrics, registry)

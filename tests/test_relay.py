@@ -78,7 +78,7 @@ def test_operator_vendor_status_comes_back_unchanged() -> None:
     h.pool.answers[0].callback(resp)
     assert result_of(answer) == resp
     assert len(h.router.routes) == 0
-    assert h.upstream_submits("0x00000400") == 1.0
+    assert h.upstream_submits("other") == 1.0  # not in upstream.vendor_statuses: bucketed
 
 
 @pytest.mark.parametrize("registered_delivery", [0x01, 0x02, 0x10])

@@ -183,6 +183,8 @@ class LimitsConfig:
     pdu_read: float = attrs.field(default=10.0, validator=_POSITIVE)
     # A bound app session with no PDU from the app for this long is unbound by the relay.
     inactivity: float = attrs.field(default=300.0, validator=_POSITIVE)
+    # TLVs one PDU may carry; past this it is answered ESME_RINVOPTPARSTREAM unread.
+    max_tlvs: int = attrs.field(default=64, validator=valid(number(ge=1, le=65_535)))
 
 
 @attrs.frozen(kw_only=True)

@@ -58,6 +58,7 @@ from smpprelay.smpp.framing import (
 )
 from smpprelay.smpp.short_message import (
     BLANK_MESSAGE,
+    DEFAULT_MAX_TLVS,
     ShortMessage,
     encode_short_message,
     read_short_message,
@@ -67,6 +68,7 @@ from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_subm
 __all__ = [
     "BIND_KINDS",
     "BLANK_MESSAGE",
+    "DEFAULT_MAX_TLVS",
     "HEADER",
     "HEADER_LEN",
     "MAX_SEQUENCE",

@@ -355,7 +355,7 @@ def build(
     chain = build_chain(
         config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
     )
-    relay = Relay(upstream.pool, router, metrics, reactor, chain)
+    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs)
     password_pool, off_thread = _password_pool(config, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
     portal = make_portal(

@@ -28,6 +28,7 @@ from smpprelay._schema import (
 # Invalid is what a config class raises when built with a bad value: part of this module's API.
 from smpprelay._schema import Invalid as Invalid
 from smpprelay.passwd import parse_hash
+from smpprelay.receipts import MessageIdFormat
 
 BindMode = Literal["transceiver", "transmitter_receiver"]
 ReceiptStat = Literal["DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD"]
@@ -153,6 +154,15 @@ class UpstreamConfig:
     # Our client certificate (and chain) and its key, for an operator that asks for one.
     tls_cert: str | None = attrs.field(default=None, validator=_NOT_EMPTY)
     tls_key: str | None = attrs.field(default=None, validator=_NOT_EMPTY)
+    # Statuses outside SMPP 3.4 that the operator answers and that get a metric label of their
+    # own; every other such status is counted under "other" (the app still gets it exactly).
+    vendor_statuses: tuple[int, ...] = attrs.field(
+        default=(), validator=each(number(ge=0, le=0xFFFFFFFF))
+    )
+    # How the operator's receipts quote a message id relative to its submit_sm_resp.
+    message_id_format: MessageIdFormat = attrs.field(
+        default="as-is", validator=valid(one_of(MessageIdFormat))
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.reconnect_max < self.reconnect_initial:
@@ -179,6 +189,8 @@ class LimitsConfig:
     inactivity: float = attrs.field(default=300.0, validator=_POSITIVE)
     # A stop (SIGTERM) lasts at most this long: apps that have not unbound by then are cut off.
     shutdown_timeout: float = attrs.field(default=15.0, validator=_POSITIVE)
+    # TLVs one PDU may carry; past this it is answered ESME_RINVOPTPARSTREAM unread.
+    max_tlvs: int = attrs.field(default=64, validator=valid(number(ge=1, le=65_535)))
 
 
 @attrs.frozen(kw_only=True)
@@ -209,6 +221,9 @@ class ReceiptsConfig:
     hold_ttl: float = attrs.field(default=86_400.0, validator=_POSITIVE)
     hold_max: int = attrs.field(default=100_000, validator=_AT_LEAST_1)
     retry: float = attrs.field(default=5.0, validator=_POSITIVE)
+    # A receipt whose id is not known yet gets one second look this many seconds later: it
+    # may have overtaken its submit_sm_resp (sent on another bind). 0: no second look.
+    second_look: float = attrs.field(default=1.0, validator=valid(number(ge=0, le=3600)))
 
 
 @attrs.frozen(kw_only=True)

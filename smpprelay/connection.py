@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -264,6 +264,24 @@ class SmppConnection(Protocol):
 
         self.send_request(pdu.build(CommandId.unbind, 0)).addBoth(close)
         return finished
+
+    def drain(self) -> Deferred[None]:
+        """Stop sending requests of our own and fire once every request in flight has its
+        outcome (the peer's answer, the response timer, or the connection's loss).
+
+        For a peer that unbound us: reading goes on meanwhile, so the answers it still sends
+        reach their callers instead of being thrown away (the callers would retry a message
+        the peer accepted). Nothing new is sent, so the requests in flight now are all there
+        is to wait for, and the response timer bounds the wait.
+        """
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+        self.enquire_link_interval = None  # an enquire_link answered now does not re-arm
+        waits = [deferred for _, deferred in self._pending.values()]
+        # DeferredList passes each result on unchanged: the callers still see their outcomes.
+        done: Deferred[list[tuple[bool, bytes]]] = DeferredList(waits)
+        return done.addCallback(lambda _: None)
 
     def start_keepalive(self, interval: float) -> None:
         """Send enquire_link every ``interval`` seconds; one left unanswered kills the link."""

@@ -67,9 +67,12 @@ class Message:
         return not self.fields.short_message and self.fields.tlv(Tag.message_payload) is not None
 
 
-def read_message(account: str, frame: bytes, app_iso: bool = False) -> Message:
-    """Read a submit_sm for the rules. Raises `DecodeError` for a header that lies."""
-    fields = pdu.read_short_message(frame)
+def read_message(
+    account: str, frame: bytes, app_iso: bool = False, max_tlvs: int = pdu.DEFAULT_MAX_TLVS
+) -> Message:
+    """Read a submit_sm for the rules. Raises `DecodeError` for a header that lies, or for
+    more than ``max_tlvs`` TLVs."""
+    fields = pdu.read_short_message(frame, max_tlvs)
     data = fields.text
     udh = b""
     concat = None

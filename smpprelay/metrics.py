@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -19,7 +19,8 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
-from smpprelay.pdu import CommandId, Status, command_label, status_name
+from smpprelay.pdu import CommandId, Status, command_label
+from smpprelay.smpp.constants import status_label
 
 # Which connections a PDU count is about: the apps' (downstream), ours to the operator
 # (upstream), or the built-in simulated SMSC's.
@@ -49,8 +50,13 @@ LATENCY_BUCKETS = (
 class Metrics:
     """The relay's metric families and cached children for the hot path."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, vendor_statuses: Iterable[int] = ()
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Statuses outside SMPP 3.4 that get a label of their own (upstream.vendor_statuses);
+        # every other one is labelled "other" (`status_label`).
+        self.vendor_statuses = frozenset(vendor_statuses)
         r = self.registry
         self.build_info = Gauge(
             "smpprelay_build_info", "Version of the running relay.", ["version"], registry=r
@@ -291,12 +297,20 @@ class Metrics:
             self.deliveries.labels(kind, "retry_later")
             self.deliveries.labels(kind, "lost_at_stop")
 
+    def status_label(self, status: int) -> str:
+        """``status`` as a label of the metrics labelled by status: bounded in number."""
+        return status_label(status, self.vendor_statuses)
+
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""
-        child = self._submit_children.get((account, status))
+        children = self._submit_children
+        child = children.get((account, status))
         if child is None:
-            child = self.submits.labels(account, status_name(status))
-            self._submit_children[(account, status)] = child
+            child = self.submits.labels(account, self.status_label(status))
+            # Cached under the status only while the cache is small: the operator picks the
+            # statuses, and one child per value it sends would grow without bound.
+            if len(children) < _CACHE_MAX:
+                children[(account, status)] = child
         child.inc()
         hist = self._latency_children.get(account)
         if hist is None:
@@ -305,11 +319,12 @@ class Metrics:
 
     def count_upstream_submit(self, status: int) -> None:
         """The operator answered a submit_sm with ``status``."""
-        child = self._upstream_children.get(status)
+        children = self._upstream_children
+        child = children.get(status)
         if child is None:
-            child = self._upstream_children[status] = self.upstream_submits.labels(
-                status_name(status)
-            )
+            child = self.upstream_submits.labels(self.status_label(status))
+            if len(children) < _CACHE_MAX:
+                children[status] = child
         child.inc()
         if status == Status.ESME_RTHROTTLED:
             self.upstream_throttled.inc()
@@ -325,6 +340,8 @@ class Metrics:
 
 
 _COMMANDS = frozenset(CommandId)
+# Cached label children per (account, status) or status; past this, lookups go to `labels`.
+_CACHE_MAX = 4096
 _OTHER = -1
 
 

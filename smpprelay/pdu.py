@@ -9,7 +9,9 @@ The code lives in `smpprelay.smpp` (``constants``, ``framing``, ``short_message`
 from __future__ import annotations
 
 from smpprelay.receipts import (
+    MessageIdFormat,
     delivery_receipt,
+    id_bases,
     normalise_message_id,
     receipt_id,
     replace_receipt_id,
@@ -28,12 +30,14 @@ from smpprelay.smpp.constants import (
     MESSAGE_STATES,
     RECEIPT_ESM_BITS,
     RESPONSE_BIT,
+    SPEC_STATUSES,
     BindKind,
     CommandId,
     Status,
     Tag,
     command_label,
     command_name,
+    status_label,
     status_name,
 )
 from smpprelay.smpp.framing import (
@@ -54,6 +58,7 @@ from smpprelay.smpp.framing import (
 )
 from smpprelay.smpp.short_message import (
     BLANK_MESSAGE,
+    DEFAULT_MAX_TLVS,
     ShortMessage,
     encode_short_message,
     read_short_message,
@@ -63,6 +68,7 @@ from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_subm
 __all__ = [
     "BIND_KINDS",
     "BLANK_MESSAGE",
+    "DEFAULT_MAX_TLVS",
     "HEADER",
     "HEADER_LEN",
     "MAX_SEQUENCE",
@@ -70,6 +76,7 @@ __all__ = [
     "MESSAGE_STATES",
     "RECEIPT_ESM_BITS",
     "RESPONSE_BIT",
+    "SPEC_STATUSES",
     "TLV_HEAD",
     "TLV_LENGTHS",
     "BindKind",
@@ -78,6 +85,7 @@ __all__ = [
     "DecodeError",
     "Framer",
     "FramingError",
+    "MessageIdFormat",
     "ShortMessage",
     "Status",
     "Tag",
@@ -93,6 +101,7 @@ __all__ = [
     "encode_short_message",
     "generic_nack",
     "header",
+    "id_bases",
     "message_id_of",
     "normalise_message_id",
     "read_bind",
@@ -101,6 +110,7 @@ __all__ = [
     "replace_receipt_id",
     "response",
     "sequence_of",
+    "status_label",
     "status_name",
     "submit_sm_resp",
     "with_sequence",

@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Final
+from typing import Final, Literal
 
 from smpprelay.smpp.constants import MESSAGE_STATES, CommandId, Tag
 from smpprelay.smpp.framing import header
 from smpprelay.smpp.short_message import BLANK_MESSAGE, ShortMessage, encode_short_message
 
-__all__ = ["delivery_receipt", "normalise_message_id", "receipt_id", "replace_receipt_id"]
+__all__ = [
+    "MessageIdFormat",
+    "delivery_receipt",
+    "id_bases",
+    "normalise_message_id",
+    "receipt_id",
+    "replace_receipt_id",
+]
+
+# How an operator's receipts quote a message id, relative to the message_id of its
+# submit_sm_resp (upstream.message_id_format): the same way (as-is), in hexadecimal where the
+# submit_sm_resp gave it in decimal (hex), or in decimal where it gave it in hexadecimal
+# (decimal: "id:2684354561" in the receipt for "A0000001"). Kannel's msg-id-type says the same.
+MessageIdFormat = Literal["as-is", "hex", "decimal"]
+Base = Literal[10, 16]
+
+_BASES: Final[dict[MessageIdFormat, tuple[Base | None, Base | None]]] = {
+    "as-is": (None, None),
+    "hex": (10, 16),
+    "decimal": (16, 10),
+}
 
 _RECEIPT_ID: Final = re.compile(rb"\bid:(\S+)", re.IGNORECASE)
 
@@ -28,13 +48,27 @@ def receipt_id(message: ShortMessage) -> bytes | None:
     return match.group(1) if match else None
 
 
-def normalise_message_id(message_id: bytes) -> str:
+def id_bases(form: MessageIdFormat) -> tuple[Base | None, Base | None]:
+    """The bases the ids are written in under ``form``: (submit_sm_resp's, receipts')."""
+    return _BASES[form]
+
+
+def normalise_message_id(message_id: bytes, base: Base | None = None) -> str:
     """The form under which message ids are compared.
 
     SMSCs differ in case and leading zeros between submit_sm_resp and the receipt (Jasmin and
-    Kannel both had to learn this); neither changes which message is meant.
+    Kannel both had to learn this); neither changes which message is meant. With a ``base``,
+    an id that is a number in that base is compared as that number (in decimal), so the same
+    id quoted in hex on one side and in decimal on the other meets; an id that is not such a
+    number is compared as it is.
     """
-    return message_id.decode("latin-1").strip().upper().lstrip("0") or "0"
+    text = message_id.decode("latin-1").strip()
+    if base is not None and text.isascii() and text.isalnum():
+        try:
+            return str(int(text, base))
+        except ValueError:
+            pass  # not a number in that base: compare it as it is
+    return text.upper().lstrip("0") or "0"
 
 
 def replace_receipt_id(frame: bytes, message: ShortMessage, old_id: bytes, new_id: bytes) -> bytes:

@@ -97,8 +97,10 @@ class Relay:
         metrics: Metrics,
         clock: IReactorTime | None = None,
         chain: FilterChain | None = None,
+        max_tlvs: int = pdu.DEFAULT_MAX_TLVS,
     ) -> None:
         self.pool = pool
+        self.max_tlvs = max_tlvs  # limits.max_tlvs
         self.router = router
         self.metrics = metrics
         self.clock = clock if clock is not None else router.clock
@@ -111,7 +113,7 @@ class Relay:
         The answer's sequence number is the caller's to set.
         """
         try:
-            message = read_message(account, frame, app_iso)
+            message = read_message(account, frame, app_iso, self.max_tlvs)
             pdu.check_submit(message.fields)
         except DecodeError as error:
             self.log.info(

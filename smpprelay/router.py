@@ -23,11 +23,18 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
-from smpprelay.receipts import normalise_message_id, receipt_id, replace_receipt_id
+from smpprelay.receipts import (
+    MessageIdFormat,
+    id_bases,
+    normalise_message_id,
+    receipt_id,
+    replace_receipt_id,
+)
 from smpprelay.store.memory import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
-# binds (deps.md P14); one second look after this long catches that race.
+# binds (deps.md P14); one second look after this long catches that race
+# (receipts.second_look, this by default).
 UNMATCHED_RETRY = 1.0
 
 
@@ -66,8 +73,15 @@ class Router:
         mo_prefixes: dict[str, str],
         receivers: Callable[[str], Sequence[Receiver]],
         retry: float,
+        *,
+        second_look: float = UNMATCHED_RETRY,
+        message_id_format: MessageIdFormat = "as-is",
     ) -> None:
         self.clock = clock
+        # 0: an unknown receipt id is unmatched at once.
+        self.second_look = second_look
+        # The bases the operator writes ids in: its submit_sm_resp's, its receipts'.
+        self._resp_base, self._receipt_base = id_bases(message_id_format)
         self.metrics = metrics
         self.routes = routes
         self.held = held
@@ -87,7 +101,10 @@ class Router:
     ) -> None:
         """Route receipts for operator ``message_id`` to ``account``."""
         if self.routes.add(
-            normalise_message_id(message_id), account, self.clock.seconds(), app_message_id
+            normalise_message_id(message_id, self._resp_base),
+            account,
+            self.clock.seconds(),
+            app_message_id,
         ):
             self._evicted()
 
@@ -141,16 +158,17 @@ class Router:
         message_id = receipt_id(message)
         route = None
         if message_id is not None:
-            route = self.routes.get(normalise_message_id(message_id), self.clock.seconds())
+            key = normalise_message_id(message_id, self._receipt_base)
+            route = self.routes.get(key, self.clock.seconds())
         if route is None:
-            if message_id is not None and not retried:
+            if message_id is not None and not retried and self.second_look > 0:
                 later: Deferred[int] = Deferred()
 
                 def look_again() -> None:
                     self._second_looks.pop(call, None)
                     self._route_receipt(frame, message, True).chainDeferred(later)
 
-                call = self.clock.callLater(UNMATCHED_RETRY, look_again)
+                call = self.clock.callLater(self.second_look, look_again)
                 self._second_looks[call] = look_again
                 return later
             self.log.info(

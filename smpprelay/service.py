@@ -312,6 +312,10 @@ def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionReg
         {p.lstrip("+"): c.system_id for c in config.clients for p in c.mo_prefixes},
         registry.receivers,
         config.receipts.retry,
+        second_look=config.receipts.second_look,
+        message_id_format=(
+            config.upstream.message_id_format if config.upstream is not None else "as-is"
+        ),
     )
     registry.on_receiver_bound.append(router.receiver_bound)
     registry.on_stopping.append(router.stopping)
@@ -401,7 +405,8 @@ def build(
     jitter: Callable[[], float] = random.random,
 ) -> RelayService:
     """Wire every part of the relay for ``config``."""
-    metrics = metrics if metrics is not None else Metrics()
+    vendor_statuses = config.upstream.vendor_statuses if config.upstream is not None else ()
+    metrics = metrics if metrics is not None else Metrics(vendor_statuses=vendor_statuses)
     limits = config.limits
     registry = SessionRegistry(metrics)
     router = _router(config, reactor, metrics, registry)
@@ -419,7 +424,7 @@ def build(
     chain = build_chain(
         config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
     )
-    relay = Relay(upstream.pool, router, metrics, reactor, chain)
+    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs)
     password_pool, off_thread = _password_pool(config, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
     portal = make_portal(

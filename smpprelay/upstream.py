@@ -14,7 +14,12 @@ from collections.abc import Callable
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,42 +61,102 @@ def backoff(
 
 
 class UpstreamHandler:
-    """Handles what the operator sends us on one session: receipts, MO, unbind."""
+    """Handles what the operator sends us on one session: receipts, MO, unbind.
+
+    An operator's ``unbind`` is answered at once, and the connection leaves the pool (no new
+    submits go to it), but it is not closed yet: the operator may still answer the submits in
+    flight, and those answers are read and delivered as usual (Kannel keeps reading after an
+    unbind for the same reason: an answer thrown away makes the app retry a message the
+    operator accepted, so it is sent twice). deliver_sm is still routed meanwhile. The
+    connection closes once nothing is in flight either way, or when the operator closes it,
+    and in any case within the response timeout.
+    """
 
     log = Logger()
 
     def __init__(self, route: Callable[[bytes], Deferred[int]]) -> None:
         self._route = route
+        # deliver_sm still being routed, per connection: an unbound connection waits for
+        # them, or their answers would be lost and the operator would send them again.
+        self._routing: dict[SmppConnection, set[Deferred[None]]] = {}
+        # Connections the operator unbound, each with the timer that bounds its drain.
+        self._draining: dict[SmppConnection, IDelayedCall] = {}
 
     def connection_made(self, connection: SmppConnection) -> None:
         pass
+
+    def withdraw(self, connection: SmppConnection) -> None:
+        """The operator unbound ``connection``: it takes no new requests from now on."""
+
+    def draining(self, connection: SmppConnection) -> bool:
+        """Whether the operator unbound ``connection`` and it is finishing what is in flight."""
+        return connection in self._draining
 
     def request_received(
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
         if command_id == CommandId.deliver_sm:
-
-            def answer(status: int) -> None:
-                connection.respond(CommandId.deliver_sm, sequence, status, b"\0")
-
-            def failed(reason: Failure) -> None:
-                self.log.failure("routing a deliver_sm failed", reason)
-                connection.respond(CommandId.deliver_sm, sequence, Status.ESME_RX_T_APPN)
-
-            self._route(frame).addCallbacks(answer, failed)
+            self._deliver(connection, sequence, frame)
         elif command_id == CommandId.unbind:
-            self.log.info(
-                "operator {peer} unbinds; answering and reconnecting", peer=connection.peer
-            )
             connection.respond(CommandId.unbind, sequence, Status.ESME_ROK)
-            connection.close()
+            if not self.draining(connection):
+                self._drain(connection)
         elif command_id in (CommandId.alert_notification, CommandId.outbind):
             pass  # no response exists for these
         else:
             connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
 
+    def _deliver(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
+        def answer(status: int) -> None:
+            connection.respond(CommandId.deliver_sm, sequence, status, b"\0")
+
+        def failed(reason: Failure) -> None:
+            self.log.failure("routing a deliver_sm failed", reason)
+            connection.respond(CommandId.deliver_sm, sequence, Status.ESME_RX_T_APPN)
+
+        routed = self._route(frame).addCallbacks(answer, failed)
+        if routed.called:
+            return
+        routing = self._routing.setdefault(connection, set())
+        routing.add(routed)
+
+        def done(_: None) -> None:
+            routing.discard(routed)
+            if self.draining(connection):
+                self._settle(connection)
+
+        routed.addCallback(done)
+
+    def _drain(self, connection: SmppConnection) -> None:
+        self.log.info(
+            "operator {peer} unbinds; answered, finishing {count} requests in flight, then"
+            " reconnecting",
+            peer=connection.peer,
+            count=connection.in_flight,
+        )
+        self.withdraw(connection)
+        self._draining[connection] = connection.clock.callLater(
+            connection.response_timeout, self._drained, connection
+        )
+        connection.drain().addCallback(lambda _: self._settle(connection))
+
+    def _settle(self, connection: SmppConnection) -> None:
+        # Nothing new is sent on a draining connection, so once its requests and the
+        # deliver_sm being routed are done, nothing more can be owed either way.
+        if connection.in_flight == 0 and not self._routing.get(connection):
+            self._drained(connection)
+
+    def _drained(self, connection: SmppConnection) -> None:
+        deadline = self._draining.pop(connection, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        connection.close()
+
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
-        pass
+        self._routing.pop(connection, None)
+        deadline = self._draining.pop(connection, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
 
 class _SessionHandler(UpstreamHandler):
@@ -104,7 +169,11 @@ class _SessionHandler(UpstreamHandler):
     def connection_made(self, connection: SmppConnection) -> None:
         self._session.connecting = connection
 
+    def withdraw(self, connection: SmppConnection) -> None:
+        self._session.withdraw(connection)
+
     def connection_lost(self, connection: SmppConnection, reason: Failure) -> None:
+        super().connection_lost(connection, reason)
         self._session.lost(connection, reason)
 
 
@@ -157,7 +226,7 @@ class UpstreamSession(ClientService):
         )
         self._set_state("connecting")
         metrics.upstream_window_size.labels(name).set(config.window)
-        for reason in ("connect", "tls", "bind_timeout", "bind_refused", "lost"):
+        for reason in ("connect", "tls", "bind_timeout", "bind_refused", "lost", "unbind"):
             metrics.upstream_reconnects.labels(name, reason)
         metrics.upstream_window_in_use.labels(name).set_function(self._in_flight)
 
@@ -241,6 +310,18 @@ class UpstreamSession(ClientService):
             receives=self.kind in ("receiver", "transceiver"),
             name=self.session_name,
         )
+
+    def withdraw(self, connection: SmppConnection) -> None:
+        """The operator unbound ``connection``: out of the pool now, while it drains.
+
+        The close that follows is not a lost link (counted as reason "unbind" instead);
+        ClientService reconnects once the connection is gone, as after any loss.
+        """
+        if connection is self.connection:
+            self.connection = None
+            self.pool.remove(connection)
+            self.metrics.upstream_reconnects.labels(self.session_name, "unbind").inc()
+            self._set_state("connecting")
 
     def lost(self, connection: SmppConnection, reason: Failure) -> None:
         """``connection`` is gone (bound or not)."""

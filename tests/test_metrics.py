@@ -139,3 +139,29 @@ def test_build_info_start_time_and_process_collector_on_the_own_registry() -> No
     cpu = metrics.registry.get_sample_value("process_cpu_seconds_total")
     assert cpu is not None
     assert cpu > 0
+
+
+def test_20000_operator_statuses_make_a_bounded_number_of_series() -> None:
+    """Every status outside 3.4 and upstream.vendor_statuses is labelled "other" in both
+    families labelled by status (before: 20,000 statuses made 40,000 series); the configured
+    vendor status keeps its own label."""
+    metrics = Metrics(CollectorRegistry(), vendor_statuses=[0x400])
+    for status in range(0x1000, 0x1000 + 20_000):
+        metrics.count_upstream_submit(status)
+        metrics.count_submit("app", status, 0.01)
+    for status in (0x400, Status.ESME_RTHROTTLED):
+        metrics.count_upstream_submit(status)
+        metrics.count_submit("app", status, 0.01)
+    series = {
+        family.name: {sample.labels.get("status") for sample in family.samples}
+        for family in metrics.registry.collect()
+        if family.name in ("smpprelay_submits", "smpprelay_upstream_submits")
+    }
+    assert series == {
+        "smpprelay_submits": {"other", "0x00000400", "ESME_RTHROTTLED"},
+        "smpprelay_upstream_submits": {"other", "0x00000400", "ESME_RTHROTTLED"},
+    }
+    sample = metrics.registry.get_sample_value
+    assert sample("smpprelay_upstream_submits_total", {"status": "other"}) == 20_000
+    assert sample("smpprelay_submits_total", {"account": "app", "status": "other"}) == 20_000
+    assert len(metrics._submit_children) <= 4096  # the label cache is bounded too

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from smpprelay.receipts import (
+    MessageIdFormat,
     delivery_receipt,
+    id_bases,
     normalise_message_id,
     receipt_id,
     replace_receipt_id,
@@ -123,3 +125,32 @@ def test_delivery_receipt_goes_back_to_the_source_about_the_id() -> None:
         b"id:R-1 sub:001 dlvrd:000 submit date:7001010000 done date:7001010001"
         b" stat:UNDELIV err:000 text:hello there"
     )
+
+
+@pytest.mark.parametrize(
+    ("resp_id", "receipt_id", "form"),
+    [
+        (b"A0000001", b"2684354561", "decimal"),
+        (b"00a0000001", b"2684354561", "decimal"),
+        (b"2684354561", b"A0000001", "hex"),
+        (b"2684354561", b"a0000001", "hex"),
+    ],
+)
+def test_ids_in_either_base_meet_under_their_format(
+    resp_id: bytes, receipt_id: bytes, form: MessageIdFormat
+) -> None:
+    """upstream.message_id_format: both ids become one number, so hex and decimal meet."""
+    resp_base, receipt_base = id_bases(form)
+    assert normalise_message_id(resp_id, resp_base) == normalise_message_id(
+        receipt_id, receipt_base
+    )
+    assert normalise_message_id(resp_id) != normalise_message_id(receipt_id)  # as-is: apart
+
+
+def test_an_id_that_is_no_number_in_its_base_is_compared_as_it_is() -> None:
+    """Not a number in the base (a UUID, a sign, a space): the as-is form, never an error."""
+    assert normalise_message_id(b"abc-1", 10) == normalise_message_id(b"ABC-1")
+    assert normalise_message_id(b"0xyz", 16) == "XYZ"
+    assert normalise_message_id(b"-5", 10) == "-5"
+    assert normalise_message_id(b"1 2", 10) == "1 2"
+    assert id_bases("as-is") == (None, None)

@@ -21,7 +21,7 @@ from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
-from tests.fakes import FakePool, make_router, result_of, submit_sm
+from tests.fakes import FakePool, Relayed, captured_logs, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"
 
@@ -78,7 +78,7 @@ def test_operator_vendor_status_comes_back_unchanged() -> None:
     h.pool.answers[0].callback(resp)
     assert result_of(answer) == resp
     assert len(h.router.routes) == 0
-    assert h.upstream_submits("0x00000400") == 1.0
+    assert h.upstream_submits("other") == 1.0  # not in upstream.vendor_statuses: bucketed
 
 
 @pytest.mark.parametrize("registered_delivery", [0x01, 0x02, 0x10])
@@ -185,3 +185,32 @@ def test_unreadable_submit_is_answered_and_not_relayed(frame: bytes, status: int
     answer = h.relay.submit(ACCOUNT, frame)
     assert result_of(answer) == bare_submit_sm_resp(status)
     assert h.pool.frames == []
+
+
+def test_a_submit_with_17000_empty_vendor_tlvs_is_refused_logged_and_counted() -> None:
+    """Past limits.max_tlvs (64 by default) the app gets ESME_RINVOPTPARSTREAM, nothing goes
+    upstream, the refusal is logged and counted by status; the session carries on."""
+    h = Relayed()
+    frame = submit_sm(7, tlvs=((0x1403, b""),) * 17_000)
+    assert len(frame) < 70_000
+    with captured_logs() as events:
+        h.connection.dataReceived(frame)
+    assert h.written() == pdu.submit_sm_resp(7, Status.ESME_RINVOPTPARSTREAM)
+    assert h.pool.frames == []
+    assert any("more than 64 TLVs" in str(event.get("error")) for event in events)
+    counted = h.metrics.registry.get_sample_value(
+        "smpprelay_submits_total", {"account": "app", "status": "ESME_RINVOPTPARSTREAM"}
+    )
+    assert counted == 1.0
+    h.connection.dataReceived(submit_sm(8, tlvs=((0x1403, b""),) * 64))
+    assert len(h.pool.frames) == 1
+
+
+def test_the_relay_takes_its_tlv_cap_from_limits() -> None:
+    """Relay(max_tlvs=2): a submit with 3 TLVs is refused, one with 2 goes upstream."""
+    h = Harness()
+    relay = Relay(h.pool, h.router, h.metrics, max_tlvs=2)
+    refused = relay.submit(ACCOUNT, submit_sm(tlvs=((0x1403, b""),) * 3))
+    assert pdu.header(result_of(refused))[2] == Status.ESME_RINVOPTPARSTREAM
+    relay.submit(ACCOUNT, submit_sm(tlvs=((0x1403, b""),) * 2))
+    assert len(h.pool.frames) == 1

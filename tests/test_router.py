@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
@@ -23,6 +26,7 @@ class Harness:
         mo_prefixes: dict[str, str] | None = None,
         hold_max: int = 100,
         map_max: int = 1000,
+        **options: Any,
     ) -> None:
         self.clock = Clock()
         self.metrics = Metrics()
@@ -37,6 +41,7 @@ class Harness:
             self.routes,
             self.held,
             RETRY,
+            **options,
         )
 
     def receiver(self, account: str = "app", window: int = 10) -> FakeReceiver:
@@ -116,6 +121,77 @@ def test_receipt_without_any_id_is_unmatched_at_once() -> None:
     frame = pdu.encode_short_message(CommandId.deliver_sm, 0, message)
     assert outcome(h.router.route(frame)) == [Status.ESME_ROK]
     assert h.deliveries("receipt", "unmatched") == 1
+
+
+@pytest.mark.parametrize(
+    ("form", "resp_id", "receipt_id"),
+    [
+        ("decimal", b"A0000001", b"2684354561"),
+        ("decimal", b"a0000001", b"02684354561"),
+        ("hex", b"2684354561", b"a0000001"),
+        ("as-is", b"00A0000001", b"a0000001"),
+    ],
+)
+def test_receipt_matched_across_hex_and_decimal_by_message_id_format(
+    form: str, resp_id: bytes, receipt_id: bytes
+) -> None:
+    """With upstream.message_id_format, a receipt quoting the id in the other base (decimal
+    2684354561 for A0000001) finds its route, by the TLV and by the text alike."""
+    for frame in (receipt(receipt_id), receipt_without_tlv(receipt_id)):
+        h = Harness(message_id_format=form)
+        app = h.receiver()
+        h.router.remember(resp_id, "app")
+        result = outcome(h.router.route(frame))
+        assert app.frames == [frame]
+        app.answer(0)
+        assert result == [Status.ESME_ROK]
+        assert h.deliveries("receipt", "unmatched") == 0
+
+
+def test_decimal_receipt_for_a_hex_id_is_unmatched_as_is() -> None:
+    """Without the format (as-is, the default) the decimal quote does not match: unmatched."""
+    h = Harness()
+    h.receiver()
+    h.router.remember(b"A0000001", "app")
+    result = outcome(h.router.route(receipt(b"2684354561")))
+    h.clock.advance(router.UNMATCHED_RETRY)
+    assert result == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "unmatched") == 1
+
+
+def test_an_id_that_is_no_number_in_the_base_still_matches_as_is() -> None:
+    """message_id_format: decimal, but the operator sent a UUID-like id: compared as it is."""
+    h = Harness(message_id_format="decimal")
+    app = h.receiver()
+    h.router.remember(b"abc-123", "app")
+    outcome(h.router.route(receipt(b"ABC-123")))
+    assert len(app.frames) == 1
+
+
+def test_second_look_waits_the_configured_time() -> None:
+    """receipts.second_look: a receipt 3 s ahead of its submit_sm_resp is still delivered
+    with second_look 5 s (with the old fixed 1 s it was unmatched)."""
+    h = Harness(second_look=5.0)
+    app = h.receiver()
+    frame = receipt(b"LATE1")
+    result = outcome(h.router.route(frame))
+    h.clock.advance(3.0)
+    h.router.remember(b"LATE1", "app")
+    h.clock.advance(1.999)
+    assert app.frames == []
+    h.clock.advance(0.001)
+    assert app.frames == [frame]
+    app.answer(0)
+    assert result == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "unmatched") == 0
+
+
+def test_second_look_zero_answers_an_unknown_receipt_at_once() -> None:
+    """receipts.second_look: 0 turns the second look off: unmatched at once, no timer."""
+    h = Harness(second_look=0.0)
+    assert outcome(h.router.route(receipt(b"NOPE"))) == [Status.ESME_ROK]
+    assert h.deliveries("receipt", "unmatched") == 1
+    assert h.clock.getDelayedCalls() == []
 
 
 def test_receipt_before_its_submit_resp_matches_on_second_look() -> None:

@@ -12,11 +12,13 @@ import random
 import struct
 
 import pytest
+from twisted.internet.error import ConnectionDone
 
 from smpprelay import pdu
+from smpprelay.connection import ResponseTimeout
 from smpprelay.pdu import CommandId, Status
 from smpprelay.upstream import backoff
-from tests.fakes import result_of, submit_sm
+from tests.fakes import failure_of, result_of, submit_sm
 from tests.fakes.operator import (
     Upstreams,
     bound,
@@ -224,7 +226,8 @@ def test_unanswered_enquire_link_aborts_and_reconnects() -> None:
 
 
 def test_operator_unbind_is_answered_and_the_session_rebinds() -> None:
-    """The operator's unbind gets unbind_resp, the connection closes, the session rebinds."""
+    """The operator's unbind gets unbind_resp; with nothing in flight the connection closes
+    at once, and the session rebinds."""
     up, transport = bound()
     transport.send(pdu.build(CommandId.unbind, 77))
     assert transport.take() == [pdu.build(CommandId.unbind_resp, 77)]
@@ -235,6 +238,7 @@ def test_operator_unbind_is_answered_and_the_session_rebinds() -> None:
     up.clock.advance(0)
     assert up.pool.transmitters == []
     assert up.state() == {"connecting": 1.0, "bound": 0.0}
+    assert (up.reconnects("unbind"), up.reconnects("lost")) == (1.0, 0.0)
     up.clock.advance(1.0)
     assert up.endpoint.attempts == [0.0, 1.0]
     up.endpoint.last.answer_bind()
@@ -242,6 +246,106 @@ def test_operator_unbind_is_answered_and_the_session_rebinds() -> None:
     (sent,) = up.endpoint.last.frames()
     assert pdu.header(sent)[1] == CommandId.submit_sm
     assert not waiting.called
+
+
+def test_operator_unbind_lets_the_submits_in_flight_get_the_operators_answers() -> None:
+    """20 submits in flight, then unbind: unbind_resp at once, the session leaves the pool,
+    and the operator's 20 answers still reach their callers; the connection closes after the
+    last one (before the fix all 20 failed with the connection's loss)."""
+    up, transport = bound(window=20, enquire_link=1.0, response_timeout=30.0)
+    answers = [up.pool.submit(submit_sm()) for _ in range(20)]
+    requests = transport.take()
+    assert len(requests) == 20
+
+    transport.send(pdu.build(CommandId.unbind, 5))
+    assert transport.take() == [pdu.build(CommandId.unbind_resp, 5)]
+    assert up.pool.transmitters == []
+    assert up.state() == {"connecting": 1.0, "bound": 0.0}
+    later = up.pool.submit(submit_sm())  # waits for the next bind, not this connection
+    up.clock.advance(5.0)  # draining: no enquire_link of ours, and still open
+    assert transport.take() == []
+    assert not transport.disconnecting
+
+    resps = [
+        pdu.submit_sm_resp(pdu.sequence_of(request), Status.ESME_ROK, b"id%d" % i)
+        for i, request in enumerate(requests)
+    ]
+    for resp in resps[:-1]:
+        transport.send(resp)
+    assert not transport.disconnecting
+    transport.send(resps[-1])
+    assert [result_of(answer) for answer in answers] == resps
+    assert transport.disconnecting
+    assert not transport.aborted
+    up.clock.advance(0)
+    assert (up.reconnects("unbind"), up.reconnects("lost")) == (1.0, 0.0)
+    assert up.pending_reconnects() == 1
+    up.clock.advance(1.0)
+    up.endpoint.last.answer_bind()
+    (sent,) = up.endpoint.last.take()
+    assert pdu.header(sent)[1] == CommandId.submit_sm
+    assert not later.called
+
+
+def test_operator_unbind_with_answers_never_sent_closes_within_the_response_timeout() -> None:
+    """An operator that unbinds and then answers nothing: each submit fails at its response
+    timer, the connection closes then, and no timer of the drain is left behind."""
+    up, transport = bound(response_timeout=3.0)
+    answer = up.pool.submit(submit_sm())
+    transport.take()
+    up.clock.advance(1.0)
+    transport.send(pdu.build(CommandId.unbind, 5))
+    transport.take()
+    up.clock.advance(1.999)
+    assert not transport.disconnecting
+    up.clock.advance(0.001)  # the submit's response timer
+    assert failure_of(answer).check(ResponseTimeout)
+    assert transport.disconnecting
+    up.clock.advance(0)
+    assert up.pending_reconnects() == 1
+    assert len(up.clock.getDelayedCalls()) == 1  # the reconnect only
+
+
+def test_operator_unbind_then_close_ends_the_drain() -> None:
+    """The operator closes after its unbind: the submits in flight fail with the loss (they
+    were not answered) and the drain's timer goes with the connection."""
+    up, transport = bound(response_timeout=30.0)
+    answer = up.pool.submit(submit_sm())
+    transport.take()
+    transport.send(pdu.build(CommandId.unbind, 5))
+    transport.peer_closes()
+    up.clock.advance(0)
+    assert failure_of(answer).check(ConnectionDone)
+    assert up.pending_reconnects() == 1
+    assert len(up.clock.getDelayedCalls()) == 1
+
+
+def test_deliver_sm_after_an_operator_unbind_is_routed_and_holds_the_close() -> None:
+    """A receipt sent after the unbind is still routed; the connection stays open until its
+    deliver_sm_resp is written, so the operator does not send it again."""
+    up, transport = bound()
+    up.hold_routes = True
+    answer = up.pool.submit(submit_sm())
+    (request,) = transport.take()
+    transport.send(pdu.build(CommandId.deliver_sm, 8, b"receipt"))
+    transport.send(pdu.build(CommandId.unbind, 9))
+    assert transport.take() == [pdu.build(CommandId.unbind_resp, 9)]
+    transport.send(pdu.build(CommandId.deliver_sm, 10, b"after"))
+    assert up.routed == [
+        pdu.build(CommandId.deliver_sm, 8, b"receipt"),
+        pdu.build(CommandId.deliver_sm, 10, b"after"),
+    ]
+    transport.send(pdu.submit_sm_resp(pdu.sequence_of(request), Status.ESME_ROK, b"x"))
+    result_of(answer)
+    assert not transport.disconnecting  # two deliver_sm still being routed
+    up.held_routes[0].callback(Status.ESME_ROK)
+    assert not transport.disconnecting
+    up.held_routes[1].callback(Status.ESME_ROK)
+    assert transport.take() == [
+        pdu.build(CommandId.deliver_sm_resp, 8, b"\0"),
+        pdu.build(CommandId.deliver_sm_resp, 10, b"\0"),
+    ]
+    assert transport.disconnecting
 
 
 def test_deliver_sm_from_the_operator_is_routed_and_answered() -> None:

@@ -17,12 +17,14 @@ __all__ = [
     "MESSAGE_STATES",
     "RECEIPT_ESM_BITS",
     "RESPONSE_BIT",
+    "SPEC_STATUSES",
     "BindKind",
     "CommandId",
     "Status",
     "Tag",
     "command_label",
     "command_name",
+    "status_label",
     "status_name",
 ]
 
@@ -146,6 +148,26 @@ _STATUS_NAMES: Final[dict[int, str]] = {
 def status_name(code: int) -> str:
     """The spec name of a command_status (ESME_RTHROTTLED), or its hex value if it has none."""
     return _STATUS_NAMES.get(code) or f"0x{code:08X}"
+
+
+# The command_status values SMPP 3.4 defines (Table 5-2: all of them below 0x100; the map
+# smpp.pdu keeps also holds 5.0's and its own negative codes).
+SPEC_STATUSES: Final[frozenset[int]] = frozenset(
+    code for code in _STATUS_NAMES if 0 <= code <= 0xFF
+)
+
+
+def status_label(code: int, vendor: frozenset[int] = frozenset()) -> str:
+    """A command_status as a metric label: its spec name for a 3.4 status, its hex value for
+    one of the ``vendor`` statuses configured, and "other" for every other value.
+
+    The operator chooses the statuses it answers: one label for the unexpected ones keeps the
+    number of series bounded whatever it sends (the app still gets the exact status, and logs
+    keep the hex value).
+    """
+    if code in SPEC_STATUSES or code in vendor:
+        return status_name(code)
+    return "other"
 
 
 def command_name(code: int) -> str:

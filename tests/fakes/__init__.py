@@ -290,8 +290,10 @@ def make_router(
     routes: ReceiptRoutes | None = None,
     held: HeldDeliveries | None = None,
     retry: float = 5.0,
+    **options: Any,
 ) -> Router:
-    """A real `Router` with small in-memory stores unless the test gives its own."""
+    """A real `Router` with small in-memory stores unless the test gives its own; ``options``
+    are its keyword settings (``second_look``, ``message_id_format``)."""
     return Router(
         clock,
         metrics,
@@ -300,6 +302,7 @@ def make_router(
         mo_prefixes or {},
         receivers,
         retry=retry,
+        **options,
     )
 
 

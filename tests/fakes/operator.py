@@ -142,6 +142,9 @@ class Upstreams:
         self.metrics = Metrics(CollectorRegistry())
         self.endpoint = OperatorEndpoint(self.clock)
         self.routed: list[bytes] = []
+        # While ``hold_routes``, routing a deliver_sm waits in ``held_routes`` for the test.
+        self.hold_routes = False
+        self.held_routes: list[Deferred[int]] = []
         self.service: UpstreamService = build_upstream(
             UpstreamConfig(**fields),
             lambda: self.endpoint,
@@ -155,6 +158,10 @@ class Upstreams:
 
     def _route(self, frame: bytes) -> Deferred[int]:
         self.routed.append(frame)
+        if self.hold_routes:
+            held: Deferred[int] = Deferred()
+            self.held_routes.append(held)
+            return held
         return succeed(Status.ESME_ROK)
 
     def start(self) -> None:

@@ -7,10 +7,16 @@ import struct
 import pytest
 from smpp.pdu import operations, pdu_types
 
+from smpprelay.smpp import short_message
 from smpprelay.smpp.binds import encode
 from smpprelay.smpp.constants import CommandId, Status, Tag
 from smpprelay.smpp.framing import DecodeError, build
-from smpprelay.smpp.short_message import ShortMessage, encode_short_message, read_short_message
+from smpprelay.smpp.short_message import (
+    DEFAULT_MAX_TLVS,
+    ShortMessage,
+    encode_short_message,
+    read_short_message,
+)
 from tests.fakes import submit_sm
 
 VENDOR_TAG = 0x1403
@@ -213,3 +219,41 @@ def test_truncated_mandatory_fields(keep: int, status: Status) -> None:
     with pytest.raises(DecodeError) as info:
         read_short_message(build(CommandId.submit_sm, 1, frame[16 : 16 + keep]))
     assert info.value.status == status
+
+
+class _CountingHead:
+    """Stands in for TLV_HEAD and counts the TLV headers the reader unpacks."""
+
+    def __init__(self) -> None:
+        self.walked = 0
+
+    def unpack_from(self, frame: bytes, pos: int) -> tuple[int, int]:
+        self.walked += 1
+        tag, length = struct.unpack_from("!HH", frame, pos)
+        return tag, length
+
+
+def test_17000_empty_vendor_tlvs_stop_the_reader_at_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submit with 17,000 empty vendor TLVs is ESME_RINVOPTPARSTREAM after 64 headers read,
+    not 17,000 (before: all 17,000 read, then walked again by every lookup)."""
+    head = _CountingHead()
+    monkeypatch.setattr(short_message, "TLV_HEAD", head)
+    frame = _append(submit_sm(), _tlv(VENDOR_TAG, b"") * 17_000)
+    with pytest.raises(DecodeError) as info:
+        read_short_message(frame)
+    assert info.value.status == Status.ESME_RINVOPTPARSTREAM
+    assert "more than 64 TLVs" in str(info.value)
+    assert head.walked == DEFAULT_MAX_TLVS == 64
+
+
+def test_the_tlv_cap_counts_tlvs_not_bytes() -> None:
+    """Exactly max_tlvs TLVs are read, kept in order; one more is refused."""
+    tlvs = b"".join(_tlv(VENDOR_TAG + i, bytes((i,))) for i in range(4))
+    message = read_short_message(_append(submit_sm(), tlvs), max_tlvs=4)
+    assert message.tlvs == tuple((VENDOR_TAG + i, bytes((i,))) for i in range(4))
+    with pytest.raises(DecodeError) as info:
+        read_short_message(_append(submit_sm(), tlvs), max_tlvs=3)
+    assert info.value.status == Status.ESME_RINVOPTPARSTREAM
+    assert len(read_short_message(_append(submit_sm(), tlvs * 16)).tlvs) == 64

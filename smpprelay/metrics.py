@@ -271,6 +271,20 @@ class Metrics:
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._upstream_children: dict[int, Any] = {}
+        self.concat_held_bytes = Gauge(
+            "smpprelay_concat_held_bytes",
+            "Bytes of the concatenated parts held until their message is whole "
+            "(filters.concat.max_held_bytes caps them).",
+            registry=r,
+        )
+        self.late_answers = Counter(
+            "smpprelay_late_answers",
+            "Responses that came after their request's response timeout (the request was "
+            "already answered as failed), by side and status.",
+            ["side", "status"],
+            registry=r,
+        )
+        self.late_answers.labels("upstream", "ESME_ROK")  # watched for increases: exists at 0
 
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""

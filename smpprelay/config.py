@@ -253,6 +253,11 @@ class ConcatRule:
     status: int = attrs.field(default=0x45, validator=_STATUS)
     max_open: int = attrs.field(default=100_000, validator=_AT_LEAST_1)
     max_open_per_account: int = attrs.field(default=10_000, validator=_AT_LEAST_1)
+    # Bytes of held parts (their frames), in total and per account: a part past either is
+    # answered ESME_RMSGQFUL, so a few apps sending 60 KB message_payload parts cannot take
+    # the relay's memory.
+    max_held_bytes: int = attrs.field(default=64 << 20, validator=_AT_LEAST_1)
+    max_held_bytes_per_account: int = attrs.field(default=16 << 20, validator=_AT_LEAST_1)
 
 
 @attrs.frozen(kw_only=True)

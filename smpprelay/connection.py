@@ -32,8 +32,27 @@ from smpprelay.pdu import CommandId, FramingError, Status
 _CONNECTION_LOST = Failure(ConnectionLost())
 
 
+# How long, in response timeouts, a request that timed out is remembered so that its late
+# answer still reaches whoever sent it, and at most how many are remembered per connection.
+LATE_MEMORY = 10
+LATE_MAX = 10_000
+
+
 class ResponseTimeout(TimeoutError):
-    """The peer did not answer a request within the response timer."""
+    """The peer did not answer a request within the response timer.
+
+    The peer may still answer (the request is remembered for ``LATE_MEMORY`` response
+    timeouts): whoever handles this failure can ask for that late answer with `on_late`.
+    Made only when a request times out, so the normal path allocates nothing for it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.late: Callable[[bytes], None] | None = None
+
+    def on_late(self, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback`` with the response frame if the peer answers after all."""
+        self.late = callback
 
 
 class RequestHandler(TypingProtocol):
@@ -88,6 +107,9 @@ class SmppConnection(Protocol):
         # requests only ever looks at the front of this dict and one timer suffices.
         self._pending: dict[int, tuple[float, Deferred[bytes]]] = {}
         self._timer: IDelayedCall | None = None
+        # Requests that timed out, by sequence: (until when, their ResponseTimeout), in order
+        # of expiry; trimmed when one is added, so no timer is needed.
+        self._late: dict[int, tuple[float, ResponseTimeout]] = {}
         self._keepalive: IDelayedCall | None = None
         self._last_sequence = 0
         # A PDU must be whole within pdu_read seconds of its first byte (absolute, so a peer
@@ -218,6 +240,7 @@ class SmppConnection(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._keepalive = self._read_timer = self._idle_timer = None
+        self._late.clear()  # the peer cannot answer them on another connection
         pending, self._pending = self._pending, {}
         for _, deferred in pending.values():
             deferred.errback(reason)
@@ -327,9 +350,11 @@ class SmppConnection(Protocol):
 
     def _next_sequence(self) -> int:
         sequence = self._last_sequence
+        late = self._late
         while True:
             sequence = sequence + 1 if sequence < pdu.MAX_SEQUENCE else 1
-            if sequence not in self._pending:
+            # A sequence whose late answer may still come is not reused.
+            if sequence not in self._pending and (not late or sequence not in late):
                 self._last_sequence = sequence
                 return sequence
 
@@ -338,10 +363,12 @@ class SmppConnection(Protocol):
         self.metrics.count_pdu(self.side, "in", frame)
         if command_id & pdu.RESPONSE_BIT:
             entry = self._pending.pop(sequence, None)
-            if entry is None:
-                self._unexpected(command_id, sequence)
-            else:
+            if entry is not None:
                 entry[1].callback(frame)
+            elif self._late and sequence in self._late:
+                self._late_answer(sequence, frame)
+            else:
+                self._unexpected(command_id, sequence)
             return
         if command_id == CommandId.enquire_link:
             self.respond(CommandId.enquire_link, sequence, Status.ESME_ROK)
@@ -370,16 +397,40 @@ class SmppConnection(Protocol):
         )
         self.metrics.unexpected_pdus.labels(self.side, pdu.command_label(command_id)).inc()
 
+    def _late_answer(self, sequence: int, frame: bytes) -> None:
+        """A response to a request that timed out: to whoever asked for it, and counted."""
+        _, error = self._late.pop(sequence)
+        status = pdu.header(frame)[2]
+        self.metrics.late_answers.labels(self.side, self.metrics.status_label(status)).inc()
+        self.log.info(
+            "{side} {peer}: late answer {status} to seq {sequence}, after its response timeout",
+            side=self.side,
+            peer=self.peer,
+            status=pdu.status_name(status),
+            sequence=sequence,
+        )
+        if error.late is not None:
+            error.late(frame)
+
     def _expire(self) -> None:
         self._timer = None
         now = self.clock.seconds()
+        late = self._late
         while self._pending:
             sequence, (deadline, deferred) = next(iter(self._pending.items()))
             if deadline > now:
                 self._timer = self.clock.callLater(deadline - now, self._expire)
-                return
+                break
             del self._pending[sequence]
-            deferred.errback(ResponseTimeout(f"no answer within {self.response_timeout} s"))
+            error = ResponseTimeout(f"no answer within {self.response_timeout} s")
+            late[sequence] = (now + LATE_MEMORY * self.response_timeout, error)
+            deferred.errback(error)
+        # Forget what can no longer be answered, or the oldest past LATE_MAX.
+        while late:
+            sequence, (until, _) = next(iter(late.items()))
+            if until > now and len(late) <= LATE_MAX:
+                break
+            del late[sequence]
 
     def _send_keepalive(self) -> None:
         self._keepalive = None

@@ -297,6 +297,21 @@ class Metrics:
             self.deliveries.labels(kind, "retry_later")
             self.deliveries.labels(kind, "lost_at_stop")
 
+        self.concat_held_bytes = Gauge(
+            "smpprelay_concat_held_bytes",
+            "Bytes of the concatenated parts held until their message is whole "
+            "(filters.concat.max_held_bytes caps them).",
+            registry=r,
+        )
+        self.late_answers = Counter(
+            "smpprelay_late_answers",
+            "Responses that came after their request's response timeout (the request was "
+            "already answered as failed), by side and status.",
+            ["side", "status"],
+            registry=r,
+        )
+        self.late_answers.labels("upstream", "ESME_ROK")  # watched for increases: exists at 0
+
     def status_label(self, status: int) -> str:
         """``status`` as a label of the metrics labelled by status: bounded in number."""
         return status_label(status, self.vendor_statuses)

@@ -17,6 +17,7 @@ or still open when the relay stops) gets a receipt saying so, if it asked for on
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
+from smpprelay.connection import ResponseTimeout
 from smpprelay.filters.base import Dropped, FilterChain
 from smpprelay.message import Message, read_message
 from smpprelay.metrics import Metrics
@@ -39,6 +41,10 @@ from smpprelay.router import Router
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
 # message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).
 _WANTS_RECEIPT = 0x1F
+
+# What the operator (or the relay, for it) answers when a submit may go through if sent
+# again: apps retry these, so a glued message refused with one keeps its held parts.
+RETRYABLE = frozenset((Status.ESME_RTHROTTLED, Status.ESME_RSYSERR, Status.ESME_RMSGQFUL))
 
 # Why a concatenated message was given up (`Dropped.reason`), as the log line says it.
 _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay stopping"}
@@ -170,6 +176,10 @@ class Relay:
         def failed(reason: Failure) -> bytes:
             if chain is not None:
                 chain.settle(message, self.clock.seconds(), None)
+            if isinstance(reason.value, ResponseTimeout):
+                # The app is told ESME_RSYSERR now; should the operator answer after all,
+                # the message was delivered: its receipt and the rules must know.
+                reason.value.on_late(lambda resp: self._late_answer(message, chain, resp))
             status = _status_of(reason)
             self.log.info(
                 "{account}: submit answered {status} ({why})",
@@ -180,6 +190,22 @@ class Relay:
             return pdu.submit_sm_resp(0, status)
 
         return self.pool.submit(message.frame, account).addCallbacks(answered, failed)
+
+    def _late_answer(self, message: Message, chain: FilterChain | None, resp: bytes) -> None:
+        """The operator answered ``message`` after the app got ESME_RSYSERR for it.
+
+        Accepted: its receipt still reaches the app (the route is written), and the rules
+        record it as accepted (a retry is a duplicate; it counts toward floods and billing).
+        """
+        _, command_id, status, _ = pdu.header(resp)
+        self.metrics.count_upstream_submit(status)
+        if status != Status.ESME_ROK or command_id != CommandId.submit_sm_resp:
+            return
+        message_id = pdu.message_id_of(resp)
+        if _wants_receipt(message):
+            self.router.remember(message_id, message.account)
+        if chain is not None:
+            chain.settle(message, self.clock.seconds(), message_id)
 
     # --- a glued concatenated message -------------------------------------------------------
 
@@ -201,36 +227,60 @@ class Relay:
                         self.router.remember(
                             pdu.message_id_of(result), account, part.app_message_id
                         )
+                elif isinstance(result.value, ResponseTimeout):
+                    result.value.on_late(functools.partial(self._late_part, part))
             refused = [status for status in statuses if status != Status.ESME_ROK]
+            now = self.clock.seconds()
             if not refused:
-                chain.settle(message, self.clock.seconds(), message.app_message_id)
+                chain.settle(message, now, message.app_message_id)
+                chain.settle_parts(message, now, "accepted")
                 return pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
-            chain.settle(message, self.clock.seconds(), None)
+            chain.settle(message, now, None)
+            # Parts arrive in any order: the one answering now shares the message's id,
+            # wherever it sits in sequence.
+            completing = message.app_message_id
+            [own] = [
+                status
+                for part, status in zip(parts, statuses, strict=True)
+                if part.app_message_id == completing
+            ]
+            final = [status for status in refused if status not in RETRYABLE]
             self.log.info(
-                "{account}: the operator refused {n} of {total} parts ({status})",
+                "{account}: the operator refused {n} of {total} parts ({status}){then}",
                 account=account,
                 n=len(refused),
                 total=len(parts),
                 status=pdu.status_name(refused[0]),
+                then="" if final else "; held for a retry of the completing part",
             )
-            # Parts arrive in any order: the one answering now shares the message's id,
-            # wherever it sits in sequence.
-            completing = message.app_message_id
+            if not final:
+                # Only back-pressure or no answer: the held parts stay held (their receipts
+                # come when the message goes through or its window ends), and the app's retry
+                # of the completing part sends every part again.
+                chain.settle_parts(message, now, "retry")
+                return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
+            chain.settle_parts(message, now, "refused")
             failed_parts = [
                 part
                 for part, status in zip(parts, statuses, strict=True)
                 if status != Status.ESME_ROK and part.app_message_id != completing
             ]
             self._receipts(failed_parts, "REJECTD")
-            [own] = [
-                status
-                for part, status in zip(parts, statuses, strict=True)
-                if part.app_message_id == completing
-            ]
-            return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
+            # Refused for good: the answer must not invite a retry that can never complete.
+            fatal = own != Status.ESME_ROK and own not in RETRYABLE
+            return pdu.submit_sm_resp(0, own if fatal else final[0])
 
         frames = [part.frame for part in parts]
         return self.pool.submit_all(frames, account).addCallback(answered)
+
+    def _late_part(self, part: Message, resp: bytes) -> None:
+        """The operator accepted a part of a glued message after its timeout: the part's
+        receipt reaches the app under the id the app was given for it."""
+        _, command_id, status, _ = pdu.header(resp)
+        self.metrics.count_upstream_submit(status)
+        accepted = status == Status.ESME_ROK and command_id == CommandId.submit_sm_resp
+        if accepted and _wants_receipt(part):
+            self.router.remember(pdu.message_id_of(resp), part.account, part.app_message_id)
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:
         """Tell the app about held parts that will never reach the operator."""

@@ -8,8 +8,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from smpprelay import connection as connection_module
 from smpprelay import pdu
-from smpprelay.connection import ResponseTimeout, SmppConnection
+from smpprelay.connection import LATE_MEMORY, ResponseTimeout, SmppConnection
 from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, Status
 from tests.fakes import failure_of, frames_of, result_of, submit_sm
@@ -176,15 +177,77 @@ def test_response_to_unknown_sequence_is_dropped_and_counted(h: Harness) -> None
     assert h.sample(name, side=SIDE, command="generic_nack") == 1
 
 
-def test_late_response_after_timeout_is_unexpected(h: Harness) -> None:
-    """An answer arriving after the request timed out is dropped and counted."""
-    failure_of_request = h.connection.send_request(submit_sm())
+def test_late_response_goes_to_whoever_asked_and_is_counted(h: Harness) -> None:
+    """An answer after the request timed out reaches the `on_late` callback the failure
+    carries, is counted as late (not as unexpected), and nothing is written back."""
+    request = h.connection.send_request(submit_sm())
     h.clock.advance(TIMEOUT)
-    failure_of(failure_of_request).trap(ResponseTimeout)
+    late: list[bytes] = []
+    failure = failure_of(request)
+    assert isinstance(failure.value, ResponseTimeout)
+    failure.value.on_late(late.append)
     h.written()
-    h.connection.dataReceived(pdu.submit_sm_resp(1, 0, b"late"))
+    answer = pdu.submit_sm_resp(1, 0, b"late")
+    h.connection.dataReceived(answer)
+    assert late == [answer]
     assert h.transport.value() == b""
+    assert h.sample("smpprelay_late_answers_total", side=SIDE, status="ESME_ROK") == 1
+    assert h.sample("smpprelay_unexpected_pdus_total", side=SIDE, command="submit_sm_resp") == 0
+    # Once: the same answer again answers nothing.
+    h.connection.dataReceived(answer)
+    assert late == [answer]
     assert h.sample("smpprelay_unexpected_pdus_total", side=SIDE, command="submit_sm_resp") == 1
+
+
+def test_late_response_nobody_asked_for_is_counted(h: Harness) -> None:
+    """A late answer with no `on_late` subscriber is still counted as late, and dropped."""
+    request = h.connection.send_request(submit_sm())
+    h.clock.advance(TIMEOUT)
+    failure_of(request).trap(ResponseTimeout)
+    h.connection.dataReceived(pdu.submit_sm_resp(1, Status.ESME_RTHROTTLED))
+    assert h.sample("smpprelay_late_answers_total", side=SIDE, status="ESME_RTHROTTLED") == 1
+    assert h.transport.value() != b""  # only the request was written
+
+
+def test_late_memory_ends_and_is_bounded(h: Harness) -> None:
+    """A timed-out request is remembered LATE_MEMORY response timeouts (then an answer is
+    unexpected), at most LATE_MAX of them, and not at all once the connection is gone."""
+    first = h.connection.send_request(submit_sm())
+    h.clock.advance(TIMEOUT)
+    failure_of(first).trap(ResponseTimeout)
+    # Trimmed when the next one times out, past its memory.
+    second = h.connection.send_request(submit_sm())
+    h.clock.advance(LATE_MEMORY * TIMEOUT)
+    failure_of(second).trap(ResponseTimeout)
+    h.connection.dataReceived(pdu.submit_sm_resp(1, 0, b"too late"))
+    assert h.sample("smpprelay_unexpected_pdus_total", side=SIDE, command="submit_sm_resp") == 1
+    h.connection.dataReceived(pdu.submit_sm_resp(2, 0, b"late"))
+    assert h.sample("smpprelay_late_answers_total", side=SIDE, status="ESME_ROK") == 1
+    assert len(h.connection._late) == 0
+    h.connection.connectionLost(Failure(ConnectionDone()))
+    assert h.connection._late == {}
+
+
+def test_late_memory_keeps_at_most_late_max(monkeypatch: pytest.MonkeyPatch, h: Harness) -> None:
+    """Past LATE_MAX remembered requests the oldest is forgotten first."""
+    monkeypatch.setattr(connection_module, "LATE_MAX", 2)
+    requests = [h.connection.send_request(submit_sm()) for _ in range(3)]
+    h.clock.advance(TIMEOUT)
+    for request in requests:
+        failure_of(request).trap(ResponseTimeout)
+    assert list(h.connection._late) == [2, 3]
+
+
+def test_a_sequence_whose_late_answer_may_come_is_not_reused(h: Harness) -> None:
+    """Sequence numbers wrap: one still remembered as timed out is skipped."""
+    h.connection._last_sequence = pdu.MAX_SEQUENCE - 1
+    old = h.connection.send_request(submit_sm())  # MAX_SEQUENCE
+    h.clock.advance(TIMEOUT)
+    failure_of(old).trap(ResponseTimeout)
+    h.connection._last_sequence = pdu.MAX_SEQUENCE - 1
+    h.written()
+    h.connection.send_request(submit_sm())
+    assert pdu.sequence_of(h.written()[0]) == 1
 
 
 # --- response timer ---------------------------------------------------------------------

@@ -12,11 +12,14 @@ from typing import ClassVar
 import attrs
 import pytest
 from prometheus_client import CollectorRegistry
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from smpprelay import pdu
 from smpprelay.config import ConcatRule, DedupRule
-from smpprelay.filters.base import Dropped, Filter, FilterChain
+from smpprelay.connection import ResponseTimeout
+from smpprelay.filters.base import Dropped, Filter, FilterChain, PartsOutcome
 from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
@@ -39,6 +42,7 @@ class ScriptedRule:
     def __init__(self, decide: Callable[[Message], Verdict]) -> None:
         self.decide = decide
         self.settled: list[tuple[Message, bytes | None]] = []
+        self.parts_outcomes: list[tuple[Message, PartsOutcome]] = []
 
     def check(self, message: Message, now: float) -> Verdict:
         return self.decide(message)
@@ -51,6 +55,9 @@ class ScriptedRule:
 
     def drop_all(self) -> Sequence[Dropped]:
         return ()
+
+    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        self.parts_outcomes.append((message, outcome))
 
 
 class Harness:
@@ -348,3 +355,162 @@ def test_a_part_gets_no_relay_id_when_no_rule_holds_parts() -> None:
     assert result_of(sent) == ok(b"OP1")
     again = result_of(h.relay.submit(ACCOUNT, part(1)))
     assert again == pdu.submit_sm_resp(0, Status.ESME_ROK, b"OP1")
+
+
+# --- a glued message the operator did not take, and late answers -----------------------------
+
+
+def rules_harness(window: float = 60.0) -> tuple[Harness, ConcatFilter]:
+    """The real concat and dedup rules in the chain."""
+    metrics = Metrics(CollectorRegistry())
+    concat = ConcatFilter(ConcatRule(window=window), metrics)
+    dedup = DedupFilter(DedupRule(), metrics)
+    return Harness(concat, dedup, metrics=metrics), concat
+
+
+def status_of(answer: bytes) -> int:
+    return pdu.header(answer)[2]
+
+
+def throttled() -> bytes:
+    return pdu.submit_sm_resp(9, Status.ESME_RTHROTTLED)
+
+
+def test_a_throttled_completing_part_is_sent_whole_again_on_its_retry() -> None:
+    """Fault 1: the batch of a completing part answered ESME_RTHROTTLED: the app gets it, the
+    held part gets no receipt, and the app's retry of that part sends every part again."""
+    h, concat = rules_harness()
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([throttled(), throttled()])
+    assert status_of(result_of(last)) == Status.ESME_RTHROTTLED
+    assert h.receiver.frames == []  # still held: no REJECTD
+    assert len(concat) == 1
+    retry = h.relay.submit(ACCOUNT, part(2))
+    assert h.pool.batches == [[part(1), part(2)], [part(1), part(2)]]
+    h.pool.batch_answers[1].callback([ok(b"OPA"), ok(b"OPB")])
+    answer = result_of(retry)
+    assert status_of(answer) == Status.ESME_ROK
+    assert h.route(b"OPA") == (ACCOUNT, first_id)
+    assert h.route(b"OPB") == (ACCOUNT, pdu.message_id_of(answer))
+    assert len(concat) == 0
+    # Whole and accepted: now a part again is a duplicate.
+    assert status_of(result_of(h.relay.submit(ACCOUNT, part(2)))) == 0x45
+
+
+def test_every_retryable_status_keeps_the_held_parts() -> None:
+    """ESME_RSYSERR (upstream dropped, no answer) and ESME_RMSGQFUL (no session) too."""
+    for outcome in (Failure(ConnectionLost()), Failure(QueueFull("no session"))):
+        h, _ = rules_harness()
+        result_of(h.relay.submit(ACCOUNT, part(1)))
+        last = h.relay.submit(ACCOUNT, part(2))
+        h.pool.batch_answers[0].callback([outcome, outcome])
+        assert status_of(result_of(last)) in (Status.ESME_RSYSERR, Status.ESME_RMSGQFUL)
+        h.relay.submit(ACCOUNT, part(2))
+        assert len(h.pool.batches) == 2, outcome
+
+
+def test_a_partly_accepted_message_is_sent_whole_on_retry() -> None:
+    """The operator took part 1 and throttled part 2: the app's retry of part 2 sends both
+    (the operator needs every part to assemble; part 1 is billed twice)."""
+    h, _ = rules_harness()
+    result_of(h.relay.submit(ACCOUNT, part(1)))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([ok(b"OPA"), throttled()])
+    assert status_of(result_of(last)) == Status.ESME_RTHROTTLED
+    retry = h.relay.submit(ACCOUNT, part(2))
+    assert h.pool.batches[1] == [part(1), part(2)]
+    h.pool.batch_answers[1].callback([ok(b"OPA2"), ok(b"OPB2")])
+    assert status_of(result_of(retry)) == Status.ESME_ROK
+
+
+def test_a_held_part_sent_again_while_held_is_answered_with_its_id() -> None:
+    """After a retryable failure the held part is still held: an app resending it gets
+    ESME_ROK with the id it was given, and nothing goes upstream for it."""
+    h, _ = rules_harness()
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([throttled(), throttled()])
+    result_of(last)
+    again = result_of(h.relay.submit(ACCOUNT, part(1)))
+    assert again == pdu.submit_sm_resp(0, Status.ESME_ROK, first_id)
+    assert len(h.pool.batches) == 1
+
+
+def test_a_final_refusal_beside_a_throttled_part_is_final() -> None:
+    """One part refused for good (0x0B): no retry can complete the message, so the app gets
+    that status, not the retryable one, and the held part its REJECTD receipt."""
+    h, concat = rules_harness()
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.pool.batch_answers[0].callback([pdu.submit_sm_resp(9, 0x0B), throttled()])
+    assert status_of(result_of(last)) == 0x0B
+    receipt = pdu.read_short_message(h.receiver.frames[-1])
+    assert receipt.tlv(Tag.receipted_message_id) == first_id + b"\0"
+    assert b"stat:REJECTD" in receipt.short_message
+    assert len(concat) == 0
+
+
+def test_window_ending_while_the_operator_has_it_then_throttled_gives_expired() -> None:
+    """The window ended while the batch was out and it comes back throttled: no retry can be
+    in time, so the held part gets its EXPIRED receipt at the next sweep (once)."""
+    h, concat = rules_harness(window=10.0)
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    h.clock.advance(11.0)
+    h.relay.sweep()  # the message is with the operator: not expired
+    assert h.receiver.frames == []
+    h.pool.batch_answers[0].callback([throttled(), throttled()])
+    assert status_of(result_of(last)) == Status.ESME_RTHROTTLED
+    h.relay.sweep()
+    [receipt] = [pdu.read_short_message(frame) for frame in h.receiver.frames]
+    assert receipt.tlv(Tag.receipted_message_id) == first_id + b"\0"
+    assert b"stat:EXPIRED" in receipt.short_message
+    h.relay.sweep()
+    assert len(h.receiver.frames) == 1
+    assert len(concat) == 0
+
+
+def test_a_late_ok_routes_the_receipt_and_makes_a_retry_a_duplicate() -> None:
+    """Fault 4: the app got ESME_RSYSERR at the timeout; the operator's late ESME_ROK writes
+    the receipt route and enters the dedup window, so a retry is not sent twice."""
+    h, _ = rules_harness()
+    sent = h.relay.submit(ACCOUNT, submit_sm())
+    timeout = ResponseTimeout("no answer")
+    h.pool.answers[0].errback(timeout)
+    assert status_of(result_of(sent)) == Status.ESME_RSYSERR
+    assert timeout.late is not None
+    timeout.late(ok(b"LATE1"))
+    assert h.route(b"LATE1") == (ACCOUNT, None)
+    assert status_of(result_of(h.relay.submit(ACCOUNT, submit_sm()))) == 0x45
+    assert len(h.pool.frames) == 1
+    counted = h.metrics.registry.get_sample_value(
+        "smpprelay_upstream_submits_total", {"status": "ESME_ROK"}
+    )
+    assert counted == 1
+
+
+def test_a_late_refusal_changes_nothing() -> None:
+    """A late error answer: no route, and a retry goes through."""
+    h, _ = rules_harness()
+    sent = h.relay.submit(ACCOUNT, submit_sm())
+    timeout = ResponseTimeout("no answer")
+    h.pool.answers[0].errback(timeout)
+    assert timeout.late is not None
+    timeout.late(throttled())
+    assert status_of(result_of(sent)) == Status.ESME_RSYSERR
+    h.relay.submit(ACCOUNT, submit_sm())
+    assert len(h.pool.frames) == 2
+
+
+def test_a_late_ok_for_a_part_routes_its_receipt_under_the_apps_id() -> None:
+    """A part that timed out in a glued batch and is accepted late: its receipt is routed."""
+    h, _ = rules_harness()
+    first_id = pdu.message_id_of(result_of(h.relay.submit(ACCOUNT, part(1))))
+    last = h.relay.submit(ACCOUNT, part(2))
+    timeout = ResponseTimeout("no answer")
+    h.pool.batch_answers[0].callback([Failure(timeout), ok(b"OPB")])
+    assert status_of(result_of(last)) == Status.ESME_RSYSERR
+    assert timeout.late is not None
+    timeout.late(ok(b"OPA"))
+    assert h.route(b"OPA") == (ACCOUNT, first_id)

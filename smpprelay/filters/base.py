@@ -29,6 +29,12 @@ class Dropped(NamedTuple):
     reason: Literal["expired", "shutdown"]
 
 
+# What became of a glued message (`Filter.parts_settled`): the operator took every part
+# (or a later rule replayed it as a duplicate of one it took); it did not, for a reason the app
+# retries (back-pressure, no answer); or the message is refused for good.
+PartsOutcome = Literal["accepted", "retry", "refused"]
+
+
 class Filter(Protocol):
     """One operator rule."""
 
@@ -51,8 +57,15 @@ class Filter(Protocol):
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """The operator accepted ``message`` under ``message_id``, or (None) did not.
 
-        ``message`` is the one the chain finally passed on, every replacement made.
+        ``message`` is the one the chain finally passed on, every replacement made. When the
+        operator's answer came after the relay gave up waiting, ``settle(..., None)`` is
+        followed by ``settle(..., message_id)``: it did accept the message after all.
         """
+        ...
+
+    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        """What became of ``message``, a glued message this rule passed on (only rules that
+        hold parts are told)."""
         ...
 
     def expire(self, now: float) -> Sequence[Dropped]:
@@ -82,6 +95,9 @@ class HoldsNothing:
         """Nothing to give up: this rule holds no message."""
         return ()
 
+    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        """Never called: this rule holds no parts."""
+
 
 class FilterChain:
     """Runs the rules in order; the first one that does not accept decides."""
@@ -102,6 +118,7 @@ class FilterChain:
         self._settled = [rule for rule in filters if rule.settles]
         self._settles = tuple(rule.settle for rule in self._settled)
         self.holds_parts = any(rule.holds_parts for rule in filters)
+        self._holders = [rule for rule in filters if rule.holds_parts]
 
     def check(self, message: Message, now: float) -> Verdict:
         """The chain's verdict. A rule that raises fails closed with ESME_RSYSERR.
@@ -138,6 +155,10 @@ class FilterChain:
                 accepted[earlier.name] += 1
                 if earlier.settles:
                     earlier.settle(message, now, None)
+                if earlier.holds_parts and message.parts:
+                    # A replay answers for a message the operator took; a refusal is final.
+                    outcome: PartsOutcome = "accepted" if verdict.action == "replay" else "refused"
+                    earlier.parts_settled(message, now, outcome)
             if passed_on is not ACCEPT:
                 return verdict._replace(message=message)
             return verdict
@@ -173,6 +194,14 @@ class FilterChain:
                 settle(message, now, message_id)
             except Exception:
                 self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
+
+    def settle_parts(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        """Tell the rules that hold parts what became of a glued message (after `settle`)."""
+        for rule in self._holders:
+            try:
+                rule.parts_settled(message, now, outcome)
+            except Exception:
+                self.log.failure("rule {rule} failed to settle parts", rule=rule.name)
 
     def _count(self, name: str, verdict: Verdict, amount: int = 1) -> None:
         key = (name, verdict.action, verdict.reason)

@@ -16,7 +16,8 @@ message that passes is first reserved as in flight, and an identical one arrivin
 rejected (``in_flight``, even with ``action: replay``, since there is no id to replay yet);
 ``settle`` then records it, or releases it so that a retry after a temporary failure goes
 through. The key of a message in flight is kept with the message (by identity) until it is
-settled, so a message is hashed once.
+settled, so a message is hashed once. A message released because the operator did not answer
+in time and then accepted by its late answer is settled again with its id and recorded then.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ class DedupFilter(HoldsNothing):
         """Record an accepted message from ``now`` on, or release one that did not get through."""
         key = self._keys.pop(message, None)
         if key is None:
-            return  # not one this rule let through, or already settled
+            if message_id is None:
+                return  # not one this rule let through, or already released
+            # Accepted after it was released: the operator answered after its timeout, and
+            # a retry of it must be answered as a duplicate.
+            key = self.key(message)
         if message_id is None:
             self.window.release(key)
         else:

@@ -9,7 +9,7 @@ import attrs
 from prometheus_client import CollectorRegistry
 
 from smpprelay.config import ConcatRule, DedupRule
-from smpprelay.filters.base import Dropped, FilterChain
+from smpprelay.filters.base import Dropped, FilterChain, PartsOutcome
 from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
@@ -27,6 +27,7 @@ class Rule:
     def __init__(self, decide: Callable[[Message], Verdict]) -> None:
         self.decide = decide
         self.checked: list[Message] = []
+        self.parts_outcomes: list[tuple[Message, PartsOutcome]] = []
 
     def check(self, message: Message, now: float) -> Verdict:
         self.checked.append(message)
@@ -40,6 +41,9 @@ class Rule:
 
     def drop_all(self) -> Sequence[Dropped]:
         return ()
+
+    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        self.parts_outcomes.append((message, outcome))
 
 
 def message(text: bytes = b"hello") -> Message:
@@ -112,8 +116,11 @@ def test_expire_and_drop_all_collect_what_the_rules_give_up() -> None:
     assert chain.check(first, 0.0).action == "hold"
     assert chain.expire(5.0) == []
     [dropped] = chain.expire(10.5)
-    assert (dropped.account, dropped.arrived, dropped.reason) == ("app1", [first], "expired")
+    assert (dropped.account, dropped.reason) == ("app1", "expired")
+    assert [held.frame for held in dropped.arrived] == [first.frame]
     second = part(2)
     assert chain.check(second, 20.0).action == "hold"
-    assert [(held.arrived, held.reason) for held in chain.drop_all()] == [([second], "shutdown")]
+    assert [([p.frame for p in held.arrived], held.reason) for held in chain.drop_all()] == [
+        ([second.frame], "shutdown")
+    ]
     assert len(concat) == 0

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from smpprelay.config import ConcatRule
-from smpprelay.filters.concat import ConcatFilter
+from smpprelay.filters.concat import PART_OVERHEAD, ConcatFilter
 from smpprelay.message import ACCEPT, Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import Status
+from smpprelay.pdu import Status, Tag
 from tests.fakes import submit_sm
 
 HOLD = Verdict("hold")
@@ -63,6 +66,18 @@ def whole(verdict: Verdict) -> Message:
     return verdict.message
 
 
+def glue(rule: ConcatFilter, part: Message, now: float) -> Message:
+    """The glued message ``part`` completes, which the operator then accepts."""
+    glued = whole(rule.check(part, now))
+    rule.parts_settled(glued, now, "accepted")
+    return glued
+
+
+def frames(parts: Sequence[Message]) -> list[bytes]:
+    """What goes upstream for ``parts`` (held parts are kept slimmed, not as checked)."""
+    return [part.frame for part in parts]
+
+
 class Rule:
     """A concat rule on its own metrics registry."""
 
@@ -86,8 +101,8 @@ def test_udh8_parts_in_order_glue_into_the_last() -> None:
     assert rule.check(one, 0.0) == HOLD
     assert rule.check(two, 1.0) == HOLD
     assert rule.open_count == 1
-    glued = whole(rule.check(three, 2.0))
-    assert glued.parts == (one, two, three)
+    glued = glue(rule, three, 2.0)
+    assert frames(glued.parts) == frames((one, two, three))
     assert glued.content == b"Hello, wide world"
     assert one.parts == ()
     assert one.content == b"Hello, "
@@ -103,8 +118,8 @@ def test_udh8_parts_out_of_order_glue_in_sequence_order() -> None:
     two = udh8(7, 3, 2, b"wide ")
     assert rule.check(three, 0.0) == HOLD
     assert rule.check(one, 0.5) == HOLD
-    glued = whole(rule.check(two, 1.0))
-    assert glued.parts == (one, two, three)
+    glued = glue(rule, two, 1.0)
+    assert frames(glued.parts) == frames((one, two, three))
     assert glued.content == b"Hello, wide world"
     assert rule.open_count == 0
 
@@ -117,8 +132,8 @@ def test_udh16_parts_glue() -> None:
     assert two.concat is not None
     assert two.concat.reference == 0xBEEF
     assert rule.check(two, 10.0) == HOLD
-    glued = whole(rule.check(one, 11.0))
-    assert glued.parts == (one, two)
+    glued = glue(rule, one, 11.0)
+    assert frames(glued.parts) == frames((one, two))
     assert glued.content == b"hello there"
 
 
@@ -128,8 +143,8 @@ def test_sar_parts_glue() -> None:
     one = sar(0x1234, 2, 1, b"abc")
     two = sar(0x1234, 2, 2, b"def")
     assert rule.check(one, 0.0) == HOLD
-    glued = whole(rule.check(two, 0.0))
-    assert glued.parts == (one, two)
+    glued = glue(rule, two, 0.0)
+    assert frames(glued.parts) == frames((one, two))
     assert glued.content == b"abcdef"
 
 
@@ -140,7 +155,7 @@ def test_ucs2_parts_glue_on_code_units() -> None:
     one = udh8(1, 2, 1, text[:8], data_coding=8)
     two = udh8(1, 2, 2, text[8:], data_coding=8)
     assert rule.check(one, 0.0) == HOLD
-    glued = whole(rule.check(two, 0.0))
+    glued = glue(rule, two, 0.0)
     assert glued.content.decode("utf-16-be") == "Привет, 世界 😀"
 
 
@@ -149,7 +164,7 @@ def test_udh8_and_sar_with_the_same_reference_are_the_same_message() -> None:
     rule = Rule().filter
     assert rule.check(udh8(9, 2, 1), 0.0) == HOLD
     last = sar(9, 2, 2)
-    glued = whole(rule.check(last, 0.0))
+    glued = glue(rule, last, 0.0)
     assert len(glued.parts) == 2
 
 
@@ -163,12 +178,12 @@ def test_two_accounts_same_reference_complete_independently() -> None:
     assert rule.check(a1, 0.0) == HOLD
     assert rule.check(b1, 0.0) == HOLD
     assert rule.open_count == 2
-    glued = whole(rule.check(b2, 1.0))
-    assert glued.parts == (b1, b2)
+    glued = glue(rule, b2, 1.0)
+    assert frames(glued.parts) == frames((b1, b2))
     assert glued.content == b"B1B2"
     assert rule.open_count == 1
-    glued = whole(rule.check(a2, 1.0))
-    assert glued.parts == (a1, a2)
+    glued = glue(rule, a2, 1.0)
+    assert frames(glued.parts) == frames((a1, a2))
     assert glued.content == b"A1A2"
 
 
@@ -181,12 +196,12 @@ def test_two_sources_or_destinations_same_reference_complete_independently() -> 
     assert [rule.check(part, 0.0) for part in (x1, y1, z1)] == [HOLD, HOLD, HOLD]
     assert rule.open_count == 3
     y2 = udh8(5, 2, 2, b"Y2", source_addr=b"BrandY")
-    glued = whole(rule.check(y2, 1.0))
-    assert glued.parts == (y1, y2)
+    glued = glue(rule, y2, 1.0)
+    assert frames(glued.parts) == frames((y1, y2))
     assert glued.content == b"Y1Y2"
     z2 = udh8(5, 2, 2, b"Z2", destination_addr=b"447700900999")
-    glued = whole(rule.check(z2, 1.0))
-    assert glued.parts == (z1, z2)
+    glued = glue(rule, z2, 1.0)
+    assert frames(glued.parts) == frames((z1, z2))
     assert rule.open_count == 1
 
 
@@ -205,7 +220,7 @@ def test_part_at_the_windows_edge_is_accepted() -> None:
     rule = Rule(window=60.0).filter
     assert rule.check(udh8(1, 2, 1), 100.0) == HOLD
     last = udh8(1, 2, 2)
-    glued = whole(rule.check(last, 160.0))
+    glued = glue(rule, last, 160.0)
     assert len(glued.parts) == 2
 
 
@@ -223,7 +238,7 @@ def test_fractional_window_edge() -> None:
     """A fractional window: the edge is accepted, a millisecond past it is late."""
     rule = Rule(window=0.5).filter
     assert rule.check(udh8(1, 2, 1), 10.25) == HOLD
-    whole(rule.check(udh8(1, 2, 2), 10.75))
+    glue(rule, udh8(1, 2, 2), 10.75)
     assert rule.check(udh8(2, 2, 1), 20.25) == HOLD
     assert rule.check(udh8(2, 2, 2), 20.751) == LATE
 
@@ -241,7 +256,7 @@ def test_expire_returns_held_parts_after_the_window() -> None:
     [ended] = rule.expire(60.001)
     assert ended.account == "app1"
     assert ended.first == 0.0
-    assert ended.arrived == [three, one]  # arrival order, the objects checked
+    assert frames(ended.arrived) == frames([three, one])  # arrival order
     assert ended.reason == "expired"
     assert rule.open_count == 1
     [later] = rule.expire(90.5)
@@ -285,7 +300,7 @@ def test_completed_message_stragglers_are_duplicate_then_late() -> None:
     """A part of a completed message resent within its window is a duplicate, after it late."""
     rule = Rule(window=60.0).filter
     assert rule.check(udh8(3, 2, 1), 0.0) == HOLD
-    whole(rule.check(udh8(3, 2, 2), 1.0))
+    glue(rule, udh8(3, 2, 2), 1.0)
     assert rule.check(udh8(3, 2, 2), 60.0) == DUPLICATE
     assert rule.check(udh8(3, 2, 1), 60.001) == LATE
     assert rule.open_count == 0
@@ -311,8 +326,8 @@ def test_duplicate_part_is_rejected() -> None:
     assert rule.check(udh8(2, 3, 2, b"two"), 1.0) == DUPLICATE
     assert rule.check(udh8(2, 3, 1), 2.0) == HOLD
     last = udh8(2, 3, 3)
-    glued = whole(rule.check(last, 3.0))
-    assert glued.parts[1] is first
+    glued = glue(rule, last, 3.0)
+    assert glued.parts[1].frame == first.frame
 
 
 def test_malformed_headers_are_rejected() -> None:
@@ -343,14 +358,14 @@ def test_reference_reused_with_a_different_total() -> None:
     assert rule.check(udh8(6, 2, 2), 1.0) == REUSED
     assert rule.check(udh8(6, 2, 1), 1.0) == REUSED
     assert rule.check(udh8(6, 3, 2), 2.0) == HOLD
-    whole(rule.check(udh8(6, 3, 3), 3.0))
+    glue(rule, udh8(6, 3, 3), 3.0)
 
 
 def test_reference_with_a_new_total_after_its_message_closed_opens_a_message() -> None:
     """Once the message is complete, the reference may carry a message of another total."""
     rule = Rule().filter
     assert rule.check(udh8(6, 2, 1), 0.0) == HOLD
-    whole(rule.check(udh8(6, 2, 2), 0.0))
+    glue(rule, udh8(6, 2, 2), 0.0)
     assert rule.check(udh8(6, 3, 1), 1.0) == HOLD
     assert rule.open_count == 1
 
@@ -367,7 +382,7 @@ def test_max_open_rejects_a_new_message_with_msgqful() -> None:
     assert verdict == FULL
     assert verdict.status == 0x14
     last = udh8(1, 2, 2, account="a")
-    whole(rule.check(last, 1.0))  # an open message is not a new one
+    glue(rule, last, 1.0)  # an open message is not a new one
     assert rule.check(udh8(3, 2, 1, account="c"), 1.0) == HOLD  # room again
 
 
@@ -388,7 +403,7 @@ def test_full_rejection_is_not_remembered() -> None:
     rule = Rule(max_open=1).filter
     assert rule.check(udh8(1, 2, 1), 0.0) == HOLD
     assert rule.check(udh8(2, 2, 1), 0.0) == FULL
-    whole(rule.check(udh8(1, 2, 2), 0.0))
+    glue(rule, udh8(1, 2, 2), 0.0)
     assert rule.check(udh8(2, 2, 1), 0.5) == HOLD
 
 
@@ -423,7 +438,7 @@ def test_concat_open_gauge() -> None:
     assert rule.filter.check(udh8(2, 3, 1), 1.0) == HOLD
     assert rule.filter.check(udh8(2, 3, 2), 1.0) == HOLD
     assert rule.gauge() == 2.0
-    whole(rule.filter.check(udh8(1, 2, 2), 2.0))
+    glue(rule.filter, udh8(1, 2, 2), 2.0)
     assert rule.gauge() == 1.0
     rule.filter.expire(11.5)
     assert rule.gauge() == 0.0
@@ -438,9 +453,9 @@ def test_drop_all_returns_every_open_message() -> None:
     for part in (one, two, three):
         assert rule.filter.check(part, 0.0) == HOLD
     dropped = rule.filter.drop_all()
-    assert [(held.account, held.arrived, held.reason) for held in dropped] == [
-        ("a", [one], "shutdown"),
-        ("b", [two, three], "shutdown"),
+    assert [(held.account, frames(held.arrived), held.reason) for held in dropped] == [
+        ("a", frames([one]), "shutdown"),
+        ("b", frames([two, three]), "shutdown"),
     ]
     assert rule.filter.open_count == 0
     assert rule.gauge() == 0.0
@@ -452,7 +467,7 @@ def test_settle_changes_nothing() -> None:
     rule = Rule().filter
     assert rule.check(udh8(1, 2, 1), 0.0) == HOLD
     last = udh8(1, 2, 2)
-    glued = whole(rule.check(last, 0.0))
+    glued = glue(rule, last, 0.0)
     rule.settle(glued, 0.0, None)
     rule.settle(glued, 0.0, b"id")
     assert rule.open_count == 0
@@ -464,7 +479,121 @@ def test_closed_memory_is_bounded() -> None:
     rule = Rule(max_open=2).filter
     for ref in (1, 2, 3):
         assert rule.check(udh8(ref, 2, 1), 0.0) == HOLD
-        whole(rule.check(udh8(ref, 2, 2), 0.0))
+        glue(rule, udh8(ref, 2, 2), 0.0)
     assert rule.check(udh8(2, 2, 1), 1.0) == DUPLICATE
     assert rule.check(udh8(3, 2, 1), 1.0) == DUPLICATE
     assert rule.check(udh8(1, 2, 1), 1.0) == HOLD  # forgotten: a new message
+
+
+# --- a glued message the operator did not take ------------------------------------------------
+
+
+def test_a_retry_outcome_keeps_held_parts_and_lets_the_completing_part_go() -> None:
+    """Fault 1: after ``retry`` the message is open again with its held parts; the completing
+    part sent again completes it, and a held part sent again is answered with its id."""
+    rule = Rule().filter
+    one = udh8(9, 3, 1)
+    one.app_message_id = b"R1"
+    assert rule.check(one, 0.0) == HOLD
+    assert rule.check(udh8(9, 3, 3), 1.0) == HOLD
+    glued = whole(rule.check(udh8(9, 3, 2), 2.0))
+    assert rule.check(udh8(9, 3, 1), 2.5) == DUPLICATE  # the operator has it now
+    rule.parts_settled(glued, 3.0, "retry")
+    assert rule.open_count == 1
+    assert rule.check(udh8(9, 3, 1), 4.0) == Verdict(
+        "replay", reason="held_part_resent", message_id=b"R1"
+    )
+    again = glue(rule, udh8(9, 3, 2, b"part2"), 5.0)
+    assert frames(again.parts) == frames([one, udh8(9, 3, 2), udh8(9, 3, 3)])
+    assert again.content == b"part1part2part3"
+    assert rule.open_count == 0
+    assert rule.check(udh8(9, 3, 2), 6.0) == DUPLICATE  # closed once accepted
+
+
+def test_a_refused_outcome_closes_the_message() -> None:
+    """Refused for good: closed as if accepted; its parts are stragglers."""
+    rule = Rule().filter
+    assert rule.check(udh8(4, 2, 1), 0.0) == HOLD
+    rule.parts_settled(whole(rule.check(udh8(4, 2, 2), 0.0)), 1.0, "refused")
+    assert rule.open_count == 0
+    assert rule.check(udh8(4, 2, 2), 2.0) == DUPLICATE
+
+
+def test_a_message_with_the_operator_does_not_expire_until_settled() -> None:
+    """Its window ends while the operator has it: `expire` leaves it (and the messages after
+    it still expire); a retry outcome then hands its held parts to the next `expire`."""
+    rule = Rule(window=10.0).filter
+    assert rule.check(udh8(1, 2, 1), 0.0) == HOLD
+    glued = whole(rule.check(udh8(1, 2, 2), 1.0))
+    assert rule.check(udh8(2, 2, 1), 2.0) == HOLD
+    [later] = rule.expire(20.0)
+    assert later.first == 2.0
+    assert rule.open_count == 1
+    rule.parts_settled(glued, 21.0, "retry")
+    assert rule.open_count == 0
+    [given_up] = rule.expire(22.0)
+    assert (given_up.first, given_up.reason, len(given_up.arrived)) == (0.0, "expired", 1)
+    assert rule.expire(23.0) == []
+
+
+# --- held bytes ------------------------------------------------------------------------------
+
+
+def payload_part(ref: int, seq: int, size: int, account: str = "app1") -> Message:
+    """A part of 3 whose text travels in a message_payload of ``size`` octets."""
+    payload = bytes([5, 0, 3, ref, 3, seq]) + b"a" * size
+    tlvs = ((Tag.message_payload, payload),)
+    return read_message(account, submit_sm(3, esm_class=0x40, short_message=b"", tlvs=tlvs))
+
+
+def test_held_bytes_are_capped_per_account_and_in_total() -> None:
+    """Fault 8: a part that would take the held frames past a cap gets ESME_RMSGQFUL (full);
+    the gauge shows the bytes held, and they come back when the message goes."""
+    size = len(payload_part(1, 1, 10_000).frame) + PART_OVERHEAD
+    rule = Rule(max_held_bytes=6 * size, max_held_bytes_per_account=2 * size)
+    concat = rule.filter
+    assert concat.check(payload_part(1, 1, 10_000), 0.0) == HOLD
+    assert concat.check(payload_part(1, 2, 10_000), 0.0) == HOLD
+    assert concat.check(payload_part(2, 1, 10_000), 0.0) == FULL  # app1 at its cap
+    assert concat.check(payload_part(1, 3, 10_000), 0.0).action == "accept"  # completing: let in
+    assert rule.registry.get_sample_value("smpprelay_concat_held_bytes") == 2 * size
+    for account in ("b", "c"):
+        assert concat.check(payload_part(1, 1, 10_000, account), 0.0) == HOLD
+        assert concat.check(payload_part(1, 2, 10_000, account), 0.0) == HOLD
+    assert concat.check(payload_part(1, 1, 10_000, "d"), 0.0) == FULL  # 6 held in all
+    assert concat.held_bytes == 6 * size  # the first message is still with the operator
+    dropped = concat.expire(61.0)
+    assert len(dropped) == 2
+    assert concat.held_bytes == 2 * size
+    assert concat.drop_all() == []  # the one the operator has is not given up
+    assert rule.registry.get_sample_value("smpprelay_concat_held_bytes") == 0
+
+
+def test_a_held_part_keeps_one_copy_of_its_text() -> None:
+    """Fault 8: a held part with a 60 KB message_payload costs its frame and PART_OVERHEAD at
+    most (it cost about twice its frame again in copies: the TLV and the content), and the
+    glued message still carries every part's content and receipt fields."""
+    count = 20
+    parts = [payload_part(ref, 1, 60_000) for ref in range(count)]
+    frame_size = len(parts[0].frame)
+    rule = Rule().filter
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for held in parts:
+            assert rule.check(held, 0.0) == HOLD
+        del held
+        gc.collect()
+        per_part = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    assert per_part < PART_OVERHEAD, per_part  # the frames existed before: only the rest counts
+    assert frame_size > 60_000
+    kept = rule._open[next(iter(rule._open))].received[1]
+    assert kept.content == b""
+    assert kept.fields.tlvs == ()
+    assert kept.fields.text == parts[0].fields.text[:20]  # what its receipt quotes
+    assert rule.check(payload_part(0, 2, 10), 1.0) == HOLD
+    glued = whole(rule.check(payload_part(0, 3, 10), 1.0))
+    assert len(glued.content) == 60_020

@@ -368,14 +368,26 @@ def test_max_entries_counts_messages_in_flight() -> None:
 
 
 def test_settling_twice_or_unknown_messages_changes_nothing() -> None:
-    """settle for a message the rule did not let through (or settled already) is ignored."""
+    """A release of a message the rule did not let through (or settled already) is ignored."""
     rule = Rule()
     message = make()
     rule.accepted(message, 0.0)
     rule.filter.settle(message, 1.0, None)  # already settled: does not release the entry
-    rule.filter.settle(make(), 2.0, b"other")  # never checked: not recorded
+    rule.filter.settle(make(), 2.0, None)  # never checked: nothing to release
     assert rule.filter.check(make(), 59.9) == DUPLICATE
     assert rule.filter.check(make(), 60.0) == ACCEPT
+
+
+def test_a_message_accepted_after_its_release_is_recorded() -> None:
+    """Fault 4: released when the operator did not answer in time, then accepted by its late
+    answer: from then on an identical message is a duplicate."""
+    rule = Rule()
+    message = make()
+    assert rule.filter.check(message, 0.0) == ACCEPT
+    rule.filter.settle(message, 30.0, None)  # the timeout: released, a retry may go
+    rule.filter.settle(message, 31.0, b"LATE")  # the late ESME_ROK
+    assert rule.filter.check(make(), 90.9) == DUPLICATE
+    assert rule.filter.check(make(), 91.0) == ACCEPT
 
 
 def test_a_renewed_reservation_does_not_hold_up_expiry() -> None:

@@ -6,20 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest_twisted
-import smpplib.consts
 
 from smpprelay import pdu
 from smpprelay.pdu import CommandId, Status
+from tests.integration.apps import message
 from tests.integration.conftest import Harness
 from tests.integration.scripted import RelayProcess, relay_settings, scripted_smsc
-
-MESSAGE = {
-    "source_addr_ton": smpplib.consts.SMPP_TON_ALNUM,
-    "source_addr": "SHOP",
-    "dest_addr_ton": smpplib.consts.SMPP_TON_INTL,
-    "dest_addr_npi": smpplib.consts.SMPP_NPI_ISDN,
-    "destination_addr": "79991234567",
-}
 
 
 @pytest_twisted.ensureDeferred
@@ -35,7 +27,7 @@ async def test_operator_unbind_with_20_submits_in_flight_delivers_the_operators_
     async with RelayProcess(tmp_path, settings) as relay:
         app = harness.esme_at(relay.smpp_port)
         await app.bind("transceiver", "app1")
-        requests = [await app.send(short_message=b"m%d" % i, **MESSAGE) for i in range(20)]
+        requests = [await app.send(**message(b"m%d" % i)) for i in range(20)]
         await relay.wait_for(lambda: len(smsc.held) == 20, what="20 submits held")
 
         (operator_side,) = smsc.bound

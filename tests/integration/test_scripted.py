@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest_twisted
-import smpplib.consts
 
 from smpprelay.pdu import Status
+from tests.integration.apps import message
 from tests.integration.conftest import Harness
 from tests.integration.scripted import RelayProcess, relay_settings, scripted_smsc
-
-MESSAGE = {
-    "source_addr_ton": smpplib.consts.SMPP_TON_ALNUM,
-    "source_addr": "SHOP",
-    "dest_addr_ton": smpplib.consts.SMPP_TON_INTL,
-    "dest_addr_npi": smpplib.consts.SMPP_NPI_ISDN,
-    "destination_addr": "79991234567",
-}
 
 
 @pytest_twisted.ensureDeferred
@@ -31,10 +23,10 @@ async def test_scripted_operator_answers_as_told_through_a_twistd_relay(
     async with RelayProcess(tmp_path, relay_settings(port)) as relay:
         app = harness.esme_at(relay.smpp_port)
         await app.bind("transceiver", "app1")
-        throttled = await app.submit(short_message=b"first", **MESSAGE)
+        throttled = await app.submit(**message(b"first"))
         assert throttled.status == Status.ESME_RTHROTTLED
         smsc.hold = True
-        request = await app.send(short_message=b"second", **MESSAGE)
+        request = await app.send(**message(b"second"))
         await relay.wait_for(lambda: len(smsc.held) == 1)
         assert smsc.answer_held() == 1
         await app.read_until(lambda: any(r.sequence == request.sequence for r in app.responses))

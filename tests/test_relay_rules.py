@@ -6,9 +6,6 @@ The rules here are scripted fakes, so these tests pin the relay's side of the co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
-
 import attrs
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,7 +16,7 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.config import ConcatRule, DedupRule
 from smpprelay.connection import ResponseTimeout
-from smpprelay.filters.base import Dropped, Filter, FilterChain, PartsOutcome
+from smpprelay.filters.base import Filter, FilterChain
 from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
@@ -28,36 +25,9 @@ from smpprelay.pdu import Status, Tag
 from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
 from tests.fakes import FakePool, FakeReceiver, make_router, result_of, submit_sm
+from tests.fakes.rules import ScriptedRule
 
 ACCOUNT = "acme"
-
-
-class ScriptedRule:
-    """A rule whose verdicts the test scripts; records what it was told in settle."""
-
-    name: ClassVar[str] = "scripted"
-    settles: ClassVar[bool] = True
-    holds_parts: ClassVar[bool] = True  # glue_on_second_part holds
-
-    def __init__(self, decide: Callable[[Message], Verdict]) -> None:
-        self.decide = decide
-        self.settled: list[tuple[Message, bytes | None]] = []
-        self.parts_outcomes: list[tuple[Message, PartsOutcome]] = []
-
-    def check(self, message: Message, now: float) -> Verdict:
-        return self.decide(message)
-
-    def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
-        self.settled.append((message, message_id))
-
-    def expire(self, now: float) -> Sequence[Dropped]:
-        return ()
-
-    def drop_all(self) -> Sequence[Dropped]:
-        return ()
-
-    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
-        self.parts_outcomes.append((message, outcome))
 
 
 class Harness:

@@ -2,48 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import attrs
 from prometheus_client import CollectorRegistry
 
 from smpprelay.config import ConcatRule, DedupRule
-from smpprelay.filters.base import Dropped, FilterChain, PartsOutcome
+from smpprelay.filters.base import FilterChain
 from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
 from tests.fakes import submit_sm
+from tests.fakes.rules import ScriptedRule
 
 
-class Rule:
-    """A rule whose verdict the test gives; records the messages it checked."""
+class Rule(ScriptedRule):
+    """A scripted rule that neither settles nor holds parts."""
 
-    name: ClassVar[str] = "scripted"
     settles: ClassVar[bool] = False
     holds_parts: ClassVar[bool] = False
 
-    def __init__(self, decide: Callable[[Message], Verdict]) -> None:
-        self.decide = decide
-        self.checked: list[Message] = []
-        self.parts_outcomes: list[tuple[Message, PartsOutcome]] = []
-
-    def check(self, message: Message, now: float) -> Verdict:
-        self.checked.append(message)
-        return self.decide(message)
-
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         raise AssertionError("settles is False")
-
-    def expire(self, now: float) -> Sequence[Dropped]:
-        return ()
-
-    def drop_all(self) -> Sequence[Dropped]:
-        return ()
-
-    def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
-        self.parts_outcomes.append((message, outcome))
 
 
 def message(text: bytes = b"hello") -> Message:

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 from typing_extensions import override
@@ -243,6 +244,9 @@ class RelayService(MultiService):
         )
 
         def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                # The stop goes on either way; the failure is not swallowed unseen.
+                log.failure("stopping: a stage failed", result)
             if timer.active():
                 timer.cancel()
             if not done.called:

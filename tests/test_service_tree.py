@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from twisted.application.internet import TimerService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
@@ -22,7 +22,7 @@ from smpprelay import pdu
 from smpprelay.config import default_config
 from smpprelay.pdu import CommandId, Status
 from smpprelay.service import ListenFailed, RelayService, build
-from tests.fakes import submit_sm
+from tests.fakes import captured_logs, is_error, submit_sm
 
 SMPP_PORT = 2775
 assert default_config().listen.port == SMPP_PORT
@@ -236,6 +236,22 @@ def test_a_stop_where_every_app_unbinds_is_clean() -> None:
     tree.turn()
     assert tree.stop() < 1
     assert tree.service.stopped_cleanly is True
+
+
+@pytest.mark.logs_errors
+def test_a_stage_that_fails_is_logged_and_the_stop_goes_on() -> None:
+    """Unbinding the apps fails outright: the failure is logged, not swallowed, and the rest
+    still stops (upstream unbinds, no delayed call is left)."""
+    tree = Tree()
+    service = tree.service
+    service.startService()
+    tree.turn()
+    service.registry.shutdown = lambda: fail(RuntimeError("apps would not go"))  # type: ignore[method-assign]
+    with captured_logs(is_error) as errors:
+        tree.stop()
+    assert [event["log_format"] for event in errors] == ["stopping: a stage failed"]
+    assert service.upstream.pool.bound == 0
+    assert tree.reactor.getDelayedCalls() == []
 
 
 class Taken(MemoryReactorClock):

@@ -45,7 +45,7 @@ from smpprelay.malloc import fix_mmap_threshold  # noqa: E402
 from smpprelay.message import ACCEPT, Message  # noqa: E402
 from smpprelay.metrics import Metrics  # noqa: E402
 from smpprelay.pdu import BLANK_MESSAGE  # noqa: E402
-from smpprelay.store.memory import ReceiptRoutes  # noqa: E402
+from smpprelay.store.tables import ReceiptRoutes  # noqa: E402
 
 TARGET_MB = 300.0
 START = 1_700_000_000.0  # a realistic clock value: the accept times are full-size floats

@@ -30,7 +30,7 @@ from smpprelay.receipts import (
     receipt_id,
     replace_receipt_id,
 )
-from smpprelay.store.memory import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
+from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
 # binds (deps.md P14); one second look after this long catches that race

@@ -38,7 +38,7 @@ from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.simulator import Simulator, SimulatorFactory
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
 from smpprelay.upstream import UpstreamService, build_upstream
 
 log = Logger()

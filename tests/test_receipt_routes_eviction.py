@@ -7,7 +7,7 @@ from twisted.logger import LogLevel, capturedLogs
 
 from smpprelay.metrics import Metrics
 from smpprelay.router import Router
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
 
 MAP_MAX = 3
 

@@ -12,7 +12,7 @@ from smpprelay import pdu, router
 from smpprelay.connection import ResponseTimeout
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status, Tag
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
 from tests.fakes import FakeReceiver, captured_logs, make_router, mo, outcome, receipt
 
 RETRY = 30.0

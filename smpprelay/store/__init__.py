@@ -1,4 +1,204 @@
-"""The state the router (and later the rules) keep, behind small interfaces.
+"""The state the relay keeps for what it answered, behind one interface: `Store`.
 
-``memory`` is the only backend so far: bounded, with TTLs, lost on restart.
+Three backends are meant to fit it: ``memory`` (`smpprelay.store.memory`: fastest, lost on
+restart), ``sqlite`` (`smpprelay.store.sqlite`: the default, one file, survives a restart,
+kill -9 and, with ``sync: full``, a power cut) and later ``redis`` (several relay instances
+share one store). What a store keeps, and when it must have it:
+
+========================  ===========================================  ==========================
+state                     written                                      call
+========================  ===========================================  ==========================
+receipt route             before the app gets ``ESME_ROK``             `Store.add_route`
+held receipt / MO         before the operator's ``deliver_sm`` is      `Store.hold_delivery`
+                          answered ``ESME_ROK``
+held concatenated part    before the part's ``ESME_ROK``               `Store.hold_part`
+dedup and flood windows   write-behind, at most one second late        `Store.save_windows`
+========================  ===========================================  ==========================
+
+**Asynchronous** (a remote store must answer them; each returns a `Deferred` that fires once the
+write is durable, or fails with `StoreUnavailable`, and the acknowledgement that depends on it
+is sent only then): `add_route`, `find_route`, `hold_delivery`, `hold_part`, `save_windows`,
+`close`.
+
+**Synchronous** (only this instance needs them, or they may be lost at a crash without breaking a
+promise): `start`, `load` (once, at start, before the app listener opens: what the last run left),
+`route_final`, `delivered`, `parts_done` (forgetting is fire-and-forget: a crash before it is
+written means at most one delivery again, never a loss), `expire` (removes expired rows in
+small batches, off the reactor), `stats`.
+
+A store that cannot write says so in `writable` and `problem`; the relay then refuses what would
+need a write (``ESME_RMSGQFUL`` to apps, ``ESME_RX_T_APPN`` to the operator) until it can again.
+``secret`` keys the dedup rule's digest: the same across restarts for a durable store (so a
+window loaded from the last run still matches), fresh per process for the memory one.
+
+The in-memory tables (`smpprelay.store.tables`, `smpprelay.store.windows`) import no Twisted;
+the backends use Twisted's `Deferred` and the reactor's threads.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from smpprelay.store.tables import DeliveryKind, Held, Route
+
+__all__ = [
+    "DeliveryKind",
+    "Held",
+    "HeldPart",
+    "Loaded",
+    "Route",
+    "Store",
+    "StoreCorrupt",
+    "StoreStats",
+    "StoreUnavailable",
+    "WindowEntry",
+    "WindowRule",
+]
+
+WindowRule = Literal["dedup", "flood"]
+
+# The upstream a route belongs to while there is only one (operator ids are per upstream).
+DEFAULT_UPSTREAM = "default"
+
+
+class StoreUnavailable(Exception):
+    """The store could not write: nothing that depends on the write may be acknowledged."""
+
+
+class StoreCorrupt(Exception):
+    """The store's file cannot be used (unreadable, not a database, damaged): the relay does not
+    start on it. The message names the file and what is wrong, in one line."""
+
+
+@attrs.frozen(slots=True)
+class HeldPart:
+    """A concatenated part the relay answered ``ESME_ROK`` for and holds until its message is whole."""
+
+    app_message_id: bytes  # the relay-issued id the app was given for it (unique)
+    account: str
+    frame: bytes  # the app's submit_sm, as it goes to the operator
+    app_iso: bool  # the app's session is ISO (its text is read as ISO-8859-1)
+    first: float  # when its message's first part arrived (its window runs from there)
+    arrived: float  # when this part arrived
+
+
+@attrs.frozen(slots=True)
+class WindowEntry:
+    """One entry of the dedup or flood rule's window, as written behind and loaded at start.
+
+    dedup: ``key`` the message's 12-byte digest key, ``at`` when the operator accepted it,
+    ``message_id`` the id the app was given (replayed to a duplicate), ``count`` 0.
+    flood: ``key`` the rule's key (the number, or account NUL number), ``at`` the streak's last
+    accepted message, ``count`` the streak's length, ``message_id`` None.
+    """
+
+    rule: WindowRule
+    key: bytes
+    at: float
+    expires: float
+    count: int = 0
+    message_id: bytes | None = None
+
+
+@attrs.frozen(slots=True)
+class Loaded:
+    """What a store holds at start, to be put back before any app binds."""
+
+    deliveries: Sequence[Held] = ()  # oldest first; each with its ``key``
+    parts: Sequence[HeldPart] = ()  # in the order they arrived
+    windows: Sequence[WindowEntry] = ()  # oldest first
+    routes: int = 0  # receipt routes pending (they stay in the store)
+
+
+@attrs.frozen(slots=True)
+class StoreStats:
+    """Rows per kind and the size on disk, for the metrics (read at scrape time)."""
+
+    routes: int
+    deliveries: int
+    parts: int
+    windows: int
+    size_bytes: int
+    commits: int  # transactions committed since start
+    writes: int  # rows written (or removed) in them: writes / commits is the group size
+    evicted: int  # routes removed at map_max before they expired
+
+
+class Store(Protocol):
+    """The relay's state; see the package docstring for what each call promises."""
+
+    durable: bool  # keeps what it is given across a restart
+    secret: bytes  # keys the dedup digest (stable across restarts when durable)
+
+    @property
+    def writable(self) -> bool:
+        """False while writes fail (disk full, read-only, I/O error)."""
+        ...
+
+    @property
+    def problem(self) -> str:
+        """Why the store cannot write ("" while it can)."""
+        ...
+
+    def start(self) -> None:
+        """Start writing (a writer thread, a connection): at service start, after twistd forks."""
+        ...
+
+    def load(self) -> Loaded:
+        """What the last run left (called once, at start, before the reactor runs)."""
+        ...
+
+    def add_route(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+    ) -> Deferred[None]:
+        """Route receipts for operator ``message_id`` (normalised) on ``upstream`` to ``account``."""
+        ...
+
+    def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
+        """The route for ``message_id`` on ``upstream``, if known and not expired."""
+        ...
+
+    def route_final(self, upstream: str, message_id: str, now: float) -> None:
+        """A final receipt came for ``message_id``: keep its route only a grace period more."""
+        ...
+
+    def hold_delivery(self, item: Held) -> Deferred[None]:
+        """Keep a receipt or MO for an app that cannot take it now; sets ``item.key``."""
+        ...
+
+    def delivered(self, item: Held) -> None:
+        """``item`` reached its app (or expired): forget it."""
+        ...
+
+    def hold_part(self, part: HeldPart) -> Deferred[None]:
+        """Keep a concatenated part answered ``ESME_ROK``."""
+        ...
+
+    def parts_done(self, app_message_ids: Sequence[bytes]) -> None:
+        """These parts went to the operator or were given up: forget them."""
+        ...
+
+    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
+        """Write the rules' newest window entries (replacing a flood key's older streak)."""
+        ...
+
+    def expire(self, now: float) -> None:
+        """Remove what has expired (and routes past ``map_max``), in small batches."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Rows per kind and size, for the metrics."""
+        ...
+
+    def close(self) -> Deferred[None]:
+        """Write what is pending and close; fires when done (at the end of the stop)."""
+        ...

@@ -1,164 +1,113 @@
-"""In-memory stores: bounded in size, entries expire; everything is lost on restart."""
+"""The memory backend: every piece of state in this process only, lost at a restart.
+
+Fastest, and right for tests and for an operator who accepts the loss (README "State"). Routes
+live in a `ReceiptRoutes` table bounded by ``receipts.map_max``; held deliveries, held parts and
+the rules' windows live only where the router and the rules keep them, so the calls that would
+write them elsewhere succeed at once and keep nothing.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Iterator
-from typing import Literal
+import os
+from collections.abc import Sequence
 
-import attrs
+from twisted.internet.defer import Deferred, succeed
 
-# What the router carries back to apps: a delivery receipt or a mobile-originated message.
-DeliveryKind = Literal["receipt", "mo"]
-
-
-@attrs.frozen(slots=True)
-class Route:
-    """Where a receipt for one operator message id goes.
-
-    ``app_message_id`` is set only when the app was given another id than the operator's
-    (the receipt must then be rewritten); ``None`` means the ids are the same.
-    """
-
-    account: str
-    app_message_id: bytes | None
-    expires: float
+from smpprelay.store import HeldPart, Loaded, StoreStats, WindowEntry
+from smpprelay.store.tables import Held, ReceiptRoutes, Route
 
 
-# One route as stored: complex(expires, account number), or with the id the app was given
-# when it is not the operator's, (that complex, app id). A complex number is 32 bytes and never
-# tracked by the garbage collector; a `Route` object and its float took 80 (README "Receipts
-# and MO" has the bytes per route, measured by benchmarks/state_memory.py).
-_Stored = complex | tuple[complex, bytes]
+class MemoryStore:
+    """`smpprelay.store.Store` in memory: bounded, expiring, not durable."""
 
+    durable = False
 
-class ReceiptRoutes:
-    """Operator message id (normalised) -> `Route`, oldest first, bounded and expiring.
-
-    Every entry lives equally long, so insertion order is expiry order and expiring only ever
-    looks at the front.
-    """
-
-    def __init__(self, ttl: float, max_entries: int) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._routes: OrderedDict[str, _Stored] = OrderedDict()
-        self._accounts: list[str] = []  # account number -> name
-        self._numbers: dict[str, int] = {}
-        self.evicted = 0
-
-    def __len__(self) -> int:
-        return len(self._routes)
-
-    def add(self, message_id: str, account: str, now: float, app_id: bytes | None = None) -> bool:
-        """Remember where the receipt for ``message_id`` goes.
-
-        Returns True when that took the place of the oldest route (``max_entries`` reached).
-        """
-        number = self._numbers.get(account)
-        if number is None:
-            number = self._numbers[account] = len(self._accounts)
-            self._accounts.append(account)
-        stored = complex(now + self.ttl, number)
-        routes = self._routes
-        routes.pop(message_id, None)
-        routes[message_id] = stored if app_id is None else (stored, app_id)
-        if len(routes) > self.max_entries:
-            routes.popitem(last=False)
-            self.evicted += 1
-            return True
-        return False
-
-    def get(self, message_id: str, now: float) -> Route | None:
-        """The route for ``message_id``, if it is known and has not expired."""
-        stored = self._routes.get(message_id)
-        if stored is None:
-            return None
-        when, app_id = (stored, None) if isinstance(stored, complex) else stored
-        if when.real <= now:
-            return None
-        return Route(self._accounts[int(when.imag)], app_id, when.real)
-
-    def expire(self, now: float) -> int:
-        """Forget every expired route; return how many."""
-        routes = self._routes
-        dropped = 0
-        while routes:
-            first = next(iter(routes.values()))
-            expires = first.real if isinstance(first, complex) else first[0].real
-            if expires > now:
-                break
-            routes.popitem(last=False)
-            dropped += 1
-        return dropped
-
-
-@attrs.define(slots=True)
-class Held:
-    """One receipt or MO waiting for its app."""
-
-    kind: DeliveryKind
-    account: str
-    frame: bytes  # the deliver_sm to send the app (its sequence number is replaced on send)
-    expires: float
-    attempts: int = 0
-
-
-class HeldDeliveries:
-    """Receipts and MO waiting per account; bounded in total, each with a deadline."""
-
-    def __init__(self, ttl: float, max_entries: int) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._queues: dict[str, deque[Held]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def count(self, account: str) -> int:
-        """How many deliveries wait for ``account``."""
-        queue = self._queues.get(account)
-        return len(queue) if queue else 0
+    def __init__(self, routes: ReceiptRoutes, final_grace: float) -> None:
+        self.routes = routes
+        self.final_grace = final_grace
+        # The dedup digest's key: no window outlives the process, so a fresh one each time.
+        self.secret = os.urandom(16)
+        self._upstreams: dict[str, str] = {}  # upstream -> the prefix its ids carry here
 
     @property
-    def full(self) -> bool:
-        """True when nothing more can be held."""
-        return self._count >= self.max_entries
-
-    def hold(self, item: Held) -> bool:
-        """Keep ``item``; False when the store is full."""
-        if self.full:
-            return False
-        self._queues.setdefault(item.account, deque()).append(item)
-        self._count += 1
+    def writable(self) -> bool:
+        """Memory always takes a write."""
         return True
 
-    def take(self, account: str) -> Held | None:
-        """The oldest delivery waiting for ``account``."""
-        queue = self._queues.get(account)
-        if not queue:
-            return None
-        self._count -= 1
-        item = queue.popleft()
-        if not queue:
-            del self._queues[account]
-        return item
+    @property
+    def problem(self) -> str:
+        """Never a problem writing to memory."""
+        return ""
 
-    def accounts(self) -> list[str]:
-        """Accounts with something waiting."""
-        return list(self._queues)
+    def start(self) -> None:
+        """Nothing to start."""
 
-    def expire(self, now: float) -> Iterator[Held]:
-        """Remove and yield every delivery past its deadline."""
-        for account in list(self._queues):
-            queue = self._queues[account]
-            kept = deque(item for item in queue if item.expires > now)
-            expired = [item for item in queue if item.expires <= now]
-            # Update the store before yielding, so count() is right for whoever iterates.
-            self._count -= len(expired)
-            if kept:
-                self._queues[account] = kept
-            else:
-                del self._queues[account]
-            yield from expired
+    def load(self) -> Loaded:
+        """Nothing survives a restart in memory."""
+        return Loaded()
+
+    def _key(self, upstream: str, message_id: str) -> str:
+        # One upstream (the usual case) keys by the id alone: no cost per route.
+        if upstream == "default":
+            return message_id
+        prefix = self._upstreams.setdefault(upstream, f"{len(self._upstreams) + 1}\0")
+        return prefix + message_id
+
+    def add_route(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+    ) -> Deferred[None]:
+        """Route receipts for ``message_id``; the oldest route gives way at ``map_max``."""
+        self.routes.add(self._key(upstream, message_id), account, now, app_message_id)
+        return succeed(None)
+
+    def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
+        """The route, if known and not expired."""
+        return succeed(self.routes.get(self._key(upstream, message_id), now))
+
+    def route_final(self, upstream: str, message_id: str, now: float) -> None:
+        """Keep the route ``final_grace`` seconds more (a late duplicate receipt still routes)."""
+        self.routes.cut_back(self._key(upstream, message_id), now + self.final_grace)
+
+    def hold_delivery(self, item: Held) -> Deferred[None]:
+        """The router's own table is the only copy."""
+        return succeed(None)
+
+    def delivered(self, item: Held) -> None:
+        """Nothing kept here."""
+
+    def hold_part(self, part: HeldPart) -> Deferred[None]:
+        """The concat rule's own table is the only copy."""
+        return succeed(None)
+
+    def parts_done(self, app_message_ids: Sequence[bytes]) -> None:
+        """Nothing kept here."""
+
+    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
+        """The rules' own tables are the only copy."""
+        return succeed(None)
+
+    def expire(self, now: float) -> None:
+        """Forget expired routes."""
+        self.routes.expire(now)
+
+    def stats(self) -> StoreStats:
+        """Routes held; nothing on disk."""
+        return StoreStats(
+            routes=len(self.routes),
+            deliveries=0,
+            parts=0,
+            windows=0,
+            size_bytes=0,
+            commits=0,
+            writes=0,
+            evicted=self.routes.evicted,
+        )
+
+    def close(self) -> Deferred[None]:
+        """Nothing to write."""
+        return succeed(None)

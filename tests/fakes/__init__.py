@@ -41,7 +41,7 @@ from smpprelay.pdu import CommandId, ShortMessage, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Receiver, Router
 from smpprelay.simulator import Simulator
-from smpprelay.store.memory import HeldDeliveries, ReceiptRoutes
+from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
 
 T = TypeVar("T")
 

@@ -76,7 +76,7 @@ class StoreCorrupt(Exception):
 
 @attrs.frozen(slots=True)
 class HeldPart:
-    """A concatenated part the relay answered ``ESME_ROK`` for and holds until its message is whole."""
+    """A concatenated part answered ``ESME_ROK`` and held until its message is whole."""
 
     app_message_id: bytes  # the relay-issued id the app was given for it (unique)
     account: str
@@ -160,7 +160,7 @@ class Store(Protocol):
         app_message_id: bytes | None,
         now: float,
     ) -> Deferred[None]:
-        """Route receipts for operator ``message_id`` (normalised) on ``upstream`` to ``account``."""
+        """Route receipts for operator ``message_id`` (normalised) on ``upstream``."""
         ...
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:

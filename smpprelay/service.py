@@ -38,7 +38,9 @@ from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.simulator import Simulator, SimulatorFactory
-from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
+from smpprelay.state import StoreService, open_store
+from smpprelay.store import Loaded, Store
+from smpprelay.store.tables import HeldDeliveries
 from smpprelay.upstream import UpstreamService, build_upstream
 
 log = Logger()
@@ -182,9 +184,12 @@ class RelayService(MultiService):
         self.simulator = simulator
 
     def ready(self) -> tuple[bool, str]:
-        """Ready while an upstream session is bound and the app listener is open."""
+        """Ready while an upstream session is bound, the app listener is open and the store
+        can write."""
         if any(listener.port is None for listener in self.app_listeners):
             return False, "app listener not open"
+        if not self.relay.store.writable:
+            return False, f"store cannot write: {self.relay.store.problem}"
         if self.upstream.pool.bound == 0:
             return False, "no upstream session bound"
         return True, "ok"
@@ -307,11 +312,13 @@ class _LazyEndpoint:
         return self._make().connect(factory)
 
 
-def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionRegistry) -> Router:
+def _router(
+    config: Config, reactor: Any, metrics: Metrics, registry: SessionRegistry, store: Store
+) -> Router:
     router = Router(
         reactor,
         metrics,
-        ReceiptRoutes(config.receipts.map_ttl, config.receipts.map_max),
+        store,
         HeldDeliveries(config.receipts.hold_ttl, config.receipts.hold_max),
         {p.lstrip("+"): c.system_id for c in config.clients for p in c.mo_prefixes},
         registry.receivers,
@@ -320,6 +327,7 @@ def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionReg
         message_id_format=(
             config.upstream.message_id_format if config.upstream is not None else "as-is"
         ),
+        map_max=config.store.map_max(config.receipts),
     )
     registry.on_receiver_bound.append(router.receiver_bound)
     registry.on_stopping.append(router.stopping)
@@ -396,6 +404,22 @@ def _app_listeners(
     return listeners
 
 
+def _restore(config: Config, loaded: Loaded, router: Router, relay: Relay, now: float) -> None:
+    """Put back what the store kept from the last run, before any app can bind."""
+    deliveries = router.restore(loaded.deliveries)
+    windows, parts = relay.restore(loaded, now)
+    if config.store.backend != "memory":
+        log.info(
+            "store {path}: {routes} receipt routes pending; {deliveries} held deliveries, "
+            "{parts} held parts and {windows} rule window entries put back",
+            path=config.store.path,
+            routes=loaded.routes,
+            deliveries=deliveries,
+            parts=parts,
+            windows=windows,
+        )
+
+
 def _timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:
     timer = TimerService(interval, call)
     timer.clock = reactor  # the injected reactor, never the global one
@@ -413,7 +437,8 @@ def build(
     metrics = metrics if metrics is not None else Metrics(vendor_statuses=vendor_statuses)
     limits = config.limits
     registry = SessionRegistry(metrics)
-    router = _router(config, reactor, metrics, registry)
+    store = open_store(config, reactor)
+    router = _router(config, reactor, metrics, registry, store)
     upstream_config, endpoint, simulator = _operator(config, reactor, metrics)
     upstream = build_upstream(
         upstream_config,
@@ -426,9 +451,13 @@ def build(
         parts_within=config.filters.concat.window,
     )
     chain = build_chain(
-        config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
+        config.filters,
+        upstream_config.system_type.strip().upper() == "ISO",
+        metrics,
+        store.secret,
     )
-    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs)
+    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
+    _restore(config, store.load(), router, relay, reactor.seconds())
     password_pool, off_thread = _password_pool(config, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
     portal = make_portal(
@@ -481,6 +510,8 @@ def build(
         reactor,
     )
     children: list[IService | None] = [
+        # First to start, last to stop: everything else may write to it until it stops.
+        StoreService(store, relay.write_behind, metrics),
         ThreadPoolService(password_pool, reactor) if password_pool is not None else None,
         simulator,
         upstream,
@@ -488,6 +519,7 @@ def build(
         metrics_listener,
         _timer(SWEEP_INTERVAL, router.expire, reactor),
         _timer(RULES_SWEEP_INTERVAL, relay.sweep, reactor),
+        _timer(RULES_SWEEP_INTERVAL, lambda: store.expire(reactor.seconds()), reactor),
     ]
     for child in children:
         if child is not None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
@@ -19,17 +19,15 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 from typing_extensions import override
 from zope.interface import implementer
 
 from smpprelay import tls
 from smpprelay.access import Access
-from smpprelay.auth import OffThread, make_portal
+from smpprelay.auth import ThreadPoolService, make_portal, password_checks_pool
 from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
@@ -278,29 +276,6 @@ class RelayService(MultiService):
             session.connection.abort()
 
 
-class ThreadPoolService(Service):
-    """Runs a thread pool while the service runs (password hashes are verified in it).
-
-    Stopping waits for the checks queued and running to finish, so it happens in one of the
-    reactor's own threads: the reactor keeps serving meanwhile, and the Deferred fires when
-    the pool's threads are gone.
-    """
-
-    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
-        self.pool = pool
-        self.reactor = reactor
-
-    @override
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.pool.start()
-
-    @override
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.pool.stop)
-
-
 @implementer(IStreamClientEndpoint)
 class _LazyEndpoint:
     """Makes its endpoint at connect time: the simulator's port is known once it listens."""
@@ -370,21 +345,6 @@ def _operator(
     host, port = upstream.host, upstream.port
     # A name resolves to IPv4 and IPv6 addresses, tried as RFC 8305 says (happy eyeballs).
     return upstream, lambda: HostnameEndpoint(reactor, host, port, timeout=10), None
-
-
-def _password_pool(config: Config, reactor: Any) -> tuple[ThreadPool | None, OffThread]:
-    """The threads password hashes are checked in (none when no account has a hash)."""
-    # Two threads of their own: a burst of binds cannot starve the reactor's pool (name
-    # resolution) and costs at most two cores.
-    pool = None
-    if any(client.password_hash is not None for client in config.clients):
-        pool = ThreadPool(minthreads=0, maxthreads=2, name="smpprelay-passwords")
-
-    def off_thread(check: Callable[[], bool]) -> Deferred[bool]:
-        assert pool is not None
-        return deferToThreadPool(reactor, pool, check)
-
-    return pool, off_thread
 
 
 def _app_listeners(
@@ -458,7 +418,7 @@ def build(
     )
     relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
     _restore(config, store.load(), router, relay, reactor.seconds())
-    password_pool, off_thread = _password_pool(config, reactor)
+    password_pool, off_thread = password_checks_pool(config.clients, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
     portal = make_portal(
         {client.system_id: client for client in config.clients},

@@ -158,13 +158,14 @@ class DedupFilter(HoldsNothing):
     def window_entries(self) -> list[WindowEntry]:
         """The messages accepted since the last call, to be written behind."""
         noted, self._uncollected = self._uncollected, {}
-        window = self.window
-        span = window.window
-        entries = []
+        span = self.window.window
+        accepted_at = self.window.accepted_at
+        entries: list[WindowEntry] = []
+        append = entries.append
         for key, message_id in noted.items():
-            at = window.accepted_at(key)
+            at = accepted_at(key)
             if at is not None:  # else evicted meanwhile: nothing left to write
-                entries.append(WindowEntry("dedup", key, at, at + span, message_id=message_id))
+                append(WindowEntry("dedup", key, at, at + span, 0, message_id))
         return entries
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:

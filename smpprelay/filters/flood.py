@@ -82,14 +82,15 @@ class FloodFilter(HoldsNothing):
     def window_entries(self) -> list[WindowEntry]:
         """The streaks changed since the last call, as they are now, to be written behind."""
         noted, self._uncollected = self._uncollected, {}
-        streaks = self.streaks
-        gap = streaks.gap
-        entries = []
+        gap = self.streaks.gap
+        streak_of = self.streaks.streak
+        entries: list[WindowEntry] = []
+        append = entries.append
         for key in noted:
-            streak = streaks.streak(key)
+            streak = streak_of(key)
             if streak is not None:  # else evicted meanwhile: nothing left to write
                 last, length = streak
-                entries.append(WindowEntry("flood", key, last, last + gap, count=length))
+                append(WindowEntry("flood", key, last, last + gap, length))
         return entries
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:

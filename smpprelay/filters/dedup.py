@@ -95,7 +95,8 @@ class DedupFilter(HoldsNothing):
         return len(self.window)
 
     def key(self, message: Message) -> bytes:
-        """The key that identical messages share."""
+        """The key that identical messages share, from the interpreter's hash (this process
+        only); a rule given a secret uses `_stable_key` instead."""
         fields = message.fields
         content = message.content
         account = message.account if self.per_client else ""

@@ -283,6 +283,8 @@ class SqliteStore:
         if batch.probed:
             self._probing = False
         self._set_state(batch.ok, batch.problem)
+        if not self._writable and not batch.last:
+            self._schedule_probe()  # before the callbacks, which may look at the state
         for d, outcome in batch.results:
             if isinstance(outcome, Exception):
                 d.errback(outcome)
@@ -292,8 +294,6 @@ class SqliteStore:
             if self._thread is not None:
                 self._thread.join(5)  # it has closed its connection and is returning
             self._closed.callback(None)
-        elif not self._writable:
-            self._schedule_probe()
 
     def _set_state(self, ok: bool, problem: str) -> None:
         if ok == self._writable:

@@ -86,10 +86,9 @@ class Writer:
             self._wake.notify()
 
     def run(self) -> None:
-        """The thread's loop."""
-        conn = self._connect()
-        self._ids = dict(conn.execute("SELECT name, id FROM names"))
-        self._names = {number: name for name, number in self._ids.items()}
+        """The thread's loop: it never dies before `stop`, whatever happens (the store's close
+        waits for its last batch)."""
+        conn: sqlite3.Connection | None = None
         while True:
             with self._lock:
                 while not self._queue and not self._stopping:
@@ -100,13 +99,37 @@ class Writer:
                 last = self._stopping
             if last and self._retry and not self._ok:
                 batch.append((PROBE, None, None))  # one last try for what is kept
-            outcome = self._run_batch(conn, batch)
+            try:
+                if conn is None:  # at the first batch, or again after it could not open
+                    conn = self._open()
+                outcome = self._run_batch(conn, batch)
+            except Exception as error:  # the file could not be opened, or a bug
+                self._ok, self._problem = False, _problem(error)
+                failure = StoreUnavailable(self._problem)
+                outcome = Batch(
+                    [(op[2], failure) for op in batch if op[2] is not None],
+                    False,
+                    self._problem,
+                    any(op[0] == PROBE for op in batch),
+                    False,
+                )
             if last:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 outcome.last = True
             self._done(outcome)
             if last:
                 return
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            self._ids = dict(conn.execute("SELECT name, id FROM names"))
+        except BaseException:
+            conn.close()
+            raise
+        self._names = {number: name for name, number in self._ids.items()}
+        return conn
 
     # --- one batch --------------------------------------------------------------------------
 

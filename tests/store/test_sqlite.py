@@ -378,3 +378,23 @@ async def test_close_while_failing_cancels_the_probe(tmp_path: Path) -> None:
     assert any(call.func == store._probe for call in reactor().getDelayedCalls())
     await store.close()
     assert not any(call.func == store._probe for call in reactor().getDelayedCalls())
+
+
+@pytest.mark.logs_errors
+@pytest_twisted.ensureDeferred
+async def test_a_writer_that_cannot_open_the_file_fails_calls_and_still_closes(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    store = make(directory / "s.db", probe_interval=30)
+    shutil.rmtree(directory)  # after the check at open, before the writer's own connection
+    store.start()
+    with store_lines() as events:
+        failed = store.find_route(DEFAULT_UPSTREAM, "x", NOW)
+        with pytest.raises(StoreUnavailable, match="unable to open database file"):
+            await failed
+    assert not store.writable
+    assert len(events) == 1
+    await store.close()
+    assert not any(call.func == store._probe for call in reactor().getDelayedCalls())

@@ -170,3 +170,20 @@ def test_parts_kept_by_the_store_complete_after_a_restart() -> None:
     assert pdu.header(answer[0])[2] == Status.ESME_ROK
     assert h.store.parts == {}
     assert isinstance(kept[0], HeldPart)
+
+
+def test_a_stored_part_that_cannot_be_held_again_is_given_up_with_its_receipt() -> None:
+    """Two stored parts claim the same place of one message: the second is given up, with an
+    EXPIRED receipt under its id, and leaves the store."""
+    first = Harness(concat=True)
+    outcome(first.relay.submit(ACCOUNT, part(1, total=3)))
+    first.store.commit()
+    [kept] = first.store.parts.values()
+    twin = HeldPart(b"RTWIN", kept.account, kept.frame, kept.app_iso, kept.first, kept.arrived + 1)
+    store = ManualStore(loaded=Loaded(parts=[kept, twin]))
+    store.parts = {kept.app_message_id: kept, twin.app_message_id: twin}
+    h = Harness(concat=True, store=store)
+    assert h.relay.restore(store.load(), h.clock.seconds()) == (0, 1)
+    assert list(store.parts) == [kept.app_message_id]
+    [receipt] = h.receiver.frames
+    assert b"id:RTWIN" in receipt and b"stat:EXPIRED" in receipt

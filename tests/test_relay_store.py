@@ -188,7 +188,8 @@ def test_a_stored_part_that_cannot_be_held_again_is_given_up_with_its_receipt() 
     assert h.relay.restore(store.load(), h.clock.seconds()) == (0, 1)
     assert list(store.parts) == [kept.app_message_id]
     [receipt] = h.receiver.frames
-    assert b"id:RTWIN" in receipt and b"stat:EXPIRED" in receipt
+    assert b"id:RTWIN" in receipt
+    assert b"stat:EXPIRED" in receipt
 
 
 def test_with_the_memory_store_the_rules_note_nothing_to_write_behind() -> None:

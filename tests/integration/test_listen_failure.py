@@ -101,5 +101,6 @@ def test_twistd_exits_1_with_one_line_when_its_store_is_unusable(
     assert errors[0].startswith("smpprelay: store: ")
     assert problem in errors[0]
     assert "Traceback" not in output
-    assert "listening" not in output.lower() and "bound" not in output
+    assert "listening" not in output.lower()
+    assert "bound" not in output
     assert store.read_bytes() == content

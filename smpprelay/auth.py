@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from typing_extensions import override
 from zope.interface import Interface, implementer
 
 from smpprelay.access import Slots
@@ -151,3 +155,43 @@ def make_portal(
     """The cred portal that authenticates app binds (hashes verified through ``off_thread``,
     as many at once as ``slots`` allows)."""
     return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread, slots)])
+
+
+class ThreadPoolService(Service):
+    """Runs a thread pool while the service runs (password hashes are verified in it).
+
+    Stopping waits for the checks queued and running to finish, so it happens in one of the
+    reactor's own threads: the reactor keeps serving meanwhile, and the Deferred fires when
+    the pool's threads are gone.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
+        self.pool = pool
+        self.reactor = reactor
+
+    @override
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.pool.start()
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.pool.stop)
+
+
+def password_checks_pool(
+    accounts: Sequence[Account], reactor: Any
+) -> tuple[ThreadPool | None, OffThread]:
+    """The threads password hashes are checked in (none when no account has a hash)."""
+    # Two threads of their own: a burst of binds cannot starve the reactor's pool (name
+    # resolution) and costs at most two cores.
+    pool = None
+    if any(account.password_hash is not None for account in accounts):
+        pool = ThreadPool(minthreads=0, maxthreads=2, name="smpprelay-passwords")
+
+    def off_thread(check: Callable[[], bool]) -> Deferred[bool]:
+        assert pool is not None
+        return deferToThreadPool(reactor, pool, check)
+
+    return pool, off_thread

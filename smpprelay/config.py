@@ -33,6 +33,8 @@ from smpprelay.receipts import MessageIdFormat
 BindMode = Literal["transceiver", "transmitter_receiver"]
 ReceiptStat = Literal["DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD"]
 DedupAction = Literal["reject", "replay"]
+StoreBackend = Literal["sqlite", "memory"]
+StoreSync = Literal["full", "normal"]
 RuleScope = Literal["upstream", "client"]
 
 
@@ -188,7 +190,7 @@ class LimitsConfig:
     # A bound app session with no PDU from the app for this long is unbound by the relay.
     inactivity: float = attrs.field(default=300.0, validator=_POSITIVE)
     # A stop (SIGTERM) lasts at most this long: apps that have not unbound by then are cut off.
-    shutdown_timeout: float = attrs.field(default=15.0, validator=_POSITIVE)
+    shutdown_timeout: float = attrs.field(default=30.0, validator=_POSITIVE)
     # TLVs one PDU may carry; past this it is answered ESME_RINVOPTPARSTREAM unread.
     max_tlvs: int = attrs.field(default=64, validator=valid(number(ge=1, le=65_535)))
 
@@ -216,14 +218,41 @@ class ReceiptsConfig:
     """How delivery receipts and MO messages are routed back and held for apps."""
 
     map_ttl: float = attrs.field(default=172_800.0, validator=_POSITIVE)
-    # About 205 bytes of memory each (README "Receipts and MO"): 1.5 M is ~310 MB at most.
-    map_max: int = attrs.field(default=1_500_000, validator=_AT_LEAST_1)
+    # Routes pending at most; unset: MAP_MAX[store.backend]. In memory about 205 bytes each
+    # (README "Receipts and MO"); with sqlite they bound the file, not the relay's memory.
+    map_max: int | None = attrs.field(default=None, validator=_AT_LEAST_1)
+    # After a final receipt (DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED) a route is kept this
+    # long more, for a repeated receipt, instead of the rest of map_ttl.
+    final_grace: float = attrs.field(default=3600.0, validator=valid(number(ge=0)))
     hold_ttl: float = attrs.field(default=86_400.0, validator=_POSITIVE)
     hold_max: int = attrs.field(default=100_000, validator=_AT_LEAST_1)
     retry: float = attrs.field(default=5.0, validator=_POSITIVE)
     # A receipt whose id is not known yet gets one second look this many seconds later: it
     # may have overtaken its submit_sm_resp (sent on another bind). 0: no second look.
     second_look: float = attrs.field(default=1.0, validator=valid(number(ge=0, le=3600)))
+
+
+# receipts.map_max when unset: what fits in memory (~310 MB), or two days at ~115 receipts
+# requested a second in a file of ~2 GB (README "State").
+MAP_MAX: dict[StoreBackend, int] = {"memory": 1_500_000, "sqlite": 20_000_000}
+
+
+@attrs.frozen(kw_only=True)
+class StoreConfig:
+    """Where the state the relay answered for is kept (README "State")."""
+
+    backend: StoreBackend = attrs.field(default="sqlite", validator=valid(one_of(StoreBackend)))
+    # Relative to the working directory.
+    path: str = attrs.field(default="smpprelay.db", validator=_NOT_EMPTY)
+    # full: each commit is fsynced before what depends on it is acknowledged (survives a power
+    # cut); normal: survives a crash of the relay, not of the machine.
+    sync: StoreSync = attrs.field(default="full", validator=valid(one_of(StoreSync)))
+    # Bytes the file may take; past it writes fail as on a full disk. Unset: no cap.
+    max_size: int | None = attrs.field(default=None, validator=valid(number(ge=65_536)))
+
+    def map_max(self, receipts: ReceiptsConfig) -> int:
+        """The routes kept at most with this backend."""
+        return receipts.map_max if receipts.map_max is not None else MAP_MAX[self.backend]
 
 
 @attrs.frozen(kw_only=True)
@@ -311,6 +340,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = SecurityConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
+    store: StoreConfig = StoreConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     filters: FiltersConfig = FiltersConfig()
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
@@ -269,7 +269,14 @@ class Metrics:
         # so the first failure is an increase and not a series appearing out of nowhere.
         for kind in ("receipt", "mo"):
             self.deliveries_received.labels(kind)
-            for result in ("delivered", "held", "refused", "expired", "store_full"):
+            for result in (
+                "delivered",
+                "held",
+                "refused",
+                "expired",
+                "store_full",
+                "store_unavailable",
+            ):
                 self.deliveries.labels(kind, result)
         self.deliveries.labels("receipt", "unmatched")
         self.deliveries.labels("mo", "unroutable")
@@ -311,6 +318,10 @@ class Metrics:
             registry=r,
         )
         self.late_answers.labels("upstream", "ESME_ROK")  # watched for increases: exists at 0
+
+    def watch_store(self, read: Callable[[], StoreReading]) -> None:
+        """Export the store's state from ``read``, called at each scrape."""
+        self.registry.register(StoreCollector(read))
 
     def status_label(self, status: int) -> str:
         """``status`` as a label of the metrics labelled by status: bounded in number."""
@@ -398,6 +409,57 @@ class PlainCounter(Collector):
         for key, count in self.counts.copy().items():
             family.add_metric(self.labels(key), count)
         yield family
+
+
+class StoreReading(NamedTuple):
+    """What the store says about itself at a scrape (`Metrics.watch_store`)."""
+
+    writable: bool
+    rows: dict[str, int]  # kind -> rows
+    size_bytes: int
+    commits: int
+    writes: int
+
+
+class StoreCollector(Collector):
+    """The store's health, rows and size, read from it when scraped (nothing per write)."""
+
+    def __init__(self, read: Callable[[], StoreReading]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families depend on a reading: described when collected
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self.read()
+        yield GaugeMetricFamily(
+            "smpprelay_store_writable",
+            "1 while the store takes writes; 0 while it cannot (disk full, read-only, I/O "
+            "error): submits are then answered ESME_RMSGQFUL and the operator's deliveries "
+            "ESME_RX_T_APPN.",
+            value=1 if reading.writable else 0,
+        )
+        rows = GaugeMetricFamily(
+            "smpprelay_store_rows", "Rows in the store, by kind.", labels=["kind"]
+        )
+        for kind, count in sorted(reading.rows.items()):
+            rows.add_metric([kind], count)
+        yield rows
+        yield GaugeMetricFamily(
+            "smpprelay_store_size_bytes",
+            "Size of the store on disk (database and its write-ahead log).",
+            value=reading.size_bytes,
+        )
+        yield CounterMetricFamily(
+            "smpprelay_store_commits",
+            "Transactions the store committed (each acknowledges every write in it).",
+            value=reading.commits,
+        )
+        yield CounterMetricFamily(
+            "smpprelay_store_writes",
+            "Rows the store wrote or removed; divided by commits, the writes per commit.",
+            value=reading.writes,
+        )
 
 
 def metrics_resource(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Resource:

@@ -14,6 +14,7 @@ from smpprelay.receipts import (
     id_bases,
     normalise_message_id,
     receipt_id,
+    receipt_is_final,
     replace_receipt_id,
 )
 from smpprelay.smpp.binds import (
@@ -107,6 +108,7 @@ __all__ = [
     "read_bind",
     "read_short_message",
     "receipt_id",
+    "receipt_is_final",
     "replace_receipt_id",
     "response",
     "sequence_of",

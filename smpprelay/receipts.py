@@ -20,6 +20,7 @@ __all__ = [
     "id_bases",
     "normalise_message_id",
     "receipt_id",
+    "receipt_is_final",
     "replace_receipt_id",
 ]
 
@@ -37,6 +38,10 @@ _BASES: Final[dict[MessageIdFormat, tuple[Base | None, Base | None]]] = {
 }
 
 _RECEIPT_ID: Final = re.compile(rb"\bid:(\S+)", re.IGNORECASE)
+_RECEIPT_STAT: Final = re.compile(rb"\bstat:(\S+)", re.IGNORECASE)
+# The states after which no other receipt is due (3.4 Appendix B and message_state 5.2.28).
+_FINAL_STATS: Final = frozenset((b"DELIVRD", b"UNDELIV", b"EXPIRED", b"REJECTD", b"DELETED"))
+_FINAL_STATES: Final = frozenset(MESSAGE_STATES[stat.decode()] for stat in _FINAL_STATS)
 
 
 def receipt_id(message: ShortMessage) -> bytes | None:
@@ -46,6 +51,16 @@ def receipt_id(message: ShortMessage) -> bytes | None:
         return tlv.rstrip(b"\0")
     match = _RECEIPT_ID.search(message.text)
     return match.group(1) if match else None
+
+
+def receipt_is_final(message: ShortMessage) -> bool:
+    """True for a receipt that says the message is done (delivered, or never will be):
+    the ``message_state`` TLV first, else the text's ``stat:``."""
+    state = message.tlv(Tag.message_state)
+    if state:
+        return state[0] in _FINAL_STATES
+    match = _RECEIPT_STAT.search(message.text)
+    return match is not None and match.group(1).upper() in _FINAL_STATS
 
 
 def id_bases(form: MessageIdFormat) -> tuple[Base | None, Base | None]:

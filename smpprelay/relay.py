@@ -12,7 +12,14 @@ contract): earlier parts are held and answered ``ESME_ROK`` at once with relay-i
 the part that completes the message carries the verdict of the whole, whose parts then go to
 the operator back to back on one session. Their receipts are rewritten to the app's ids. A
 held part that never reaches the operator (its message refused, incomplete after its window,
-or still open when the relay stops) gets a receipt saying so, if it asked for one.
+or still open when the relay stops with the memory store) gets a receipt saying so, if it asked
+for one.
+
+What an ``ESME_ROK`` promises is in the store before it is sent: a submit's receipt route
+(`Router.remember`) and a held part (`Store.hold_part`). While the store cannot write, submits
+are answered ``ESME_RMSGQFUL`` (apps retry it) without reaching the rules or the operator. The
+rules' windows are written behind, about once a second (`sweep`), and put back at start with
+the held parts (`restore`).
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ import functools
 import itertools
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +44,9 @@ from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.pool import QueueFull
 from smpprelay.receipts import delivery_receipt
 from smpprelay.router import Router
+from smpprelay.store import HeldPart, Loaded, Store, StoreUnavailable, WindowEntry
+
+T = TypeVar("T")
 
 # registered_delivery bits asking for something that comes back as a deliver_sm about this
 # message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).
@@ -48,6 +58,10 @@ RETRYABLE = frozenset((Status.ESME_RTHROTTLED, Status.ESME_RSYSERR, Status.ESME_
 
 # Why a concatenated message was given up (`Dropped.reason`), as the log line says it.
 _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay stopping"}
+
+# Window entries kept for the next write-behind while the store cannot write; past this the
+# oldest are dropped (the windows themselves are in memory: only a restart would forget them).
+MAX_PENDING_WINDOWS = 1_000_000
 
 
 class Upstream(Protocol):
@@ -104,14 +118,17 @@ class Relay:
         clock: IReactorTime | None = None,
         chain: FilterChain | None = None,
         max_tlvs: int = pdu.DEFAULT_MAX_TLVS,
+        store: Store | None = None,
     ) -> None:
         self.pool = pool
+        self.store = store if store is not None else router.store
         self.max_tlvs = max_tlvs  # limits.max_tlvs
         self.router = router
         self.metrics = metrics
         self.clock = clock if clock is not None else router.clock
         self.chain = chain if chain is not None and chain.filters else None
         self.ids = MessageIds()
+        self._pending_windows: list[WindowEntry] = []
 
     def submit(self, account: str, frame: bytes, app_iso: bool = False) -> Deferred[bytes]:
         """Relay one submit_sm; fires with the submit_sm_resp to give the app (never fails).
@@ -129,6 +146,10 @@ class Relay:
                 status=pdu.status_name(error.status),
             )
             return succeed(pdu.submit_sm_resp(0, error.status))
+        if not self.store.writable:
+            # Its ESME_ROK would promise what the store cannot keep; the store logs the
+            # outage once, the answer is counted with the other submits.
+            return succeed(pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL))
         chain = self.chain
         if chain is None:
             return self._send_one(message, None)
@@ -145,7 +166,7 @@ class Relay:
                 return self._send_glued(message, chain)
             return self._send_one(message, chain)
         if action == "hold":
-            return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id))
+            return self._hold_part(message, chain)
         if action == "replay":
             return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
         if message.parts:
@@ -159,7 +180,7 @@ class Relay:
         account = message.account
         wants_receipt = _wants_receipt(message)
 
-        def answered(resp: bytes) -> bytes:
+        def answered(resp: bytes) -> bytes | Deferred[bytes]:
             _, command_id, status, _ = pdu.header(resp)
             self.metrics.count_upstream_submit(status)
             message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
@@ -169,8 +190,8 @@ class Relay:
                 # A generic_nack answers for the submit: the app gets its status.
                 return pdu.submit_sm_resp(0, status)
             if message_id is not None and wants_receipt:
-                # Written before the app hears ESME_ROK, so its receipt always has a route.
-                self.router.remember(message_id, account)
+                # Stored before the app hears ESME_ROK, so its receipt always has a route.
+                return self._after(self.router.remember(message_id, account), resp, account)
             return resp
 
         def failed(reason: Failure) -> bytes:
@@ -191,6 +212,54 @@ class Relay:
 
         return self.pool.submit(message.frame, account).addCallbacks(answered, failed)
 
+    def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
+        """``resp`` once ``stored`` is, else ESME_RMSGQFUL.
+
+        The operator has the message, and the rules counted it: a retry is a duplicate (with
+        ``dedup.action: replay`` it gets this id back), but its receipt has no route.
+        """
+
+        def not_stored(reason: Failure) -> bytes:
+            reason.trap(StoreUnavailable)
+            self.log.warn(
+                "{account}: the operator accepted message {id} but its receipt route could "
+                "not be stored ({why}); answered ESME_RMSGQFUL",
+                account=account,
+                id=pdu.message_id_of(resp).decode("latin-1"),
+                why=reason.getErrorMessage(),
+            )
+            return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
+
+        return stored.addCallbacks(lambda _: resp, not_stored)
+
+    def _hold_part(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
+        """Answer a held part ESME_ROK with its relay id once the store has it."""
+        app_id = message.app_message_id
+        assert app_id is not None
+        now = self.clock.seconds()
+        part = HeldPart(app_id, message.account, message.frame, message.app_iso, now, now)
+
+        def not_stored(reason: Failure) -> bytes:
+            reason.trap(StoreUnavailable)
+            chain.release_part(message)  # the app's retry of it is held anew
+            return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
+
+        return self.store.hold_part(part).addCallbacks(
+            lambda _: pdu.submit_sm_resp(0, Status.ESME_ROK, app_id), not_stored
+        )
+
+    def _remembered(self, stored: Deferred[None], account: str) -> None:
+        """A route written where nobody waits for it (a late answer): log if it failed."""
+
+        def failed(reason: Failure) -> None:
+            self.log.warn(
+                "{account}: a late answer's receipt route could not be stored ({why})",
+                account=account,
+                why=reason.getErrorMessage(),
+            )
+
+        stored.addErrback(failed)
+
     def _late_answer(self, message: Message, chain: FilterChain | None, resp: bytes) -> None:
         """The operator answered ``message`` after the app got ESME_RSYSERR for it.
 
@@ -203,7 +272,7 @@ class Relay:
             return
         message_id = pdu.message_id_of(resp)
         if _wants_receipt(message):
-            self.router.remember(message_id, message.account)
+            self._remembered(self.router.remember(message_id, message.account), message.account)
         if chain is not None:
             chain.settle(message, self.clock.seconds(), message_id)
 
@@ -218,14 +287,17 @@ class Relay:
         parts = message.parts
         account = message.account
 
-        def answered(results: list[bytes | Failure]) -> bytes:
+        def answered(results: list[bytes | Failure]) -> bytes | Deferred[bytes]:
             statuses = [_status_of(result) for result in results]
+            routes: list[Deferred[None]] = []
             for part, result, status in zip(parts, results, statuses, strict=True):
                 if isinstance(result, bytes):
                     self.metrics.count_upstream_submit(status)
                     if status == Status.ESME_ROK and _wants_receipt(part):
-                        self.router.remember(
-                            pdu.message_id_of(result), account, part.app_message_id
+                        routes.append(
+                            self.router.remember(
+                                pdu.message_id_of(result), account, part.app_message_id
+                            )
                         )
                 elif isinstance(result.value, ResponseTimeout):
                     result.value.on_late(functools.partial(self._late_part, part))
@@ -234,7 +306,14 @@ class Relay:
             if not refused:
                 chain.settle(message, now, message.app_message_id)
                 chain.settle_parts(message, now, "accepted")
-                return pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
+                self._parts_done(_held_parts(message))
+                resp = pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
+                if not routes:
+                    return resp
+                stored = gatherResults(routes, consumeErrors=True).addCallback(lambda _: None)
+                return self._after(stored.addErrback(_first_error), resp, account)
+            for route in routes:
+                self._remembered(route, account)
             chain.settle(message, now, None)
             # Parts arrive in any order: the one answering now shares the message's id,
             # wherever it sits in sequence.
@@ -260,6 +339,7 @@ class Relay:
                 chain.settle_parts(message, now, "retry")
                 return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
             chain.settle_parts(message, now, "refused")
+            self._parts_done(_held_parts(message))
             failed_parts = [
                 part
                 for part, status in zip(parts, statuses, strict=True)
@@ -280,7 +360,10 @@ class Relay:
         self.metrics.count_upstream_submit(status)
         accepted = status == Status.ESME_ROK and command_id == CommandId.submit_sm_resp
         if accepted and _wants_receipt(part):
-            self.router.remember(pdu.message_id_of(resp), part.account, part.app_message_id)
+            stored = self.router.remember(
+                pdu.message_id_of(resp), part.account, part.app_message_id
+            )
+            self._remembered(stored, part.account)
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:
         """Tell the app about held parts that will never reach the operator."""
@@ -290,23 +373,69 @@ class Relay:
                 receipt = delivery_receipt(part.fields, part.app_message_id, stat, now, now)
                 self.router.deliver("receipt", part.account, receipt)
 
-    def sweep(self) -> None:
-        """Expire the rules' old state; held parts whose window ended get EXPIRED receipts.
+    def _parts_done(self, parts: Sequence[Message]) -> None:
+        """Held parts that went to the operator or were given up leave the store."""
+        ids = [part.app_message_id for part in parts if part.app_message_id is not None]
+        if ids:
+            self.store.parts_done(ids)
 
-        Runs about once a second.
-        """
+    def sweep(self) -> None:
+        """Expire the rules' old state (held parts whose window ended get EXPIRED receipts)
+        and write the windows' newest entries behind. Runs about once a second."""
         if self.chain is None:
             return
         self.chain.flush_counts()
         self._give_up(self.chain.expire(self.clock.seconds()), "EXPIRED")
+        self.write_behind()
+
+    def write_behind(self) -> None:
+        """Write the entries the rules' windows took since the last time (at most a second
+        old: a restart forgets no more than that)."""
+        if self.chain is None or not self.store.durable:
+            return
+        entries = self._pending_windows + self.chain.window_entries()
+        self._pending_windows = []
+        if not entries:
+            return
+
+        def failed(reason: Failure) -> None:
+            reason.trap(StoreUnavailable)
+            # Kept for the next write; the newest win when there are too many.
+            self._pending_windows = (entries + self._pending_windows)[-MAX_PENDING_WINDOWS:]
+
+        self.store.save_windows(entries).addErrback(failed)
+
+    def restore(self, loaded: Loaded, now: float) -> tuple[int, int]:
+        """Put back the rules' windows and held parts the store kept (at start, before any
+        app binds); return (window entries, parts) restored."""
+        if self.chain is None or not (loaded.windows or loaded.parts):
+            return 0, 0
+        windows = self.chain.restore_windows(loaded.windows, now)
+        parts = 0
+        for held in sorted(loaded.parts, key=lambda part: part.arrived):
+            try:
+                part = read_message(held.account, held.frame, held.app_iso, self.max_tlvs)
+            except DecodeError as error:  # stored by this relay after it read it: not expected
+                self.log.warn("a stored part is unreadable ({error}); dropped", error=str(error))
+                self.store.parts_done([held.app_message_id])
+                continue
+            part.app_message_id = held.app_message_id
+            self.chain.restore_part(part, held.first)
+            parts += 1
+        return windows, parts
 
     def drop_held(self) -> int:
         """Give up every held part (the relay is stopping); return how many.
 
-        The parts were answered ESME_ROK and will never reach the operator: those that asked
-        for a receipt get one with ``stat:UNDELIV`` (not EXPIRED: their window did not end).
+        With a durable store the parts stay there for the next start, which completes their
+        messages (or expires them) as if the relay had not stopped. With the memory store they
+        will never reach the operator: those that asked for a receipt get one with
+        ``stat:UNDELIV`` (not EXPIRED: their window did not end).
         """
         if self.chain is None:
+            return 0
+        if self.store.durable:
+            self.write_behind()
             return 0
         return self._give_up(self.chain.drop_all(), "UNDELIV")
 
@@ -321,5 +450,13 @@ class Relay:
                 n=len(held.arrived),
             )
             self._receipts(held.arrived, stat)
+            self._parts_done(held.arrived)
             parts += len(held.arrived)
         return parts
+
+
+def _first_error(reason: Failure) -> Failure:
+    """The error of the first failed Deferred in a gatherResults."""
+    if isinstance(reason.value, FirstError):
+        return reason.value.subFailure
+    return reason

@@ -6,13 +6,19 @@ match its destination. Either is delivered to a receiving bind of that account t
 (the one with the fewest deliveries unanswered; not one that let a deliver_sm time out) and the
 app's ``deliver_sm_resp`` is awaited. With no such bind, or when the app answers
 ``ESME_RX_T_APPN`` or not at all, it is held and delivered later; the operator is answered
-``ESME_ROK`` once the relay has it one way or the other. While the relay stops nothing new is
-held (it would be lost): the operator is answered ``ESME_RX_T_APPN`` to send it again later.
+``ESME_ROK`` once the relay has it one way or the other: a held delivery is written to the
+store first, and when the store cannot write the operator is answered ``ESME_RX_T_APPN`` (it
+sends it again later). A durable store keeps held deliveries across a restart (`restore`); with
+the memory store, nothing new is held while the relay stops (it would be lost).
+
+Routes live in the store: written before the app hears ``ESME_ROK`` (`remember` fires once the
+write is durable), looked up when a receipt arrives, and cut back to ``receipts.final_grace``
+after a final receipt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -28,9 +34,11 @@ from smpprelay.receipts import (
     id_bases,
     normalise_message_id,
     receipt_id,
+    receipt_is_final,
     replace_receipt_id,
 )
-from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries, ReceiptRoutes
+from smpprelay.store import DEFAULT_UPSTREAM, Route, Store, StoreUnavailable
+from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
 # binds (deps.md P14); one second look after this long catches that race
@@ -68,7 +76,7 @@ class Router:
         self,
         clock: IReactorTime,
         metrics: Metrics,
-        routes: ReceiptRoutes,
+        store: Store,
         held: HeldDeliveries,
         mo_prefixes: dict[str, str],
         receivers: Callable[[str], Sequence[Receiver]],
@@ -76,6 +84,8 @@ class Router:
         *,
         second_look: float = UNMATCHED_RETRY,
         message_id_format: MessageIdFormat = "as-is",
+        map_max: int = 0,
+        upstream: str = DEFAULT_UPSTREAM,
     ) -> None:
         self.clock = clock
         # 0: an unknown receipt id is unmatched at once.
@@ -83,7 +93,10 @@ class Router:
         # The bases the operator writes ids in: its submit_sm_resp's, its receipts'.
         self._resp_base, self._receipt_base = id_bases(message_id_format)
         self.metrics = metrics
-        self.routes = routes
+        self.store = store
+        self.upstream = upstream  # the one upstream whose ids the routes are keyed by
+        self.map_max = map_max  # receipts.map_max, for the eviction warning
+        self._evicted_seen = store.stats().evicted
         self.held = held
         # Longest prefix first, so "79001" wins over "7900".
         self._mo_prefixes = sorted(mo_prefixes.items(), key=lambda kv: -len(kv[0]))
@@ -98,26 +111,32 @@ class Router:
 
     def remember(
         self, message_id: bytes, account: str, app_message_id: bytes | None = None
-    ) -> None:
-        """Route receipts for operator ``message_id`` to ``account``."""
-        if self.routes.add(
+    ) -> Deferred[None]:
+        """Route receipts for operator ``message_id`` to ``account``; fires once it is stored
+        (fails with `StoreUnavailable` when it could not be)."""
+        return self.store.add_route(
+            self.upstream,
             normalise_message_id(message_id, self._resp_base),
             account,
-            self.clock.seconds(),
             app_message_id,
-        ):
-            self._evicted()
+            self.clock.seconds(),
+        )
 
-    def _evicted(self) -> None:
-        """The oldest route gave way to a new one: count it, and say so when it starts."""
-        self.metrics.receipt_routes_evicted.inc()
-        if not self._evicting:
-            self._evicting = True
-            self.log.warn(
-                "receipt routes full ({max} held): the oldest are being dropped, and their "
-                "receipts will count as unmatched; raise receipts.map_max",
-                max=self.routes.max_entries,
-            )
+    def _count_evictions(self, routes: int, evicted: int) -> None:
+        """Routes gave way at map_max since the last look: count them, say so when it starts."""
+        new = evicted - self._evicted_seen
+        self._evicted_seen = evicted
+        if new > 0:
+            self.metrics.receipt_routes_evicted.inc(new)
+            if not self._evicting:
+                self._evicting = True
+                self.log.warn(
+                    "receipt routes full ({max} held): the oldest are being dropped, and their "
+                    "receipts will count as unmatched; raise receipts.map_max",
+                    max=self.map_max,
+                )
+        elif self._evicting and routes < self.map_max:
+            self._evicting = False  # room again: the next eviction is news
 
     def mo_account(self, destination: bytes) -> str | None:
         """The account whose mo_prefixes match ``destination`` best."""
@@ -156,10 +175,31 @@ class Router:
         self, frame: bytes, message: pdu.ShortMessage, retried: bool
     ) -> Deferred[int]:
         message_id = receipt_id(message)
-        route = None
-        if message_id is not None:
-            key = normalise_message_id(message_id, self._receipt_base)
-            route = self.routes.get(key, self.clock.seconds())
+        if message_id is None:
+            return self._routed(frame, message, None, None, retried)
+        key = normalise_message_id(message_id, self._receipt_base)
+        found = self.store.find_route(self.upstream, key, self.clock.seconds())
+
+        def lookup_failed(reason: Failure) -> int:
+            # Not "unknown": the route may well be there. The operator sends it again.
+            self.log.warn("receipt route lookup failed ({why})", why=reason.getErrorMessage())
+            self.metrics.deliveries.labels("receipt", "store_unavailable").inc()
+            return Status.ESME_RX_T_APPN
+
+        return found.addCallbacks(
+            lambda route: self._routed(frame, message, message_id, route, retried, key),
+            lookup_failed,
+        )
+
+    def _routed(
+        self,
+        frame: bytes,
+        message: pdu.ShortMessage,
+        message_id: bytes | None,
+        route: Route | None,
+        retried: bool,
+        key: str = "",
+    ) -> Deferred[int]:
         if route is None:
             if message_id is not None and not retried and self.second_look > 0:
                 later: Deferred[int] = Deferred()
@@ -179,7 +219,18 @@ class Router:
             return succeed(Status.ESME_ROK)
         if route.app_message_id is not None and message_id is not None:
             frame = replace_receipt_id(frame, message, message_id, route.app_message_id)
-        return self._deliver("receipt", route.account, frame)
+        delivered = self._deliver("receipt", route.account, frame)
+        if receipt_is_final(message):
+
+            def cut_back(status: int) -> int:
+                # Only once the relay has the receipt: answered otherwise, the operator
+                # sends it again and the route must still be there.
+                if status == Status.ESME_ROK:
+                    self.store.route_final(self.upstream, key, self.clock.seconds())
+                return status
+
+            delivered.addCallback(cut_back)
+        return delivered
 
     # --- to the apps ----------------------------------------------------------------------
 
@@ -191,7 +242,7 @@ class Router:
         item = Held(kind, account, frame, self.clock.seconds() + self.held.ttl)
         receiver = self._receiver_with_room(account)
         if receiver is None:
-            return succeed(self._hold(item, fresh=True))
+            return self._hold(item, fresh=True)
         return self._send(receiver, item, fresh=True)
 
     def _receiver_with_room(self, account: str, probe: bool = False) -> Receiver | None:
@@ -212,11 +263,13 @@ class Router:
         item.attempts += 1
         sent = self.clock.seconds()
 
-        def answered(resp: bytes) -> int:
+        def answered(resp: bytes) -> int | Deferred[int]:
             self.metrics.deliver_latency.labels(item.account).observe(self.clock.seconds() - sent)
             status = pdu.header(resp)[2]
             if status == Status.ESME_ROK:
                 self.metrics.deliveries.labels(item.kind, "delivered").inc()
+                if item.key:
+                    self.store.delivered(item)
                 self.flush(item.account)
                 return Status.ESME_ROK
             if status == Status.ESME_RX_T_APPN:
@@ -229,9 +282,11 @@ class Router:
                 status=pdu.status_name(status),
             )
             self.metrics.deliveries.labels(item.kind, "refused").inc()
+            if item.key:
+                self.store.delivered(item)  # the app's answer is final: nothing to redeliver
             return int(status)
 
-        def failed(reason: Failure) -> int:
+        def failed(reason: Failure) -> Deferred[int]:
             self.log.info(
                 "{kind} to {account} not acknowledged ({why}); holding it",
                 kind=item.kind,
@@ -242,8 +297,15 @@ class Router:
 
         return receiver.deliver(item.frame).addCallbacks(answered, failed)
 
-    def _hold(self, item: Held, refused: bool = False, fresh: bool = False) -> int:
-        if fresh and self._stopping:
+    def _hold(self, item: Held, refused: bool = False, fresh: bool = False) -> Deferred[int]:
+        """Hold ``item`` for later; fires with the status for the operator (ESME_ROK once the
+        store has it)."""
+        if item.key:
+            # Already in the store (a held delivery that failed again): back in the queue.
+            self.held.hold(item, force=True)
+            self._held_changed(item, refused)
+            return succeed(Status.ESME_ROK)
+        if fresh and self._stopping and not self.store.durable:
             # Held now it would be lost at the stop, after the operator heard ESME_ROK.
             self.log.info(
                 "{kind} for {account} arrived while stopping with no receiver to take it; "
@@ -252,16 +314,48 @@ class Router:
                 account=item.account,
             )
             self.metrics.deliveries.labels(item.kind, "retry_later").inc()
-            return Status.ESME_RX_T_APPN
-        if not self.held.hold(item):
+            return succeed(Status.ESME_RX_T_APPN)
+        if self.held.full:
             self.log.warn("held deliveries full; asking the operator to retry later")
             self.metrics.deliveries.labels(item.kind, "store_full").inc()
-            return Status.ESME_RX_T_APPN
-        self.metrics.deliveries.labels(item.kind, "held").inc()
+            return succeed(Status.ESME_RX_T_APPN)
+        if not self.store.writable:
+            return succeed(self._not_stored(item))
+
+        def stored(_: None) -> int:
+            # Past held.full by at most the writes in flight: each was checked before it.
+            self.held.hold(item, force=True)
+            self.metrics.deliveries.labels(item.kind, "held").inc()
+            self._held_changed(item, refused)
+            return Status.ESME_ROK
+
+        def not_stored(reason: Failure) -> int:
+            reason.trap(StoreUnavailable)
+            return self._not_stored(item)
+
+        return self.store.hold_delivery(item).addCallbacks(stored, not_stored)
+
+    def _not_stored(self, item: Held) -> int:
+        """The store cannot keep ``item``: the operator keeps it and sends it again later."""
+        self.metrics.deliveries.labels(item.kind, "store_unavailable").inc()
+        item.key = 0
+        return Status.ESME_RX_T_APPN
+
+    def _held_changed(self, item: Held, refused: bool) -> None:
         self.metrics.held.labels(item.account).set(self.held.count(item.account))
         if refused:
             self._schedule_retry()
-        return Status.ESME_ROK
+
+    def restore(self, deliveries: Iterable[Held]) -> int:
+        """Hold again what the store kept from the last run (at start); return how many."""
+        count = 0
+        for item in deliveries:
+            self.held.hold(item, force=True)
+            self.metrics.held.labels(item.account).set(self.held.count(item.account))
+            count += 1
+        if count:
+            self._schedule_retry()
+        return count
 
     def flush(self, account: str) -> None:
         """Deliver what waits for ``account`` while one of its receivers has room."""
@@ -299,10 +393,11 @@ class Router:
             )
             self.metrics.deliveries.labels(item.kind, "expired").inc()
             self.metrics.held.labels(item.account).set(self.held.count(item.account))
-        self.routes.expire(now)
-        self.metrics.receipt_routes.set(len(self.routes))
-        if self._evicting and len(self.routes) < self.routes.max_entries:
-            self._evicting = False  # room again: the next eviction is news
+            if item.key:
+                self.store.delivered(item)
+        stats = self.store.stats()
+        self.metrics.receipt_routes.set(stats.routes)
+        self._count_evictions(stats.routes, stats.evicted)
 
     def stopping(self) -> None:
         """The relay starts to stop: deliveries no receiver takes are not held from now on."""
@@ -318,7 +413,25 @@ class Router:
         for call, look_again in list(self._second_looks.items()):
             call.cancel()
             look_again()
-        self._lost_at_stop()
+        if self.store.durable:
+            self._kept_at_stop()
+        else:
+            self._lost_at_stop()
+
+    def _kept_at_stop(self) -> None:
+        # Every held delivery is in the store (it was written before the operator heard
+        # ESME_ROK): the next start delivers it.
+        for account in self.held.accounts():
+            count = self.held.count(account)
+            while self.held.take(account) is not None:
+                pass
+            self.metrics.held.labels(account).set(0)
+            self.log.info(
+                "stopping: {count} held deliveries for {account} stay in the store for the "
+                "next start",
+                count=count,
+                account=account,
+            )
 
     def _lost_at_stop(self) -> None:
         # Held deliveries were answered ESME_ROK to the operator and live in memory only:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
@@ -19,17 +19,15 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 from typing_extensions import override
 from zope.interface import implementer
 
 from smpprelay import tls
 from smpprelay.access import Access
-from smpprelay.auth import OffThread, make_portal
+from smpprelay.auth import ThreadPoolService, make_portal, password_checks_pool
 from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
@@ -38,7 +36,9 @@ from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.simulator import Simulator, SimulatorFactory
-from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
+from smpprelay.state import StoreService, open_store
+from smpprelay.store import Loaded, Store
+from smpprelay.store.tables import HeldDeliveries
 from smpprelay.upstream import UpstreamService, build_upstream
 
 log = Logger()
@@ -182,9 +182,12 @@ class RelayService(MultiService):
         self.simulator = simulator
 
     def ready(self) -> tuple[bool, str]:
-        """Ready while an upstream session is bound and the app listener is open."""
+        """Ready while an upstream session is bound, the app listener is open and the store
+        can write."""
         if any(listener.port is None for listener in self.app_listeners):
             return False, "app listener not open"
+        if not self.relay.store.writable:
+            return False, f"store cannot write: {self.relay.store.problem}"
         if self.upstream.pool.bound == 0:
             return False, "no upstream session bound"
         return True, "ok"
@@ -273,29 +276,6 @@ class RelayService(MultiService):
             session.connection.abort()
 
 
-class ThreadPoolService(Service):
-    """Runs a thread pool while the service runs (password hashes are verified in it).
-
-    Stopping waits for the checks queued and running to finish, so it happens in one of the
-    reactor's own threads: the reactor keeps serving meanwhile, and the Deferred fires when
-    the pool's threads are gone.
-    """
-
-    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
-        self.pool = pool
-        self.reactor = reactor
-
-    @override
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.pool.start()
-
-    @override
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.pool.stop)
-
-
 @implementer(IStreamClientEndpoint)
 class _LazyEndpoint:
     """Makes its endpoint at connect time: the simulator's port is known once it listens."""
@@ -307,11 +287,13 @@ class _LazyEndpoint:
         return self._make().connect(factory)
 
 
-def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionRegistry) -> Router:
+def _router(
+    config: Config, reactor: Any, metrics: Metrics, registry: SessionRegistry, store: Store
+) -> Router:
     router = Router(
         reactor,
         metrics,
-        ReceiptRoutes(config.receipts.map_ttl, config.receipts.map_max),
+        store,
         HeldDeliveries(config.receipts.hold_ttl, config.receipts.hold_max),
         {p.lstrip("+"): c.system_id for c in config.clients for p in c.mo_prefixes},
         registry.receivers,
@@ -320,6 +302,7 @@ def _router(config: Config, reactor: Any, metrics: Metrics, registry: SessionReg
         message_id_format=(
             config.upstream.message_id_format if config.upstream is not None else "as-is"
         ),
+        map_max=config.store.map_max(config.receipts),
     )
     registry.on_receiver_bound.append(router.receiver_bound)
     registry.on_stopping.append(router.stopping)
@@ -364,21 +347,6 @@ def _operator(
     return upstream, lambda: HostnameEndpoint(reactor, host, port, timeout=10), None
 
 
-def _password_pool(config: Config, reactor: Any) -> tuple[ThreadPool | None, OffThread]:
-    """The threads password hashes are checked in (none when no account has a hash)."""
-    # Two threads of their own: a burst of binds cannot starve the reactor's pool (name
-    # resolution) and costs at most two cores.
-    pool = None
-    if any(client.password_hash is not None for client in config.clients):
-        pool = ThreadPool(minthreads=0, maxthreads=2, name="smpprelay-passwords")
-
-    def off_thread(check: Callable[[], bool]) -> Deferred[bool]:
-        assert pool is not None
-        return deferToThreadPool(reactor, pool, check)
-
-    return pool, off_thread
-
-
 def _app_listeners(
     config: Config, reactor: Any, metrics: Metrics, factory: IProtocolFactory
 ) -> list[Listener]:
@@ -394,6 +362,22 @@ def _app_listeners(
         expiry = tls.expires(listen.tls.cert, "listen.tls.cert")
         metrics.certificate_expiry.labels("listen").set(expiry)
     return listeners
+
+
+def _restore(config: Config, loaded: Loaded, router: Router, relay: Relay, now: float) -> None:
+    """Put back what the store kept from the last run, before any app can bind."""
+    deliveries = router.restore(loaded.deliveries)
+    windows, parts = relay.restore(loaded, now)
+    if config.store.backend != "memory":
+        log.info(
+            "store {path}: {routes} receipt routes pending; {deliveries} held deliveries, "
+            "{parts} held parts and {windows} rule window entries put back",
+            path=config.store.path,
+            routes=loaded.routes,
+            deliveries=deliveries,
+            parts=parts,
+            windows=windows,
+        )
 
 
 def _timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:
@@ -413,7 +397,8 @@ def build(
     metrics = metrics if metrics is not None else Metrics(vendor_statuses=vendor_statuses)
     limits = config.limits
     registry = SessionRegistry(metrics)
-    router = _router(config, reactor, metrics, registry)
+    store = open_store(config, reactor)
+    router = _router(config, reactor, metrics, registry, store)
     upstream_config, endpoint, simulator = _operator(config, reactor, metrics)
     upstream = build_upstream(
         upstream_config,
@@ -426,10 +411,14 @@ def build(
         parts_within=config.filters.concat.window,
     )
     chain = build_chain(
-        config.filters, upstream_config.system_type.strip().upper() == "ISO", metrics
+        config.filters,
+        upstream_config.system_type.strip().upper() == "ISO",
+        metrics,
+        store.secret,
     )
-    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs)
-    password_pool, off_thread = _password_pool(config, reactor)
+    relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
+    _restore(config, store.load(), router, relay, reactor.seconds())
+    password_pool, off_thread = password_checks_pool(config.clients, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
     portal = make_portal(
         {client.system_id: client for client in config.clients},
@@ -481,6 +470,8 @@ def build(
         reactor,
     )
     children: list[IService | None] = [
+        # First to start, last to stop: everything else may write to it until it stops.
+        StoreService(store, relay.write_behind, metrics),
         ThreadPoolService(password_pool, reactor) if password_pool is not None else None,
         simulator,
         upstream,
@@ -488,6 +479,7 @@ def build(
         metrics_listener,
         _timer(SWEEP_INTERVAL, router.expire, reactor),
         _timer(RULES_SWEEP_INTERVAL, relay.sweep, reactor),
+        _timer(RULES_SWEEP_INTERVAL, lambda: store.expire(reactor.seconds()), reactor),
     ]
     for child in children:
         if child is not None:

@@ -25,6 +25,7 @@ from smpprelay.config import (
     ReceiptsConfig,
     SecurityConfig,
     SimulatorConfig,
+    StoreConfig,
     UpstreamConfig,
     default_config,
     load_config,
@@ -73,6 +74,7 @@ def test_example_file_loads() -> None:
     assert config.simulator.receipt_delay == 0.5
     assert config.limits == LimitsConfig()
     assert config.receipts == ReceiptsConfig()
+    assert config.store == StoreConfig()
     assert config.filters == FiltersConfig()
 
 
@@ -86,6 +88,7 @@ def test_example_file_lists_every_key() -> None:
         ("limits", LimitsConfig),
         ("security", SecurityConfig),
         ("receipts", ReceiptsConfig),
+        ("store", StoreConfig),
         ("simulator", SimulatorConfig),
     ]:
         assert set(data[section]) == {f.name for f in attrs.fields(cls)}, section

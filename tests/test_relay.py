@@ -21,6 +21,8 @@ from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status
 from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
+from smpprelay.store.memory import MemoryStore
+from smpprelay.store.tables import ReceiptRoutes
 from tests.fakes import FakePool, Relayed, captured_logs, make_router, result_of, submit_sm
 
 ACCOUNT = "acme"
@@ -32,11 +34,12 @@ class Harness:
         self.clock.advance(1000.0)
         self.metrics = Metrics(CollectorRegistry())
         self.pool = FakePool()
-        self.router = make_router(self.clock, self.metrics)
+        self.store = MemoryStore(ReceiptRoutes(ttl=3600.0, max_entries=100), final_grace=600.0)
+        self.router = make_router(self.clock, self.metrics, store=self.store)
         self.relay = Relay(self.pool, self.router, self.metrics)
 
     def route_of(self, message_id: bytes) -> str | None:
-        route = self.router.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
+        route = self.store.routes.get(pdu.normalise_message_id(message_id), self.clock.seconds())
         return None if route is None else route.account
 
     def upstream_submits(self, status: str) -> float | None:
@@ -77,7 +80,7 @@ def test_operator_vendor_status_comes_back_unchanged() -> None:
     resp = struct.pack("!IIII", 16, 0x80000004, 0x400, 5)
     h.pool.answers[0].callback(resp)
     assert result_of(answer) == resp
-    assert len(h.router.routes) == 0
+    assert len(h.store.routes) == 0
     assert h.upstream_submits("other") == 1.0  # not in upstream.vendor_statuses: bucketed
 
 
@@ -95,7 +98,7 @@ def test_receipt_route_is_written_before_the_app_hears_ok(registered_delivery: i
     answer.addCallback(app_hears)
     h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"0a1B2c"))
     assert seen_by_app == [ACCOUNT]
-    assert len(h.router.routes) == 1
+    assert len(h.store.routes) == 1
 
 
 def test_no_route_without_a_receipt_request() -> None:
@@ -104,7 +107,7 @@ def test_no_route_without_a_receipt_request() -> None:
     answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0))
     h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"77"))
     assert pdu.message_id_of(result_of(answer)) == b"77"
-    assert len(h.router.routes) == 0
+    assert len(h.store.routes) == 0
     assert h.route_of(b"77") is None
 
 
@@ -114,7 +117,7 @@ def test_refused_submit_stores_no_route() -> None:
     answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1))
     h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_RTHROTTLED))
     assert result_of(answer) == struct.pack("!IIII", 16, 0x80000004, 0x58, 5)
-    assert len(h.router.routes) == 0
+    assert len(h.store.routes) == 0
 
 
 def test_generic_nack_becomes_a_submit_sm_resp_with_its_status() -> None:
@@ -123,7 +126,7 @@ def test_generic_nack_becomes_a_submit_sm_resp_with_its_status() -> None:
     answer = h.relay.submit(ACCOUNT, submit_sm())
     h.pool.answers[0].callback(pdu.generic_nack(5, Status.ESME_RINVCMDLEN))
     assert result_of(answer) == bare_submit_sm_resp(0x02)
-    assert len(h.router.routes) == 0
+    assert len(h.store.routes) == 0
 
 
 @pytest.mark.parametrize(
@@ -141,7 +144,7 @@ def test_upstream_failures_become_a_status_never_a_failure(error: Exception, sta
     answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1))
     h.pool.answers[0].errback(Failure(error))
     assert result_of(answer) == bare_submit_sm_resp(status)
-    assert len(h.router.routes) == 0
+    assert len(h.store.routes) == 0
 
 
 def test_failure_already_known_when_submitting_is_answered_too() -> None:

@@ -24,6 +24,8 @@ from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status, Tag
 from smpprelay.pool import QueueFull
 from smpprelay.relay import Relay
+from smpprelay.store.memory import MemoryStore
+from smpprelay.store.tables import ReceiptRoutes
 from tests.fakes import FakePool, FakeReceiver, make_router, result_of, submit_sm
 from tests.fakes.rules import ScriptedRule
 
@@ -37,12 +39,15 @@ class Harness:
         self.metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
         self.pool = FakePool()
         self.receiver = FakeReceiver(ACCOUNT, auto_answer=True)
-        self.router = make_router(self.clock, self.metrics, lambda account: [self.receiver])
+        self.store = MemoryStore(ReceiptRoutes(ttl=3600.0, max_entries=100), final_grace=600.0)
+        self.router = make_router(
+            self.clock, self.metrics, lambda account: [self.receiver], store=self.store
+        )
         self.chain = FilterChain(list(rules), self.metrics)
         self.relay = Relay(self.pool, self.router, self.metrics, self.clock, self.chain)
 
     def route(self, operator_id: bytes) -> tuple[str, bytes | None] | None:
-        route = self.router.routes.get(pdu.normalise_message_id(operator_id), self.clock.seconds())
+        route = self.store.routes.get(pdu.normalise_message_id(operator_id), self.clock.seconds())
         return None if route is None else (route.account, route.app_message_id)
 
 

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
 
-from smpprelay.service import ThreadPoolService
+from smpprelay.auth import ThreadPoolService
 
 
 @pytest_twisted.ensureDeferred

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from twisted.application.internet import TimerService
 from twisted.internet.address import IPv4Address
@@ -19,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump, connect
 
 from smpprelay import pdu
-from smpprelay.config import default_config
+from smpprelay.config import StoreConfig, default_config
 from smpprelay.pdu import CommandId, Status
 from smpprelay.service import ListenFailed, RelayService, build
 from tests.fakes import captured_logs, is_error, submit_sm
@@ -27,6 +28,8 @@ from tests.fakes import captured_logs, is_error, submit_sm
 SMPP_PORT = 2775
 assert default_config().listen.port == SMPP_PORT
 METRICS_PORT = default_config().metrics.port
+# The memory store: the sqlite one writes in a thread, which a fake reactor never runs.
+IN_MEMORY = attrs.evolve(default_config(), store=StoreConfig(backend="memory"))
 
 
 class App(Protocol):
@@ -62,7 +65,7 @@ class Tree:
 
     def __init__(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.service: RelayService = build(default_config(), self.reactor)
+        self.service: RelayService = build(IN_MEMORY, self.reactor)
         self.completer = ConnectionCompleter(self.reactor)
         self.pumps: list[IOPump] = []
         self.events: list[str] = []
@@ -275,7 +278,7 @@ def test_a_port_that_is_taken_stops_the_start(port: int, name: str) -> None:
     address and the reason (a SystemExit: twistd prints it and exits 1); nothing is left
     trying to reach the operator."""
     reactor = Taken(port)
-    service = build(default_config(), reactor)
+    service = build(IN_MEMORY, reactor)
     with pytest.raises(ListenFailed) as raised:
         service.privilegedStartService()  # type: ignore[no-untyped-call]
     line = str(raised.value.code)

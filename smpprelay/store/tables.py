@@ -145,9 +145,10 @@ class HeldDeliveries:
         """True when nothing more can be held."""
         return self._count >= self.max_entries
 
-    def hold(self, item: Held) -> bool:
-        """Keep ``item``; False when the store is full."""
-        if self.full:
+    def hold(self, item: Held, force: bool = False) -> bool:
+        """Keep ``item``; False when the table is full (``force``: keep it anyway, for what
+        is already stored or was checked before its write)."""
+        if self.full and not force:
             return False
         self._queues.setdefault(item.account, deque()).append(item)
         self._count += 1

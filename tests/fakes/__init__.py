@@ -41,6 +41,8 @@ from smpprelay.pdu import CommandId, ShortMessage, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Receiver, Router
 from smpprelay.simulator import Simulator
+from smpprelay.store import Store
+from smpprelay.store.memory import MemoryStore
 from smpprelay.store.tables import HeldDeliveries, ReceiptRoutes
 
 T = TypeVar("T")
@@ -290,14 +292,18 @@ def make_router(
     routes: ReceiptRoutes | None = None,
     held: HeldDeliveries | None = None,
     retry: float = 5.0,
+    store: Store | None = None,
     **options: Any,
 ) -> Router:
     """A real `Router` with small in-memory stores unless the test gives its own; ``options``
     are its keyword settings (``second_look``, ``message_id_format``)."""
+    if store is None:
+        table = routes if routes is not None else ReceiptRoutes(ttl=3600.0, max_entries=100)
+        store = MemoryStore(table, final_grace=600.0)
     return Router(
         clock,
         metrics,
-        routes if routes is not None else ReceiptRoutes(ttl=3600.0, max_entries=100),
+        store,
         held if held is not None else HeldDeliveries(ttl=3600.0, max_entries=100),
         mo_prefixes or {},
         receivers,
@@ -349,7 +355,7 @@ SUBMITTED = ShortMessage(
 )
 
 
-def outcome(deferred: Deferred[int]) -> list[Any]:
+def outcome(deferred: Deferred[Any]) -> list[Any]:
     """A list that holds the Deferred's result once it has fired."""
     results: list[Any] = []
     deferred.addBoth(results.append)

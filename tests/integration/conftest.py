@@ -49,6 +49,9 @@ def relay_config(**sections: Any) -> dict[str, Any]:
         "listen": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
         "clients": CLIENTS,
+        # In-process relays keep their state in memory; the durable store is tested with
+        # twistd subprocesses (tests/integration/test_crash_restart.py) and in tests/store.
+        "store": {"backend": "memory"},
     }
     data.update(sections)
     return data

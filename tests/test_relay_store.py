@@ -1,0 +1,172 @@
+"""The relay with a store: every ESME_ROK waits for what it promises to be stored.
+
+`ManualStore` holds each write until the test commits or fails it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
+
+from smpprelay import pdu
+from smpprelay.config import ConcatRule
+from smpprelay.filters.base import FilterChain
+from smpprelay.filters.concat import ConcatFilter
+from smpprelay.metrics import Metrics
+from smpprelay.pdu import Status
+from smpprelay.relay import Relay
+from smpprelay.store import HeldPart, Loaded
+from tests.fakes import FakePool, FakeReceiver, captured_logs, make_router, outcome, submit_sm
+from tests.fakes.store import ManualStore
+
+ACCOUNT = "acme"
+
+
+class Harness:
+    def __init__(self, concat: bool = False, store: ManualStore | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.metrics = Metrics(CollectorRegistry())
+        self.pool = FakePool()
+        self.store = store if store is not None else ManualStore()
+        self.receiver = FakeReceiver(ACCOUNT, auto_answer=True)
+        self.router = make_router(
+            self.clock, self.metrics, lambda account: [self.receiver], store=self.store
+        )
+        rules = [ConcatFilter(ConcatRule(), self.metrics)] if concat else []
+        self.chain = FilterChain(list(rules), self.metrics)
+        self.relay = Relay(self.pool, self.router, self.metrics, self.clock, self.chain)
+
+
+def part(seq: int, total: int = 2, receipt: int = 1, reference: int = 0x42) -> bytes:
+    udh = bytes((5, 0, 3, reference, total, seq))
+    return submit_sm(
+        seq, esm_class=0x40, short_message=udh + b"part %d" % seq, registered_delivery=receipt
+    )
+
+
+def test_the_app_hears_ok_only_once_the_route_is_stored() -> None:
+    h = Harness()
+    answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1)))
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+    assert answer == []  # the operator answered; the route is not stored yet
+    h.store.commit()
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+    assert pdu.message_id_of(answer[0]) == b"OP1"
+
+
+def test_a_submit_without_receipt_needs_no_write() -> None:
+    h = Harness()
+    answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0)))
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+    assert h.store.pending == []
+
+
+def test_a_route_the_store_cannot_keep_means_no_ok() -> None:
+    """The operator took it, but its receipt could not be routed: the app hears
+    ESME_RMSGQFUL, never ESME_ROK, and a log line names the operator's id."""
+    h = Harness()
+    answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1)))
+    h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+    with captured_logs() as events:
+        h.store.fail()
+    assert pdu.header(answer[0])[2] == Status.ESME_RMSGQFUL
+    assert any("OP1" in formatEvent(event) for event in events)
+
+
+def test_while_the_store_cannot_write_submits_are_refused_unsent() -> None:
+    h = Harness()
+    h.store.break_down()
+    answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0)))
+    assert pdu.header(answer[0])[2] == Status.ESME_RMSGQFUL
+    assert h.pool.frames == []
+    h.store.recover()
+    outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0)))
+    assert len(h.pool.frames) == 1
+
+
+def test_a_held_part_is_answered_once_the_store_has_it() -> None:
+    h = Harness(concat=True)
+    answer = outcome(h.relay.submit(ACCOUNT, part(1)))
+    assert answer == []
+    assert len(h.store.parts) == 1
+    h.store.commit()
+    held_id = pdu.message_id_of(answer[0])
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+    [stored] = h.store.parts.values()
+    assert stored.app_message_id == held_id
+    assert stored.frame == part(1)
+
+
+def test_a_part_the_store_cannot_keep_is_refused_and_can_be_sent_again() -> None:
+    h = Harness(concat=True)
+    answer = outcome(h.relay.submit(ACCOUNT, part(1)))
+    h.store.fail()
+    assert pdu.header(answer[0])[2] == Status.ESME_RMSGQFUL
+    h.store.recover()
+    again = outcome(h.relay.submit(ACCOUNT, part(1)))  # held anew, not a duplicate part
+    h.store.commit()
+    assert pdu.header(again[0])[2] == Status.ESME_ROK
+
+
+def test_parts_leave_the_store_once_their_message_went_through() -> None:
+    h = Harness(concat=True)
+    outcome(h.relay.submit(ACCOUNT, part(1)))
+    h.store.commit()
+    answer = outcome(h.relay.submit(ACCOUNT, part(2)))
+    assert len(h.pool.batches) == 1
+    h.pool.batch_answers[0].callback(
+        [
+            pdu.submit_sm_resp(1, Status.ESME_ROK, b"OP1"),
+            pdu.submit_sm_resp(2, Status.ESME_ROK, b"OP2"),
+        ]
+    )
+    assert h.store.parts == {}
+    assert answer == []  # both routes wait for their write
+    h.store.commit()
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+
+
+def test_expired_parts_leave_the_store_with_their_receipts() -> None:
+    h = Harness(concat=True)
+    outcome(h.relay.submit(ACCOUNT, part(1)))
+    h.store.commit()
+    h.clock.advance(61)
+    h.relay.sweep()
+    assert h.store.parts == {}
+    assert b"stat:EXPIRED" in h.receiver.frames[0]
+
+
+def test_at_stop_a_durable_store_keeps_the_held_parts() -> None:
+    h = Harness(concat=True)
+    outcome(h.relay.submit(ACCOUNT, part(1)))
+    h.store.commit()
+    assert h.relay.drop_held() == 0
+    assert len(h.store.parts) == 1
+    assert h.receiver.frames == []  # no UNDELIV receipt: the next start completes it
+
+
+def test_parts_kept_by_the_store_complete_after_a_restart() -> None:
+    """The parts the last run held are put back; the part that completes the message sends
+    them all, in order, and leaves the store empty."""
+    first = Harness(concat=True)
+    outcome(first.relay.submit(ACCOUNT, part(1, total=3)))
+    outcome(first.relay.submit(ACCOUNT, part(2, total=3)))
+    first.store.commit()
+    kept = list(first.store.parts.values())
+    store = ManualStore(loaded=Loaded(parts=kept))
+    store.parts = {held.app_message_id: held for held in kept}
+    h = Harness(concat=True, store=store)
+    h.clock.advance(30)
+    assert h.relay.restore(store.load(), h.clock.seconds()) == (0, 2)
+    answer = outcome(h.relay.submit(ACCOUNT, part(3, total=3)))
+    assert h.pool.batches == [[part(1, total=3), part(2, total=3), part(3, total=3)]]
+    h.pool.batch_answers[0].callback(
+        [pdu.submit_sm_resp(n, Status.ESME_ROK, b"OP%d" % n) for n in (1, 2, 3)]
+    )
+    h.store.commit()
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+    assert h.store.parts == {}
+    assert isinstance(kept[0], HeldPart)

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
 from smpprelay import pdu
@@ -139,6 +140,29 @@ async def ready_becomes(relay: RelayProcess, ready: bool, timeout: float) -> dic
     return last
 
 
+async def store_rows(port: int) -> dict[str, float]:
+    """smpprelay_store_rows by kind, scraped from the relay's /metrics."""
+    code, body = await http_get_at(port, "/metrics")
+    assert code == 200
+    return {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == "smpprelay_store_rows"
+        for sample in family.samples
+    }
+
+
+async def windows_written(relay: RelayProcess, since: float) -> None:
+    """Wait until the rules' windows are in the store (they are written behind, at most a
+    second late) and more than that second has passed since ``since``."""
+    deadline = time.monotonic() + 5.0
+    while (await store_rows(relay.metrics_port)).get("windows", 0) < 1 or (
+        time.monotonic() - since <= 1.0
+    ):
+        assert time.monotonic() < deadline, f"no window entry stored:\n{relay.log}"
+        await pause()
+
+
 async def mo_answered(relay: RelayProcess, smsc: ScriptedSmsc, count: int) -> list[int]:
     """Wait until the operator's MO deliver_sm has had ``count`` answers; returns them."""
 
@@ -217,6 +241,7 @@ async def test_kill_9_mid_traffic_loses_nothing_acknowledged(
         assert resp.status == Status.ESME_ROK
         acknowledged[b"crash-dedup"] = resp.message_id
         dedup_accepted = time.monotonic()
+        await windows_written(relay, dedup_accepted)
 
         def kill_midway(answered: int) -> None:
             if answered == KILL_AFTER:

@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump, connect
 
 from smpprelay import pdu
-from smpprelay.config import StoreConfig, default_config
+from smpprelay.config import Config, StoreConfig, default_config
 from smpprelay.pdu import CommandId, Status
 from smpprelay.service import ListenFailed, RelayService, build
 from tests.fakes import captured_logs, is_error, submit_sm
@@ -63,9 +63,9 @@ class App(Protocol):
 class Tree:
     """A relay built on a `MemoryReactorClock`, with the pumps of its connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Config = IN_MEMORY) -> None:
         self.reactor = MemoryReactorClock()
-        self.service: RelayService = build(IN_MEMORY, self.reactor)
+        self.service: RelayService = build(config, self.reactor)
         self.completer = ConnectionCompleter(self.reactor)
         self.pumps: list[IOPump] = []
         self.events: list[str] = []
@@ -136,7 +136,7 @@ def test_whole_tree_relays_a_submit_and_its_receipt_and_stops_with_no_delayed_ca
     assert service.ready() == (True, "ok")
     # Every timer runs on the injected reactor (none went to the global one).
     timers = [child for child in service if isinstance(child, TimerService)]
-    assert len(timers) == 2
+    assert len(timers) == 3  # routes and held deliveries, the rules, the store
     assert all(timer.clock is tree.reactor for timer in timers)
 
     app = tree.app()
@@ -208,10 +208,11 @@ def test_a_part_held_at_shutdown_gets_its_receipt_before_the_app_is_unbound() ->
 
 def test_an_app_that_ignores_our_unbind_holds_the_stop_no_longer_than_shutdown_timeout() -> None:
     """An app that never answers the relay's unbind would hold the stop for limits.response
-    (30 s); the whole stop is bounded by limits.shutdown_timeout (15 s): the app is cut off,
+    (30 s); the whole stop is bounded by limits.shutdown_timeout (15 s here): the app is cut off,
     upstream still unbinds, the stop is marked not clean (twistd then keeps its signal exit
     status) and no delayed call is left."""
-    tree = Tree()
+    limits = attrs.evolve(IN_MEMORY.limits, shutdown_timeout=15.0)
+    tree = Tree(attrs.evolve(IN_MEMORY, limits=limits))
     service = tree.service
     service.startService()
     tree.turn()

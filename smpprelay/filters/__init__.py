@@ -11,15 +11,21 @@ from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 
 
-def build_chain(config: FiltersConfig, upstream_iso: bool, metrics: Metrics) -> FilterChain:
-    """The enabled rules in the operator's order: encoding, concat, dedup, flood."""
+def build_chain(
+    config: FiltersConfig, upstream_iso: bool, metrics: Metrics, secret: bytes | None = None
+) -> FilterChain:
+    """The enabled rules in the operator's order: encoding, concat, dedup, flood.
+
+    ``secret`` (`smpprelay.store.Store.secret`) keys the dedup rule's digest, so that its window
+    means the same to the next process; without it the rule keys by the interpreter's hash.
+    """
     rules: list[Filter] = []
     if config.encoding.enabled:
         rules.append(EncodingFilter(config.encoding, upstream_iso, metrics))
     if config.concat.enabled:
         rules.append(ConcatFilter(config.concat, metrics))
     if config.dedup.enabled:
-        rules.append(DedupFilter(config.dedup, metrics))
+        rules.append(DedupFilter(config.dedup, metrics, secret))
     if config.flood.enabled:
         rules.append(FloodFilter(config.flood, metrics))
     return FilterChain(rules, metrics)

@@ -6,6 +6,11 @@ let a message through what became of it, because only messages the operator acce
 enter the dedup and flood windows (a retry after a temporary failure is no duplicate).
 ``expire`` and ``drop_all`` hand back the held parts a rule gives up, so that the relay can
 send their receipts: the parts were answered ESME_ROK when they were held.
+
+A restart keeps the rules' state through the store (`smpprelay.store`): `window_entries` hands
+the dedup and flood windows' new entries to be written behind (about once a second), and
+`restore_windows` puts them back at start; `restore_part` puts back a held part at start, and
+`release_part` undoes a hold whose write to the store failed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from twisted.logger import Logger
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
+from smpprelay.store import WindowEntry
 
 
 class Dropped(NamedTuple):
@@ -76,6 +82,25 @@ class Filter(Protocol):
         """Give up every held message (the relay is stopping) and return them."""
         ...
 
+    def window_entries(self) -> list[WindowEntry]:
+        """The window entries accepted or changed since the last call, to be written behind."""
+        ...
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Put back the entries of ``entries`` for this rule (``rule`` its name) still live at
+        ``now``; return how many. Once, at start, before any traffic."""
+        ...
+
+    def restore_part(self, part: Message, first: float) -> None:
+        """Put back a part held before a restart (its message's first part came at ``first``).
+        Only called on rules that hold parts."""
+        ...
+
+    def release_part(self, part: Message) -> None:
+        """Undo the hold that the last `check` made for ``part`` (the store could not keep it).
+        Only called on rules that hold parts."""
+        ...
+
 
 class HoldsNothing:
     """For a rule that holds no message: nothing to give up, and expiry only forgets."""
@@ -96,6 +121,20 @@ class HoldsNothing:
         return ()
 
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
+        """Never called: this rule holds no parts."""
+
+    def window_entries(self) -> list[WindowEntry]:
+        """Nothing to write behind, unless the rule keeps a window."""
+        return []
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Nothing to put back, unless the rule keeps a window."""
+        return 0
+
+    def restore_part(self, part: Message, first: float) -> None:
+        """Never called: this rule holds no parts."""
+
+    def release_part(self, part: Message) -> None:
         """Never called: this rule holds no parts."""
 
 
@@ -178,6 +217,35 @@ class FilterChain:
         for rule in self.filters:
             dropped.extend(rule.drop_all())
         return dropped
+
+    def window_entries(self) -> list[WindowEntry]:
+        """Every rule's window entries accepted or changed since the last call, to be written
+        behind (`smpprelay.store.Store.save_windows`); call about once a second."""
+        entries: list[WindowEntry] = []
+        for rule in self._settled:  # a window changes only when a message settles
+            entries.extend(rule.window_entries())
+        return entries
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Put back the windows loaded at start (`smpprelay.store.Loaded.windows`), before any
+        traffic; each rule takes its own entries still live at ``now``. Returns how many."""
+        return sum(rule.restore_windows(entries, now) for rule in self.filters)
+
+    def restore_part(self, part: Message, first: float) -> None:
+        """Put back a held part loaded at start (`smpprelay.store.HeldPart`, read again and
+        given its ``app_message_id``), in the order they arrived, before any traffic. Raises
+        `ValueError` for a part no rule can hold again; its receipt is then the caller's."""
+        for rule in self._holders:
+            rule.restore_part(part, first)
+
+    def release_part(self, part: Message) -> None:
+        """Undo the hold that the last `check` made for ``part`` (its verdict was ``hold``, and
+        the store could not keep it, so the app is answered ESME_RMSGQFUL and sends it again)."""
+        for rule in self._holders:
+            try:
+                rule.release_part(part)
+            except Exception:
+                self.log.failure("rule {rule} failed to release a part", rule=rule.name)
 
     def flush_counts(self) -> None:
         """Add the accepts counted since the last flush to the decisions metric."""

@@ -36,11 +36,17 @@ open message when the relay stops. Open messages are kept in a dict keyed by
 (account, source, destination, reference): with a fixed window the order of first parts is
 the order of expiry, so expiry scans from the front and stops at the first message still open
 (a message whose window ended while the operator has it stays until its fate is known).
+
+Across a restart: every held part is in the store before its ``ESME_ROK``; `restore_part`
+puts each back at start (outside the caps: they were accepted once), and `release_part`
+undoes a hold whose write failed, so the app's retry (it is answered ``ESME_RMSGQFUL``) is held
+again. Restored messages may come out of first-part order; the next `expire` sorts them first.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -50,6 +56,7 @@ from smpprelay.filters.base import Dropped, PartsOutcome
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
+from smpprelay.store import WindowEntry
 
 HOLD = Verdict("hold")
 
@@ -135,6 +142,8 @@ class ConcatFilter:
         self._duplicate = reject(config.status, "duplicate_part")
         self._reused = reject(config.status, "reference_reused")
         self._full = reject(Status.ESME_RMSGQFUL, "full")
+        # A restored message opened out of first-part order: `expire` sorts before it scans.
+        self._unordered = False
         # Read when scraped: exact, and nothing to do per part.
         metrics.concat_open.set_function(self._open.__len__)
         metrics.concat_held_bytes.set_function(lambda: self.held_bytes)
@@ -232,6 +241,85 @@ class ConcatFilter:
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Never called (``settles`` is False): a glued message's fate comes to `parts_settled`."""
 
+    def window_entries(self) -> list[WindowEntry]:
+        """Nothing: this rule's state is its held parts, each written before its answer."""
+        return []
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Nothing to put back: this rule keeps no window."""
+        return 0
+
+    def restore_part(self, part: Message, first: float) -> None:
+        """Put back a part held before a restart, into its open message (opened with ``first``
+        as its first part's time if it is not open yet). Counted in the held bytes but not
+        capped: it was accepted once. Raises `ValueError` for a part that cannot be held (no
+        valid header, its sequence held already, another total under its reference)."""
+        concat = part.concat
+        if concat is None:
+            raise ValueError("not a concatenated part")
+        reference, total, sequence, _ = concat
+        if total < 2 or sequence < 1 or sequence > total:
+            raise ValueError(f"malformed part: {sequence} of {total}")
+        fields = part.fields
+        key = (part.account, fields.source_addr, fields.destination_addr, reference)
+        entry = self._open.get(key)
+        if entry is None:
+            entry = OpenConcat(key, (*key, total), first)
+            opened = self._open
+            if opened and first < next(reversed(opened.values())).first:
+                self._unordered = True
+            opened[key] = entry
+            account = key[0]
+            self._per_account[account] = self._per_account.get(account, 0) + 1
+        elif entry.total != total:
+            raise ValueError(f"reference {reference} held with {entry.total} parts, not {total}")
+        elif sequence in entry.received:
+            raise ValueError(f"part {sequence} of reference {reference} held twice")
+        elif first < entry.first:
+            entry.first = first  # the window runs from the earliest part
+            self._unordered = True
+        # Held like any part; all ``total`` restored (never written so) just expire.
+        size = len(part.frame) + PART_OVERHEAD
+        entry.received[sequence] = _slim(part)
+        entry.held_bytes += size
+        self.held_bytes += size
+        per_account = self._bytes_per_account
+        per_account[entry.account] = per_account.get(entry.account, 0) + size
+
+    def release_part(self, part: Message) -> None:
+        """Undo the hold the last `check` made for ``part`` (its write failed): the part goes,
+        and a message left with no part is forgotten, not closed, so the retry opens it anew.
+        Nothing happens if ``part`` (by its ``app_message_id``) is not held."""
+        concat = part.concat
+        if concat is None:
+            return
+        fields = part.fields
+        key = (part.account, fields.source_addr, fields.destination_addr, concat.reference)
+        entry = self._open.get(key)
+        if entry is None or entry.total != concat.total:
+            return
+        held = entry.received.get(concat.sequence)
+        if held is None or held.app_message_id != part.app_message_id:
+            return  # held under another id: not this check's hold
+        del entry.received[concat.sequence]
+        size = len(held.frame) + PART_OVERHEAD
+        entry.held_bytes -= size
+        self.held_bytes -= size
+        account = entry.account
+        left = self._bytes_per_account[account] - size
+        if left:
+            self._bytes_per_account[account] = left
+        else:
+            del self._bytes_per_account[account]
+        if entry.received or entry.glued is not None:
+            return
+        del self._open[key]
+        count = self._per_account[account] - 1
+        if count:
+            self._per_account[account] = count
+        else:
+            del self._per_account[account]
+
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         """What became of a glued message this rule passed on: close it, or keep its held parts
         for the app's retry of the completing part (``retry``, within its window)."""
@@ -261,6 +349,8 @@ class ConcatFilter:
     def expire(self, now: float) -> list[Dropped]:
         """Drop and return the messages whose window has ended. Run about once a second."""
         window = self.window
+        if self._unordered:
+            self._sort_open()
         ended: list[OpenConcat] = []
         for entry in self._open.values():
             if now <= entry.first + window:
@@ -283,6 +373,14 @@ class ConcatFilter:
             Dropped(entry.account, entry.first, list(entry.received.values()), "expired")
             for entry in ended
         ]
+
+    def _sort_open(self) -> None:
+        """Put the open messages back in first-part order (after restores out of order)."""
+        ordered = sorted(self._open.items(), key=lambda item: item[1].first)
+        # In place: the open-messages gauge reads this dict's length.
+        self._open.clear()
+        self._open.update(ordered)
+        self._unordered = False
 
     def drop_all(self) -> list[Dropped]:
         """Drop and return every open message (at shutdown).

@@ -8,8 +8,10 @@ key: the interpreter's 64-bit hash of those fields (SipHash, keyed afresh in eve
 nobody outside can aim for a collision) and the content's length. That is a 20-byte record in
 `DedupWindow` with its time, so memory does not grow with the text, and it costs a fifth of a
 BLAKE2b digest. Two different messages share a key about once in 10^13 lookups at a million
-live entries. The key lives as long as the process, like the in-memory window it indexes; a
-store shared between processes will need a digest that does not change between them.
+live entries. Such a key means nothing to the next process, so a window written to a durable
+store is keyed instead by a 64-bit BLAKE2b digest keyed with the store's ``secret`` (the same
+across restarts, never known outside): stable between processes, and still out of reach of
+anyone aiming for a collision, at about 0.6 us more per message.
 
 Only messages the operator accepted enter the window, from the moment it accepted them: a
 message that passes is first reserved as in flight, and an identical one arriving meanwhile is
@@ -18,11 +20,19 @@ rejected (``in_flight``, even with ``action: replay``, since there is no id to r
 through. The key of a message in flight is kept with the message (by identity) until it is
 settled, so a message is hashed once. A message released because the operator did not answer
 in time and then accepted by its late answer is settled again with its id and recorded then.
+
+Write-behind: every acceptance also notes its key and id in a dict (one store per accepted
+message); `window_entries`, called about once a second, turns the noted keys into
+`WindowEntry` rows with the time the window holds for them, and `restore_windows` puts rows
+loaded at start back into the window.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections.abc import Sequence
+from itertools import islice
 from typing import ClassVar
 
 from twisted.logger import Logger
@@ -31,10 +41,26 @@ from smpprelay.config import DedupRule
 from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
+from smpprelay.store import WindowEntry
 from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
 KEY_SIZE = DEDUP_KEY_SIZE
 _KEY = struct.Struct("<qI")  # hash of the fields, length of the content
+_LENGTH = struct.Struct("<I")  # the content's length, after a keyed digest
+# The lengths of the account, source and destination, then data_coding: what comes after them
+# in the digest's input is unambiguous ("ab", "c" differs from "a", "bc").
+_LENGTHS = struct.Struct("<HHHB")
+_DIGEST_SIZE = DEDUP_KEY_SIZE - _LENGTH.size
+# Accepted keys noted for `window_entries` and not collected yet, at most: a relay that does
+# not write its windows behind (or stalls) must not grow this without end. The oldest go.
+UNCOLLECTED_MAX = 1 << 17
+
+
+def _digest_key(secret: bytes) -> bytes:
+    """A BLAKE2b key (at most 64 bytes) standing for ``secret``."""
+    if len(secret) <= hashlib.blake2b.MAX_KEY_SIZE:
+        return secret
+    return hashlib.blake2b(secret, digest_size=hashlib.blake2b.MAX_KEY_SIZE).digest()
 
 
 class DedupFilter(HoldsNothing):
@@ -44,7 +70,7 @@ class DedupFilter(HoldsNothing):
     settles: ClassVar[bool] = True
     log = Logger()
 
-    def __init__(self, config: DedupRule, metrics: Metrics) -> None:
+    def __init__(self, config: DedupRule, metrics: Metrics, secret: bytes | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.replay = config.action == "replay"
@@ -56,12 +82,21 @@ class DedupFilter(HoldsNothing):
         self._duplicate = reject(config.status, "duplicate")
         self._in_flight = reject(config.status, "in_flight")
         self._evictions_logged = 0
+        # Keyed and ready: a copy per message skips absorbing the key's block again.
+        self._keyed = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=_digest_key(secret or b""))
+        if secret is not None:
+            # Chosen once here, not tested per message.
+            self.key = self._stable_key  # type: ignore[method-assign]
+        # Accepted since the last `window_entries`: key -> the id the app was given.
+        self._uncollected: dict[bytes, bytes] = {}
+        self._uncollected_dropped = 0
 
     def __len__(self) -> int:
         return len(self.window)
 
     def key(self, message: Message) -> bytes:
-        """The key that identical messages share."""
+        """The key that identical messages share, from the interpreter's hash (this process
+        only); a rule given a secret uses `_stable_key` instead."""
         fields = message.fields
         content = message.content
         account = message.account if self.per_client else ""
@@ -70,6 +105,26 @@ class DedupFilter(HoldsNothing):
             (account, fields.source_addr, fields.destination_addr, fields.data_coding, content)
         )
         return _KEY.pack(fields_hash, len(content))
+
+    def _stable_key(self, message: Message) -> bytes:
+        """`key` with a secret: a keyed digest that every process computes alike."""
+        fields = message.fields
+        content = message.content
+        account = message.account.encode() if self.per_client else b""
+        source, destination = fields.source_addr, fields.destination_addr
+        digest = self._keyed.copy()
+        digest.update(
+            b"".join(
+                (
+                    _LENGTHS.pack(len(account), len(source), len(destination), fields.data_coding),
+                    account,
+                    source,
+                    destination,
+                    content,
+                )
+            )
+        )
+        return digest.digest() + _LENGTH.pack(len(content))
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject (or replay) a duplicate; otherwise reserve the message as in flight."""
@@ -97,7 +152,43 @@ class DedupFilter(HoldsNothing):
             self.window.release(key)
         else:
             # The app knows the message by the relay's id when it was given one.
-            self.window.accept(key, now, message.app_message_id or message_id)
+            message_id = message.app_message_id or message_id
+            self.window.accept(key, now, message_id)
+            self._uncollected[key] = message_id
+
+    def window_entries(self) -> list[WindowEntry]:
+        """The messages accepted since the last call, to be written behind."""
+        noted, self._uncollected = self._uncollected, {}
+        span = self.window.window
+        accepted_at = self.window.accepted_at
+        entries: list[WindowEntry] = []
+        append = entries.append
+        for key, message_id in noted.items():
+            at = accepted_at(key)
+            if at is not None:  # else evicted meanwhile: nothing left to write
+                append(WindowEntry("dedup", key, at, at + span, 0, message_id))
+        return entries
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Put back the dedup entries still live at ``now`` (by the window they were written
+        with and by this one); return how many. Once, at start, before any traffic."""
+        span = self.window.window
+        live = sorted(
+            (
+                entry
+                for entry in entries
+                if entry.rule == self.name
+                and len(entry.key) == KEY_SIZE
+                and now < entry.expires
+                and now - entry.at < span
+            ),
+            key=lambda entry: entry.at,  # the window keeps acceptance order (stable: ties stay)
+        )
+        restore = self.window.restore
+        for entry in live:
+            restore(entry.key, entry.at, entry.message_id or b"")
+        self.metrics.dedup_entries.set(len(self.window))
+        return len(live)
 
     def forget(self, now: float) -> int:
         """Forget the messages whose window has ended; return how many. Run about once a second."""
@@ -112,4 +203,21 @@ class DedupFilter(HoldsNothing):
                 max=window.max_entries,
             )
             self._evictions_logged = window.evicted
+        self._bound_uncollected()
         return removed
+
+    def _bound_uncollected(self) -> None:
+        """Drop the oldest noted acceptances past `UNCOLLECTED_MAX` (nobody collects them)."""
+        uncollected = self._uncollected
+        excess = len(uncollected) - UNCOLLECTED_MAX
+        if excess <= 0:
+            return
+        for key in list(islice(uncollected, excess)):
+            del uncollected[key]
+        self._uncollected_dropped += excess
+        self.log.warn(
+            "dedup: {n} accepted messages not written behind ({total} so far): "
+            "window_entries is not called often enough",
+            n=excess,
+            total=self._uncollected_dropped,
+        )

@@ -9,10 +9,16 @@ account.
 
 A message that passes is counted as in flight toward its streak until ``settle`` says whether
 the operator accepted it, so that many concurrent submits to one number cannot all pass.
+
+Write-behind: an acceptance notes its key (one dict store); `window_entries`, called about
+once a second, reads each noted key's streak as it is then, and `restore_windows` puts streaks
+loaded at start back, so that a streak goes on across a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import islice
 from typing import ClassVar
 
 from twisted.logger import Logger
@@ -21,7 +27,12 @@ from smpprelay.config import FloodRule
 from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
+from smpprelay.store import WindowEntry
 from smpprelay.store.windows import FloodStreaks
+
+# Keys whose streak changed and that `window_entries` has not collected yet, at most: a relay
+# that does not write its windows behind (or stalls) must not grow them without end.
+UNCOLLECTED_MAX = 1 << 17
 
 
 class FloodFilter(HoldsNothing):
@@ -39,6 +50,9 @@ class FloodFilter(HoldsNothing):
         self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
+        # Keys whose streak changed since the last `window_entries`, in that order.
+        self._uncollected: dict[bytes, None] = {}
+        self._uncollected_dropped = 0
 
     def __len__(self) -> int:
         return len(self.streaks)
@@ -63,6 +77,42 @@ class FloodFilter(HoldsNothing):
             self.streaks.release(key)
         else:
             self.streaks.accept(key, now)
+            self._uncollected[key] = None
+
+    def window_entries(self) -> list[WindowEntry]:
+        """The streaks changed since the last call, as they are now, to be written behind."""
+        noted, self._uncollected = self._uncollected, {}
+        gap = self.streaks.gap
+        streak_of = self.streaks.streak
+        entries: list[WindowEntry] = []
+        append = entries.append
+        for key in noted:
+            streak = streak_of(key)
+            if streak is not None:  # else evicted meanwhile: nothing left to write
+                last, length = streak
+                append(WindowEntry("flood", key, last, last + gap, length))
+        return entries
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        """Put back the streaks still going at ``now`` (by the gap they were written with and by
+        this one); return how many. Once, at start, before any traffic."""
+        gap = self.streaks.gap
+        live = sorted(
+            (
+                entry
+                for entry in entries
+                if entry.rule == self.name
+                and entry.count > 0
+                and now < entry.expires
+                and now - entry.at < gap
+            ),
+            key=lambda entry: entry.at,  # the table keeps acceptance order (stable: ties stay)
+        )
+        restore = self.streaks.restore
+        for entry in live:
+            restore(entry.key, entry.at, entry.count)
+        self.metrics.flood_entries.set(len(self.streaks))
+        return len(live)
 
     def forget(self, now: float) -> int:
         """Forget the streaks that have ended; return how many. Run about once a second."""
@@ -76,4 +126,21 @@ class FloodFilter(HoldsNothing):
                 max=streaks.max_entries,
             )
             self._evictions_logged = streaks.evicted
+        self._bound_uncollected()
         return removed
+
+    def _bound_uncollected(self) -> None:
+        """Drop the oldest noted keys past `UNCOLLECTED_MAX` (nobody collects them)."""
+        uncollected = self._uncollected
+        excess = len(uncollected) - UNCOLLECTED_MAX
+        if excess <= 0:
+            return
+        for key in list(islice(uncollected, excess)):
+            del uncollected[key]
+        self._uncollected_dropped += excess
+        self.log.warn(
+            "flood: {n} streaks not written behind ({total} so far): "
+            "window_entries is not called often enough",
+            n=excess,
+            total=self._uncollected_dropped,
+        )

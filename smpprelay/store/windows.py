@@ -193,6 +193,16 @@ class _RecordTable:
     def _forget(self, key: bytes) -> None:
         """``key`` left the dict tier early (a hook for what is kept beside it)."""
 
+    def _check_order(self, at: float) -> None:
+        """Refuse to put back an entry older than the newest one: both tiers and every bucket
+        rely on acceptance order (expiry and eviction only look at the front)."""
+        young = self._young
+        newest = self._accepted_at(next(reversed(young.values()))) if young else None
+        if self._due and (newest is None or self._due[-1] > newest):
+            newest = self._due[-1]  # the newest record (a stale item is older still)
+        if newest is not None and at < newest:
+            raise ValueError(f"entry at {at} put back after a newer one ({newest}): oldest first")
+
     def _expire_young(self, now: float) -> int:
         young = self._young
         horizon = self.horizon
@@ -342,6 +352,24 @@ class DedupWindow(_RecordTable):
         ):
             self._settle_young(len(pending), keep=1)
 
+    def restore(self, key: bytes, at: float, message_id: bytes) -> None:
+        """Put back an acceptance loaded from the store (entries oldest first, before any
+        traffic: an entry older than the newest one raises `ValueError`). A full table evicts
+        its oldest entries, as for an acceptance."""
+        self._check_order(at)
+        # Nothing is in flight at start, so this is an acceptance at ``at``.
+        self.accept(key, at, message_id)
+
+    def accepted_at(self, key: bytes) -> float | None:
+        """When the message with this key was accepted, if it is still remembered (its window
+        may have ended since; `expire` has not dropped it yet)."""
+        accepted = self._young.get(key)
+        if accepted is not None or not self._count:
+            return accepted
+        bucket = self._buckets[hash(key) & self._mask]
+        at = self._find(bucket, key)
+        return _unpack_time(bucket, at + DEDUP_KEY_SIZE)[0] if at >= 0 else None
+
     def _remove(self, bucket: bytearray, at: int) -> None:
         if self._ids is not None:
             self._ids.pop(bytes(bucket[at : at + DEDUP_KEY_SIZE]), None)
@@ -467,3 +495,35 @@ class FloodStreaks(_RecordTable):
             or self._count + len(young) + len(pending) > self.max_entries
         ):
             self._settle_young(len(pending), keep=1)
+
+    def streak(self, key: bytes) -> tuple[float, int] | None:
+        """``key``'s streak: its last accepted message and its length, if it is remembered (it
+        may have ended since; `expire` has not dropped it yet)."""
+        streak = self._young.get(key)
+        if streak is not None:
+            return streak.real, int(streak.imag)
+        if not self._count:
+            return None
+        bucket, at = self._streak_record(key)
+        if at < 0:
+            return None
+        last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
+        return last, length
+
+    def restore(self, key: bytes, last: float, length: int) -> None:
+        """Put back a streak loaded from the store (streaks oldest first, before any traffic: one
+        older than the newest raises `ValueError`); the next message within ``gap`` of ``last``
+        continues it. A full table evicts its oldest streaks, as for an acceptance."""
+        self._check_order(last)
+        young = self._young
+        if young.pop(key, None) is None and self._count:
+            bucket, at = self._streak_record(key)
+            if at >= 0:
+                del bucket[at : at + RECORD]
+                self._count -= 1
+        young[key] = complex(last, length)
+        if (
+            len(young) > self.young_max
+            or self._count + len(young) + len(self._pending) > self.max_entries
+        ):
+            self._settle_young(len(self._pending), keep=1)

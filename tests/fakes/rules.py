@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from smpprelay.filters.base import Dropped, PartsOutcome
 from smpprelay.message import Message, Verdict
+from smpprelay.store import WindowEntry
 
 
 class ScriptedRule:
@@ -37,3 +38,15 @@ class ScriptedRule:
 
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         self.parts_outcomes.append((message, outcome))
+
+    def window_entries(self) -> list[WindowEntry]:
+        return []
+
+    def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
+        return 0
+
+    def restore_part(self, part: Message, first: float) -> None:
+        pass
+
+    def release_part(self, part: Message) -> None:
+        pass

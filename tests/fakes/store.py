@@ -21,7 +21,7 @@ class ManualStore(MemoryStore):
 
     def __init__(self, durable: bool = True, loaded: Loaded | None = None) -> None:
         super().__init__(ReceiptRoutes(ttl=3600.0, max_entries=1000), final_grace=600.0)
-        self.durable = durable  # type: ignore[misc]
+        self.durable = durable
         self.loaded = loaded if loaded is not None else Loaded()
         self.pending: list[tuple[Deferred[None], object]] = []  # (write, what it writes)
         self.deliveries: dict[int, Held] = {}

@@ -185,7 +185,8 @@ class Figures:
     receipts_delivered: int = 0
     held_mo_delivered: int = 0
     parts_completed: int = 0
-    in_doubt: int = 0
+    in_doubt: int = 0  # messages whose completing part was in flight at the kill
+    in_doubt_acknowledged: int = 0  # their parts answered ESME_ROK (receipts not routable)
     held_resent_refused: int = 0
     lost: int = 0
     duplicates_refused_after_restart: int = 0
@@ -358,6 +359,7 @@ async def test_kill_9_mid_traffic_loses_nothing_acknowledged(
     figures.unique_at_operator = len(counts)
     figures.duplicates_at_operator = sum(counts.values()) - len(counts)
     figures.in_doubt = len(in_doubt)
+    figures.in_doubt_acknowledged = len(acknowledged) - len(due)
     figures.lost = len(due - receipted(app)) + sum(1 for tag in acknowledged if not counts[tag])
     figures.seconds = round(time.monotonic() - began, 1)
     print(f"\ncrash test: {figures}")
@@ -431,6 +433,7 @@ async def _fill_and_recover(harness: Harness, tmp_path: Path, mount: Path) -> No
         # Until a write fails, what is answered ESME_ROK was written (the file may still have
         # room inside it); then every submit is refused, with a status apps retry.
         refused = 0
+        filled = time.monotonic()
         deadline = time.monotonic() + 20
         while not refused:
             assert time.monotonic() < deadline, f"the full store was never noticed:\n{relay.log}"
@@ -450,15 +453,21 @@ async def _fill_and_recover(harness: Harness, tmp_path: Path, mount: Path) -> No
         smsc.send_mo("relay", b"79991234567", APP2_NUMBER, MO_TEXT)
         assert await mo_answered(relay, smsc, 1) == [Status.ESME_RX_T_APPN]
 
+        noticed = time.monotonic() - filled
         filler.unlink()
+        unlinked = time.monotonic()
         await ready_becomes(relay, True, 15.0)
+        recovered = time.monotonic() - unlinked
         results = await app.submit_many(batch(20), 20)
         assert [r.status for _, r in results if r] == [Status.ESME_ROK] * 20
         acknowledged.update(accepted(results))
         smsc.send_mo("relay", b"79991234567", APP2_NUMBER, MO_TEXT)  # the operator retries
         assert await mo_answered(relay, smsc, 2) == [Status.ESME_RX_T_APPN, Status.ESME_ROK]
         await relay.kill()
-    problems = [line for line in relay.log.splitlines() if "store" in line.lower()]
+    # One line when the outage starts and one when it ends, not one per refused message.
+    log = relay.log
+    assert log.count("cannot write (") == 1, log
+    assert log.count("writing again") == 1, log
 
     async with RelayProcess(second, settings) as relay:
         receiver = harness.esme_at(relay.smpp_port)
@@ -476,8 +485,10 @@ async def _fill_and_recover(harness: Harness, tmp_path: Path, mount: Path) -> No
         await receiver.close()
     counts = at_operator(smsc)
     assert {tag: counts[tag] for tag in acknowledged if counts[tag] != 1} == {}
+    mo = [hex(status) for frame, status in smsc.answers if not is_receipt(frame)]
     print(
         f"\nfull store: acknowledged {len(acknowledged)}, receipts {len(due & receipted(app))}"
         f" of {len(due)}, at the operator {sum(counts.values())} ({len(counts)} unique),"
-        f" store log lines {len(problems)}"
+        f" refused {refused} + 20 while full, noticed in {noticed:.2f} s, ready again"
+        f" {recovered:.2f} s after the filler went; MO answered {mo}"
     )

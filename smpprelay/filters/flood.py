@@ -105,7 +105,7 @@ class FloodFilter(HoldsNothing):
                 entry
                 for entry in entries
                 if entry.rule == self.name
-                and entry.count > 0
+                and entry.streak > 0
                 and now < entry.expires
                 and now - entry.at < gap
             ),
@@ -113,7 +113,7 @@ class FloodFilter(HoldsNothing):
         )
         restore = self.streaks.restore
         for entry in live:
-            restore(entry.key, entry.at, entry.count)
+            restore(entry.key, entry.at, entry.streak)
         self.metrics.flood_entries.set(len(self.streaks))
         return len(live)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -148,9 +149,12 @@ class SqliteStore:
         """What the last run left (before `start`); ``now`` is wall time unless given."""
         if self._conn is None:
             raise RuntimeError("load() is for before start()")
-        return sf.load(
-            self._conn, time.time() if now is None else now, self._writer.counts["routes"]
-        )
+        try:
+            return sf.load(
+                self._conn, time.time() if now is None else now, self._writer.counts["routes"]
+            )
+        except (sqlite3.Error, ValueError, struct.error) as error:
+            raise StoreCorrupt(f"{self.path}: {' '.join(str(error).split())}") from error
 
     def start(self) -> None:
         """Start the writer thread (at service start: after twistd forks)."""

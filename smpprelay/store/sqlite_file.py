@@ -12,7 +12,7 @@ import os
 import sqlite3
 from typing import Literal
 
-from smpprelay.store import HeldPart, Loaded, StoreCorrupt, WindowEntry, WindowRule
+from smpprelay.store import HeldPart, Loaded, StoreCorrupt, window_segments
 from smpprelay.store.tables import DeliveryKind, Held
 
 SCHEMA_VERSION = 1
@@ -35,8 +35,10 @@ SCHEMA = (
     # A rowid table: the rowid is the order the parts arrived in.
     "CREATE TABLE parts (app_message_id BLOB NOT NULL UNIQUE, account TEXT NOT NULL,"
     " frame BLOB NOT NULL, app_iso INTEGER NOT NULL, first REAL NOT NULL, arrived REAL NOT NULL)",
-    "CREATE TABLE windows (rule TEXT NOT NULL, key BLOB NOT NULL, at REAL NOT NULL,"
-    " expires REAL NOT NULL, count INTEGER NOT NULL, message_id BLOB, UNIQUE (rule, key))",
+    # One row per write-behind: its entries packed (smpprelay.store.window_segments), expiring
+    # with the last of them.
+    "CREATE TABLE windows (id INTEGER PRIMARY KEY, expires REAL NOT NULL,"
+    " entries INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE INDEX windows_expires ON windows (expires)",
 )
 TABLES = frozenset({"meta", "names", "routes", "deliveries", "parts", "windows"})
@@ -151,10 +153,13 @@ def read_secret(conn: sqlite3.Connection, path: str) -> bytes:
 
 def count_rows(conn: sqlite3.Connection) -> dict[str, int]:
     """Rows per table: once, at open (the writer keeps the counts up to date from there)."""
-    return {
+    counts = {
         table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        for table in ("routes", "deliveries", "parts", "windows")
+        for table in ("routes", "deliveries", "parts")
     }
+    # Window entries, not segments: what the rules will have back.
+    counts["windows"] = conn.execute("SELECT coalesce(sum(entries), 0) FROM windows").fetchone()[0]
+    return counts
 
 
 def max_key(conn: sqlite3.Connection) -> int:
@@ -179,20 +184,10 @@ def load(conn: sqlite3.Connection, now: float, routes: int) -> Loaded:
             " ORDER BY rowid"
         )
     ]
-    windows = [
-        WindowEntry(_rule(rule), key, at, expires, count, message_id)
-        for rule, key, at, expires, count, message_id in conn.execute(
-            "SELECT rule, key, at, expires, count, message_id FROM windows"
-            " WHERE expires > ? ORDER BY at, rowid",
-            (now,),
-        )
-    ]
+    blobs = conn.execute("SELECT data FROM windows WHERE expires > ? ORDER BY id", (now,))
+    windows = window_segments.live((blob for (blob,) in blobs), now)
     return Loaded(deliveries=deliveries, parts=parts, windows=windows, routes=routes)
 
 
 def _kind(value: str) -> DeliveryKind:
     return "mo" if value == "mo" else "receipt"
-
-
-def _rule(value: str) -> WindowRule:
-    return "flood" if value == "flood" else "dedup"

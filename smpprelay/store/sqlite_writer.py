@@ -14,8 +14,9 @@ from typing import Any
 
 import attrs
 
-from smpprelay.store import HeldPart, StoreUnavailable, WindowEntry
+from smpprelay.store import HeldPart, StoreUnavailable
 from smpprelay.store.tables import Route
+from smpprelay.store.window_segments import pack
 
 # What a call asks of the writer; writes run in this order within a batch (see sqlite.py).
 ADD, FINAL, HOLD, DELIVERED, PART, DONE, WINDOWS, EXPIRE, PROBE, FIND = range(10)
@@ -268,17 +269,18 @@ class Writer:
             deltas["parts"] -= cursor.rowcount
             written += cursor.rowcount
         if ops := by_kind.get(WINDOWS):
-            entries: list[WindowEntry] = [entry for op in ops for entry in op[1]]
-            new = self._upsert(
-                conn,
-                "INSERT OR IGNORE INTO windows (rule, key, at, expires, count, message_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                "UPDATE windows SET at = ?3, expires = ?4, count = ?5, message_id = ?6"
-                " WHERE rule = ?1 AND key = ?2",
-                [(e.rule, e.key, e.at, e.expires, e.count, e.message_id) for e in entries],
+            # One row per write-behind (smpprelay.store.window_segments): routes committed in
+            # the same transaction do not wait behind thousands of index inserts.
+            segments = [
+                (max(entry.expires for entry in entries), len(entries), pack(entries))
+                for entries in (op[1] for op in ops)
+            ]
+            conn.executemany(
+                "INSERT INTO windows (expires, entries, data) VALUES (?, ?, ?)", segments
             )
-            deltas["windows"] += new
-            written += len(entries)
+            count = sum(entries for _, entries, _ in segments)
+            deltas["windows"] += count
+            written += count
         evicted = 0
         if ops := by_kind.get(EXPIRE):
             removed, evicted = self._expire(conn, max(op[1] for op in ops), deltas)
@@ -314,14 +316,21 @@ class Writer:
         )
         deltas["routes"] -= cursor.rowcount
         removed += cursor.rowcount
-        for table, key in (("deliveries", "key"), ("windows", "rowid")):
-            cursor = conn.execute(
-                f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
-                " WHERE expires <= ? LIMIT ?)",
-                (now, limit),
-            )
-            deltas[table] -= cursor.rowcount
-            removed += cursor.rowcount
+        cursor = conn.execute(
+            "DELETE FROM deliveries WHERE key IN (SELECT key FROM deliveries"
+            " WHERE expires <= ? LIMIT ?)",
+            (now, limit),
+        )
+        deltas["deliveries"] -= cursor.rowcount
+        removed += cursor.rowcount
+        ended = conn.execute(
+            "SELECT id, entries FROM windows WHERE expires <= ? LIMIT ?", (now, limit)
+        ).fetchall()
+        if ended:
+            conn.executemany("DELETE FROM windows WHERE id = ?", [(id_,) for id_, _ in ended])
+            entries = sum(count for _, count in ended)
+            deltas["windows"] -= entries
+            removed += entries
         # The oldest routes (soonest to expire) give way past map_max.
         excess = self.counts["routes"] + deltas["routes"] - self.map_max
         evicted = 0

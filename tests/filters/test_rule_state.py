@@ -98,7 +98,7 @@ def test_expired_entries_and_other_rules_entries_are_skipped() -> None:
     key = dedup_rule().key(make())
     entries = [
         WindowEntry("dedup", key, 10.0, 70.0, message_id=b"old"),  # ended at 70
-        WindowEntry("flood", NUMBER, 60.0, 90.0, count=3),
+        WindowEntry("flood", NUMBER, 60.0, 90.0, streak=3),
         WindowEntry("dedup", b"short", 60.0, 120.0, message_id=b"bad"),  # not a dedup key
     ]
     rule = dedup_rule()
@@ -225,7 +225,7 @@ def test_a_restored_streak_continues(fast_entries: int) -> None:
         accepted(first, make(), 100.0 + n / 10, b"op")
     assert first.check(make(), 105.0) == FLOOD
     entries = first.window_entries()
-    assert entries == [WindowEntry("flood", NUMBER, 104.9, 134.9, count=50)]
+    assert entries == [WindowEntry("flood", NUMBER, 104.9, 134.9, streak=50)]
     second = flood_rule(fast_entries)
     assert second.restore_windows(entries, 110.0) == 1
     assert second.check(make(), 134.8) == FLOOD
@@ -236,7 +236,7 @@ def test_flood_entries_are_drained_and_keyed_per_account_under_scope_client() ->
     rule = flood_rule(scope="client")
     accepted(rule, make(account="app1"), 1.0, b"op")
     accepted(rule, make(account="app1"), 2.0, b"op")
-    assert rule.window_entries() == [WindowEntry("flood", b"app1\0" + NUMBER, 2.0, 32.0, count=2)]
+    assert rule.window_entries() == [WindowEntry("flood", b"app1\0" + NUMBER, 2.0, 32.0, streak=2)]
     assert rule.window_entries() == []
     accepted(rule, make(account="app2"), 3.0, b"op")
     assert [entry.key for entry in rule.window_entries()] == [b"app2\0" + NUMBER]
@@ -244,8 +244,8 @@ def test_flood_entries_are_drained_and_keyed_per_account_under_scope_client() ->
 
 def test_ended_streaks_are_skipped() -> None:
     entries = [
-        WindowEntry("flood", b"1", 10.0, 40.0, count=5),  # gap over at 40
-        WindowEntry("flood", b"2", 20.0, 50.0, count=5),
+        WindowEntry("flood", b"1", 10.0, 40.0, streak=5),  # gap over at 40
+        WindowEntry("flood", b"2", 20.0, 50.0, streak=5),
         WindowEntry("dedup", bytes(12), 20.0, 80.0, message_id=b"x"),
     ]
     rule = flood_rule(max_messages=5)

@@ -188,7 +188,9 @@ async def test_what_was_written_is_loaded_after_a_restart(make: Make) -> None:
     await again.hold_delivery(fresh)
     assert fresh.key > max(item.key for item in held)  # keys go on from the file's
     stats = again.stats()
-    assert (stats.routes, stats.deliveries, stats.parts, stats.windows) == (2, 4, 2, 3)
+    # Window entries are kept per write-behind: the flood key's older streak and the ended
+    # dedup entry stay in their segment until it expires (the load skipped both).
+    assert (stats.routes, stats.deliveries, stats.parts, stats.windows) == (2, 4, 2, 4)
     assert stats.size_bytes > 0
 
 

@@ -420,7 +420,14 @@ class Relay:
                 self.store.parts_done([held.app_message_id])
                 continue
             part.app_message_id = held.app_message_id
-            self.chain.restore_part(part, held.first)
+            try:
+                self.chain.restore_part(part, held.first)
+            except ValueError as error:
+                # It cannot be held again (its message was reopened with another total, say):
+                # given up as a message that ends now, with its receipt.
+                self.log.warn("a stored part cannot be held again ({error})", error=str(error))
+                self._give_up([Dropped(part.account, held.first, [part], "expired")], "EXPIRED")
+                continue
             parts += 1
         return windows, parts
 

@@ -414,7 +414,7 @@ def build(
         config.filters,
         upstream_config.system_type.strip().upper() == "ISO",
         metrics,
-        store.secret,
+        store.secret if store.durable else None,
     )
     relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
     _restore(config, store.load(), router, relay, reactor.seconds())

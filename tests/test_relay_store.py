@@ -10,9 +10,11 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
 from smpprelay import pdu
-from smpprelay.config import ConcatRule
+from smpprelay.config import ConcatRule, FiltersConfig
+from smpprelay.filters import build_chain
 from smpprelay.filters.base import FilterChain
 from smpprelay.filters.concat import ConcatFilter
+from smpprelay.message import read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.relay import Relay
@@ -170,3 +172,34 @@ def test_parts_kept_by_the_store_complete_after_a_restart() -> None:
     assert pdu.header(answer[0])[2] == Status.ESME_ROK
     assert h.store.parts == {}
     assert isinstance(kept[0], HeldPart)
+
+
+def test_a_stored_part_that_cannot_be_held_again_is_given_up_with_its_receipt() -> None:
+    """Two stored parts claim the same place of one message: the second is given up, with an
+    EXPIRED receipt under its id, and leaves the store."""
+    first = Harness(concat=True)
+    outcome(first.relay.submit(ACCOUNT, part(1, total=3)))
+    first.store.commit()
+    [kept] = first.store.parts.values()
+    twin = HeldPart(b"RTWIN", kept.account, kept.frame, kept.app_iso, kept.first, kept.arrived + 1)
+    store = ManualStore(loaded=Loaded(parts=[kept, twin]))
+    store.parts = {kept.app_message_id: kept, twin.app_message_id: twin}
+    h = Harness(concat=True, store=store)
+    assert h.relay.restore(store.load(), h.clock.seconds()) == (0, 1)
+    assert list(store.parts) == [kept.app_message_id]
+    [receipt] = h.receiver.frames
+    assert b"id:RTWIN" in receipt
+    assert b"stat:EXPIRED" in receipt
+
+
+def test_with_the_memory_store_the_rules_note_nothing_to_write_behind() -> None:
+    """Nobody collects window entries from a memory store: the rules must not pile them up."""
+    metrics = Metrics(CollectorRegistry())
+    memory_chain = build_chain(FiltersConfig(), False, metrics)
+    durable_chain = build_chain(FiltersConfig(), False, Metrics(CollectorRegistry()), b"k" * 16)
+    for chain in (memory_chain, durable_chain):
+        message = read_message(ACCOUNT, submit_sm(registered_delivery=0))
+        assert chain.check(message, 1000.0).action == "accept"
+        chain.settle(message, 1000.0, b"OP1")
+    assert memory_chain.window_entries() == []
+    assert sorted(entry.rule for entry in durable_chain.window_entries()) == ["dedup", "flood"]

@@ -16,16 +16,19 @@ def build_chain(
 ) -> FilterChain:
     """The enabled rules in the operator's order: encoding, concat, dedup, flood.
 
-    ``secret`` (`smpprelay.store.Store.secret`) keys the dedup rule's digest, so that its window
-    means the same to the next process; without it the rule keys by the interpreter's hash.
+    ``secret`` (`smpprelay.store.Store.secret` of a durable store) keys the dedup rule's digest,
+    so that its window means the same to the next process, and makes the dedup and flood rules
+    note what they accept for `FilterChain.window_entries`; without it (the memory store) the
+    dedup rule keys by the interpreter's faster hash and nothing is noted.
     """
+    write_behind = secret is not None
     rules: list[Filter] = []
     if config.encoding.enabled:
         rules.append(EncodingFilter(config.encoding, upstream_iso, metrics))
     if config.concat.enabled:
         rules.append(ConcatFilter(config.concat, metrics))
     if config.dedup.enabled:
-        rules.append(DedupFilter(config.dedup, metrics, secret))
+        rules.append(DedupFilter(config.dedup, metrics, secret, write_behind))
     if config.flood.enabled:
-        rules.append(FloodFilter(config.flood, metrics))
+        rules.append(FloodFilter(config.flood, metrics, write_behind))
     return FilterChain(rules, metrics)

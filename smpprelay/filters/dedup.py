@@ -70,7 +70,13 @@ class DedupFilter(HoldsNothing):
     settles: ClassVar[bool] = True
     log = Logger()
 
-    def __init__(self, config: DedupRule, metrics: Metrics, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: DedupRule,
+        metrics: Metrics,
+        secret: bytes | None = None,
+        write_behind: bool = True,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.replay = config.action == "replay"
@@ -87,7 +93,9 @@ class DedupFilter(HoldsNothing):
         if secret is not None:
             # Chosen once here, not tested per message.
             self.key = self._stable_key  # type: ignore[method-assign]
-        # Accepted since the last `window_entries`: key -> the id the app was given.
+        # Accepted since the last `window_entries`: key -> the id the app was given (noted
+        # only when a durable store collects them).
+        self.write_behind = write_behind
         self._uncollected: dict[bytes, bytes] = {}
         self._uncollected_dropped = 0
 
@@ -154,7 +162,8 @@ class DedupFilter(HoldsNothing):
             # The app knows the message by the relay's id when it was given one.
             message_id = message.app_message_id or message_id
             self.window.accept(key, now, message_id)
-            self._uncollected[key] = message_id
+            if self.write_behind:
+                self._uncollected[key] = message_id
 
     def window_entries(self) -> list[WindowEntry]:
         """The messages accepted since the last call, to be written behind."""

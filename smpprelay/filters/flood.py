@@ -42,7 +42,7 @@ class FloodFilter(HoldsNothing):
     settles: ClassVar[bool] = True
     log = Logger()
 
-    def __init__(self, config: FloodRule, metrics: Metrics) -> None:
+    def __init__(self, config: FloodRule, metrics: Metrics, write_behind: bool = True) -> None:
         self.config = config
         self.metrics = metrics
         self.max_messages = config.max_messages
@@ -50,7 +50,9 @@ class FloodFilter(HoldsNothing):
         self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
-        # Keys whose streak changed since the last `window_entries`, in that order.
+        # Keys whose streak changed since the last `window_entries`, in that order (noted only
+        # when a durable store collects them).
+        self.write_behind = write_behind
         self._uncollected: dict[bytes, None] = {}
         self._uncollected_dropped = 0
 
@@ -77,7 +79,8 @@ class FloodFilter(HoldsNothing):
             self.streaks.release(key)
         else:
             self.streaks.accept(key, now)
-            self._uncollected[key] = None
+            if self.write_behind:
+                self._uncollected[key] = None
 
     def window_entries(self) -> list[WindowEntry]:
         """The streaks changed since the last call, as they are now, to be written behind."""

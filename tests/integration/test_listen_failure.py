@@ -1,4 +1,5 @@
-"""``twistd -n smpprelay`` whose port another process holds: it must not start without it."""
+"""``twistd -n smpprelay`` whose port another process holds, or whose store is unusable: it must
+not start without them."""
 
 from __future__ import annotations
 
@@ -59,3 +60,47 @@ def test_twistd_exits_1_with_one_line_when_its_port_is_taken(tmp_path: Path, tak
     assert "Traceback" not in output
     # Nothing reached the operator (here the built-in simulated SMSC): no bind was made.
     assert "bound" not in output
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"this is no database, just text that fills a page. " * 200, "not a sqlite database"),
+        (b"SQLite format 3\0" + b"\xff" * 4000, ""),  # a header, then garbage
+    ],
+    ids=["text", "damaged"],
+)
+def test_twistd_exits_1_with_one_line_when_its_store_is_unusable(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """A store file that is not a usable database stops the start with one line naming the
+    file, status 1, before any listener opens; the file is left exactly as it was."""
+    store = tmp_path / "relay.db"
+    store.write_bytes(content)
+    sections: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "clients": [{"system_id": "app1", "password": "secret1"}],
+        "store": {"backend": "sqlite", "path": str(store)},
+    }
+    config = tmp_path / "smpprelay.yaml"
+    config.write_text(yaml.safe_dump(sections))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "smpprelay", "--config", str(config)],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 1, output
+    errors = [line for line in output.splitlines() if str(store) in line]
+    assert len(errors) == 1, output
+    assert errors[0].startswith("smpprelay: store: ")
+    assert problem in errors[0]
+    assert "Traceback" not in output
+    assert "listening" not in output.lower()
+    assert "bound" not in output
+    assert store.read_bytes() == content

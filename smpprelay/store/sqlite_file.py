@@ -1,0 +1,198 @@
+"""The sqlite store's file: open and check it, create its schema, read what the last run left.
+
+Synchronous and free of Twisted: `smpprelay.store.sqlite` calls it once in its constructor
+(before the reactor runs) and again in its writer thread for that thread's own connection.
+Nothing here ever deletes, empties or overwrites an existing file: a file that is not a store
+this relay can use raises `StoreCorrupt` naming it, and the operator decides.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Literal
+
+from smpprelay.store import HeldPart, Loaded, StoreCorrupt, WindowEntry, WindowRule
+from smpprelay.store.tables import DeliveryKind, Held
+
+SCHEMA_VERSION = 1
+HEADER = b"SQLite format 3\x00"
+
+Sync = Literal["full", "normal"]
+
+# Routes are the bulk of the file (millions of rows), so they carry numbers for the upstream and
+# the account (`names`) rather than their text, and no rowid (the key is the primary key).
+SCHEMA = (
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+    "CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE routes (upstream INTEGER NOT NULL, message_id TEXT NOT NULL,"
+    " account INTEGER NOT NULL, app_message_id BLOB, expires REAL NOT NULL,"
+    " PRIMARY KEY (upstream, message_id)) WITHOUT ROWID",
+    "CREATE INDEX routes_expires ON routes (expires)",
+    "CREATE TABLE deliveries (key INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+    " account TEXT NOT NULL, frame BLOB NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX deliveries_expires ON deliveries (expires)",
+    # A rowid table: the rowid is the order the parts arrived in.
+    "CREATE TABLE parts (app_message_id BLOB NOT NULL UNIQUE, account TEXT NOT NULL,"
+    " frame BLOB NOT NULL, app_iso INTEGER NOT NULL, first REAL NOT NULL, arrived REAL NOT NULL)",
+    "CREATE TABLE windows (rule TEXT NOT NULL, key BLOB NOT NULL, at REAL NOT NULL,"
+    " expires REAL NOT NULL, count INTEGER NOT NULL, message_id BLOB, UNIQUE (rule, key))",
+    "CREATE INDEX windows_expires ON windows (expires)",
+)
+TABLES = frozenset({"meta", "names", "routes", "deliveries", "parts", "windows"})
+# Checked in full at open; `routes` is left out because at millions of rows a quick_check of it
+# takes tens of seconds (see the module docstring of smpprelay.store.sqlite), and counting it
+# at open reads its smallest index anyway.
+CHECKED = ("meta", "names", "deliveries", "parts", "windows")
+
+
+def _corrupt(path: str, what: str) -> StoreCorrupt:
+    # One line, whatever sqlite said.
+    return StoreCorrupt(f"{path}: {' '.join(what.split())}")
+
+
+def _check_path(path: str) -> bool:
+    """Whether the file exists; raise StoreCorrupt before sqlite touches it if it cannot be
+    one of ours (so that sqlite never writes a header into somebody else's file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _corrupt(path, f"directory {directory} does not exist")
+    if not os.path.lexists(path):
+        return False
+    if not os.path.isfile(path):
+        raise _corrupt(path, "not a regular file")
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except OSError as error:
+        raise _corrupt(path, f"unreadable ({error.strerror})") from error
+    if header and header[:16] != HEADER[: len(header[:16])]:
+        raise _corrupt(path, "not a sqlite database")
+    if header and len(header) < 100:
+        raise _corrupt(path, f"truncated ({len(header)} bytes)")
+    return True
+
+
+def connect(path: str, sync: Sync, max_size: int | None) -> sqlite3.Connection:
+    """A connection with the store's settings (each connection needs its own)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
+    if max_size is not None:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        # Past this many pages a write fails as on a full disk (the file never grows beyond).
+        conn.execute(f"PRAGMA max_page_count = {max(1, max_size // page_size)}")
+    return conn
+
+
+def open_file(path: str, sync: Sync, max_size: int | None) -> sqlite3.Connection:
+    """Open (or create) the store at ``path``, check it, and return a connection to it."""
+    existed = _check_path(path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise _corrupt(path, str(error)) from error
+    try:
+        _check(conn, path, existed)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise _corrupt(path, f"cannot use the write-ahead log (journal mode {mode})")
+        conn.close()
+        conn = connect(path, sync, max_size)
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            _create(conn)
+    except sqlite3.Error as error:
+        conn.close()
+        raise _corrupt(path, str(error)) from error
+    except StoreCorrupt:
+        conn.close()
+        raise
+    return conn
+
+
+def _check(conn: sqlite3.Connection, path: str, existed: bool) -> None:
+    """Raise StoreCorrupt unless the file is empty or a store of a version this relay reads."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return
+    if "meta" not in tables:
+        raise _corrupt(path, "not a smpprelay store (it has no meta table)")
+    row = conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()
+    if row is None or not isinstance(row[0], int):
+        raise _corrupt(path, "not a smpprelay store (no schema version)")
+    if row[0] > SCHEMA_VERSION:
+        raise _corrupt(
+            path, f"schema version {row[0]} is newer than this relay's ({SCHEMA_VERSION})"
+        )
+    if missing := TABLES - tables:
+        raise _corrupt(path, f"tables missing: {', '.join(sorted(missing))}")
+    for table in CHECKED:
+        problems = [r[0] for r in conn.execute(f"PRAGMA quick_check({table})")]
+        if problems != ["ok"]:
+            raise _corrupt(path, f"damaged: {problems[0]}")
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+    conn.execute("INSERT INTO meta VALUES ('secret', ?)", (os.urandom(16),))
+    conn.execute("COMMIT")
+
+
+def read_secret(conn: sqlite3.Connection, path: str) -> bytes:
+    """The dedup digest's key, made once when the file was created."""
+    row = conn.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+    if row is None or not isinstance(row[0], bytes) or len(row[0]) != 16:
+        raise _corrupt(path, "no secret in meta")
+    return row[0]
+
+
+def count_rows(conn: sqlite3.Connection) -> dict[str, int]:
+    """Rows per table: once, at open (the writer keeps the counts up to date from there)."""
+    return {
+        table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("routes", "deliveries", "parts", "windows")
+    }
+
+
+def max_key(conn: sqlite3.Connection) -> int:
+    """The highest held delivery's key (new keys continue from it)."""
+    return int(conn.execute("SELECT coalesce(max(key), 0) FROM deliveries").fetchone()[0])
+
+
+def load(conn: sqlite3.Connection, now: float, routes: int) -> Loaded:
+    """What the last run left: deliveries and windows not yet expired, every held part."""
+    deliveries = [
+        Held(_kind(kind), account, frame, expires, key=key)
+        for key, kind, account, frame, expires in conn.execute(
+            "SELECT key, kind, account, frame, expires FROM deliveries"
+            " WHERE expires > ? ORDER BY key",
+            (now,),
+        )
+    ]
+    parts = [
+        HeldPart(app_id, account, frame, bool(iso), first, arrived)
+        for app_id, account, frame, iso, first, arrived in conn.execute(
+            "SELECT app_message_id, account, frame, app_iso, first, arrived FROM parts"
+            " ORDER BY rowid"
+        )
+    ]
+    windows = [
+        WindowEntry(_rule(rule), key, at, expires, count, message_id)
+        for rule, key, at, expires, count, message_id in conn.execute(
+            "SELECT rule, key, at, expires, count, message_id FROM windows"
+            " WHERE expires > ? ORDER BY at, rowid",
+            (now,),
+        )
+    ]
+    return Loaded(deliveries=deliveries, parts=parts, windows=windows, routes=routes)
+
+
+def _kind(value: str) -> DeliveryKind:
+    return "mo" if value == "mo" else "receipt"
+
+
+def _rule(value: str) -> WindowRule:
+    return "flood" if value == "flood" else "dedup"

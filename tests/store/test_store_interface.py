@@ -1,0 +1,201 @@
+"""What every backend of `smpprelay.store.Store` must do, run against each (memory, sqlite);
+the durability tests run for the durable ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Store, WindowEntry
+from smpprelay.store.memory import MemoryStore
+from smpprelay.store.sqlite import SqliteStore
+from smpprelay.store.tables import Held, ReceiptRoutes, Route
+
+TTL = 100.0
+GRACE = 5.0
+Make = Callable[..., Store]
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    """Makes a started store of the parametrized kind; the same file each time for sqlite (so
+    a second store is the first reopened); closes them all at the end."""
+    from twisted.internet import reactor
+
+    made: list[Store] = []
+
+    def factory(map_max: int = 1000) -> Store:
+        store: Store
+        if request.param == "memory":
+            store = MemoryStore(ReceiptRoutes(TTL, map_max), GRACE)
+        else:
+            store = SqliteStore(
+                str(tmp_path / "store.db"),
+                reactor,
+                route_ttl=TTL,
+                final_grace=GRACE,
+                map_max=map_max,
+            )
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        await store.close()
+
+
+def started(store: Store) -> Store:
+    store.load()
+    store.start()
+    return store
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_route_is_found_and_a_new_one_replaces_it(make: Make) -> None:
+    store = started(make())
+    await store.add_route(DEFAULT_UPSTREAM, "abc", "alice", None, 10.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "abc", 11.0) == Route("alice", None, 110.0)
+    await store.add_route(DEFAULT_UPSTREAM, "abc", "bob", b"app-1", 20.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "abc", 21.0) == Route("bob", b"app-1", 120.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "unknown", 21.0) is None
+    assert store.stats().routes == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_are_keyed_per_upstream(make: Make) -> None:
+    store = started(make())
+    await store.add_route("east", "1", "alice", None, 0.0)
+    await store.add_route("west", "1", "bob", None, 0.0)
+    assert await store.find_route("east", "1", 1.0) == Route("alice", None, TTL)
+    assert await store.find_route("west", "1", 1.0) == Route("bob", None, TTL)
+    assert await store.find_route(DEFAULT_UPSTREAM, "1", 1.0) is None
+    assert await store.find_route("north", "1", 1.0) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_route_expires_after_its_ttl(make: Make) -> None:
+    store = started(make())
+    await store.add_route(DEFAULT_UPSTREAM, "a", "alice", None, 0.0)
+    await store.add_route(DEFAULT_UPSTREAM, "b", "alice", None, 50.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "a", TTL - 0.5) is not None
+    assert await store.find_route(DEFAULT_UPSTREAM, "a", TTL) is None  # gone at its expiry
+    store.expire(TTL + 1)
+    # A find after expire() runs after it (sqlite: the same or a later batch).
+    assert await store.find_route(DEFAULT_UPSTREAM, "b", TTL + 1) is not None
+    assert store.stats().routes == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_final_receipt_shortens_a_route_to_the_grace_period(make: Make) -> None:
+    store = started(make())
+    await store.add_route(DEFAULT_UPSTREAM, "a", "alice", None, 0.0)
+    await store.add_route(DEFAULT_UPSTREAM, "b", "alice", None, 0.0)
+    store.route_final(DEFAULT_UPSTREAM, "a", 10.0)
+    store.route_final(DEFAULT_UPSTREAM, "b", TTL - 1)  # the grace would outlive it: unchanged
+    store.route_final(DEFAULT_UPSTREAM, "unknown", 10.0)  # no route: nothing happens
+    assert await store.find_route(DEFAULT_UPSTREAM, "a", 14.0) == Route("alice", None, 15.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "a", 15.0) is None
+    assert await store.find_route(DEFAULT_UPSTREAM, "b", 50.0) == Route("alice", None, TTL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_past_map_max_give_way_oldest_first(make: Make) -> None:
+    """The interface's promise: after an ``expire``, no more than ``map_max`` routes are held,
+    the ones that would have expired first went, and ``evicted`` counts them (memory evicts at
+    the add already, sqlite at the expire)."""
+    store = started(make(map_max=5))
+    for n in range(8):
+        await store.add_route(DEFAULT_UPSTREAM, f"id{n}", "alice", None, float(n))
+    store.expire(0.0)  # nothing has expired
+    found = [await store.find_route(DEFAULT_UPSTREAM, f"id{n}", 0.0) for n in range(8)]
+    assert [route is not None for route in found] == [False] * 3 + [True] * 5
+    stats = store.stats()
+    assert (stats.routes, stats.evicted) == (5, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_other_calls_succeed_and_stats_count_routes(make: Make) -> None:
+    store = started(make())
+    item = Held("receipt", "alice", b"frame", 1e12)
+    await store.hold_delivery(item)
+    store.delivered(item)
+    await store.hold_part(HeldPart(b"p1", "alice", b"frame", False, 1.0, 1.0))
+    store.parts_done([b"p1"])
+    await store.save_windows([WindowEntry("dedup", b"k" * 12, 1.0, 1e12, 0, b"m1")])
+    await store.add_route(DEFAULT_UPSTREAM, "a", "alice", None, 0.0)
+    stats = store.stats()
+    assert (stats.routes, stats.evicted) == (1, 0)
+    assert store.writable
+    assert store.problem == ""
+    assert len(store.secret) == 16
+
+
+# --- durable backends ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_was_written_is_loaded_after_a_restart(make: Make) -> None:
+    store = started(make())
+    if not store.durable:
+        pytest.skip("not a durable backend")
+    now = 1_000.0
+    held = [Held("receipt", "alice", b"r%d" % n, now + 100 + n) for n in range(3)]
+    expired = Held("mo", "bob", b"old", now - 1)
+    for item in [held[0], expired, held[1], held[2]]:
+        await store.hold_delivery(item)
+    store.delivered(held[1])
+    parts = [HeldPart(b"p%d" % n, "alice", b"f%d" % n, n == 1, 1.0, 1.0 + n) for n in range(3)]
+    for part in parts:
+        await store.hold_part(part)
+    store.parts_done([parts[0].app_message_id])
+    await store.save_windows(
+        [
+            WindowEntry("flood", b"447700900123", now - 5, now + 60, 3),
+            WindowEntry("dedup", b"d" * 12, now - 2, now + 60, 0, b"m1"),
+            WindowEntry("dedup", b"e" * 12, now - 100, now - 1, 0, b"m2"),  # expired
+        ]
+    )
+    await store.save_windows([WindowEntry("flood", b"447700900123", now - 1, now + 60, 4)])
+    await store.add_route(DEFAULT_UPSTREAM, "op1", "alice", b"app1", now)
+    await store.add_route("east", "op2", "bob", None, now)
+    secret = store.secret
+    await store.close()
+
+    again = make()
+    assert again.secret == secret
+    loaded = again.load(now) if isinstance(again, SqliteStore) else again.load()
+    assert [(d.key, d.frame) for d in loaded.deliveries] == [
+        (held[0].key, b"r0"),
+        (held[2].key, b"r2"),
+    ]
+    assert loaded.deliveries[0] == held[0]
+    assert loaded.parts == parts[1:]
+    assert loaded.windows == [
+        WindowEntry("dedup", b"d" * 12, now - 2, now + 60, 0, b"m1"),
+        WindowEntry("flood", b"447700900123", now - 1, now + 60, 4),
+    ]
+    assert loaded.routes == 2
+    again.start()
+    assert await again.find_route(DEFAULT_UPSTREAM, "op1", now) == Route(
+        "alice", b"app1", now + TTL
+    )
+    assert await again.find_route("east", "op2", now) == Route("bob", None, now + TTL)
+    fresh = Held("mo", "carol", b"new", now + 100)
+    await again.hold_delivery(fresh)
+    assert fresh.key > max(item.key for item in held)  # keys go on from the file's
+    stats = again.stats()
+    assert (stats.routes, stats.deliveries, stats.parts, stats.windows) == (2, 4, 2, 3)
+    assert stats.size_bytes > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_was_never_started_closes(make: Make) -> None:
+    store = make()
+    await store.close()
+    if store.durable:
+        assert isinstance(store, SqliteStore)
+        assert os.path.exists(store.path)

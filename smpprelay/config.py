@@ -233,7 +233,7 @@ class ReceiptsConfig:
 
 
 # receipts.map_max when unset: what fits in memory (~310 MB), or two days at ~115 receipts
-# requested a second in a file of ~2 GB (README "State").
+# requested a second in a file of ~1.5 GB (README "State").
 MAP_MAX: dict[StoreBackend, int] = {"memory": 1_500_000, "sqlite": 20_000_000}
 
 

@@ -8,6 +8,9 @@ import re
 from prometheus_client import CollectorRegistry
 
 from smpprelay.metrics import Metrics
+from smpprelay.state import store_reading
+from smpprelay.store.memory import MemoryStore
+from smpprelay.store.tables import ReceiptRoutes
 from tests.observability import dashboard, dashboard_queries, metric_names, unknown_names
 
 # Exported but not drawn, and why.
@@ -20,7 +23,9 @@ _SELECTOR = re.compile(r"\b((?:smpprelay|process)_[a-z_]+|up)\b(\{[^{}]*\})?")
 
 def _exported() -> set[str]:
     registry = CollectorRegistry()
-    Metrics(registry)
+    # The store's families come from its collector, registered when the relay is built.
+    store = MemoryStore(ReceiptRoutes(ttl=60.0, max_entries=10), final_grace=1.0)
+    Metrics(registry).watch_store(store_reading(store))
     return {family.name for family in registry.collect()}
 
 

@@ -10,9 +10,11 @@ their joined content, which goes on to the next rules.
 
 Rejected: a malformed header (total 0 or 1, sequence 0 or above total); a part more than
 ``window`` seconds after its message's first part (``late``, also once the message has expired
-or completed: closed messages are remembered for one more window); a part sent twice
-(``duplicate_part``, also once its message is complete); a reference reused while its message
-is open with a different total (``reference_reused``). A part that would open a message past
+or completed: closed messages are remembered for one more window); another part in a place
+already taken (``duplicate_part``, also once its message is complete; a held part sent again
+byte for byte is answered with the id it was given, ``replay``: the app never read that
+answer); a reference reused while its message is open with a different total
+(``reference_reused``). A part that would open a message past
 ``max_open`` open messages in total, or ``max_open_per_account`` for its account, is answered
 ``ESME_RMSGQFUL`` (``full``), a status apps retry.
 
@@ -172,10 +174,15 @@ class ConcatFilter:
                 return self._late  # its window has ended; expire has not dropped it yet
             received = entry.received
             if sequence in received:
-                if entry.retrying and entry.glued is None:
-                    # Still held after a failed send: answered as it was the first time.
-                    held_id = received[sequence].app_message_id
-                    return Verdict("replay", reason="held_part_resent", message_id=held_id)
+                held = received[sequence]
+                if entry.glued is None and (
+                    entry.retrying or held.frame[16:] == message.frame[16:]
+                ):
+                    # Still held (after a failed send, or sent again by an app that never read
+                    # its answer, say across a restart): answered as it was the first time.
+                    return Verdict(
+                        "replay", reason="held_part_resent", message_id=held.app_message_id
+                    )
                 return self._duplicate
             if len(received) + 1 < total:
                 return self._hold(entry, sequence, message)

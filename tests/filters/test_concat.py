@@ -597,3 +597,21 @@ def test_a_held_part_keeps_one_copy_of_its_text() -> None:
     assert rule.check(payload_part(0, 2, 10), 1.0) == HOLD
     glued = whole(rule.check(payload_part(0, 3, 10), 1.0))
     assert len(glued.content) == 60_020
+
+
+def test_a_held_part_sent_again_byte_for_byte_gets_its_id_again() -> None:
+    """An app that never read a held part's answer (its connection dropped, the relay
+    restarted) sends it again: it is answered with the id it was given, not refused, and
+    the message still glues it once."""
+    rule = Rule().filter
+    first = udh8(2, 3, 1, b"one")
+    first.app_message_id = b"R1"
+    assert rule.check(first, 0.0) == HOLD
+    again = udh8(2, 3, 1, b"one")
+    again.app_message_id = b"R2"
+    verdict = rule.check(again, 1.0)
+    assert verdict.action == "replay"
+    assert verdict.message_id == b"R1"
+    assert rule.check(udh8(2, 3, 2), 2.0) == HOLD
+    glued = glue(rule, udh8(2, 3, 3), 3.0)
+    assert [part.app_message_id for part in glued.parts[:1]] == [b"R1"]

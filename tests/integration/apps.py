@@ -99,9 +99,15 @@ class _Body(Protocol):
 
 async def http_get(service: RelayService, path: str) -> tuple[int, bytes]:
     """GET ``path`` from the relay's metrics listener; returns (status code, body)."""
+    return await http_get_at(port_of(service.metrics_listener), path)
+
+
+async def http_get_at(port: int, path: str) -> tuple[int, bytes]:
+    """GET ``path`` from 127.0.0.1:``port`` (a relay's metrics listener, in this process or
+    not); returns (status code, body)."""
     from twisted.internet import reactor
 
-    url = f"http://127.0.0.1:{port_of(service.metrics_listener)}{path}".encode()
+    url = f"http://127.0.0.1:{port}{path}".encode()
     response = await Agent(reactor).request(b"GET", url)
     done: Deferred[bytes] = Deferred()
     response.deliverBody(_Body(done))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest_twisted
 import smpplib.client
+import smpplib.exceptions
 import smpplib.smpp
 from twisted.internet import task
 from twisted.internet.defer import Deferred
@@ -136,6 +137,50 @@ class Esme:
 
         await self.read_until(answered)
         return next(resp for resp in self.responses if resp.sequence == request.sequence)
+
+    def submit_many(
+        self,
+        messages: Sequence[dict[str, Any]],
+        window: int = 50,
+        timeout: float = 30.0,
+        on_answer: Callable[[int], None] | None = None,
+    ) -> Deferred[list[tuple[Any, Any | None]]]:
+        """Send ``messages`` in order with at most ``window`` unanswered, reading answers as
+        they come, until all are answered or the relay goes away (a crash: what was sent and
+        not answered by then stays unanswered). ``on_answer(n)`` runs in the sending thread
+        after the n-th answer. Fires with (request, its submit_sm_resp or None) per message
+        sent, in order.
+        """
+
+        def run() -> list[tuple[Any, Any | None]]:
+            deadline = time.monotonic() + timeout
+            sent: list[Any] = []
+            answers: dict[int, Any] = {}
+            seen = len(self.responses)
+
+            def read() -> None:
+                nonlocal seen
+                self.client.read_once()
+                for resp in self.responses[seen:]:
+                    answers[resp.sequence] = resp
+                    if on_answer is not None:
+                        on_answer(len(answers))
+                seen = len(self.responses)
+
+            try:
+                for fields in messages:
+                    while len(sent) - len(answers) >= window:
+                        read()
+                    sent.append(self.client.send_message(**fields))
+                while len(answers) < len(sent):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{len(sent) - len(answers)} unanswered")
+                    read()
+            except (smpplib.exceptions.ConnectionError, OSError):
+                pass  # the relay is gone: the unanswered ones stay unanswered
+            return [(request, answers.get(request.sequence)) for request in sent]
+
+        return deferToThread(run)
 
     def answer_unbind(self, timeout: float = 5.0) -> Deferred[None]:
         """Read until the relay's unbind comes, and answer it (smpplib itself never does)."""

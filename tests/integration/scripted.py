@@ -39,6 +39,8 @@ from tests.integration.twistd import twistd_args, twistd_env
 
 START_DEADLINE = 15.0
 STOP_DEADLINE = 15.0
+# What `ScriptedSmsc.answers` records for a deliver_sm that got no answer.
+NO_ANSWER = -1
 _LISTENING = re.compile(r"(SMPP|metrics) listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -53,6 +55,10 @@ class ScriptedSmsc(Simulator):
     - ``window``: when set, a submit that arrives while that many are held unanswered on its
       connection is answered ``ESME_RTHROTTLED`` at once (an operator enforcing its window);
       ``throttled`` counts them.
+    - ``hold_receipts``: while True, delivery receipts are kept in ``held_receipts`` instead of
+      being sent (an operator whose receipts come late) until `release_receipts`; MO still goes.
+    - ``answers``: every deliver_sm sent to the relay and how it was answered (its status, or
+      ``NO_ANSWER`` when the connection or the response timer ended it first), in order.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -64,6 +70,38 @@ class ScriptedSmsc(Simulator):
         self.connections: list[SmppConnection] = []
         self.window: int | None = None
         self.throttled = 0
+        self.hold_receipts = False
+        self.held_receipts: list[tuple[str, bytes]] = []
+        self.answers: list[tuple[bytes, int]] = []
+
+    @override
+    def send_to(self, system_id: str, frame: bytes) -> None:
+        """As the simulator's, but receipts can be held back and each answer is recorded."""
+        if self.hold_receipts and is_receipt(frame):
+            self.held_receipts.append((system_id, frame))
+            return
+        for session in self._receivers.get(system_id, ()):
+            connection = session.connection
+            if connection is not None and not connection.closed:
+                answer = connection.send_request(frame)
+                answer.addCallbacks(
+                    lambda resp: self.answers.append((frame, pdu.header(resp)[2])),
+                    lambda _: self.answers.append((frame, NO_ANSWER)),
+                )
+                return
+        super().send_to(system_id, frame)  # no receiving bind: kept until one binds
+
+    def release_receipts(self) -> int:
+        """Send every held receipt (receipts are no longer held); returns how many."""
+        self.hold_receipts = False
+        held, self.held_receipts = self.held_receipts, []
+        for system_id, frame in held:
+            self.send_to(system_id, frame)
+        return len(held)
+
+    def answer_of(self, frame: bytes) -> list[int]:
+        """How each sending of the deliver_sm ``frame`` was answered so far, in order."""
+        return [status for sent, status in self.answers if sent == frame]
 
     def answer_held(self, status: int = Status.ESME_ROK) -> int:
         """Answer every held submit on its own connection (accepted with an id, or ``status``);
@@ -108,6 +146,11 @@ class _ScriptedSession(SimulatedSession):
             connection.send(pdu.submit_sm_resp(sequence, smsc.statuses.popleft()))
         else:
             super()._submit(connection, sequence, frame)
+
+
+def is_receipt(frame: bytes) -> bool:
+    """A deliver_sm carrying a delivery receipt (esm_class says so), not an MO."""
+    return bool(pdu.read_short_message(frame).esm_class & pdu.RECEIPT_ESM_BITS)
 
 
 def _accept(smsc: ScriptedSmsc, connection: SmppConnection, sequence: int, frame: bytes) -> None:
@@ -224,6 +267,17 @@ class RelayProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what or 'condition'} within {timeout} s:\n{self.log}")
             await task.deferLater(self.reactor, 0.02, lambda: None)
+
+    async def kill(self) -> None:
+        """SIGKILL (a crash: nothing flushed, nothing unbound); wait until it is gone."""
+        assert self.process is not None
+        process = self.process
+        process.kill()
+        deadline = time.monotonic() + STOP_DEADLINE
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "relay survived SIGKILL"
+            await task.deferLater(self.reactor, 0.02, lambda: None)
+        assert process.returncode == -signal.SIGKILL, self.log
 
     def terminate(self) -> None:
         """Send SIGTERM, once (a second one only makes twistd log an error)."""

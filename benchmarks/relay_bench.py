@@ -25,6 +25,19 @@ reject nothing, every submit is distinct: its own 11-digit destination number, s
 identical within the dedup window and no number gets more than one. The frames are encoded
 before the run; only their sequence numbers are patched as they are sent.
 
+``--store`` says where the relay keeps its state: ``memory``, ``sqlite`` (a file in a temporary
+directory under ``--store-dir``, removed afterwards; ``--sync full`` by default, as shipped) or
+``both`` (default: the relay with the rules on runs once with each store, the rate of each and
+their ratio; with ``--rules both`` the relay with the rules off uses the memory store, so the
+rules on/off ratio is the rules' cost alone). Every submit asks for a receipt
+(``registered_delivery`` 1; ``--registered-delivery 0`` for none), so the relay writes its
+receipt route to the store before it answers ``ESME_ROK``: that write is the store's real cost.
+All paths and both rule settings get the same frames. The simulated SMSC here sends no receipts
+back, so the receipt side (looking a route up, cutting it back, holding the receipt for an app
+bound as a transmitter) is not measured, and nothing but the routes grows. For the sqlite relay
+the benchmark reads the store's commits and writes from the relay's metrics port around each
+phase and prints the writes per commit (the group commit's size) and commits per second.
+
 It prints a table, the targets met or missed, and one JSON line last. A missed target is a
 measurement, not a failure: the exit code is 0 unless something broke. ``--profile`` runs the
 relay child under cProfile and prints its top functions by own time (numbers are then slower).
@@ -44,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +87,7 @@ TARGET_RATE = 20_000.0
 TARGET_RATIO = 0.5
 TARGET_P99_ADDED_MS = 2.0
 TARGET_RULES_RATIO = 0.8  # rules on >= 80 % of rules off
+TARGET_STORE_RATIO = 0.85  # rules on: the sqlite store (sync full) >= 85 % of the memory store
 RULES_OFF = {
     "encoding": {"enabled": False},
     "concat": {"enabled": False},
@@ -85,28 +100,37 @@ STOP_TIMEOUT = 15.0
 IDLE_TIMEOUT = 10.0  # a phase with no answer for this long is abandoned
 DRAIN_TIMEOUT = 5.0
 _LOST = Failure(ConnectionDone())
+# The relay's store metrics the benchmark reads: (sample name, key).
+_STORE_METRICS = (
+    ("smpprelay_store_commits_total", "commits"),
+    ("smpprelay_store_writes_total", "writes"),
+    ('smpprelay_store_rows{kind="routes"}', "routes"),
+    ("smpprelay_store_writable", "writable"),
+)
 
 
 # --- the load client (plain sockets, in this process) ---------------------------------------
 
 
-def submit_template(destination: bytes = b"447700900123") -> bytes:
-    """One 160-character GSM submit_sm, no receipt asked; its sequence is patched per send."""
+def submit_template(destination: bytes = b"447700900123", registered_delivery: int = 1) -> bytes:
+    """One 160-character GSM submit_sm asking for a receipt (``registered_delivery`` 1: the
+    relay stores its receipt route before answering); its sequence is patched per send."""
     message = BLANK_MESSAGE._replace(
         source_ton=5,
         source_addr=b"BENCH",
         dest_ton=1,
         dest_npi=1,
         destination_addr=destination,
+        registered_delivery=registered_delivery,
         short_message=TEXT,
     )
     return pdu.encode_short_message(CommandId.submit_sm, 0, message)
 
 
-def distinct_submits(count: int) -> list[bytes]:
+def distinct_submits(count: int, registered_delivery: int = 1) -> list[bytes]:
     """``count`` submits, each to its own 11-digit number (sequence 0, patched per send)."""
     marker = b"%011d" % FIRST_NUMBER
-    template = submit_template(marker)
+    template = submit_template(marker, registered_delivery)
     at = template.index(marker)  # a fixed-size number: the frame's length does not change
     head, tail = template[:at], template[at + len(marker) :]
     return [head + b"%011d" % (FIRST_NUMBER + index) + tail for index in range(count)]
@@ -413,13 +437,14 @@ class Child:
             env=env,
         )
         self.port = 0
+        self.metrics_port = 0  # the relay's (0: none)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def wait_ready(self) -> int:
-        """Wait for the child's ``READY <port>`` line; return the port."""
+        """Wait for the child's ``READY <port> [<metrics port>]`` line; return the port."""
         stdout = self.process.stdout
         assert stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT
@@ -432,12 +457,31 @@ class Child:
             if not line:
                 break
             if line.startswith(b"READY "):
-                self.port = int(line.split()[1])
+                ports = line.split()[1:]
+                self.port = int(ports[0])
+                self.metrics_port = int(ports[1]) if len(ports) > 1 else 0
                 return self.port
         raise RuntimeError(f"{self.name} did not start: {line!r}\n{self.stderr_text()}")
 
     def cpu_seconds(self) -> float:
         return _cpu_ticks(self.pid)
+
+    def store_counters(self) -> dict[str, float]:
+        """The relay's store metrics now (commits, writes, routes, writable); {} if unread."""
+        if not self.metrics_port:
+            return {}
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        counters = {}
+        for line in text.splitlines():
+            for name, key in _STORE_METRICS:
+                if line.startswith(name + " "):
+                    counters[key] = float(line.split()[-1])
+        return counters
 
     def max_rss_mb(self) -> float:
         """The peak resident set size so far (VmHWM), in MiB."""
@@ -520,6 +564,7 @@ def _run_child(args: argparse.Namespace) -> None:
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
+    ready: Callable[[], object]  # what follows READY: falsy until then
     if args.role == "simulator":
         ready = _start_simulator(reactor)
     elif args.role == "relay":
@@ -565,14 +610,25 @@ def _listening_port(port: Any) -> int:
 
 def _start_simulator(reactor: Any) -> Callable[[], int]:
     from smpprelay.metrics import Metrics
+    from smpprelay.pdu import ShortMessage
     from smpprelay.simulator import Simulator, SimulatorFactory
 
-    factory = SimulatorFactory(Simulator(reactor), Metrics())
+    class NoReceipts(Simulator):
+        """Answers every submit but sends no receipt: only the relay's route write is measured
+        (and the direct and forwarder paths do no receipt work the relay path does not)."""
+
+        def receipt(self, message: ShortMessage, message_id: bytes, submitted: float) -> bytes:
+            return b""
+
+        def send_to(self, system_id: str, frame: bytes) -> None:
+            pass
+
+    factory = SimulatorFactory(NoReceipts(reactor), Metrics())
     port = reactor.listenTCP(0, factory, interface=HOST)
     return lambda: _listening_port(port)
 
 
-def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
+def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], str]:
     from smpprelay.config import parse_config
     from smpprelay.malloc import fix_mmap_threshold
     from smpprelay.service import build
@@ -593,6 +649,11 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
                 "binds": args.binds,
             },
             "limits": {"window": args.window},
+            "store": {
+                "backend": args.store_backend,
+                "path": args.store_path or "unused.db",
+                "sync": args.sync,
+            },
             **({"filters": RULES_OFF} if args.rules_off else _fast_entries(args)),
         },
         "benchmark",
@@ -603,11 +664,16 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], int]:
     reactor.callWhenRunning(gc.freeze)  # as `twistd smpprelay` does once running
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
-    def ready() -> int:
+    def ready() -> str:
         if not service.ready()[0] or service.upstream.pool.bound < args.binds:
-            return 0
+            return ""
         assert service.listener.port is not None
-        return _listening_port(service.listener.port)
+        assert service.metrics_listener.port is not None
+        # The metrics port too: the benchmark reads the store's commits and writes there.
+        return (
+            f"{_listening_port(service.listener.port)} "
+            f"{_listening_port(service.metrics_listener.port)}"
+        )
 
     return ready
 
@@ -726,6 +792,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "2^18; a value under --count puts the rules' state in the compact records)",
     )
     parser.add_argument(
+        "--store",
+        choices=("memory", "sqlite", "both"),
+        default="both",
+        help="the relay's store: memory, sqlite (in a temporary directory) or both (default: "
+        "the relay with the rules on runs with each, and their ratio)",
+    )
+    parser.add_argument(
+        "--sync",
+        choices=("full", "normal"),
+        default="full",
+        help="store.sync of the sqlite store (default full, as shipped)",
+    )
+    parser.add_argument(
+        "--store-dir",
+        default=None,
+        help="where the sqlite store's temporary directory is made (default: the system's "
+        "temporary directory; on tmpfs, sync full costs nothing and measures nothing)",
+    )
+    parser.add_argument(
+        "--registered-delivery",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="the submits' registered_delivery (default 1: the relay stores a receipt route "
+        "for each; 0: no receipt, nothing stored)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run the relay under cProfile and print its top 25 functions by own time",
@@ -738,6 +831,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--upstream-window", type=int, default=100, help=hidden)
     parser.add_argument("--profile-out", default="", help=hidden)
     parser.add_argument("--rules-off", action="store_true", help=hidden)
+    parser.add_argument("--store-backend", default="memory", help=hidden)
+    parser.add_argument("--store-path", default="", help=hidden)
     args = parser.parse_args(argv)
     if args.count is None:
         args.count = 20_000 if args.quick else 200_000
@@ -790,7 +885,7 @@ def _ms(value: float) -> str:
 def _row(label: str, result: LoadResult, hop: str) -> str:
     timed_out = " (time cap hit)" if result.timed_out else ""
     return (
-        f"{label:<22}{result.answered:>9,}{result.errors:>7,}{result.rate:>11,.0f}"
+        f"{label:<26}{result.answered:>9,}{result.errors:>7,}{result.rate:>11,.0f}"
         f"{_ms(result.percentile_ms(50))}{_ms(result.percentile_ms(99))}"
         f"{_ms(result.percentile_ms(99.9))}"
         f"{result.cpu.get(hop, 0.0):>7.0%}{result.cpu.get('simulator', 0.0):>7.0%}"
@@ -800,7 +895,7 @@ def _row(label: str, result: LoadResult, hop: str) -> str:
 
 def _header() -> str:
     return (
-        f"{'run':<22}{'answered':>9}{'errors':>7}{'submits/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'run':<26}{'answered':>9}{'errors':>7}{'submits/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'p99.9':>8}"
         f"{'hop':>7}{'sim':>7}{'client':>7}"
     )
@@ -814,11 +909,69 @@ def _fast_entries(args: argparse.Namespace) -> dict[str, Any]:
     return {"filters": {"dedup": tier, "flood": tier}}
 
 
-def _relays(rules: str) -> list[tuple[str, str, bool]]:
-    """The relay children to run: (process name, row label, rules off)."""
+def _relays(rules: str, store: str) -> list[tuple[str, str, bool, str]]:
+    """The relay children to run: (process name, row label, rules off, store backend).
+
+    ``relay``: the first rule setting (on, unless only off) with the first store (memory, unless
+    only sqlite); ``relay-sqlite``: the same rules with the sqlite store (``--store both``);
+    ``relay-off``: the rules off with the first store (``--rules both``).
+    """
+    stores = ["memory", "sqlite"] if store == "both" else [store]
+    first = "off" if rules == "off" else "on"
+    relays = [("relay", f"relay, rules {first}, {stores[0]}", first == "off", stores[0])]
+    if store == "both":
+        relays.append(("relay-sqlite", f"relay, rules {first}, sqlite", first == "off", "sqlite"))
     if rules == "both":
-        return [("relay", "relay, rules on", False), ("relay-off", "relay, rules off", True)]
-    return [("relay", f"relay, rules {rules}", rules == "off")]
+        relays.append(("relay-off", f"relay, rules off, {stores[0]}", True, stores[0]))
+    return relays
+
+
+def _filesystem(path: str) -> str:
+    """The type of the filesystem ``path`` is on (Linux /proc/mounts), or "?"."""
+    best, kind = "", "?"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    real = os.path.realpath(path)
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1]
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+@dataclass
+class StoreDelta:
+    """What a relay's store did during one phase (from its metrics)."""
+
+    commits: float = 0.0
+    writes: float = 0.0
+    routes: float = float("nan")  # routes in the store at the end of the phase
+    seconds: float = 0.0
+    writable: bool = True
+
+    @property
+    def writes_per_commit(self) -> float:
+        return self.writes / self.commits if self.commits else float("nan")
+
+    @property
+    def commits_per_s(self) -> float:
+        return self.commits / self.seconds if self.seconds else float("nan")
+
+
+def _store_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> StoreDelta:
+    return StoreDelta(
+        commits=after.get("commits", 0.0) - before.get("commits", 0.0),
+        writes=after.get("writes", 0.0) - before.get("writes", 0.0),
+        routes=after.get("routes", float("nan")),
+        seconds=seconds,
+        writable=after.get("writable", 1.0) == 1.0 and before.get("writable", 1.0) == 1.0,
+    )
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -831,9 +984,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     # Enough distinct submits that no relay ever sees one twice (its warm-up, throughput and
     # paced runs together).
     encoding_started = time.perf_counter()
-    submits = distinct_submits(warmup + args.count + paced_count)
+    submits = distinct_submits(warmup + args.count + paced_count, args.registered_delivery)
     encoding_seconds = time.perf_counter() - encoding_started
-    relays = _relays(args.rules)
+    relays = _relays(args.rules, args.store)
+    # backend -> the relay child with the first rule setting and that store
+    store_relay = {backend: name for name, _, _, backend in relays if name != "relay-off"}
     profile_out = ""
     load_before = os.getloadavg()[0]
     print(
@@ -841,7 +996,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"{clients} client(s), {args.rate:,.0f}/s paced for {args.seconds:g} s, "
         f"{args.binds} upstream bind(s), rules {args.rules}"
         + ("" if args.fast_entries is None else f" (fast_entries {args.fast_entries:,})")
-        + "; "
+        + f", store {args.store}"
+        + (f" (sqlite sync {args.sync})" if "sqlite" in store_relay else "")
+        + f", registered_delivery {args.registered_delivery}; "
         + (
             f"relay/forwarder on cpu {relay_cpu}, client/simulator on cpu {load_cpu}"
             if pinned
@@ -851,14 +1008,23 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"in {encoding_seconds:.1f} s",
         flush=True,
     )
-    with tempfile.TemporaryDirectory() as scratch, children() as started:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        tempfile.TemporaryDirectory(prefix="relay-bench-store-", dir=args.store_dir) as stores,
+        children() as started,
+    ):
+        store_fs = _filesystem(stores)
+        if "sqlite" in store_relay:
+            print(f"sqlite store in {stores} ({store_fs}), removed afterwards", flush=True)
+            if store_fs in ("tmpfs", "ramfs"):
+                print("note: the store is in memory (tmpfs): sync full costs nothing here")
         if args.profile:
             profile_out = os.path.join(scratch, "relay.prof.txt")
         simulator = Child("simulator", ["--role", "simulator", "--cpu", str(load_cpu)])
         started.append(simulator)
         sim_port = simulator.wait_ready()
         relay_children: dict[str, Child] = {}
-        for name, _, rules_off in relays:
+        for name, _, rules_off, backend in relays:
             child = Child(
                 name,
                 [
@@ -875,6 +1041,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     "--binds",
                     str(args.binds),
                     *(["--rules-off"] if rules_off else []),
+                    "--store-backend",
+                    backend,
+                    "--store-path",
+                    os.path.join(stores, f"{name}.db") if backend == "sqlite" else "",
+                    "--sync",
+                    args.sync,
                     *(
                         ["--fast-entries", str(args.fast_entries)]
                         if args.fast_entries is not None and not rules_off
@@ -903,7 +1075,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         # name -> (row label, port, processes watched, its own cursor over the submits)
         paths: dict[str, tuple[str, int, dict[str, Child], Frames]] = {}
-        for name, label, _ in relays:
+        for name, label, _, _ in relays:
             watched = {name: relay_children[name], "simulator": simulator}
             paths[name] = (label, relay_ports[name], watched, Frames(submits))
         paths["forwarder"] = (
@@ -927,7 +1099,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         print("\nmaximum throughput (hop = relay or forwarder CPU, one core = 100%)")
         print(_header())
         throughput: dict[str, LoadResult] = {}
+        # (phase, relay) -> what its store did
+        store_deltas: dict[tuple[str, str], StoreDelta] = {}
         for name, (label, port, watched, frames) in paths.items():
+            relay_child = relay_children.get(name)
+            counters = relay_child.store_counters() if relay_child else {}
             throughput[name] = _measure(
                 port,
                 frames,
@@ -937,13 +1113,23 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 clients=clients,
                 max_seconds=args.max_seconds,
             )
+            if relay_child:
+                seconds = throughput[name].elapsed
+                after = relay_child.store_counters()
+                store_deltas["max", name] = _store_delta(counters, after, seconds)
             print(_row(label, throughput[name], name), flush=True)
 
         print(f"\npaced at {args.rate:,.0f} submits/s for {args.seconds:g} s")
         print(_header())
         paced: dict[str, LoadResult] = {}
-        for name in ("direct", "relay", "forwarder"):
+        paced_paths = [
+            "direct",
+            *(store_relay[b] for b in ("memory", "sqlite") if b in store_relay),
+        ]
+        for name in [*paced_paths, "forwarder"]:
             label, port, watched, frames = paths[name]
+            relay_child = relay_children.get(name)
+            counters = relay_child.store_counters() if relay_child else {}
             paced[name] = _measure(
                 port,
                 frames,
@@ -954,6 +1140,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 max_seconds=args.seconds + 30,
                 rate=args.rate,
             )
+            if relay_child:
+                after = relay_child.store_counters()
+                store_deltas["paced", name] = _store_delta(counters, after, paced[name].elapsed)
             print(_row(label, paced[name], name), flush=True)
         relay_rss = {name: child.max_rss_mb() for name, child in relay_children.items()}
         forwarder_rss = forwarder.max_rss_mb()
@@ -984,6 +1173,35 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         f"\nlatency added by the {relay_label} at {args.rate:,.0f}/s: p50 {added50:.3f} ms, "
         f"p99 {added99:.3f} ms (forwarder p99 adds {fwd_added99:.3f} ms)"
     )
+    store_rates = {backend: throughput[name].rate for backend, name in store_relay.items()}
+    store_added99 = {
+        backend: paced[name].percentile_ms(99) - direct.percentile_ms(99)
+        for backend, name in store_relay.items()
+    }
+    store_ratio = None
+    if "memory" in store_rates and "sqlite" in store_rates:
+        memory_rate, sqlite_rate = store_rates["memory"], store_rates["sqlite"]
+        store_ratio = sqlite_rate / memory_rate if memory_rate else 0.0
+        print(
+            f"store, rules {'off' if args.rules == 'off' else 'on'}: sqlite (sync {args.sync}) / "
+            f"memory: {sqlite_rate:,.0f} / {memory_rate:,.0f} submits/s = {store_ratio:.2f}; "
+            f"p99 added at {args.rate:,.0f}/s: sqlite {store_added99['sqlite']:.3f} ms, memory "
+            f"{store_added99['memory']:.3f} ms"
+        )
+    sqlite_max = sqlite_paced = None
+    if "sqlite" in store_relay:
+        sqlite_max = store_deltas.get(("max", store_relay["sqlite"]))
+        sqlite_paced = store_deltas.get(("paced", store_relay["sqlite"]))
+        for phase, delta in (("maximum throughput", sqlite_max), ("paced", sqlite_paced)):
+            if delta is None or not delta.commits:
+                print(f"sqlite store, {phase}: no commits read from its metrics")
+                continue
+            print(
+                f"sqlite store, {phase}: {delta.writes:,.0f} writes in {delta.commits:,.0f} "
+                f"commits = {delta.writes_per_commit:.1f} writes per commit, "
+                f"{delta.commits_per_s:,.0f} commits/s; {delta.routes:,.0f} routes stored"
+                + ("" if delta.writable else "; THE STORE COULD NOT WRITE")
+            )
     relay_us = throughput["relay"].cpu_us_per_submit("relay")
     forwarder_us = throughput["forwarder"].cpu_us_per_submit("forwarder")
     relay_off_us = (
@@ -1032,6 +1250,22 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"{added99:.3f} ms",
         ),
     ]
+    if store_ratio is not None:
+        targets.append(
+            (
+                f"sqlite (sync {args.sync}) >= {TARGET_STORE_RATIO:.0%} of memory",
+                store_ratio >= TARGET_STORE_RATIO,
+                f"{store_ratio:.2f}",
+            )
+        )
+    if "sqlite" in store_relay and store_relay["sqlite"] != "relay":
+        targets.append(
+            (
+                f"sqlite p99 added at {args.rate:,.0f}/s < {TARGET_P99_ADDED_MS:g} ms",
+                store_added99["sqlite"] < TARGET_P99_ADDED_MS,
+                f"{store_added99['sqlite']:.3f} ms",
+            )
+        )
     if rules_ratio is not None:
         targets.append(
             (
@@ -1051,6 +1285,27 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rules": args.rules,
         "fast_entries": args.fast_entries,
+        "store": args.store,
+        "sync": args.sync if "sqlite" in store_relay else None,
+        "store_filesystem": store_fs if "sqlite" in store_relay else None,
+        "registered_delivery": args.registered_delivery,
+        "memory_submits_per_s": _round(store_rates.get("memory"), 1),
+        "sqlite_submits_per_s": _round(store_rates.get("sqlite"), 1),
+        "store_ratio": _round(store_ratio, 3),
+        "memory_p99_added_ms": _round(store_added99.get("memory"), 3),
+        "sqlite_p99_added_ms": _round(store_added99.get("sqlite"), 3),
+        "sqlite_writes_per_commit": _round(
+            None if sqlite_max is None else sqlite_max.writes_per_commit, 2
+        ),
+        "sqlite_commits_per_s": _round(None if sqlite_max is None else sqlite_max.commits_per_s, 1),
+        "sqlite_paced_writes_per_commit": _round(
+            None if sqlite_paced is None else sqlite_paced.writes_per_commit, 2
+        ),
+        "sqlite_paced_commits_per_s": _round(
+            None if sqlite_paced is None else sqlite_paced.commits_per_s, 1
+        ),
+        "sqlite_routes_stored": _round(None if sqlite_paced is None else sqlite_paced.routes, 0),
+        "sqlite_store_writable": None if sqlite_paced is None else sqlite_paced.writable,
         "relay_submits_per_s": round(relay_rate, 1),
         "forwarder_submits_per_s": round(forwarder_rate, 1),
         "ratio": round(ratio, 3),
@@ -1082,7 +1337,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+    """``value`` rounded; None for None and NaN (JSON has no NaN)."""
+    return None if value is None or value != value else round(value, digits)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -380,17 +380,17 @@ class Relay:
             self.store.parts_done(ids)
 
     def sweep(self) -> None:
-        """Expire the rules' old state (held parts whose window ended get EXPIRED receipts)
-        and write the windows' newest entries behind. Runs about once a second."""
+        """Expire the rules' old state (held parts whose window ended get EXPIRED receipts).
+        Runs about once a second."""
         if self.chain is None:
             return
         self.chain.flush_counts()
         self._give_up(self.chain.expire(self.clock.seconds()), "EXPIRED")
-        self.write_behind()
 
     def write_behind(self) -> None:
-        """Write the entries the rules' windows took since the last time (at most a second
-        old: a restart forgets no more than that)."""
+        """Write the entries the rules' windows took since the last time. Runs ten times a
+        second with a durable store: a restart forgets at most the last tenth of a second
+        (and what the write itself had not committed)."""
         if self.chain is None or not self.store.durable:
             return
         entries = self._pending_windows + self.chain.window_entries()

@@ -96,7 +96,7 @@ class DedupFilter(HoldsNothing):
         # Accepted since the last `window_entries`: key -> the id the app was given (noted
         # only when a durable store collects them).
         self.write_behind = write_behind
-        self._uncollected: dict[bytes, bytes] = {}
+        self._uncollected: dict[bytes, tuple[float, bytes]] = {}
         self._uncollected_dropped = 0
 
     def __len__(self) -> int:
@@ -163,20 +163,18 @@ class DedupFilter(HoldsNothing):
             message_id = message.app_message_id or message_id
             self.window.accept(key, now, message_id)
             if self.write_behind:
-                self._uncollected[key] = message_id
+                self._uncollected[key] = (now, message_id)
 
     def window_entries(self) -> list[WindowEntry]:
         """The messages accepted since the last call, to be written behind."""
         noted, self._uncollected = self._uncollected, {}
         span = self.window.window
-        accepted_at = self.window.accepted_at
-        entries: list[WindowEntry] = []
-        append = entries.append
-        for key, message_id in noted.items():
-            at = accepted_at(key)
-            if at is not None:  # else evicted meanwhile: nothing left to write
-                append(WindowEntry("dedup", key, at, at + span, 0, message_id))
-        return entries
+        # As noted when accepted: one evicted since is written anyway (the next start is then
+        # stricter about it for the rest of its window).
+        return [
+            WindowEntry("dedup", key, at, at + span, 0, message_id)
+            for key, (at, message_id) in noted.items()
+        ]
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the dedup entries still live at ``now`` (by the window they were written

@@ -50,10 +50,10 @@ class FloodFilter(HoldsNothing):
         self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
-        # Keys whose streak changed since the last `window_entries`, in that order (noted only
-        # when a durable store collects them).
+        # Keys whose streak changed since the last `window_entries` -> (last accepted, length)
+        # then, in that order (noted only when a durable store collects them).
         self.write_behind = write_behind
-        self._uncollected: dict[bytes, None] = {}
+        self._uncollected: dict[bytes, tuple[float, int]] = {}
         self._uncollected_dropped = 0
 
     def __len__(self) -> int:
@@ -78,23 +78,20 @@ class FloodFilter(HoldsNothing):
         if message_id is None:
             self.streaks.release(key)
         else:
-            self.streaks.accept(key, now)
+            length = self.streaks.accept(key, now)
             if self.write_behind:
-                self._uncollected[key] = None
+                self._uncollected[key] = (now, length)
 
     def window_entries(self) -> list[WindowEntry]:
         """The streaks changed since the last call, as they are now, to be written behind."""
         noted, self._uncollected = self._uncollected, {}
         gap = self.streaks.gap
-        streak_of = self.streaks.streak
-        entries: list[WindowEntry] = []
-        append = entries.append
-        for key in noted:
-            streak = streak_of(key)
-            if streak is not None:  # else evicted meanwhile: nothing left to write
-                last, length = streak
-                append(WindowEntry("flood", key, last, last + gap, length))
-        return entries
+        # As noted when accepted: a streak evicted since is written anyway (it only ever
+        # makes the next start stricter for the rest of its gap).
+        return [
+            WindowEntry("flood", key, last, last + gap, length)
+            for key, (last, length) in noted.items()
+        ]
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the streaks still going at ``now`` (by the gap they were written with and by

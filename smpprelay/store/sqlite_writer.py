@@ -139,8 +139,6 @@ class Writer:
         for op in batch:
             by_kind[op[0]].append(op)
         probed = PROBE in by_kind
-        waiting = [op[2] for op in batch if op[0] in ASYNC_WRITES]
-        results: list[tuple[Any, object]] = []
         writes = any(kind != FIND for kind in by_kind) or bool(self._retry)
         if writes and (self._ok or probed):
             for op in self._retry:
@@ -148,17 +146,17 @@ class Writer:
             self._retry, self._retry_rows = [], 0
             problem = self._transaction(conn, by_kind)
             self._ok, self._problem = problem is None, problem or ""
-        if self._ok:
-            results.extend((d, None) for d in waiting)
-        else:
-            failure = StoreUnavailable(self._problem)
-            results.extend((d, failure) for d in waiting)
+        written: object = None
+        if not self._ok:
+            written = StoreUnavailable(self._problem)
             self._keep([op for kind in FORGETTING for op in by_kind.get(kind, ())])
-        for _, args, d in by_kind.get(FIND, ()):
-            results.append((d, self._find(conn, *args)))
-        # Fire in the order the calls were made.
-        order = {id(op[2]): n for n, op in enumerate(batch) if op[2] is not None}
-        results.sort(key=lambda pair: order[id(pair[0])])
+        found = {id(d): self._find(conn, *args) for _, args, d in by_kind.get(FIND, ())}
+        # In the order the calls were made (what waits on a write, or on a lookup).
+        results: list[tuple[Any, object]] = [
+            (op[2], found[id(op[2])] if op[0] == FIND else written)
+            for op in batch
+            if op[2] is not None and (op[0] in ASYNC_WRITES or op[0] == FIND)
+        ]
         return Batch(results, self._ok, self._problem, probed, False)
 
     def _keep(self, ops: list[Op]) -> None:

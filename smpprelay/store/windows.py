@@ -469,8 +469,8 @@ class FloodStreaks(_RecordTable):
         if count > 1:
             pending[key] = count - 1
 
-    def accept(self, key: bytes, now: float) -> None:
-        """The operator accepted a message to this key at ``now``."""
+    def accept(self, key: bytes, now: float) -> int:
+        """The operator accepted a message to this key at ``now``; return its streak's length."""
         pending = self._pending
         count = pending.pop(key, 0)
         if count > 1:
@@ -495,6 +495,7 @@ class FloodStreaks(_RecordTable):
             or self._count + len(young) + len(pending) > self.max_entries
         ):
             self._settle_young(len(pending), keep=1)
+        return length
 
     def streak(self, key: bytes) -> tuple[float, int] | None:
         """``key``'s streak: its last accepted message and its length, if it is remembered (it

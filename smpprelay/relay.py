@@ -213,24 +213,23 @@ class Relay:
         return self.pool.submit(message.frame, account).addCallbacks(answered, failed)
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
-        """``resp`` once ``stored`` is, else ESME_RMSGQFUL.
+        """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""
+        return stored.addCallbacks(
+            _answer, self._not_stored, callbackArgs=(resp,), errbackArgs=(resp, account)
+        )
 
-        The operator has the message, and the rules counted it: a retry is a duplicate (with
-        ``dedup.action: replay`` it gets this id back), but its receipt has no route.
-        """
-
-        def not_stored(reason: Failure) -> bytes:
-            reason.trap(StoreUnavailable)
-            self.log.warn(
-                "{account}: the operator accepted message {id} but its receipt route could "
-                "not be stored ({why}); answered ESME_RMSGQFUL",
-                account=account,
-                id=pdu.message_id_of(resp).decode("latin-1"),
-                why=reason.getErrorMessage(),
-            )
-            return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
-
-        return stored.addCallbacks(lambda _: resp, not_stored)
+    def _not_stored(self, reason: Failure, resp: bytes, account: str) -> bytes:
+        """The operator has the message, and the rules counted it: a retry is a duplicate
+        (with ``dedup.action: replay`` it gets this id back), but its receipt has no route."""
+        reason.trap(StoreUnavailable)
+        self.log.warn(
+            "{account}: the operator accepted message {id} but its receipt route could "
+            "not be stored ({why}); answered ESME_RMSGQFUL",
+            account=account,
+            id=pdu.message_id_of(resp).decode("latin-1"),
+            why=reason.getErrorMessage(),
+        )
+        return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
 
     def _hold_part(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
         """Answer a held part ESME_ROK with its relay id once the store has it."""
@@ -460,6 +459,10 @@ class Relay:
             self._parts_done(held.arrived)
             parts += len(held.arrived)
         return parts
+
+
+def _answer(_: None, resp: bytes) -> bytes:
+    return resp
 
 
 def _first_error(reason: Failure) -> Failure:

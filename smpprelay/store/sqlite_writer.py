@@ -212,8 +212,15 @@ class Writer:
         deltas = {"routes": 0, "deliveries": 0, "parts": 0, "windows": 0}
         written = 0
         if ops := by_kind.get(ADD):
+            ids = self._ids
             rows = [
-                (self._id(conn, up, added), mid, self._id(conn, acc, added), app, exp)
+                (
+                    ids.get(up) or self._id(conn, up, added),
+                    mid,
+                    ids.get(acc) or self._id(conn, acc, added),
+                    app,
+                    exp,
+                )
                 for up, mid, acc, app, exp in (op[1] for op in ops)
             ]
             new = self._upsert(

@@ -16,7 +16,8 @@ the dedup and flood windows' new entries to be written behind (about once a seco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal, NamedTuple, Protocol
+from itertools import islice
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
@@ -100,6 +101,28 @@ class Filter(Protocol):
         """Undo the hold that the last `check` made for ``part`` (the store could not keep it).
         Only called on rules that hold parts."""
         ...
+
+
+def bound_uncollected(
+    uncollected: dict[bytes, Any], limit: int, log: Logger, what: str, dropped: int
+) -> int:
+    """Drop the oldest entries a rule noted for write-behind past ``limit`` (nobody collects
+    them: the relay calls `FilterChain.window_entries` ten times a second with a durable
+    store); say so; return how many were dropped in all."""
+    excess = len(uncollected) - limit
+    if excess <= 0:
+        return dropped
+    for key in list(islice(uncollected, excess)):
+        del uncollected[key]
+    dropped += excess
+    log.warn(
+        "{what}: {n} not written behind ({total} so far): window_entries is not called "
+        "often enough",
+        what=what,
+        n=excess,
+        total=dropped,
+    )
+    return dropped
 
 
 class HoldsNothing:

@@ -32,13 +32,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from itertools import islice
 from typing import ClassVar
 
 from twisted.logger import Logger
 
 from smpprelay.config import DedupRule
-from smpprelay.filters.base import HoldsNothing
+from smpprelay.filters.base import HoldsNothing, bound_uncollected
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store import WindowEntry
@@ -210,21 +209,11 @@ class DedupFilter(HoldsNothing):
                 max=window.max_entries,
             )
             self._evictions_logged = window.evicted
-        self._bound_uncollected()
-        return removed
-
-    def _bound_uncollected(self) -> None:
-        """Drop the oldest noted acceptances past `UNCOLLECTED_MAX` (nobody collects them)."""
-        uncollected = self._uncollected
-        excess = len(uncollected) - UNCOLLECTED_MAX
-        if excess <= 0:
-            return
-        for key in list(islice(uncollected, excess)):
-            del uncollected[key]
-        self._uncollected_dropped += excess
-        self.log.warn(
-            "dedup: {n} accepted messages not written behind ({total} so far): "
-            "window_entries is not called often enough",
-            n=excess,
-            total=self._uncollected_dropped,
+        self._uncollected_dropped = bound_uncollected(
+            self._uncollected,
+            UNCOLLECTED_MAX,
+            self.log,
+            "dedup: accepted messages",
+            self._uncollected_dropped,
         )
+        return removed

@@ -18,13 +18,12 @@ loaded at start back, so that a streak goes on across a restart.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice
 from typing import ClassVar
 
 from twisted.logger import Logger
 
 from smpprelay.config import FloodRule
-from smpprelay.filters.base import HoldsNothing
+from smpprelay.filters.base import HoldsNothing, bound_uncollected
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store import WindowEntry
@@ -126,21 +125,11 @@ class FloodFilter(HoldsNothing):
                 max=streaks.max_entries,
             )
             self._evictions_logged = streaks.evicted
-        self._bound_uncollected()
-        return removed
-
-    def _bound_uncollected(self) -> None:
-        """Drop the oldest noted keys past `UNCOLLECTED_MAX` (nobody collects them)."""
-        uncollected = self._uncollected
-        excess = len(uncollected) - UNCOLLECTED_MAX
-        if excess <= 0:
-            return
-        for key in list(islice(uncollected, excess)):
-            del uncollected[key]
-        self._uncollected_dropped += excess
-        self.log.warn(
-            "flood: {n} streaks not written behind ({total} so far): "
-            "window_entries is not called often enough",
-            n=excess,
-            total=self._uncollected_dropped,
+        self._uncollected_dropped = bound_uncollected(
+            self._uncollected,
+            UNCOLLECTED_MAX,
+            self.log,
+            "flood: streaks",
+            self._uncollected_dropped,
         )
+        return removed

@@ -17,6 +17,22 @@ TWISTD = Path(sys.executable).parent / "twistd"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _twistd(workdir: Path, sections: dict[str, Any]) -> tuple[int, str]:
+    """Run ``twistd -n smpprelay`` on ``sections`` until it exits: its status and output."""
+    config = workdir / "smpprelay.yaml"
+    config.write_text(yaml.safe_dump(sections))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "smpprelay", "--config", str(config)],
+        capture_output=True,
+        env=env,
+        cwd=workdir,
+        timeout=30,
+    )
+    return done.returncode, done.stdout.decode() + done.stderr.decode()
+
+
 def _held_port() -> socket.socket:
     """A socket listening on 127.0.0.1 on a port of the kernel's choosing, kept open."""
     held = socket.socket()
@@ -38,21 +54,10 @@ def test_twistd_exits_1_with_one_line_when_its_port_is_taken(tmp_path: Path, tak
             "clients": [{"system_id": "app1", "password": "secret1"}],
         }
         sections[taken]["port"] = port
-        config = tmp_path / "smpprelay.yaml"
-        config.write_text(yaml.safe_dump(sections))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        done = subprocess.run(
-            [str(TWISTD), "-n", "--pidfile=", "smpprelay", "--config", str(config)],
-            capture_output=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=30,
-        )
+        status, output = _twistd(tmp_path, sections)
     name = "SMPP" if taken == "listen" else "metrics"
-    assert done.returncode == 1, done.stdout.decode() + done.stderr.decode()
+    assert status == 1, output
     # twistd -n logs what reaches stderr to its log, here stdout: the line is there once.
-    output = done.stdout.decode() + done.stderr.decode()
     errors = [line for line in output.splitlines() if f"127.0.0.1:{port}" in line]
     assert len(errors) == 1, output
     assert f"smpprelay: {name}: " in errors[0]
@@ -83,19 +88,8 @@ def test_twistd_exits_1_with_one_line_when_its_store_is_unusable(
         "clients": [{"system_id": "app1", "password": "secret1"}],
         "store": {"backend": "sqlite", "path": str(store)},
     }
-    config = tmp_path / "smpprelay.yaml"
-    config.write_text(yaml.safe_dump(sections))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [str(TWISTD), "-n", "--pidfile=", "smpprelay", "--config", str(config)],
-        capture_output=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=30,
-    )
-    output = done.stdout.decode() + done.stderr.decode()
-    assert done.returncode == 1, output
+    status, output = _twistd(tmp_path, sections)
+    assert status == 1, output
     errors = [line for line in output.splitlines() if str(store) in line]
     assert len(errors) == 1, output
     assert errors[0].startswith("smpprelay: store: ")

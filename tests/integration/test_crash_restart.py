@@ -487,3 +487,58 @@ async def _fill_and_recover(harness: Harness, tmp_path: Path, mount: Path) -> No
         f" refused {refused} + 20 while full, noticed in {noticed:.2f} s, ready again"
         f" {recovered:.2f} s after the filler went; MO answered {mo}"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_keeps_what_is_held_for_the_next_start(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A graceful stop (SIGTERM) exits 0 with receipts and MO held for absent apps and two
+    parts of a long message still in the store; the next start delivers the receipts and the
+    MO once their apps bind, and the message completes with its last part."""
+    smsc, port = await scripted_smsc(harness)
+    settings = store_settings(port, tmp_path / "relay.db")
+    before, after = tmp_path / "before", tmp_path / "after"
+    before.mkdir()
+    after.mkdir()
+    parts = [part("term", "79990000003", 9, seq, 3) for seq in (1, 2, 3)]
+    singles = [single(f"term-s{n}", f"7999000010{n}") for n in range(5)]
+    ids: dict[bytes, bytes] = {}
+
+    async with RelayProcess(before, settings) as relay:
+        app = harness.esme_at(relay.smpp_port)
+        await app.bind("transmitter", "app1")  # no receiving bind: its receipts are held
+        for fields in [*singles, *parts[:2]]:
+            resp = await app.submit(**fields)
+            assert resp.status == Status.ESME_ROK
+            ids[marker_of(fields["short_message"])] = resp.message_id
+        smsc.send_mo("relay", b"79991234567", APP2_NUMBER, MO_TEXT)
+        # Every single's receipt and the MO were answered ESME_ROK: held, in the store.
+        await relay.wait_for(
+            lambda: len(smsc.answers) == len(singles) + 1, 10.0, "the deliveries answered"
+        )
+        assert {status for _, status in smsc.answers} == {Status.ESME_ROK}
+        await app.close()
+        status, log = await relay.stop()
+    assert status == 0, log
+    assert "stay in the store for the next start" in log
+    assert "lost" not in log
+
+    async with RelayProcess(after, settings) as relay:
+        restored = re.search(r"(\d+) held deliveries, (\d+) held parts", relay.log)
+        assert restored is not None, relay.log
+        assert restored.groups() == (str(len(singles) + 1), "2")  # the receipts and the MO
+        app2 = harness.esme_at(relay.smpp_port)
+        await app2.bind("receiver", "app2")
+        await app2.read_until(lambda: len(app2.deliveries) >= 1, timeout=10)
+        assert [d.short_message for d in app2.deliveries] == [MO_TEXT]
+        app1 = harness.esme_at(relay.smpp_port)
+        await app1.bind("transceiver", "app1")
+        last = await app1.submit(**parts[2])
+        assert last.status == Status.ESME_ROK
+        await app1.read_until(lambda: len(receipted(app1)) >= len(singles), timeout=10)
+        assert receipted(app1) >= {ids[marker_of(s["short_message"])] for s in singles}
+        await app1.close()
+        await app2.close()
+    counts = at_operator(smsc)
+    assert all(counts[marker_of(fields["short_message"])] == 1 for fields in [*singles, *parts])

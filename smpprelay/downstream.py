@@ -40,7 +40,7 @@ from smpprelay.session_states import (
     ANSWERED_WITH_RESP,
     BOUND,
     NONE,
-    NOT_RELAYED,
+    OPERATIONS,
     STATE_OF_KIND,
     TRANSMITTING,
     UNBOUND,
@@ -54,6 +54,15 @@ SYSTEM_ID = "smpprelay"
 
 # (account, the app's submit_sm, whether the app bound with system_type "ISO")
 Submitter = Callable[[str, bytes, bool], Deferred[bytes]]
+# (command_id, account, the app's request, ISO): its response, whatever its sequence number
+# (`smpprelay.operations.Operations.handle`): query_sm, cancel_sm, replace_sm, submit_multi,
+# data_sm.
+Operator = Callable[[int, str, bytes, bool], Deferred[bytes]]
+
+
+def _not_carried(command_id: int, account: str, frame: bytes, app_iso: bool) -> Deferred[bytes]:
+    """Without operations (tests of the submit path alone): generic_nack ESME_RINVCMDID."""
+    return succeed(pdu.generic_nack(0, Status.ESME_RINVCMDID))
 
 
 class DownstreamSession(Receiving):
@@ -72,8 +81,10 @@ class DownstreamSession(Receiving):
         window: int,
         inactivity: float = 300.0,
         access: Access | OpenAccess = OPEN_ACCESS,
+        operate: Operator = _not_carried,
     ) -> None:
         self.portal = portal
+        self._operate = operate
         self.access = access
         self.host = ""
         self._admitted = False
@@ -175,8 +186,8 @@ class DownstreamSession(Receiving):
                 self._reject(connection, command_id, sequence, Status.ESME_RALYBND)
         elif command_id == CommandId.unbind and state in BOUND:
             self._unbind(connection, sequence)
-        elif state in NOT_RELAYED.get(command_id, NONE):
-            self._nack_unsupported(connection, command_id, sequence)
+        elif state in OPERATIONS.get(command_id, NONE):
+            self._operation(connection, command_id, sequence, frame)
         elif command_id in ANSWERED_WITH_RESP:
             # Out of its state (3.4 table 2-1); before a bind, nothing is read and we hang up.
             self._reject(connection, command_id, sequence, Status.ESME_RINVBNDSTS)
@@ -394,6 +405,38 @@ class DownstreamSession(Receiving):
             answer(pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR))
 
         self._relay_submit(account, frame, self.app_iso).addCallbacks(answer, failed)
+
+    def _operation(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None:
+        """query_sm, cancel_sm, replace_sm, submit_multi, data_sm: within the window (and, for
+        those that send messages, the account's throughput) as a submit is."""
+        account = self.account
+        sends = command_id in (CommandId.submit_multi, CommandId.data_sm)
+        if self._in_flight >= self.window or (sends and not self.access.may_submit(account)):
+            # An error response carries no body (3.4 §4.4.2), whichever the command.
+            connection.send(pdu.response(command_id, sequence, Status.ESME_RTHROTTLED))
+            return
+        self._in_flight += 1
+
+        def answer(resp: bytes) -> None:
+            self._in_flight -= 1
+            _, answered, status, _ = pdu.header(resp)
+            if answered == CommandId.generic_nack:
+                self.metrics.rejected_requests.labels(
+                    "downstream", pdu.command_label(command_id), pdu.status_label(status)
+                ).inc()
+            connection.send(pdu.with_sequence(resp, sequence))
+            if self._in_flight == 0:
+                self._notify_drained()
+
+        def failed(reason: Failure) -> None:
+            self.log.failure(
+                "an app's {command} failed", reason, command=pdu.command_label(command_id)
+            )
+            answer(pdu.generic_nack(sequence, Status.ESME_RSYSERR))
+
+        self._operate(command_id, account, frame, self.app_iso).addCallbacks(answer, failed)
 
     def _unbind(self, connection: SmppConnection, sequence: int) -> None:
         self.state = State.UNBINDING

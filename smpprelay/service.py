@@ -33,6 +33,7 @@ from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
+from smpprelay.operations import Operations
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.simulator import Simulator, SimulatorFactory
@@ -420,6 +421,7 @@ def build(
         store.secret if store.durable else None,
     )
     relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
+    operations = Operations(relay, router, metrics, reactor)
     _restore(config, store.load(), router, relay, reactor.seconds())
     password_pool, off_thread = password_checks_pool(config.clients, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
@@ -440,6 +442,7 @@ def build(
             limits.window,
             inactivity=limits.inactivity,
             access=access,
+            operate=operations.handle,
         )
 
     def make_connection(session: DownstreamSession) -> SmppConnection:

@@ -42,10 +42,10 @@ ANSWERED_WITH_RESP = {
     CommandId.unbind,
 }
 
-# Requests valid in these states (3.4 table 2-1) that the relay does not carry: answered
-# generic_nack ESME_RINVCMDID (as Kannel does), the session kept. Out of their states they get
-# ESME_RINVBNDSTS like any other request.
-NOT_RELAYED: dict[int, set[State]] = {
+# The other operations an app may send, and the states they are valid in (3.4 table 2-1): the
+# session hands them to `smpprelay.operations`. Out of their states they get ESME_RINVBNDSTS
+# like any other request.
+OPERATIONS: dict[int, set[State]] = {
     CommandId.query_sm: TRANSMITTING,
     CommandId.replace_sm: TRANSMITTING,
     CommandId.cancel_sm: TRANSMITTING,

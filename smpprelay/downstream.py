@@ -421,11 +421,7 @@ class DownstreamSession(Receiving):
 
         def answer(resp: bytes) -> None:
             self._in_flight -= 1
-            _, answered, status, _ = pdu.header(resp)
-            if answered == CommandId.generic_nack:
-                self.metrics.rejected_requests.labels(
-                    "downstream", pdu.command_label(command_id), pdu.status_label(status)
-                ).inc()
+            self.metrics.count_operation(account, command_id, pdu.header(resp)[2])
             connection.send(pdu.with_sequence(resp, sequence))
             if self._in_flight == 0:
                 self._notify_drained()

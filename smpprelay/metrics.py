@@ -156,6 +156,13 @@ class Metrics:
             ["side", "command", "status"],
             registry=r,
         )
+        self.operations = Counter(
+            "smpprelay_operations_total",
+            "query_sm, cancel_sm, replace_sm, submit_multi and data_sm from apps, by account, "
+            "command and the status they were answered with.",
+            ["account", "command", "status"],
+            registry=r,
+        )
         self.session_timeouts = Counter(
             "smpprelay_session_timeouts_total",
             "Sessions closed by a timer, by timer.",
@@ -342,6 +349,10 @@ class Metrics:
         if hist is None:
             hist = self._latency_children[account] = self.submit_latency.labels(account)
         hist.observe(seconds)
+
+    def count_operation(self, account: str, command_id: int, status: int) -> None:
+        """An app's query_sm, cancel_sm, replace_sm, submit_multi or data_sm was answered."""
+        self.operations.labels(account, command_label(command_id), self.status_label(status)).inc()
 
     def count_upstream_submit(self, status: int) -> None:
         """The operator answered a submit_sm with ``status``."""

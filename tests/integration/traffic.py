@@ -46,6 +46,9 @@ def _misbehave(port: int) -> None:
         sock.sendall(bind)
         sock.recv(4096)
         sock.sendall(pdu.submit_sm_resp(77, Status.ESME_ROK, b"nothing"))  # answers nothing
+        # A query_sm for an id this account never sent: answered, never relayed.
+        sock.sendall(pdu.build(pdu.CommandId.query_sm, 7, b"nothing\0\x00\x00\0"))
+        sock.recv(4096)
         sock.sendall(struct.pack(">IIII", 16, 0x00000006, 0, 6))  # unbind
         sock.recv(4096)
 

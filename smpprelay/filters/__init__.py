@@ -23,10 +23,17 @@ def build_chain(
     """
     write_behind = secret is not None
     rules: list[Filter] = []
+    encoding = None
     if config.encoding.enabled:
-        rules.append(EncodingFilter(config.encoding, upstream_iso, metrics))
+        encoding = EncodingFilter(config.encoding, upstream_iso, metrics)
+        rules.append(encoding)
     if config.concat.enabled:
-        rules.append(ConcatFilter(config.concat, metrics))
+        # IA5 parts are transcoded as one text when glued (`EncodingFilter.transcode_glued`).
+        transcode = None
+        if encoding is not None:
+            encoding.glues_parts = True
+            transcode = encoding.transcode_glued
+        rules.append(ConcatFilter(config.concat, metrics, transcode))
     if config.dedup.enabled:
         rules.append(DedupFilter(config.dedup, metrics, secret, write_behind))
     if config.flood.enabled:

@@ -48,7 +48,7 @@ again. Restored messages may come out of first-part order; the next `expire` sor
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -119,9 +119,18 @@ class ConcatFilter:
     settles: ClassVar[bool] = False
     holds_parts: ClassVar[bool] = True
 
-    def __init__(self, config: ConcatRule, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: ConcatRule,
+        metrics: Metrics,
+        transcode: Callable[[Message], Message] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        # The encoding rule's `transcode_glued`: parts it judges only as a whole (IA5) are
+        # transcoded here, when glued, so that this rule keeps (and `parts_settled` is given)
+        # the message that goes upstream.
+        self.transcode = transcode
         self.window = config.window
         self.max_open = config.max_open
         self.max_open_per_account = config.max_open_per_account
@@ -198,6 +207,8 @@ class ConcatFilter:
                 ]
             )
             glued = attrs.evolve(message, parts=parts, content=content)
+            if self.transcode is not None:
+                glued = self.transcode(glued)
             entry.glued = glued  # open until the operator's answer (`parts_settled`)
             return accept(glued)
         # No open message with this total: a straggler of a closed one, a new message, or a

@@ -34,11 +34,12 @@ import gsm0338  # type: ignore[import-untyped]  # noqa: F401
 from smpprelay import pdu
 from smpprelay.config import EncodingRule
 from smpprelay.filters.base import HoldsNothing
-from smpprelay.message import ACCEPT, Message, Verdict, accept, reject
+from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, Status, Tag
 
 GSM: Final = 0  # GSM 03.38, or ISO-8859-1 on a bind with system_type "ISO"
+IA5: Final = 1  # 7-bit ASCII; the operator does not take it
 LATIN1: Final = 3  # ISO-8859-1 by the SMPP standard; the operator does not take it
 OCTETS: Final = 4  # the operator's 8-bit: ISO-8859-1 text or binary
 UCS2: Final = 8
@@ -200,6 +201,9 @@ class EncodingFilter(HoldsNothing):
         self.allow = frozenset(config.allow)
         self.status = config.status
         self._billed = metrics.parts_billed.counts  # data_coding -> parts
+        # True when a concat rule glues parts after this rule and calls `transcode_glued`:
+        # an IA5 part then waits, validated but untouched, to be transcoded with its siblings.
+        self.glues_parts = False
 
     def check(self, message: Message, now: float) -> Verdict:
         """Accept (with a transcoded replacement where the conventions differ) or reject."""
@@ -226,8 +230,56 @@ class EncodingFilter(HoldsNothing):
         if dc == LATIN1:
             return self._rewrite(message, OCTETS, content)
         if dc in self.allow:
-            return ACCEPT
+            return ACCEPT  # an operator that takes a coding as it is, IA5 included
+        if dc == IA5:
+            if not content.isascii():
+                return reject(self.status, "invalid_ia5")
+            if message.concat is not None and self.glues_parts:
+                return ACCEPT  # judged with its siblings once glued (`transcode_glued`)
+            dc, data = self._ia5_coding(content, (message,))
+            return self._rewrite(message, dc, data)
         return reject(self.status, "unsupported_coding")
+
+    def transcode_glued(self, glued: Message) -> Message:
+        """``glued`` with its IA5 parts transcoded as one text (`check` let them through).
+
+        Every IA5 part goes under one data_coding: GSM only when every part's text has a GSM
+        form and fits its part, else the same octets under 4. A part of another coding is
+        left as `check` passed it.
+        """
+        parts = glued.parts
+        if not any(part.data_coding == IA5 for part in parts) or IA5 in self.allow:
+            return glued
+        # Held parts are slimmed (no content, a sample of the text): read them again.
+        full = [part if part.content else _reread(part) for part in parts]
+        ia5 = [part for part in full if part.data_coding == IA5]
+        dc, _ = self._ia5_coding(b"".join(part.content for part in ia5), ia5)
+        new_parts: list[Message] = []
+        contents: list[bytes] = []
+        completing = glued
+        for held, part in zip(parts, full, strict=True):
+            if part.data_coding != IA5:
+                new_parts.append(held)
+                contents.append(part.content)
+                continue
+            data = self._ia5_data(dc, part.content)
+            rewritten = self._rewrite(part, dc, data).message
+            assert rewritten is not None  # _rewrite always accepts with a replacement
+            contents.append(data)
+            if held is part:
+                new_parts.append(rewritten)
+            else:  # keep the held part slim: only its frame and data_coding change
+                fields = held.fields._replace(data_coding=dc)
+                new_parts.append(attrs.evolve(held, frame=rewritten.frame, fields=fields))
+            if held.frame == glued.frame:  # the part that completed the message is the glued one
+                completing = rewritten
+        return attrs.evolve(
+            glued,
+            frame=completing.frame,
+            fields=completing.fields,
+            parts=tuple(new_parts),
+            content=b"".join(contents),
+        )
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Count the parts the operator will bill for an accepted message."""
@@ -248,6 +300,31 @@ class EncodingFilter(HoldsNothing):
             self._bill(dc, parts)
 
     # --- transcoding --------------------------------------------------------------------
+
+    def _ia5_coding(
+        self, text: bytes, parts: tuple[Message, ...] | list[Message]
+    ) -> tuple[int, bytes]:
+        """The data_coding (and octets of ``text``) valid ASCII goes out under: GSM when every
+        character has a GSM form and each of ``parts`` still fits, else the same octets
+        under the operator's 8-bit (4), which never makes a part longer."""
+        try:
+            data = gsm_encode(text.decode("ascii"))
+        except NotRepresentable:
+            return OCTETS, text
+        if self.upstream_iso:
+            return GSM, text  # the operator reads 0 as Latin-1, and ASCII is Latin-1
+        if len(data) > len(text):  # escapes: does every part still fit?
+            for part in parts:
+                longer = gsm_encode(part.content.decode("ascii"))
+                if len(longer) > len(part.content) and self._too_long(part, GSM, longer):
+                    return OCTETS, text
+        return GSM, data
+
+    def _ia5_data(self, dc: int, content: bytes) -> bytes:
+        """``content`` (ASCII) under ``dc`` as `_ia5_coding` chose it."""
+        if dc == GSM and not self.upstream_iso:
+            return gsm_encode(content.decode("ascii"))
+        return content
 
     def _transcode(self, message: Message, text: str) -> Verdict:
         try:
@@ -292,3 +369,10 @@ class EncodingFilter(HoldsNothing):
     def _bill(self, dc: int, parts: int) -> None:
         billed = self._billed
         billed[dc] = billed.get(dc, 0) + parts
+
+
+def _reread(part: Message) -> Message:
+    """A held (slimmed) part read again from its frame, with its relay-issued id."""
+    again = read_message(part.account, part.frame, part.app_iso)
+    again.app_message_id = part.app_message_id
+    return again

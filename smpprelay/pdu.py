@@ -2,8 +2,8 @@
 
 The code lives in `smpprelay.smpp` (``constants``, ``framing``, ``short_message``,
 ``validation``, ``binds``, ``multi``, ``data``) and `smpprelay.receipts`; this module re-exports
-the same objects, so ``pdu.X`` costs one module attribute lookup, as before the split. New code may import from
-`smpprelay.smpp.*` and `smpprelay.receipts` directly.
+the same objects, so ``pdu.X`` costs one module attribute lookup, as before the split. New code
+may import from `smpprelay.smpp.*` and `smpprelay.receipts` directly.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def test_each_address_is_its_own_submit_sm_and_a_list_is_refused_with_invdlname(
     accept(app, 1, b"OP2")
     status, sequence, message_id, unsuccess = read_resp(app.written())
     assert (status, sequence) == (Status.ESME_ROK, 7)
-    assert message_id.startswith(b"R") and message_id not in (b"OP1", b"OP2")
+    assert message_id.startswith(b"R")
+    assert message_id not in (b"OP1", b"OP2")
     assert unsuccess == [(0, 0, b"friends", Status.ESME_RINVDLNAME)]
 
 
@@ -129,7 +130,8 @@ def test_the_rules_and_the_operator_refusals_are_listed_with_their_status() -> N
     app.pool.answers[1].callback(pdu.submit_sm_resp(0, Status.ESME_RINVDSTADR))
     accept(app, 2, b"OP3")
     status, _, message_id, unsuccess = read_resp(app.written())
-    assert status == Status.ESME_ROK and message_id
+    assert status == Status.ESME_ROK
+    assert message_id
     assert unsuccess == [
         (1, 1, b"12ab", Status.ESME_RINVDSTADR),
         (1, 1, A, 0x45),  # the dedup rule's status
@@ -233,7 +235,8 @@ def test_a_concatenated_multi_goes_part_by_part_and_receipts_carry_each_parts_id
             [pdu.submit_sm_resp(0, Status.ESME_ROK, b"OP%d-%d" % (index, part)) for part in (1, 2)]
         )
     second_status, _, second_id, _ = read_resp(app.written())
-    assert second_status == Status.ESME_ROK and second_id != first_id
+    assert second_status == Status.ESME_ROK
+    assert second_id != first_id
 
     for op_id in (b"OP0-1", b"OP0-2", b"OP1-1", b"OP1-2"):
         app.router.route(receipt(op_id))

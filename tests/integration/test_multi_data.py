@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,7 +44,7 @@ class SubmitMulti(smpplib.command.Command):  # type: ignore[misc]
             else:
                 ton, npi, address = entry
                 dests += bytes((1, ton, npi)) + c(address)
-        return (
+        body: bytes = (
             c(self.service_type or "")
             + bytes((self.source_addr_ton or 0, self.source_addr_npi or 0))
             + c(self.source_addr or "")
@@ -58,6 +57,7 @@ class SubmitMulti(smpplib.command.Command):  # type: ignore[misc]
             + bytes((len(self.short_message),))
             + self.short_message
         )
+        return body
 
 
 class SubmitMultiResp(smpplib.command.Command):  # type: ignore[misc]
@@ -81,7 +81,7 @@ class SubmitMultiResp(smpplib.command.Command):  # type: ignore[misc]
 
 
 @pytest.fixture(autouse=True)
-def smpplib_knows_submit_multi(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def smpplib_knows_submit_multi(monkeypatch: pytest.MonkeyPatch) -> None:
     original = smpplib.command.factory
     added = {"submit_multi": SubmitMulti, "submit_multi_resp": SubmitMultiResp}
 
@@ -95,7 +95,6 @@ def smpplib_knows_submit_multi(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     states["submit_multi"] = states["submit_sm"]
     states["submit_multi_resp"] = states["submit_sm_resp"]
     monkeypatch.setattr(smpplib.consts, "COMMAND_STATES", states)
-    yield
 
 
 def exchange(esme: Esme, name: str, **fields: Any) -> Deferred[Any]:

@@ -1,4 +1,4 @@
-"""`Message`: one submit_sm as the rules see it, and `Verdict`: what a rule decided."""
+"""`Message`: one submit_sm (or data_sm) as the rules see it; `Verdict`: what a rule decided."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ class Message:
     # The relay's own id for a part the concat rule may hold, set before any rule sees the part;
     # a glued message shares the id of the part that completed it.
     app_message_id: bytes = b""
+    # The id the app was given for this message when it is neither the operator's nor
+    # app_message_id: a submit_multi's, shared by every address it was fanned out to.
+    receipt_as: bytes = b""
 
     @property
     def source(self) -> bytes:
@@ -62,6 +65,12 @@ class Message:
         return self.fields.data_coding
 
     @property
+    def app_id(self) -> bytes | None:
+        """The id the app knows this message by, when it is not the operator's: what its
+        receipts are rewritten to."""
+        return self.receipt_as or self.app_message_id or None
+
+    @property
     def uses_payload(self) -> bool:
         """True when the text travels in message_payload rather than short_message."""
         return not self.fields.short_message and self.fields.tlv(Tag.message_payload) is not None
@@ -70,9 +79,12 @@ class Message:
 def read_message(
     account: str, frame: bytes, app_iso: bool = False, max_tlvs: int = pdu.DEFAULT_MAX_TLVS
 ) -> Message:
-    """Read a submit_sm for the rules. Raises `DecodeError` for a header that lies, or for
-    more than ``max_tlvs`` TLVs."""
-    fields = pdu.read_short_message(frame, max_tlvs)
+    """Read a submit_sm (or a data_sm: its text is its message_payload) for the rules.
+    Raises `DecodeError` for a header that lies, or for more than ``max_tlvs`` TLVs."""
+    if frame[4:8] == pdu.DATA_SM_ID:
+        fields = pdu.read_data_sm(frame, max_tlvs)
+    else:
+        fields = pdu.read_short_message(frame, max_tlvs)
     data = fields.text
     udh = b""
     concat = None

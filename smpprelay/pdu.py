@@ -1,9 +1,9 @@
 """SMPP 3.4 on the wire, without Twisted: one import surface for `smpprelay.smpp` and receipts.
 
 The code lives in `smpprelay.smpp` (``constants``, ``framing``, ``short_message``,
-``validation``, ``binds``) and `smpprelay.receipts`; this module re-exports the same objects, so
-``pdu.X`` costs one module attribute lookup, as before the split. New code may import from
-`smpprelay.smpp.*` and `smpprelay.receipts` directly.
+``validation``, ``binds``, ``multi``, ``data``) and `smpprelay.receipts`; this module re-exports
+the same objects, so ``pdu.X`` costs one module attribute lookup, as before the split. New code
+may import from `smpprelay.smpp.*` and `smpprelay.receipts` directly.
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ from smpprelay.smpp.constants import (
     status_label,
     status_name,
 )
+from smpprelay.smpp.data import (
+    DATA_SM_ID,
+    data_sm_resp,
+    deliver_sm_from_data_sm,
+    encode_data_sm,
+    encode_like,
+    read_data_sm,
+)
 from smpprelay.smpp.framing import (
     HEADER,
     HEADER_LEN,
@@ -57,6 +65,16 @@ from smpprelay.smpp.framing import (
     submit_sm_resp,
     with_sequence,
 )
+from smpprelay.smpp.multi import (
+    DEST_LIST,
+    DEST_SME,
+    MAX_DESTS,
+    Destination,
+    SubmitMulti,
+    Unsuccess,
+    read_submit_multi,
+    submit_multi_resp,
+)
 from smpprelay.smpp.short_message import (
     BLANK_MESSAGE,
     DEFAULT_MAX_TLVS,
@@ -69,9 +87,13 @@ from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_subm
 __all__ = [
     "BIND_KINDS",
     "BLANK_MESSAGE",
+    "DATA_SM_ID",
     "DEFAULT_MAX_TLVS",
+    "DEST_LIST",
+    "DEST_SME",
     "HEADER",
     "HEADER_LEN",
+    "MAX_DESTS",
     "MAX_SEQUENCE",
     "MAX_SHORT_MESSAGE",
     "MESSAGE_STATES",
@@ -84,21 +106,28 @@ __all__ = [
     "BindRequest",
     "CommandId",
     "DecodeError",
+    "Destination",
     "Framer",
     "FramingError",
     "MessageIdFormat",
     "ShortMessage",
     "Status",
+    "SubmitMulti",
     "Tag",
+    "Unsuccess",
     "bind_request",
     "bind_response",
     "build",
     "check_submit",
     "command_label",
     "command_name",
+    "data_sm_resp",
     "decode",
+    "deliver_sm_from_data_sm",
     "delivery_receipt",
     "encode",
+    "encode_data_sm",
+    "encode_like",
     "encode_short_message",
     "generic_nack",
     "header",
@@ -106,7 +135,9 @@ __all__ = [
     "message_id_of",
     "normalise_message_id",
     "read_bind",
+    "read_data_sm",
     "read_short_message",
+    "read_submit_multi",
     "receipt_id",
     "receipt_is_final",
     "replace_receipt_id",
@@ -114,6 +145,7 @@ __all__ = [
     "sequence_of",
     "status_label",
     "status_name",
+    "submit_multi_resp",
     "submit_sm_resp",
     "with_sequence",
 ]

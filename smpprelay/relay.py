@@ -63,6 +63,9 @@ _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay
 # oldest are dropped (the windows themselves are in memory: only a restart would forget them).
 MAX_PENDING_WINDOWS = 1_000_000
 
+# The operator's answers that accept a message with its id: a data_sm is carried as a submit is.
+_ACCEPTING = frozenset((CommandId.submit_sm_resp, CommandId.data_sm_resp))
+
 
 class Upstream(Protocol):
     """What the relay needs of the operator side (`smpprelay.upstream.UpstreamPool`)."""
@@ -130,13 +133,20 @@ class Relay:
         self.ids = MessageIds()
         self._pending_windows: list[WindowEntry] = []
 
-    def submit(self, account: str, frame: bytes, app_iso: bool = False) -> Deferred[bytes]:
+    def submit(
+        self, account: str, frame: bytes, app_iso: bool = False, *, app_id: bytes = b""
+    ) -> Deferred[bytes]:
         """Relay one submit_sm; fires with the submit_sm_resp to give the app (never fails).
 
-        The answer's sequence number is the caller's to set.
+        The answer's sequence number is the caller's to set. A data_sm goes the same way: the
+        operator's data_sm_resp is passed back, the relay's own answers are submit_sm_resp
+        (`smpprelay.operations.data` makes them data_sm_resp). ``app_id``: the id the app was
+        given for this message instead of the operator's (a submit_multi's, for each address):
+        its receipts are rewritten to it.
         """
         try:
             message = read_message(account, frame, app_iso, self.max_tlvs)
+            message.receipt_as = app_id
             pdu.check_submit(message.fields)
         except DecodeError as error:
             self.log.info(
@@ -186,12 +196,13 @@ class Relay:
             message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
             if chain is not None:
                 chain.settle(message, self.clock.seconds(), message_id)
-            if command_id != CommandId.submit_sm_resp:
+            if command_id not in _ACCEPTING:
                 # A generic_nack answers for the submit: the app gets its status.
                 return pdu.submit_sm_resp(0, status)
             if message_id is not None and wants_receipt:
                 # Stored before the app hears ESME_ROK, so its receipt always has a route.
-                return self._after(self.router.remember(message_id, account), resp, account)
+                stored = self.router.remember(message_id, account, message.app_id)
+                return self._after(stored, resp, account)
             return resp
 
         def failed(reason: Failure) -> bytes:
@@ -267,11 +278,12 @@ class Relay:
         """
         _, command_id, status, _ = pdu.header(resp)
         self.metrics.count_upstream_submit(status)
-        if status != Status.ESME_ROK or command_id != CommandId.submit_sm_resp:
+        if status != Status.ESME_ROK or command_id not in _ACCEPTING:
             return
         message_id = pdu.message_id_of(resp)
         if _wants_receipt(message):
-            self._remembered(self.router.remember(message_id, message.account), message.account)
+            stored = self.router.remember(message_id, message.account, message.app_id)
+            self._remembered(stored, message.account)
         if chain is not None:
             chain.settle(message, self.clock.seconds(), message_id)
 
@@ -294,9 +306,7 @@ class Relay:
                     self.metrics.count_upstream_submit(status)
                     if status == Status.ESME_ROK and _wants_receipt(part):
                         routes.append(
-                            self.router.remember(
-                                pdu.message_id_of(result), account, part.app_message_id
-                            )
+                            self.router.remember(pdu.message_id_of(result), account, part.app_id)
                         )
                 elif isinstance(result.value, ResponseTimeout):
                     result.value.on_late(functools.partial(self._late_part, part))
@@ -357,19 +367,18 @@ class Relay:
         receipt reaches the app under the id the app was given for it."""
         _, command_id, status, _ = pdu.header(resp)
         self.metrics.count_upstream_submit(status)
-        accepted = status == Status.ESME_ROK and command_id == CommandId.submit_sm_resp
+        accepted = status == Status.ESME_ROK and command_id in _ACCEPTING
         if accepted and _wants_receipt(part):
-            stored = self.router.remember(
-                pdu.message_id_of(resp), part.account, part.app_message_id
-            )
+            stored = self.router.remember(pdu.message_id_of(resp), part.account, part.app_id)
             self._remembered(stored, part.account)
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:
         """Tell the app about held parts that will never reach the operator."""
         now = self.clock.seconds()
         for part in parts:
-            if part.app_message_id and _wants_receipt(part):
-                receipt = delivery_receipt(part.fields, part.app_message_id, stat, now, now)
+            app_id = part.app_id
+            if app_id and _wants_receipt(part):
+                receipt = delivery_receipt(part.fields, app_id, stat, now, now)
                 self.router.deliver("receipt", part.account, receipt)
 
     def _parts_done(self, parts: Sequence[Message]) -> None:

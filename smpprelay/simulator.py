@@ -1,7 +1,7 @@
 """A built-in SMSC: the relay's upstream when no operator is configured, and a sandbox for apps.
 
-It accepts binds, answers every submit_sm with a unique message id and, when the submit asks
-for one, sends a standard delivery receipt (SMPP 3.4 appendix B text plus the
+It accepts binds, answers every submit_sm (and data_sm) with a unique message id and, when the
+submit asks for one, sends a standard delivery receipt (SMPP 3.4 appendix B text plus the
 ``receipted_message_id`` and ``message_state`` TLVs) to a receiving bind of the same system_id.
 A few switches (``submit_status``, ``answer_submits``, ``bind_status``) let tests make it
 misbehave the way real SMSCs sometimes do.
@@ -30,7 +30,7 @@ _HELD_MAX = 100_000
 
 @attrs.define
 class Received:
-    """A submit_sm the simulator accepted, as it arrived."""
+    """A submit_sm (or data_sm) the simulator accepted, as it arrived."""
 
     system_id: str
     message_id: bytes
@@ -100,12 +100,23 @@ class Simulator:
         """The delivery receipt for ``message`` (3.4 appendix B, with its TLVs)."""
         return delivery_receipt(message, message_id, self.stat, submitted, self.clock.seconds())
 
-    def send_mo(self, system_id: str, source: bytes, destination: bytes, text: bytes) -> None:
-        """Inject a mobile-originated message for ``system_id`` (GSM default alphabet)."""
+    def send_mo(
+        self,
+        system_id: str,
+        source: bytes,
+        destination: bytes,
+        text: bytes,
+        as_data_sm: bool = False,
+    ) -> None:
+        """Inject a mobile-originated message for ``system_id`` (GSM default alphabet), as a
+        deliver_sm or, ``as_data_sm``, as a data_sm (its text in message_payload)."""
         mo = ShortMessage(
             b"", 1, 1, source, 1, 1, destination, 0, 0, 0, b"", b"", 0, 0, 0, 0, text, ()
         )
-        self.send_to(system_id, pdu.encode_short_message(CommandId.deliver_sm, 0, mo))
+        if as_data_sm:
+            self.send_to(system_id, pdu.encode_data_sm(0, mo))
+        else:
+            self.send_to(system_id, pdu.encode_short_message(CommandId.deliver_sm, 0, mo))
 
 
 class SimulatedSession:
@@ -131,6 +142,8 @@ class SimulatedSession:
         sim = self.simulator
         if command_id == CommandId.submit_sm and self.kind in ("transmitter", "transceiver"):
             self._submit(connection, sequence, frame)
+        elif command_id == CommandId.data_sm and self.kind in ("transmitter", "transceiver"):
+            self._take(connection, sequence, frame, CommandId.data_sm)
         elif command_id in pdu.BIND_KINDS and not self.kind:
             self._bind(connection, command_id, sequence, frame)
         elif command_id == CommandId.unbind and self.kind:
@@ -168,20 +181,27 @@ class SimulatedSession:
             sim.receiver_bound(self)
 
     def _submit(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
+        self._take(connection, sequence, frame, CommandId.submit_sm)
+
+    def _take(
+        self, connection: SmppConnection, sequence: int, frame: bytes, command_id: int
+    ) -> None:
+        """A submit_sm, or a data_sm (answered the same way, with a data_sm_resp)."""
         sim = self.simulator
+        read = pdu.read_data_sm if command_id == CommandId.data_sm else pdu.read_short_message
         try:
-            message = pdu.read_short_message(frame)
+            message = read(frame)
         except DecodeError as error:
-            connection.send(pdu.submit_sm_resp(sequence, error.status))
+            connection.respond(command_id, sequence, error.status)
             return
         if not sim.answer_submits:
             return
         if sim.submit_status != Status.ESME_ROK:
-            connection.send(pdu.submit_sm_resp(sequence, sim.submit_status))
+            connection.respond(command_id, sequence, sim.submit_status)
             return
         message_id = sim.next_message_id()
         sim.received.append(Received(self.system_id, message_id, frame, message))
-        connection.send(pdu.submit_sm_resp(sequence, Status.ESME_ROK, message_id))
+        connection.respond(command_id, sequence, Status.ESME_ROK, message_id + b"\0")
         if message.registered_delivery & 0x03 in (1, 2) and (
             sim.stat != "DELIVRD" or message.registered_delivery & 0x03 == 1
         ):

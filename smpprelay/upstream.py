@@ -61,7 +61,8 @@ def backoff(
 
 
 class UpstreamHandler:
-    """Handles what the operator sends us on one session: receipts, MO, unbind.
+    """Handles what the operator sends us on one session: receipts, MO (as deliver_sm or
+    data_sm), unbind.
 
     An operator's ``unbind`` is answered at once, and the connection leaves the pool (no new
     submits go to it), but it is not closed yet: the operator may still answer the submits in
@@ -97,6 +98,8 @@ class UpstreamHandler:
     ) -> None:
         if command_id == CommandId.deliver_sm:
             self._deliver(connection, sequence, frame)
+        elif command_id == CommandId.data_sm:
+            self._deliver_data_sm(connection, sequence, frame)
         elif command_id == CommandId.unbind:
             connection.respond(CommandId.unbind, sequence, Status.ESME_ROK)
             if not self.draining(connection):
@@ -106,13 +109,30 @@ class UpstreamHandler:
         else:
             connection.send(pdu.generic_nack(sequence, Status.ESME_RINVCMDID))
 
-    def _deliver(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
+    def _deliver_data_sm(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
+        """An MO or receipt the operator sends as a data_sm: routed as the deliver_sm that
+        carries it to the app (`pdu.deliver_sm_from_data_sm`), answered with a data_sm_resp."""
+        try:
+            deliver_sm = pdu.deliver_sm_from_data_sm(frame)
+        except pdu.DecodeError as error:
+            self.log.warn("upstream data_sm unreadable ({error})", error=str(error))
+            connection.respond(CommandId.data_sm, sequence, error.status)
+            return
+        self._deliver(connection, sequence, deliver_sm, CommandId.data_sm)
+
+    def _deliver(
+        self,
+        connection: SmppConnection,
+        sequence: int,
+        frame: bytes,
+        command_id: int = CommandId.deliver_sm,
+    ) -> None:
         def answer(status: int) -> None:
-            connection.respond(CommandId.deliver_sm, sequence, status, b"\0")
+            connection.respond(command_id, sequence, status, b"\0")
 
         def failed(reason: Failure) -> None:
             self.log.failure("routing a deliver_sm failed", reason)
-            connection.respond(CommandId.deliver_sm, sequence, Status.ESME_RX_T_APPN)
+            connection.respond(command_id, sequence, Status.ESME_RX_T_APPN)
 
         routed = self._route(frame).addCallbacks(answer, failed)
         if routed.called:

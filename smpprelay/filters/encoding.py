@@ -36,7 +36,7 @@ from smpprelay.config import EncodingRule
 from smpprelay.filters.base import HoldsNothing
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import CommandId, Status, Tag
+from smpprelay.pdu import Status, Tag
 
 GSM: Final = 0  # GSM 03.38, or ISO-8859-1 on a bind with system_type "ISO"
 IA5: Final = 1  # 7-bit ASCII; the operator does not take it
@@ -363,7 +363,7 @@ class EncodingFilter(HoldsNothing):
             new = fields._replace(data_coding=dc, tlvs=tuple(tlvs))
         else:
             new = fields._replace(data_coding=dc, short_message=user_data)
-        frame = pdu.encode_short_message(CommandId.submit_sm, pdu.sequence_of(message.frame), new)
+        frame = pdu.encode_like(message.frame, new)  # a data_sm stays a data_sm
         return accept(attrs.evolve(message, frame=frame, fields=new, content=data))
 
     def _bill(self, dc: int, parts: int) -> None:

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from smpprelay import pdu
 from smpprelay.metrics import Metrics
+from smpprelay.operations.data import DataSmOperation
+from smpprelay.operations.multi import SubmitMultiOperation
 from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Router
@@ -46,8 +48,8 @@ class Operations:
             CommandId.query_sm: not_carried,
             CommandId.cancel_sm: not_carried,
             CommandId.replace_sm: not_carried,
-            CommandId.submit_multi: not_carried,
-            CommandId.data_sm: not_carried,
+            CommandId.submit_multi: SubmitMultiOperation(relay).handle,
+            CommandId.data_sm: DataSmOperation(relay).handle,
         }
 
     def handle(self, command_id: int, account: str, frame: bytes, app_iso: bool) -> Deferred[bytes]:

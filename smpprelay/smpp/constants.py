@@ -83,6 +83,9 @@ class Status(IntEnum):
     ESME_RINVSYSID = 0x0F
     ESME_RMSGQFUL = 0x14
     ESME_RINVSERTYP = 0x15
+    ESME_RINVNUMDESTS = 0x33  # submit_multi: number_of_dests 0 or above 254
+    ESME_RINVDLNAME = 0x34  # submit_multi: a distribution list the relay does not keep
+    ESME_RINVDESTFLAG = 0x40  # submit_multi: dest_flag neither 1 (SME) nor 2 (list)
     ESME_RINVESMCLASS = 0x43
     ESME_RSUBMITFAIL = 0x45
     ESME_RINVSRCTON = 0x48

@@ -37,6 +37,7 @@ from smpprelay.connection import RequestHandler, ResponseTimeout, SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
+from smpprelay.operations import Operations
 from smpprelay.pdu import CommandId, ShortMessage, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Receiver, Router
@@ -314,7 +315,7 @@ def make_router(
 
 class Relayed:
     """A bound transceiver (or, with ``bind=False``, a fresh connection) in front of the real
-    relay and rules; the operator is a FakePool."""
+    relay, rules and operations; the operator is a FakePool."""
 
     def __init__(
         self, bind: bool = True, max_pdu: int = 70_000, metrics: Metrics | None = None
@@ -329,9 +330,18 @@ class Relayed:
         rules = FiltersConfig(dedup=DedupRule(max_entries=1000), flood=FloodRule(max_entries=1000))
         chain = build_chain(rules, False, self.metrics)
         relay = Relay(self.pool, router, self.metrics, self.clock, chain)
+        self.relay, self.router = relay, router
+        operations = Operations(relay, router, self.metrics, self.clock)
         clients = {"app": Account(system_id="app", password="pw")}
         self.session = DownstreamSession(
-            make_portal(clients), registry, relay.submit, self.clock, self.metrics, 10.0, 100
+            make_portal(clients),
+            registry,
+            relay.submit,
+            self.clock,
+            self.metrics,
+            10.0,
+            100,
+            operate=operations.handle,
         )
         self.connection, self.transport = app_connection(
             self.session, self.clock, self.metrics, max_pdu=max_pdu, pdu_read=10.0

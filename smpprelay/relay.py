@@ -247,7 +247,9 @@ class Relay:
         app_id = message.app_message_id
         assert app_id is not None
         now = self.clock.seconds()
-        part = HeldPart(app_id, message.account, message.frame, message.app_iso, now, now)
+        part = HeldPart(
+            app_id, message.account, message.frame, message.app_iso, now, now, message.receipt_as
+        )
 
         def not_stored(reason: Failure) -> bytes:
             reason.trap(StoreUnavailable)
@@ -428,6 +430,7 @@ class Relay:
                 self.store.parts_done([held.app_message_id])
                 continue
             part.app_message_id = held.app_message_id
+            part.receipt_as = held.receipt_as
             try:
                 self.chain.restore_part(part, held.first)
             except ValueError as error:

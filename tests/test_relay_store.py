@@ -203,3 +203,27 @@ def test_with_the_memory_store_the_rules_note_nothing_to_write_behind() -> None:
         chain.settle(message, 1000.0, b"OP1")
     assert memory_chain.window_entries() == []
     assert sorted(entry.rule for entry in durable_chain.window_entries()) == ["dedup", "flood"]
+
+
+def test_a_held_part_of_a_submit_multi_keeps_its_receipt_id_across_a_restart() -> None:
+    """A part held for one address of a submit_multi goes home under the multi's id, also
+    when the relay restarted in between."""
+    first = Harness(concat=True)
+    outcome(first.relay.submit(ACCOUNT, part(1), app_id=b"MULTI1"))
+    first.store.commit()
+    [kept] = first.store.parts.values()
+    assert kept.receipt_as == b"MULTI1"
+    store = ManualStore(loaded=Loaded(parts=[kept]))
+    store.parts = {kept.app_message_id: kept}
+    h = Harness(concat=True, store=store)
+    assert h.relay.restore(store.load(), h.clock.seconds()) == (0, 1)
+    answer = outcome(h.relay.submit(ACCOUNT, part(2), app_id=b"MULTI1"))
+    h.pool.batch_answers[0].callback(
+        [pdu.submit_sm_resp(n, Status.ESME_ROK, b"OP%d" % n) for n in (1, 2)]
+    )
+    h.store.commit()
+    assert pdu.header(answer[0])[2] == Status.ESME_ROK
+    for operator_id in (b"OP1", b"OP2"):
+        route = h.store.routes.get(operator_id.decode(), h.clock.seconds())
+        assert route is not None
+        assert route.app_message_id == b"MULTI1"

@@ -84,6 +84,8 @@ class HeldPart:
     app_iso: bool  # the app's session is ISO (its text is read as ISO-8859-1)
     first: float  # when its message's first part arrived (its window runs from there)
     arrived: float  # when this part arrived
+    # The id its receipts go home under when it is not ``app_message_id`` (a submit_multi's).
+    receipt_as: bytes = b""
 
 
 class WindowEntry(NamedTuple):

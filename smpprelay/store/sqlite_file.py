@@ -34,7 +34,8 @@ SCHEMA = (
     "CREATE INDEX deliveries_expires ON deliveries (expires)",
     # A rowid table: the rowid is the order the parts arrived in.
     "CREATE TABLE parts (app_message_id BLOB NOT NULL UNIQUE, account TEXT NOT NULL,"
-    " frame BLOB NOT NULL, app_iso INTEGER NOT NULL, first REAL NOT NULL, arrived REAL NOT NULL)",
+    " frame BLOB NOT NULL, app_iso INTEGER NOT NULL, first REAL NOT NULL, arrived REAL NOT NULL,"
+    " receipt_as BLOB NOT NULL DEFAULT x'')",
     # One row per write-behind: its entries packed (smpprelay.store.window_segments), expiring
     # with the last of them.
     "CREATE TABLE windows (id INTEGER PRIMARY KEY, expires REAL NOT NULL,"
@@ -178,9 +179,9 @@ def load(conn: sqlite3.Connection, now: float, routes: int) -> Loaded:
         )
     ]
     parts = [
-        HeldPart(app_id, account, frame, bool(iso), first, arrived)
-        for app_id, account, frame, iso, first, arrived in conn.execute(
-            "SELECT app_message_id, account, frame, app_iso, first, arrived FROM parts"
+        HeldPart(app_id, account, frame, bool(iso), first, arrived, receipt_as)
+        for app_id, account, frame, iso, first, arrived, receipt_as in conn.execute(
+            "SELECT app_message_id, account, frame, app_iso, first, arrived, receipt_as FROM parts"
             " ORDER BY rowid"
         )
     ]

@@ -258,9 +258,17 @@ class Writer:
         if ops := by_kind.get(PART):
             parts: list[HeldPart] = [op[1] for op in ops]
             cursor = conn.executemany(
-                "INSERT OR IGNORE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (p.app_message_id, p.account, p.frame, p.app_iso, p.first, p.arrived)
+                    (
+                        p.app_message_id,
+                        p.account,
+                        p.frame,
+                        p.app_iso,
+                        p.first,
+                        p.arrived,
+                        p.receipt_as,
+                    )
                     for p in parts
                 ],
             )

@@ -148,7 +148,10 @@ async def test_what_was_written_is_loaded_after_a_restart(make: Make) -> None:
     for item in [held[0], expired, held[1], held[2]]:
         await store.hold_delivery(item)
     store.delivered(held[1])
-    parts = [HeldPart(b"p%d" % n, "alice", b"f%d" % n, n == 1, 1.0, 1.0 + n) for n in range(3)]
+    parts = [
+        HeldPart(b"p%d" % n, "alice", b"f%d" % n, n == 1, 1.0, 1.0 + n, b"M%d" % n if n else b"")
+        for n in range(3)
+    ]
     for part in parts:
         await store.hold_part(part)
     store.parts_done([parts[0].app_message_id])

@@ -10,9 +10,9 @@ from types import ModuleType
 import pytest
 
 from smpprelay import pdu, receipts
-from smpprelay.smpp import binds, constants, framing, short_message, validation
+from smpprelay.smpp import binds, constants, framing, queries, short_message, validation
 
-HOMES = (constants, framing, short_message, validation, binds, receipts)
+HOMES = (constants, framing, short_message, validation, binds, queries, receipts)
 
 
 def test_pdu_exports_every_public_name_of_its_homes_once() -> None:

@@ -198,7 +198,7 @@ def a_store_file(path: Path, routes: int = 3000) -> None:
     make(path).close()
     conn = sf.connect(str(path), "full", None)
     conn.executemany(
-        "INSERT INTO routes VALUES (1, ?, 1, NULL, 5.0)", [(f"{n:016x}",) for n in range(routes)]
+        "INSERT INTO routes VALUES (1, ?, 1, NULL, 5.0, NULL)", [(f"{n:016x}",) for n in range(routes)]
     )
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -48,7 +48,7 @@ def _unpack(stored: _Stored) -> tuple[complex, bytes | None, str | None]:
         return stored, None, None
     if len(stored) == 2:
         return stored[0], stored[1], None
-    return stored  # type: ignore[return-value]
+    return stored
 
 
 class ReceiptRoutes:

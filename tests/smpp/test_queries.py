@@ -4,6 +4,7 @@ malformed field answered with the status the spec names."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_malformed_cancel_sm(data: bytes, status: int) -> None:
     assert error.value.status == status
 
 
-def _replace(**fields: object) -> bytes:
+def _replace(**fields: Any) -> bytes:
     return pdu.replace_sm(1, REPLACE._replace(**fields))
 
 

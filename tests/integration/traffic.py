@@ -46,6 +46,9 @@ def _misbehave(port: int) -> None:
         sock.sendall(bind)
         sock.recv(4096)
         sock.sendall(pdu.submit_sm_resp(77, Status.ESME_ROK, b"nothing"))  # answers nothing
+        # Another account's (here: nobody's) message: ESME_RINVMSGID, in the operations count.
+        sock.sendall(pdu.query_sm(8, pdu.QuerySm(b"NOBODYS", 0, 0, b"")))
+        sock.recv(4096)
         sock.sendall(struct.pack(">IIII", 16, 0x00000006, 0, 6))  # unbind
         sock.recv(4096)
 

@@ -1,9 +1,9 @@
 """SMPP 3.4 on the wire, without Twisted: one import surface for `smpprelay.smpp` and receipts.
 
 The code lives in `smpprelay.smpp` (``constants``, ``framing``, ``short_message``,
-``validation``, ``binds``, ``multi``, ``data``) and `smpprelay.receipts`; this module re-exports
-the same objects, so ``pdu.X`` costs one module attribute lookup, as before the split. New code
-may import from `smpprelay.smpp.*` and `smpprelay.receipts` directly.
+``validation``, ``binds``, ``multi``, ``data``, ``queries``) and `smpprelay.receipts`; this
+module re-exports the same objects, so ``pdu.X`` costs one module attribute lookup, as before the
+split. New code may import from `smpprelay.smpp.*` and `smpprelay.receipts` directly.
 """
 
 from __future__ import annotations
@@ -75,6 +75,20 @@ from smpprelay.smpp.multi import (
     read_submit_multi,
     submit_multi_resp,
 )
+from smpprelay.smpp.queries import (
+    CancelSm,
+    QuerySm,
+    QuerySmResp,
+    ReplaceSm,
+    cancel_sm,
+    query_sm,
+    query_sm_resp,
+    read_cancel_sm,
+    read_query_sm,
+    read_query_sm_resp,
+    read_replace_sm,
+    replace_sm,
+)
 from smpprelay.smpp.short_message import (
     BLANK_MESSAGE,
     DEFAULT_MAX_TLVS,
@@ -82,7 +96,7 @@ from smpprelay.smpp.short_message import (
     encode_short_message,
     read_short_message,
 )
-from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_submit
+from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_submit, time_ok
 
 __all__ = [
     "BIND_KINDS",
@@ -104,12 +118,16 @@ __all__ = [
     "TLV_LENGTHS",
     "BindKind",
     "BindRequest",
+    "CancelSm",
     "CommandId",
     "DecodeError",
     "Destination",
     "Framer",
     "FramingError",
     "MessageIdFormat",
+    "QuerySm",
+    "QuerySmResp",
+    "ReplaceSm",
     "ShortMessage",
     "Status",
     "SubmitMulti",
@@ -118,6 +136,7 @@ __all__ = [
     "bind_request",
     "bind_response",
     "build",
+    "cancel_sm",
     "check_submit",
     "command_label",
     "command_name",
@@ -134,18 +153,26 @@ __all__ = [
     "id_bases",
     "message_id_of",
     "normalise_message_id",
+    "query_sm",
+    "query_sm_resp",
     "read_bind",
+    "read_cancel_sm",
     "read_data_sm",
+    "read_query_sm",
+    "read_query_sm_resp",
+    "read_replace_sm",
     "read_short_message",
     "read_submit_multi",
     "receipt_id",
     "receipt_is_final",
     "replace_receipt_id",
+    "replace_sm",
     "response",
     "sequence_of",
     "status_label",
     "status_name",
     "submit_multi_resp",
     "submit_sm_resp",
+    "time_ok",
     "with_sequence",
 ]

@@ -188,7 +188,6 @@ class Relay:
 
     def _send_one(self, message: Message, chain: FilterChain | None) -> Deferred[bytes]:
         account = message.account
-        wants_receipt = _wants_receipt(message)
 
         def answered(resp: bytes) -> bytes | Deferred[bytes]:
             _, command_id, status, _ = pdu.header(resp)
@@ -199,8 +198,9 @@ class Relay:
             if command_id not in _ACCEPTING:
                 # A generic_nack answers for the submit: the app gets its status.
                 return pdu.submit_sm_resp(0, status)
-            if message_id is not None and wants_receipt:
-                # Stored before the app hears ESME_ROK, so its receipt always has a route.
+            if message_id is not None:
+                # Stored before the app hears ESME_ROK, so its receipt always has a route (and
+                # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
                 stored = self.router.remember(message_id, account, message.app_id)
                 return self._after(stored, resp, account)
             return resp
@@ -283,9 +283,8 @@ class Relay:
         if status != Status.ESME_ROK or command_id not in _ACCEPTING:
             return
         message_id = pdu.message_id_of(resp)
-        if _wants_receipt(message):
-            stored = self.router.remember(message_id, message.account, message.app_id)
-            self._remembered(stored, message.account)
+        stored = self.router.remember(message_id, message.account, message.app_id)
+        self._remembered(stored, message.account)
         if chain is not None:
             chain.settle(message, self.clock.seconds(), message_id)
 
@@ -306,7 +305,7 @@ class Relay:
             for part, result, status in zip(parts, results, statuses, strict=True):
                 if isinstance(result, bytes):
                     self.metrics.count_upstream_submit(status)
-                    if status == Status.ESME_ROK and _wants_receipt(part):
+                    if status == Status.ESME_ROK:
                         routes.append(
                             self.router.remember(pdu.message_id_of(result), account, part.app_id)
                         )
@@ -370,7 +369,7 @@ class Relay:
         _, command_id, status, _ = pdu.header(resp)
         self.metrics.count_upstream_submit(status)
         accepted = status == Status.ESME_ROK and command_id in _ACCEPTING
-        if accepted and _wants_receipt(part):
+        if accepted:
             stored = self.router.remember(pdu.message_id_of(resp), part.account, part.app_id)
             self._remembered(stored, part.account)
 

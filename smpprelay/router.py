@@ -113,14 +113,23 @@ class Router:
         self, message_id: bytes, account: str, app_message_id: bytes | None = None
     ) -> Deferred[None]:
         """Route receipts for operator ``message_id`` to ``account``; fires once it is stored
-        (fails with `StoreUnavailable` when it could not be)."""
+        (fails with `StoreUnavailable` when it could not be). The route is also the id map of
+        query_sm, cancel_sm and replace_sm: it keeps the operator's exact id when its key is
+        not that id."""
+        key = normalise_message_id(message_id, self._resp_base)
+        exact = message_id.decode("latin-1")
         return self.store.add_route(
             self.upstream,
-            normalise_message_id(message_id, self._resp_base),
+            key,
             account,
             app_message_id,
             self.clock.seconds(),
+            None if exact == key else exact,
         )
+
+    def key_of(self, message_id: bytes) -> str:
+        """The key under which the route for operator ``message_id`` is stored."""
+        return normalise_message_id(message_id, self._resp_base)
 
     def _count_evictions(self, routes: int, evicted: int) -> None:
         """Routes gave way at map_max since the last look: count them, say so when it starts."""

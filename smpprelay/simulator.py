@@ -4,7 +4,8 @@ It accepts binds, answers every submit_sm (and data_sm) with a unique message id
 submit asks for one, sends a standard delivery receipt (SMPP 3.4 appendix B text plus the
 ``receipted_message_id`` and ``message_state`` TLVs) to a receiving bind of the same system_id.
 A few switches (``submit_status``, ``answer_submits``, ``bind_status``) let tests make it
-misbehave the way real SMSCs sometimes do.
+misbehave the way real SMSCs sometimes do. query_sm, cancel_sm and replace_sm are answered from
+each message's state (`smpprelay.simulator_states`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import CommandId, DecodeError, ShortMessage, Status
 from smpprelay.receipts import delivery_receipt
+from smpprelay.simulator_states import QUERIES, MessageStates, receipt_due
 
 _HELD_MAX = 100_000
 
@@ -63,6 +65,7 @@ class Simulator:
         self._prefix = os.urandom(3).hex().upper()
         self._receivers: dict[str, list[SimulatedSession]] = {}
         self._held: dict[str, deque[bytes]] = {}
+        self.states = MessageStates(clock, self.send_to, keep)
 
     def next_message_id(self) -> bytes:
         """A fresh message id, unique across restarts thanks to a random prefix."""
@@ -144,6 +147,10 @@ class SimulatedSession:
             self._submit(connection, sequence, frame)
         elif command_id == CommandId.data_sm and self.kind in ("transmitter", "transceiver"):
             self._take(connection, sequence, frame, CommandId.data_sm)
+        elif command_id in QUERIES and self.kind in ("transmitter", "transceiver"):
+            connection.send(
+                pdu.with_sequence(sim.states.answer(self.system_id, command_id, frame), sequence)
+            )
         elif command_id in pdu.BIND_KINDS and not self.kind:
             self._bind(connection, command_id, sequence, frame)
         elif command_id == CommandId.unbind and self.kind:
@@ -202,14 +209,15 @@ class SimulatedSession:
         message_id = sim.next_message_id()
         sim.received.append(Received(self.system_id, message_id, frame, message))
         connection.respond(command_id, sequence, Status.ESME_ROK, message_id + b"\0")
-        if message.registered_delivery & 0x03 in (1, 2) and (
-            sim.stat != "DELIVRD" or message.registered_delivery & 0x03 == 1
-        ):
-            receipt = sim.receipt(message, message_id, sim.clock.seconds())
-            if sim.receipt_delay > 0:
-                sim.clock.callLater(sim.receipt_delay, sim.send_to, self.system_id, receipt)
-            else:
-                sim.send_to(self.system_id, receipt)
+        # En route until receipt_delay has passed; then final, and its receipt (if due) goes.
+        sim.states.track(
+            self.system_id,
+            message_id,
+            message,
+            receipt_due(message.registered_delivery, sim.stat),
+            sim.receipt_delay,
+            sim.stat,
+        )
 
 
 class SimulatorFactory(Factory):

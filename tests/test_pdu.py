@@ -10,9 +10,18 @@ from types import ModuleType
 import pytest
 
 from smpprelay import pdu, receipts
-from smpprelay.smpp import binds, constants, data, framing, multi, short_message, validation
+from smpprelay.smpp import (
+    binds,
+    constants,
+    data,
+    framing,
+    multi,
+    queries,
+    short_message,
+    validation,
+)
 
-HOMES = (constants, framing, short_message, validation, binds, data, multi, receipts)
+HOMES = (constants, framing, short_message, validation, binds, data, multi, queries, receipts)
 
 
 def test_pdu_exports_every_public_name_of_its_homes_once() -> None:

@@ -101,14 +101,15 @@ def test_receipt_route_is_written_before_the_app_hears_ok(registered_delivery: i
     assert len(h.store.routes) == 1
 
 
-def test_no_route_without_a_receipt_request() -> None:
-    """registered_delivery=0: the OK comes back and no route is stored."""
+def test_a_route_without_a_receipt_request_too() -> None:
+    """registered_delivery=0: the OK comes back, and the route is stored all the same (it is
+    the id map query_sm, cancel_sm and replace_sm read)."""
     h = Harness()
     answer = h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0))
     h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"77"))
     assert pdu.message_id_of(result_of(answer)) == b"77"
-    assert len(h.store.routes) == 0
-    assert h.route_of(b"77") is None
+    assert len(h.store.routes) == 1
+    assert h.route_of(b"77") is not None
 
 
 def test_refused_submit_stores_no_route() -> None:

@@ -58,12 +58,15 @@ def test_the_app_hears_ok_only_once_the_route_is_stored() -> None:
     assert pdu.message_id_of(answer[0]) == b"OP1"
 
 
-def test_a_submit_without_receipt_needs_no_write() -> None:
+def test_a_submit_without_receipt_is_mapped_before_its_ok_too() -> None:
+    """The route is the id map of query_sm, cancel_sm and replace_sm: written for every
+    message the operator accepted, before the app hears ESME_ROK."""
     h = Harness()
     answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=0)))
     h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+    assert answer == []
+    assert h.store.commit() == 1
     assert pdu.header(answer[0])[2] == Status.ESME_ROK
-    assert h.store.pending == []
 
 
 def test_a_route_the_store_cannot_keep_means_no_ok() -> None:

@@ -33,7 +33,7 @@ class Dropped(NamedTuple):
     account: str
     first: float  # when its first part arrived
     arrived: list[Message]  # the held parts, in the order they arrived (not by sequence)
-    reason: Literal["expired", "shutdown"]
+    reason: Literal["expired", "shutdown", "cancelled"]
 
 
 # What became of a glued message (`Filter.parts_settled`): the operator took every part

@@ -364,6 +364,40 @@ class ConcatFilter:
             )
         self._close(entry)
 
+    # --- query_sm, cancel_sm, replace_sm of a held part (smpprelay.operations.queries) ----
+
+    def find_held(self, account: str, app_id: bytes) -> tuple[OpenConcat, int, Message] | None:
+        """The open message, sequence and part ``account`` was given ``app_id`` for. A scan of
+        the open messages: these requests are rare, and an index would cost every part."""
+        for entry in self._open.values():
+            if entry.account == account:
+                for sequence, part in entry.received.items():
+                    if part.app_message_id == app_id:
+                        return entry, sequence, part
+        return None
+
+    def cancel_held(self, entry: OpenConcat) -> Dropped:
+        """Drop an open message (cancel_sm); closed, so its later parts are refused."""
+        self._close(entry)
+        return Dropped(entry.account, entry.first, list(entry.received.values()), "cancelled")
+
+    def replace_held(self, entry: OpenConcat, sequence: int, part: Message) -> bool:
+        """Hold ``part`` (a new frame for the same id: replace_sm) in place of the part held at
+        ``sequence``; False when the held-bytes caps leave no room for it."""
+        account = entry.account
+        delta = len(part.frame) - len(entry.received[sequence].frame)
+        per_account = self._bytes_per_account
+        if delta > 0 and (
+            self.held_bytes + delta > self.max_held_bytes
+            or per_account.get(account, 0) + delta > self.max_held_bytes_per_account
+        ):
+            return False
+        entry.received[sequence] = _slim(part)
+        entry.held_bytes += delta
+        self.held_bytes += delta
+        per_account[account] = per_account.get(account, 0) + delta
+        return True
+
     def expire(self, now: float) -> list[Dropped]:
         """Drop and return the messages whose window has ended. Run about once a second."""
         window = self.window

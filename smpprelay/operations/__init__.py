@@ -22,6 +22,7 @@ from smpprelay import pdu
 from smpprelay.metrics import Metrics
 from smpprelay.operations.data import DataSmOperation
 from smpprelay.operations.multi import SubmitMultiOperation
+from smpprelay.operations.queries import Queries
 from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
 from smpprelay.router import Router
@@ -43,11 +44,12 @@ class Operations:
         self.router = router
         self.metrics = metrics
         self.clock = clock
+        queries = Queries(relay, router, clock)
         # One line per operation: each module puts its own handler here.
         self.handlers: dict[int, Handler] = {
-            CommandId.query_sm: not_carried,
-            CommandId.cancel_sm: not_carried,
-            CommandId.replace_sm: not_carried,
+            CommandId.query_sm: queries.query,
+            CommandId.cancel_sm: queries.cancel,
+            CommandId.replace_sm: queries.replace,
             CommandId.submit_multi: SubmitMultiOperation(relay).handle,
             CommandId.data_sm: DataSmOperation(relay).handle,
         }

@@ -13,7 +13,7 @@ from smpprelay.smpp.constants import Status, Tag
 from smpprelay.smpp.framing import DecodeError
 from smpprelay.smpp.short_message import ShortMessage
 
-__all__ = ["MAX_SHORT_MESSAGE", "TLV_LENGTHS", "check_submit"]
+__all__ = ["MAX_SHORT_MESSAGE", "TLV_LENGTHS", "check_submit", "time_ok"]
 
 # TON values whose addresses are digits (international, national, subscriber, abbreviated).
 _NUMERIC_TON: Final = frozenset((1, 2, 4, 6))
@@ -89,7 +89,8 @@ def _address_status(ton: int, npi: int, addr: bytes, source: bool) -> int:
     return Status.ESME_ROK
 
 
-def _time_ok(value: bytes) -> bool:
+def time_ok(value: bytes) -> bool:
+    """An empty time, or an absolute or relative one (3.4 section 7.1.1)."""
     return not value or bool(_ABSOLUTE_TIME.fullmatch(value) or _RELATIVE_TIME.fullmatch(value))
 
 
@@ -108,9 +109,9 @@ def check_submit(m: ShortMessage) -> None:
         raise DecodeError(Status.ESME_RINVESMCLASS, f"esm_class 0x{m.esm_class:02X} in a submit")
     if m.priority_flag > 3:
         raise DecodeError(Status.ESME_RINVPRTFLG, f"priority_flag {m.priority_flag}")
-    if not _time_ok(m.schedule_delivery_time):
+    if not time_ok(m.schedule_delivery_time):
         raise DecodeError(Status.ESME_RINVSCHED, "schedule_delivery_time not YYMMDDhhmmsstnnp")
-    if not _time_ok(m.validity_period):
+    if not time_ok(m.validity_period):
         raise DecodeError(Status.ESME_RINVEXPIRY, "validity_period not YYMMDDhhmmsstnnp")
     regd = m.registered_delivery
     if regd & 0x03 == 0x03 or regd & 0xE0:

@@ -8,17 +8,24 @@ share one store). What a store keeps, and when it must have it:
 ========================  ===========================================  ==========================
 state                     written                                      call
 ========================  ===========================================  ==========================
-receipt route             before the app gets ``ESME_ROK``             `Store.add_route`
+receipt route (id map)    before the app gets ``ESME_ROK``             `Store.add_route`
 held receipt / MO         before the operator's ``deliver_sm`` is      `Store.hold_delivery`
                           answered ``ESME_ROK``
 held concatenated part    before the part's ``ESME_ROK``               `Store.hold_part`
 dedup and flood windows   write-behind, at most one second late        `Store.save_windows`
 ========================  ===========================================  ==========================
 
+A route is written for every message the operator accepted (receipt asked for or not): it is
+also the id map query_sm, cancel_sm and replace_sm read (`smpprelay.operations.queries`). It is
+keyed by the operator's id, normalised; it keeps the operator's exact id when that differs
+(``operator_id``) and the id the app was given when that is not the operator's
+(``app_message_id``, a relay-issued id), by which `find_app_id` finds it (several routes for one
+app id: a submit_multi's messages share the relay's id).
+
 **Asynchronous** (a remote store must answer them; each returns a `Deferred` that fires once the
 write is durable, or fails with `StoreUnavailable`, and the acknowledgement that depends on it
-is sent only then): `add_route`, `find_route`, `hold_delivery`, `hold_part`, `save_windows`,
-`close`.
+is sent only then): `add_route`, `find_route`, `find_app_id`, `hold_delivery`, `hold_part`,
+`replace_part`, `save_windows`, `close`.
 
 **Synchronous** (only this instance needs them, or they may be lost at a crash without breaking a
 promise): `start`, `load` (once, at start, before the app listener opens: what the last run left),
@@ -50,6 +57,7 @@ __all__ = [
     "Held",
     "HeldPart",
     "Loaded",
+    "Mapped",
     "Route",
     "Store",
     "StoreCorrupt",
@@ -108,6 +116,14 @@ class WindowEntry(NamedTuple):
     message_id: bytes | None = None
 
 
+class Mapped(NamedTuple):
+    """A route found by the id its app was given (`Store.find_app_id`)."""
+
+    upstream: str
+    message_id: str  # the operator's id, exactly as it gave it
+    route: Route
+
+
 @attrs.frozen(slots=True)
 class Loaded:
     """What a store holds at start, to be put back before any app binds."""
@@ -163,12 +179,19 @@ class Store(Protocol):
         account: str,
         app_message_id: bytes | None,
         now: float,
+        operator_id: str | None = None,
     ) -> Deferred[None]:
-        """Route receipts for operator ``message_id`` (normalised) on ``upstream``."""
+        """Route receipts for operator ``message_id`` (normalised) on ``upstream``;
+        ``operator_id`` is the operator's id as it gave it, when not ``message_id``."""
         ...
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
         """The route for ``message_id`` on ``upstream``, if known and not expired."""
+        ...
+
+    def find_app_id(self, app_message_id: bytes, now: float) -> Deferred[list[Mapped]]:
+        """Every live route whose app was given ``app_message_id`` (not the operator's id),
+        oldest first."""
         ...
 
     def route_final(self, upstream: str, message_id: str, now: float) -> None:
@@ -185,6 +208,10 @@ class Store(Protocol):
 
     def hold_part(self, part: HeldPart) -> Deferred[None]:
         """Keep a concatenated part answered ``ESME_ROK``."""
+        ...
+
+    def replace_part(self, part: HeldPart) -> Deferred[None]:
+        """A held part's frame changed (replace_sm): keep the new one (by ``app_message_id``)."""
         ...
 
     def parts_done(self, app_message_ids: Sequence[bytes]) -> None:

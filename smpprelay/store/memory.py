@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, succeed
 
-from smpprelay.store import HeldPart, Loaded, StoreStats, WindowEntry
+from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Loaded, Mapped, StoreStats, WindowEntry
 from smpprelay.store.tables import Held, ReceiptRoutes, Route
 
 
@@ -28,6 +28,7 @@ class MemoryStore:
         # The dedup digest's key: no window outlives the process, so a fresh one each time.
         self.secret = os.urandom(16)
         self._upstreams: dict[str, str] = {}  # upstream -> the prefix its ids carry here
+        self._prefixes: dict[str, str] = {}  # and back
 
     @property
     def writable(self) -> bool:
@@ -50,8 +51,18 @@ class MemoryStore:
         # One upstream (the usual case) keys by the id alone: no cost per route.
         if upstream == "default":
             return message_id
-        prefix = self._upstreams.setdefault(upstream, f"{len(self._upstreams) + 1}\0")
+        prefix = self._upstreams.get(upstream)
+        if prefix is None:
+            prefix = self._upstreams[upstream] = f"{len(self._upstreams) + 1}\0"
+            self._prefixes[prefix] = upstream
         return prefix + message_id
+
+    def _unkey(self, key: str) -> tuple[str, str]:
+        """(upstream, message id) of a key."""
+        prefix, nul, rest = key.partition("\0")
+        if nul and prefix + nul in self._prefixes:
+            return self._prefixes[prefix + nul], rest
+        return DEFAULT_UPSTREAM, key
 
     def add_route(
         self,
@@ -60,14 +71,24 @@ class MemoryStore:
         account: str,
         app_message_id: bytes | None,
         now: float,
+        operator_id: str | None = None,
     ) -> Deferred[None]:
         """Route receipts for ``message_id``; the oldest route gives way at ``map_max``."""
-        self.routes.add(self._key(upstream, message_id), account, now, app_message_id)
+        key = self._key(upstream, message_id)
+        self.routes.add(key, account, now, app_message_id, operator_id)
         return succeed(None)
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
         """The route, if known and not expired."""
         return succeed(self.routes.get(self._key(upstream, message_id), now))
+
+    def find_app_id(self, app_message_id: bytes, now: float) -> Deferred[list[Mapped]]:
+        """The live routes whose app was given ``app_message_id``."""
+        found = []
+        for key, route in self.routes.find_app(app_message_id, now):
+            upstream, message_id = self._unkey(key)
+            found.append(Mapped(upstream, route.operator_id or message_id, route))
+        return succeed(found)
 
     def route_final(self, upstream: str, message_id: str, now: float) -> None:
         """Keep the route ``final_grace`` seconds more (a late duplicate receipt still routes)."""
@@ -81,6 +102,10 @@ class MemoryStore:
         """Nothing kept here."""
 
     def hold_part(self, part: HeldPart) -> Deferred[None]:
+        """The concat rule's own table is the only copy."""
+        return succeed(None)
+
+    def replace_part(self, part: HeldPart) -> Deferred[None]:
         """The concat rule's own table is the only copy."""
         return succeed(None)
 

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from smpprelay.store import (
     HeldPart,
     Loaded,
+    Mapped,
     StoreCorrupt,
     StoreStats,
     StoreUnavailable,
@@ -60,9 +61,11 @@ from smpprelay.store.sqlite_writer import (
     EXPIRE,
     FINAL,
     FIND,
+    FIND_APP,
     HOLD,
     PART,
     PROBE,
+    REPART,
     WINDOWS,
     Batch,
     Writer,
@@ -193,11 +196,13 @@ class SqliteStore:
         account: str,
         app_message_id: bytes | None,
         now: float,
+        operator_id: str | None = None,
     ) -> Deferred[None]:
         """Route receipts for ``message_id`` on ``upstream`` (a route for the same id replaces
         the older one); fires once written."""
         return self._write(
-            ADD, (upstream, message_id, account, app_message_id, now + self.route_ttl)
+            ADD,
+            (upstream, message_id, account, app_message_id, now + self.route_ttl, operator_id),
         )
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
@@ -206,6 +211,14 @@ class SqliteStore:
             return fail(StoreUnavailable("the store is closed"))
         d: Deferred[Route | None] = Deferred()
         self._writer.put((FIND, (upstream, message_id, now), d))
+        return d
+
+    def find_app_id(self, app_message_id: bytes, now: float) -> Deferred[list[Mapped]]:
+        """The live routes whose app was given ``app_message_id`` (the partial index)."""
+        if self._closed is not None:
+            return fail(StoreUnavailable("the store is closed"))
+        d: Deferred[list[Mapped]] = Deferred()
+        self._writer.put((FIND_APP, (app_message_id, now), d))
         return d
 
     def route_final(self, upstream: str, message_id: str, now: float) -> None:
@@ -228,6 +241,10 @@ class SqliteStore:
     def hold_part(self, part: HeldPart) -> Deferred[None]:
         """Write a held concatenated part."""
         return self._write(PART, part)
+
+    def replace_part(self, part: HeldPart) -> Deferred[None]:
+        """Write a held part's new frame."""
+        return self._write(REPART, (part.frame, part.app_message_id))
 
     def parts_done(self, app_message_ids: Sequence[bytes]) -> None:
         """Forget these parts."""

@@ -15,7 +15,7 @@ from typing import Literal
 from smpprelay.store import HeldPart, Loaded, StoreCorrupt, window_segments
 from smpprelay.store.tables import DeliveryKind, Held
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: routes.operator_id and the index on routes.app_message_id
 HEADER = b"SQLite format 3\x00"
 
 Sync = Literal["full", "normal"]
@@ -27,7 +27,7 @@ SCHEMA = (
     "CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
     "CREATE TABLE routes (upstream INTEGER NOT NULL, message_id TEXT NOT NULL,"
     " account INTEGER NOT NULL, app_message_id BLOB, expires REAL NOT NULL,"
-    " PRIMARY KEY (upstream, message_id)) WITHOUT ROWID",
+    " operator_id TEXT, PRIMARY KEY (upstream, message_id)) WITHOUT ROWID",
     "CREATE INDEX routes_expires ON routes (expires)",
     "CREATE TABLE deliveries (key INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
     " account TEXT NOT NULL, frame BLOB NOT NULL, expires REAL NOT NULL)",
@@ -42,6 +42,13 @@ SCHEMA = (
     " entries INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE INDEX windows_expires ON windows (expires)",
 )
+# From version 1: the operator's exact id (NULL when it is the key), and routes found by the id
+# their app was given: a partial index, so only the routes with a relay-issued id pay for it.
+UPGRADE = (
+    "ALTER TABLE routes ADD COLUMN operator_id TEXT",
+    "CREATE INDEX routes_app ON routes (app_message_id) WHERE app_message_id IS NOT NULL",
+)
+APP_INDEX = UPGRADE[1]
 TABLES = frozenset({"meta", "names", "routes", "deliveries", "parts", "windows"})
 # Checked in full at open; `routes` is left out because at millions of rows a quick_check of it
 # takes tens of seconds (see the module docstring of smpprelay.store.sqlite), and counting it
@@ -104,6 +111,8 @@ def open_file(path: str, sync: Sync, max_size: int | None) -> sqlite3.Connection
         conn = connect(path, sync, max_size)
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
             _create(conn)
+        else:
+            _upgrade(conn)
     except sqlite3.Error as error:
         conn.close()
         raise _corrupt(path, str(error)) from error
@@ -139,8 +148,21 @@ def _create(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     for statement in SCHEMA:
         conn.execute(statement)
+    conn.execute(APP_INDEX)
     conn.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
     conn.execute("INSERT INTO meta VALUES ('secret', ?)", (os.urandom(16),))
+    conn.execute("COMMIT")
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a version 1 file to this version (in one transaction: all or nothing)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()
+    if row is None or row[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in UPGRADE:
+        conn.execute(statement)
+    conn.execute("UPDATE meta SET value = ? WHERE name = 'version'", (SCHEMA_VERSION,))
     conn.execute("COMMIT")
 
 

@@ -14,13 +14,15 @@ from typing import Any
 
 import attrs
 
-from smpprelay.store import HeldPart, StoreUnavailable
+from smpprelay.store import HeldPart, Mapped, StoreUnavailable
 from smpprelay.store.tables import Route
 from smpprelay.store.window_segments import pack
 
 # What a call asks of the writer; writes run in this order within a batch (see sqlite.py).
 ADD, FINAL, HOLD, DELIVERED, PART, DONE, WINDOWS, EXPIRE, PROBE, FIND = range(10)
-ASYNC_WRITES = (ADD, HOLD, PART, WINDOWS)
+FIND_APP, REPART = 10, 11  # routes by app id; a held part's new frame (after PART, before DONE)
+ASYNC_WRITES = (ADD, HOLD, PART, REPART, WINDOWS)
+LOOKUPS = (FIND, FIND_APP)
 FORGETTING = (FINAL, DELIVERED, DONE)  # kept and retried when a batch fails
 
 # (kind, payload, what waits for it or None)
@@ -139,7 +141,7 @@ class Writer:
         for op in batch:
             by_kind[op[0]].append(op)
         probed = PROBE in by_kind
-        writes = any(kind != FIND for kind in by_kind) or bool(self._retry)
+        writes = any(kind not in LOOKUPS for kind in by_kind) or bool(self._retry)
         if writes and (self._ok or probed):
             for op in self._retry:
                 by_kind[op[0]].insert(0, op)
@@ -151,11 +153,13 @@ class Writer:
             written = StoreUnavailable(self._problem)
             self._keep([op for kind in FORGETTING for op in by_kind.get(kind, ())])
         found = {id(d): self._find(conn, *args) for _, args, d in by_kind.get(FIND, ())}
+        for _, args, d in by_kind.get(FIND_APP, ()):
+            found[id(d)] = self._find_app(conn, *args)
         # In the order the calls were made (what waits on a write, or on a lookup).
         results: list[tuple[Any, object]] = [
-            (op[2], found[id(op[2])] if op[0] == FIND else written)
+            (op[2], found[id(op[2])] if op[0] in LOOKUPS else written)
             for op in batch
-            if op[2] is not None and (op[0] in ASYNC_WRITES or op[0] == FIND)
+            if op[2] is not None and (op[0] in ASYNC_WRITES or op[0] in LOOKUPS)
         ]
         return Batch(results, self._ok, self._problem, probed, False)
 
@@ -220,14 +224,16 @@ class Writer:
                     ids.get(acc) or self._id(conn, acc, added),
                     app,
                     exp,
+                    exact,
                 )
-                for up, mid, acc, app, exp in (op[1] for op in ops)
+                for up, mid, acc, app, exp, exact in (op[1] for op in ops)
             ]
             new = self._upsert(
                 conn,
-                "INSERT OR IGNORE INTO routes VALUES (?, ?, ?, ?, ?)",
-                "UPDATE routes SET account = ?3, app_message_id = ?4, expires = ?5"
-                " WHERE upstream = ?1 AND message_id = ?2",
+                "INSERT OR IGNORE INTO routes (upstream, message_id, account, app_message_id,"
+                " expires, operator_id) VALUES (?, ?, ?, ?, ?, ?)",
+                "UPDATE routes SET account = ?3, app_message_id = ?4, expires = ?5,"
+                " operator_id = ?6 WHERE upstream = ?1 AND message_id = ?2",
                 rows,
             )
             deltas["routes"] += new
@@ -273,6 +279,11 @@ class Writer:
                 ],
             )
             deltas["parts"] += cursor.rowcount
+            written += cursor.rowcount
+        if ops := by_kind.get(REPART):
+            cursor = conn.executemany(
+                "UPDATE parts SET frame = ? WHERE app_message_id = ?", [op[1] for op in ops]
+            )
             written += cursor.rowcount
         if ops := by_kind.get(DONE):
             cursor = conn.executemany(
@@ -364,7 +375,7 @@ class Writer:
             return None
         try:
             row = conn.execute(
-                "SELECT account, app_message_id, expires FROM routes"
+                "SELECT account, app_message_id, expires, operator_id FROM routes"
                 " WHERE upstream = ? AND message_id = ?",
                 (number, message_id),
             ).fetchone()
@@ -373,7 +384,23 @@ class Writer:
         if row is None or row[2] <= now:
             return None
         account = self._names.get(row[0])
-        return None if account is None else Route(account, row[1], row[2])
+        return None if account is None else Route(account, row[1], row[2], row[3])
+
+    def _find_app(self, conn: sqlite3.Connection, app_id: bytes, now: float) -> object:
+        try:
+            rows = conn.execute(
+                "SELECT upstream, message_id, account, app_message_id, expires, operator_id"
+                " FROM routes WHERE app_message_id = ? AND expires > ? ORDER BY expires",
+                (app_id, now),
+            ).fetchall()
+        except sqlite3.Error as error:
+            return StoreUnavailable(_problem(error))
+        names = self._names
+        return [
+            Mapped(names[up], exact or mid, Route(names[acc], app, exp, exact))
+            for up, mid, acc, app, exp, exact in rows
+            if up in names and acc in names
+        ]
 
 
 def _problem(error: BaseException) -> str:

@@ -24,20 +24,39 @@ class Route:
     account: str
     app_message_id: bytes | None
     expires: float
+    # The operator's id exactly as it gave it, when that is not its normalised form (the key):
+    # what query_sm, cancel_sm and replace_sm must name upstream. None: the key is exact.
+    operator_id: str | None = None
 
 
 # One route as stored: complex(expires, account number), or with the id the app was given
-# when it is not the operator's, (that complex, app id). A complex number is 32 bytes and never
-# tracked by the garbage collector; a `Route` object and its float took 80 (README "Receipts
-# and MO" has the bytes per route, measured by benchmarks/state_memory.py).
-_Stored = complex | tuple[complex, bytes]
+# when it is not the operator's, (that complex, app id), or with the operator's exact id when
+# it is not the key, (that complex, app id or None, exact id). A complex number is 32 bytes and
+# never tracked by the garbage collector; a `Route` object and its float took 80 (README
+# "Receipts and MO" has the bytes per route, measured by benchmarks/state_memory.py).
+_Stored = complex | tuple[complex, bytes] | tuple[complex, bytes | None, str]
+
+
+def _pack(when: complex, app_id: bytes | None, exact: str | None) -> _Stored:
+    if exact is not None:
+        return (when, app_id, exact)
+    return when if app_id is None else (when, app_id)
+
+
+def _unpack(stored: _Stored) -> tuple[complex, bytes | None, str | None]:
+    if isinstance(stored, complex):
+        return stored, None, None
+    if len(stored) == 2:
+        return stored[0], stored[1], None
+    return stored
 
 
 class ReceiptRoutes:
     """Operator message id (normalised) -> `Route`, oldest first, bounded and expiring.
 
     Every entry lives equally long, so insertion order is expiry order and expiring only ever
-    looks at the front.
+    looks at the front. Routes whose app was given another id (a relay-issued one) are also
+    found by that id (`find_app`): an index that costs nothing for the others.
     """
 
     def __init__(self, ttl: float, max_entries: int) -> None:
@@ -46,13 +65,22 @@ class ReceiptRoutes:
         self._routes: OrderedDict[str, _Stored] = OrderedDict()
         self._accounts: list[str] = []  # account number -> name
         self._numbers: dict[str, int] = {}
+        self._by_app: dict[bytes, list[str]] = {}  # app id -> keys of its routes
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._routes)
 
-    def add(self, message_id: str, account: str, now: float, app_id: bytes | None = None) -> bool:
-        """Remember where the receipt for ``message_id`` goes.
+    def add(
+        self,
+        message_id: str,
+        account: str,
+        now: float,
+        app_id: bytes | None = None,
+        exact: str | None = None,
+    ) -> bool:
+        """Remember where the receipt for ``message_id`` goes (``exact``: the operator's id as
+        it gave it, when not ``message_id``).
 
         Returns True when that took the place of the oldest route (``max_entries`` reached).
         """
@@ -60,25 +88,53 @@ class ReceiptRoutes:
         if number is None:
             number = self._numbers[account] = len(self._accounts)
             self._accounts.append(account)
-        stored = complex(now + self.ttl, number)
+        stored = _pack(complex(now + self.ttl, number), app_id, exact)
         routes = self._routes
-        routes.pop(message_id, None)
-        routes[message_id] = stored if app_id is None else (stored, app_id)
+        old = routes.pop(message_id, None)
+        if old is not None and not isinstance(old, complex):
+            self._unindex(message_id, old)
+        routes[message_id] = stored
+        if app_id is not None:
+            self._by_app.setdefault(app_id, []).append(message_id)
         if len(routes) > self.max_entries:
-            routes.popitem(last=False)
+            self._pop_oldest()
             self.evicted += 1
             return True
         return False
+
+    def _pop_oldest(self) -> None:
+        key, stored = self._routes.popitem(last=False)
+        if not isinstance(stored, complex):
+            self._unindex(key, stored)
+
+    def _unindex(self, key: str, stored: _Stored) -> None:
+        app_id = _unpack(stored)[1]
+        if app_id is None:
+            return
+        keys = self._by_app.get(app_id)
+        if keys is not None and key in keys:
+            keys.remove(key)
+            if not keys:
+                del self._by_app[app_id]
 
     def get(self, message_id: str, now: float) -> Route | None:
         """The route for ``message_id``, if it is known and has not expired."""
         stored = self._routes.get(message_id)
         if stored is None:
             return None
-        when, app_id = (stored, None) if isinstance(stored, complex) else stored
+        when, app_id, exact = _unpack(stored)
         if when.real <= now:
             return None
-        return Route(self._accounts[int(when.imag)], app_id, when.real)
+        return Route(self._accounts[int(when.imag)], app_id, when.real, exact)
+
+    def find_app(self, app_id: bytes, now: float) -> list[tuple[str, Route]]:
+        """(key, route) of every live route whose app was given ``app_id``, oldest first."""
+        found = []
+        for key in self._by_app.get(app_id, ()):
+            route = self.get(key, now)
+            if route is not None:
+                found.append((key, route))
+        return found
 
     def cut_back(self, message_id: str, expires: float) -> None:
         """Let the route for ``message_id`` end at ``expires`` if that is sooner.
@@ -89,12 +145,11 @@ class ReceiptRoutes:
         stored = self._routes.get(message_id)
         if stored is None:
             return
-        when, app_id = (stored, None) if isinstance(stored, complex) else stored
+        when, app_id, exact = _unpack(stored)
         if expires >= when.real:
             return
-        shorter = complex(expires, when.imag)
         del self._routes[message_id]
-        self._routes[message_id] = shorter if app_id is None else (shorter, app_id)
+        self._routes[message_id] = _pack(complex(expires, when.imag), app_id, exact)
 
     def expire(self, now: float) -> int:
         """Forget every expired route; return how many."""
@@ -105,7 +160,7 @@ class ReceiptRoutes:
             expires = first.real if isinstance(first, complex) else first[0].real
             if expires > now:
                 break
-            routes.popitem(last=False)
+            self._pop_oldest()
             dropped += 1
         return dropped
 

@@ -62,8 +62,8 @@ class ManualStore(MemoryStore):
         pending, self.pending = self.pending, []
         for write, what in pending:
             if isinstance(what, tuple) and what[0] == "route":
-                _, upstream, message_id, account, app_id, now = what
-                super().add_route(upstream, message_id, account, app_id, now)
+                _, upstream, message_id, account, app_id, now, exact = what
+                super().add_route(upstream, message_id, account, app_id, now, exact)
             write.callback(None)
         return len(pending)
 
@@ -86,8 +86,11 @@ class ManualStore(MemoryStore):
         account: str,
         app_message_id: bytes | None,
         now: float,
+        operator_id: str | None = None,
     ) -> Deferred[None]:
-        return self._write(("route", upstream, message_id, account, app_message_id, now))
+        return self._write(
+            ("route", upstream, message_id, account, app_message_id, now, operator_id)
+        )
 
     def route_final(self, upstream: str, message_id: str, now: float) -> None:
         self.finals.append(message_id)
@@ -107,6 +110,11 @@ class ManualStore(MemoryStore):
         if self._writable:
             self.parts[part.app_message_id] = part
         return self._write(part)
+
+    def replace_part(self, part: HeldPart) -> Deferred[None]:
+        if self._writable and part.app_message_id in self.parts:
+            self.parts[part.app_message_id] = part
+        return self._write(("replace", part))
 
     def parts_done(self, app_message_ids: Sequence[bytes]) -> None:
         for app_id in app_message_ids:

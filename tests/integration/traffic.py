@@ -46,8 +46,8 @@ def _misbehave(port: int) -> None:
         sock.sendall(bind)
         sock.recv(4096)
         sock.sendall(pdu.submit_sm_resp(77, Status.ESME_ROK, b"nothing"))  # answers nothing
-        # A query_sm for an id this account never sent: answered, never relayed.
-        sock.sendall(pdu.build(pdu.CommandId.query_sm, 7, b"nothing\0\x00\x00\0"))
+        # Another account's (here: nobody's) message: ESME_RINVMSGID, in the operations count.
+        sock.sendall(pdu.query_sm(8, pdu.QuerySm(b"NOBODYS", 0, 0, b"")))
         sock.recv(4096)
         sock.sendall(struct.pack(">IIII", 16, 0x00000006, 0, 6))  # unbind
         sock.recv(4096)

@@ -17,10 +17,17 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import LogEvent
 
-from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, StoreCorrupt, StoreUnavailable, WindowEntry
+from smpprelay.store import (
+    DEFAULT_UPSTREAM,
+    HeldPart,
+    Mapped,
+    StoreCorrupt,
+    StoreUnavailable,
+    WindowEntry,
+)
 from smpprelay.store import sqlite_file as sf
 from smpprelay.store.sqlite import SqliteStore
-from smpprelay.store.tables import Held
+from smpprelay.store.tables import Held, Route
 from tests.fakes import captured_logs, failure_of
 
 NOW = 1_000.0
@@ -198,7 +205,8 @@ def a_store_file(path: Path, routes: int = 3000) -> None:
     make(path).close()
     conn = sf.connect(str(path), "full", None)
     conn.executemany(
-        "INSERT INTO routes VALUES (1, ?, 1, NULL, 5.0)", [(f"{n:016x}",) for n in range(routes)]
+        "INSERT INTO routes VALUES (1, ?, 1, NULL, 5.0, NULL)",
+        [(f"{n:016x}",) for n in range(routes)],
     )
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -398,3 +406,31 @@ async def test_a_writer_that_cannot_open_the_file_fails_calls_and_still_closes(
     assert len(events) == 1
     await store.close()
     assert not any(call.func == store._probe for call in reactor().getDelayedCalls())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file of the previous release (no operator_id, no app id index) keeps its routes and
+    gains both at open."""
+    path = tmp_path / "store.db"
+    make(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX routes_app")
+    conn.execute("ALTER TABLE routes DROP COLUMN operator_id")
+    conn.execute("INSERT INTO names VALUES (1, 'default'), (2, 'alice')")
+    conn.execute("INSERT INTO routes VALUES (1, 'OLD', 2, X'5231', 500.0)")
+    conn.execute("UPDATE meta SET value = 1 WHERE name = 'version'")
+    conn.commit()
+    conn.close()
+    store = make(path)
+    store.load(0.0)
+    store.start()
+    try:
+        assert rows(path, "SELECT value FROM meta WHERE name = 'version'") == [(2,)]
+        assert await store.find_app_id(b"R1", 1.0) == [
+            Mapped("default", "OLD", Route("alice", b"R1", 500.0))
+        ]
+        await store.add_route("default", "NEW", "alice", None, 1.0, "new")
+        assert await store.find_route("default", "NEW", 2.0) == Route("alice", None, 101.0, "new")
+    finally:
+        await store.close()

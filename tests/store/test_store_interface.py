@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Store, WindowEntry
+from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Mapped, Store, WindowEntry
 from smpprelay.store.memory import MemoryStore
 from smpprelay.store.sqlite import SqliteStore
 from smpprelay.store.tables import Held, ReceiptRoutes, Route
@@ -132,6 +132,59 @@ async def test_the_other_calls_succeed_and_stats_count_routes(make: Make) -> Non
     assert store.writable
     assert store.problem == ""
     assert len(store.secret) == 16
+
+
+# --- the id map of query_sm, cancel_sm, replace_sm ---------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_route_keeps_the_operators_exact_id(make: Make) -> None:
+    store = started(make())
+    await store.add_route(DEFAULT_UPSTREAM, "ABC", "alice", None, 0.0, "0abc")
+    await store.add_route(DEFAULT_UPSTREAM, "DEF", "alice", None, 0.0)
+    assert await store.find_route(DEFAULT_UPSTREAM, "ABC", 1.0) == Route("alice", None, TTL, "0abc")
+    assert (await store.find_route(DEFAULT_UPSTREAM, "DEF", 1.0)) == Route("alice", None, TTL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_are_found_by_the_id_their_app_was_given(make: Make) -> None:
+    """Several routes may share an app id (a submit_multi's messages): all live ones, oldest
+    first, with the operator's exact id; a route replaced under another app id leaves it."""
+    store = started(make())
+    await store.add_route(DEFAULT_UPSTREAM, "OP1", "alice", b"R1", 0.0)
+    await store.add_route("east", "OP2", "alice", b"R1", 1.0, "op2")
+    await store.add_route(DEFAULT_UPSTREAM, "OP3", "bob", b"R2", 2.0)
+    await store.add_route(DEFAULT_UPSTREAM, "OP4", "alice", None, 3.0)
+    assert await store.find_app_id(b"R1", 5.0) == [
+        Mapped(DEFAULT_UPSTREAM, "OP1", Route("alice", b"R1", TTL)),
+        Mapped("east", "op2", Route("alice", b"R1", TTL + 1, "op2")),
+    ]
+    assert await store.find_app_id(b"R1", TTL + 0.5) == [
+        Mapped("east", "op2", Route("alice", b"R1", TTL + 1, "op2"))
+    ]
+    assert await store.find_app_id(b"OP4", 5.0) == []  # by app id only
+    assert await store.find_app_id(b"unknown", 5.0) == []
+    await store.add_route(DEFAULT_UPSTREAM, "OP3", "bob", b"R3", 4.0)
+    assert await store.find_app_id(b"R2", 5.0) == []
+    store.expire(TTL + 2)  # the older routes go, and with them their app ids
+    assert await store.find_app_id(b"R3", TTL + 3) == [
+        Mapped(DEFAULT_UPSTREAM, "OP3", Route("bob", b"R3", TTL + 4))
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_part_replaced_is_loaded_with_its_new_frame(make: Make) -> None:
+    store = started(make())
+    part = HeldPart(b"p1", "alice", b"old", False, 1.0, 1.0)
+    await store.hold_part(part)
+    await store.replace_part(HeldPart(b"p1", "alice", b"new", False, 1.0, 2.0))
+    assert store.stats().parts == (1 if store.durable else 0)
+    if not store.durable:
+        return
+    await store.close()
+    again = make()
+    loaded = again.load()
+    assert [(p.app_message_id, p.frame) for p in loaded.parts] == [(b"p1", b"new")]
 
 
 # --- durable backends ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ _STATS: tuple[str, ...] = get_args(ReceiptStat)
 _REFUSED = {
     "stat": f"--stat must be one of {', '.join(_STATS)}",
     "receipt_delay": "--receipt-delay must be 0 or more",
-    "throughput": "--throughput must be more than 0",
+    "throughput": "--throughput must be greater than 0",
 }
 _LISTEN_OPTIONS = {
     "port": "--port",

@@ -25,7 +25,7 @@ class Transmitter:
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)  # type: ignore[no-untyped-call]
         self.protocol.dataReceived(pdu.bind_request("transmitter", 1, "relay", "pw"))
-        self.transport.clear()  # type: ignore[no-untyped-call]
+        self.transport.clear()
         self.sequence = 1
 
     def send(self, count: int = 1) -> None:
@@ -35,8 +35,8 @@ class Transmitter:
 
     def statuses(self) -> list[int]:
         """The statuses of the answers since the last call."""
-        frames = frames_of(self.transport.value())  # type: ignore[no-untyped-call]
-        self.transport.clear()  # type: ignore[no-untyped-call]
+        frames = frames_of(self.transport.value())
+        self.transport.clear()
         return [pdu.header(frame)[2] for frame in frames]
 
 

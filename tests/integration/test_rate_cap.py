@@ -46,7 +46,7 @@ async def test_sixty_at_once_through_a_cap_of_twenty_a_second(harness: Harness) 
     app = harness.esme(relay)
     await app.bind("transceiver", "app1")
     results = await app.submit_many(_messages(60), window=60, timeout=20.0)
-    assert [answer.status for _, answer in results] == [Status.ESME_ROK] * 60
+    assert [getattr(answer, "status", None) for _, answer in results] == [Status.ESME_ROK] * 60
     times = [received.at for received in simulator.received]
     assert len(times) == 60
     assert max(times) - min(times) >= 2.0
@@ -71,12 +71,12 @@ async def test_an_operator_that_throttles_is_met_with_a_lower_pace(harness: Harn
     refused = 0
     for _ in range(20):
         results = await app.submit_many(pending, window=40, timeout=20.0)
-        statuses = {answer.status for _, answer in results}
-        assert statuses <= {Status.ESME_ROK, Status.ESME_RTHROTTLED}
+        statuses = [getattr(answer, "status", None) for _, answer in results]
+        assert set(statuses) <= {Status.ESME_ROK, Status.ESME_RTHROTTLED}
         again = [
             fields
-            for fields, (_, answer) in zip(pending, results, strict=True)
-            if answer.status == Status.ESME_RTHROTTLED
+            for fields, status in zip(pending, statuses, strict=True)
+            if status == Status.ESME_RTHROTTLED
         ]
         refused += len(again)
         pending = again

@@ -6,6 +6,7 @@ so adding a setting means adding one annotated field.
 """
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from typing import Literal
@@ -144,6 +145,10 @@ class UpstreamConfig:
     response_timeout: float = attrs.field(default=30.0, validator=_POSITIVE)
     queue_timeout: float = attrs.field(default=10.0, validator=_POSITIVE)
     queue_max: int = attrs.field(default=10_000, validator=_AT_LEAST_1)
+    # The operator's cap: submits per second over all sessions (smpprelay.pace), None: none.
+    throughput: float | None = attrs.field(default=None, validator=_POSITIVE)
+    # Submits that may go at once after a quiet spell; None: a tenth of a second's worth.
+    burst: int | None = attrs.field(default=None, validator=_AT_LEAST_1)
     reconnect_initial: float = attrs.field(default=1.0, validator=_POSITIVE)
     reconnect_max: float = attrs.field(default=60.0, validator=_POSITIVE)
     interface_version: int = attrs.field(default=0x34, validator=_BYTE)
@@ -175,6 +180,19 @@ class UpstreamConfig:
             raise Invalid(missing, "missing (tls_cert and tls_key come together)")
         if self.tls_cert is not None and not self.tls:
             raise Invalid("tls_cert", "needs upstream.tls: true")
+        if self.burst is not None and self.throughput is None:
+            raise Invalid("burst", "needs upstream.throughput")
+
+    @property
+    def burst_size(self) -> int:
+        """The bucket's size: ``burst``, or a tenth of a second at ``throughput`` (at least 1).
+
+        A tenth keeps any one second within 10% of the cap for an operator that counts per
+        second, and still lets a late timer (the reactor's) catch up without losing tokens.
+        """
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil((self.throughput or 0.0) / 10))
 
 
 @attrs.frozen(kw_only=True)
@@ -261,6 +279,8 @@ class SimulatorConfig:
 
     receipt_delay: float = attrs.field(default=0.0, validator=valid(number(ge=0)))
     stat: ReceiptStat = attrs.field(default="DELIVRD", validator=valid(one_of(ReceiptStat)))
+    # Submits per second it accepts (any one-second window); past that ESME_RTHROTTLED.
+    throughput: float | None = attrs.field(default=None, validator=_POSITIVE)
 
 
 @attrs.frozen(kw_only=True)

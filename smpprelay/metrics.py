@@ -306,6 +306,18 @@ class Metrics:
             ["session"],
             registry=r,
         )
+        # The operator's rate cap (smpprelay.pace), when upstream.throughput is set.
+        self.upstream_pace = Gauge(
+            "smpprelay_upstream_pace",
+            "Submits per second the relay may send upstream now, over all sessions: "
+            "upstream.throughput, less while the operator throttles (0: no cap configured).",
+            registry=r,
+        )
+        self.upstream_pace_decreases = Counter(
+            "smpprelay_upstream_pace_decreases",
+            "Times the operator's ESME_RTHROTTLED halved the upstream pace.",
+            registry=r,
+        )
         self.session_timeouts.labels("downstream", "deliver_sm")
         for kind in ("receipt", "mo"):
             self.deliveries.labels(kind, "retry_later")

@@ -18,6 +18,11 @@
   backs off: its effective window halves per such answer, and once it is down to one
   request it pauses for 0.1 s, doubling up to 5 s, between probes; every other answer gives
   one request back, up to ``window`` (additive increase, multiplicative decrease).
+- **The operator's rate cap.** With a `Pace` (``upstream.throughput``), a submit also needs a
+  token, and a long message one per part, taken together when it starts: what finds none
+  waits in the same lines, in the same turns, and the line whose turn it is holds the others
+  until its tokens come (so a long message is not starved by single ones). Without one, the
+  only cost is an ``is None`` test.
 
 The relay depends on this alone, not on how sessions bind.
 """
@@ -35,6 +40,7 @@ from twisted.python.failure import Failure
 
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
+from smpprelay.pace import Pace
 from smpprelay.pdu import Status
 
 # The command_status bytes of answers that mean "slow down" (read straight from the header:
@@ -42,6 +48,8 @@ from smpprelay.pdu import Status
 _BACK_OFF: Final = frozenset(
     status.to_bytes(4, "big") for status in (Status.ESME_RTHROTTLED, Status.ESME_RMSGQFUL)
 )
+# Of those, the one that is about the rate (the pace); ESME_RMSGQFUL is about what is in flight.
+_THROTTLED: Final = Status.ESME_RTHROTTLED.to_bytes(4, "big")
 # A session throttled down to one request waits this long before its next probe, doubling
 # per throttled probe up to _PAUSE_MAX (reliability.md 2.2: one probe at a time, 100 ms → 5 s).
 PAUSE_FIRST: Final = 0.1
@@ -119,8 +127,10 @@ class UpstreamPool:
         queue_timeout: float,
         queue_max: int,
         parts_within: float = 60.0,
+        pace: Pace | None = None,
     ) -> None:
         self.clock = clock
+        self.pace = pace  # None: no cap
         self.metrics = metrics
         self.window = window
         self.queue_timeout = queue_timeout
@@ -184,7 +194,12 @@ class UpstreamPool:
         if not self._count:
             lane = self._with_room()
             if lane is not None:
-                return self._send(lane, frame)
+                pace = self.pace
+                if pace is None or pace.take(1):
+                    return self._send(lane, frame)
+                waiting = self._wait(account, frame, Deferred())
+                pace.wake(1, self._drain)
+                return waiting
         return self._wait(account, frame, Deferred())
 
     def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
@@ -194,11 +209,14 @@ class UpstreamPool:
         """
         count = len(frames)
         long = _Long(tuple(frames))
+        pace = self.pace
         if not self._count:
             lane = self._with_room()
             if lane is not None:
-                self._start(lane, long)
-                return long.done
+                if pace is None or pace.take(count):
+                    self._start(lane, long)
+                    return long.done
+                pace.wake(count, self._drain)
         waiting = self._wait(account, long, long.done)
         return waiting.addErrback(lambda reason: [reason] * count)
 
@@ -223,6 +241,8 @@ class UpstreamPool:
                 self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
                 if result[8:12] in _BACK_OFF:
                     self._back_off(lane)
+                    if self.pace is not None and result[8:12] == _THROTTLED:
+                        self.pace.throttled(sent)
                 elif lane.limit < self.window:
                     self._recover(lane)
             if lane.long is not None:
@@ -355,12 +375,19 @@ class UpstreamPool:
     def _drain(self) -> None:
         turns = self._turns
         lines = self._waiting
+        pace = self.pace
         while turns:
             lane = self._with_room()
             if lane is None:
                 break
             account = turns[0]
             line = lines[account]
+            if pace is not None:
+                head = line[0][1]
+                need = 1 if isinstance(head, bytes) else len(head.frames)
+                if not pace.take(need):
+                    pace.wake(need, self._drain)
+                    break
             _, item, waiting = line.popleft()
             self._count -= 1
             if line:
@@ -390,6 +417,8 @@ class UpstreamPool:
         self._count -= len(expired)
         if soonest is not None:
             self._timer = self.clock.callLater(soonest - now, self._expire)
+        elif self.pace is not None:
+            self.pace.stop()  # nothing waits for a token any more
         self.metrics.upstream_queue.set(self._count)
         for waiting in expired:
             waiting.errback(QueueFull(f"no upstream session free within {self.queue_timeout} s"))
@@ -399,6 +428,8 @@ class UpstreamPool:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self.pace is not None:
+            self.pace.stop()
         lines = list(self._waiting.values())
         self._waiting.clear()
         self._turns.clear()

@@ -323,7 +323,12 @@ def _operator(
     """
     upstream = config.upstream
     if upstream is None:
-        sim = Simulator(reactor, config.simulator.receipt_delay, config.simulator.stat)
+        sim = Simulator(
+            reactor,
+            config.simulator.receipt_delay,
+            config.simulator.stat,
+            throughput=config.simulator.throughput,
+        )
         simulator = Listener(
             "built-in simulated SMSC",
             tcp_server(reactor, "127.0.0.1", 0),

@@ -5,7 +5,8 @@ submit asks for one, sends a standard delivery receipt (SMPP 3.4 appendix B text
 ``receipted_message_id`` and ``message_state`` TLVs) to a receiving bind of the same system_id.
 A few switches (``submit_status``, ``answer_submits``, ``bind_status``) let tests make it
 misbehave the way real SMSCs sometimes do. query_sm, cancel_sm and replace_sm are answered from
-each message's state (`smpprelay.simulator_states`).
+each message's state (`smpprelay.simulator_states`). With a ``throughput`` it caps the rate as
+operators do: a submit past that many in the last second is answered ESME_RTHROTTLED.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Received:
     message_id: bytes
     frame: bytes
     message: ShortMessage
+    at: float = 0.0  # when it arrived (the simulator's clock)
 
 
 class Simulator:
@@ -52,6 +54,7 @@ class Simulator:
         stat: str = "DELIVRD",
         accounts: dict[str, str] | None = None,
         keep: int = 10_000,
+        throughput: float | None = None,
     ) -> None:
         self.clock = clock
         self.receipt_delay = receipt_delay
@@ -62,6 +65,11 @@ class Simulator:
         self.bind_status = Status.ESME_ROK
         self.received: deque[Received] = deque(maxlen=keep)
         self.submits = 0
+        # At most this many submits accepted in any one second (None: no cap), as a
+        # sliding window: the strictest way an operator counts.
+        self.throughput = throughput
+        self.throttled = 0  # submits answered ESME_RTHROTTLED
+        self._accepted: deque[float] = deque()  # when each of the last second's went
         self._prefix = os.urandom(3).hex().upper()
         self._receivers: dict[str, list[SimulatedSession]] = {}
         self._held: dict[str, deque[bytes]] = {}
@@ -71,6 +79,20 @@ class Simulator:
         """A fresh message id, unique across restarts thanks to a random prefix."""
         self.submits += 1
         return b"%s%08X" % (self._prefix.encode(), self.submits)
+
+    def over_cap(self) -> bool:
+        """Whether a submit now would go past ``throughput`` (if not, it is counted)."""
+        if self.throughput is None:
+            return False
+        now = self.clock.seconds()
+        accepted = self._accepted
+        while accepted and accepted[0] <= now - 1.0:
+            accepted.popleft()
+        if len(accepted) >= max(1, int(self.throughput)):
+            self.throttled += 1
+            return True
+        accepted.append(now)
+        return False
 
     def receiver_bound(self, session: SimulatedSession) -> None:
         """A receiving bind came up: it gets what waited for its system_id."""
@@ -206,8 +228,13 @@ class SimulatedSession:
         if sim.submit_status != Status.ESME_ROK:
             connection.respond(command_id, sequence, sim.submit_status)
             return
+        if sim.over_cap():
+            connection.respond(command_id, sequence, Status.ESME_RTHROTTLED)
+            return
         message_id = sim.next_message_id()
-        sim.received.append(Received(self.system_id, message_id, frame, message))
+        sim.received.append(
+            Received(self.system_id, message_id, frame, message, sim.clock.seconds())
+        )
         connection.respond(command_id, sequence, Status.ESME_ROK, message_id + b"\0")
         # En route until receipt_delay has passed; then final, and its receipt (if due) goes.
         sim.states.track(

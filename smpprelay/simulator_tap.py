@@ -20,6 +20,7 @@ _STATS: tuple[str, ...] = get_args(ReceiptStat)
 _REFUSED = {
     "stat": f"--stat must be one of {', '.join(_STATS)}",
     "receipt_delay": "--receipt-delay must be 0 or more",
+    "throughput": "--throughput must be greater than 0",
 }
 _LISTEN_OPTIONS = {
     "port": "--port",
@@ -45,11 +46,22 @@ class Options(usage.Options):
         ],
         ["receipt-delay", None, 0.0, "Seconds before a delivery receipt is sent.", float],
         ["stat", None, "DELIVRD", "stat: of the receipts (" + ", ".join(_STATS) + ")."],
+        [
+            "throughput",
+            None,
+            None,
+            "Submits accepted per second (any one-second window); past that ESME_RTHROTTLED.",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:
         try:
-            self.simulator = SimulatorConfig(receipt_delay=self["receipt-delay"], stat=self["stat"])
+            self.simulator = SimulatorConfig(
+                receipt_delay=self["receipt-delay"],
+                stat=self["stat"],
+                throughput=self["throughput"],
+            )
         except Invalid as error:
             raise usage.UsageError(_REFUSED[error.key]) from None
         self.tls: ListenTlsConfig | None = None
@@ -89,7 +101,9 @@ def makeService(options: Options) -> IService:
     from smpprelay.tls import server_endpoint
 
     settings = options.simulator
-    simulator = Simulator(reactor, settings.receipt_delay, settings.stat)
+    simulator = Simulator(
+        reactor, settings.receipt_delay, settings.stat, throughput=settings.throughput
+    )
     if options.tls is not None:
         endpoint = server_endpoint(reactor, options["host"], options.tls)
         name = "simulated SMSC (TLS)"

@@ -30,6 +30,7 @@ from smpprelay._clientservice_fix import SessionEndpoint
 from smpprelay.config import UpstreamConfig
 from smpprelay.connection import SmppConnection
 from smpprelay.metrics import Metrics
+from smpprelay.pace import Pace
 from smpprelay.pdu import CommandId, Status
 from smpprelay.pool import UpstreamPool
 from smpprelay.tls import tls_problem
@@ -410,8 +411,17 @@ def build_upstream(
 
     ``parts_within``: the operator's limit on a long message's parts (the concat rule's window).
     """
+    pace = None
+    if config.throughput is not None:
+        pace = Pace(
+            clock,
+            config.throughput,
+            config.burst_size,
+            metrics.upstream_pace,
+            metrics.upstream_pace_decreases,
+        )
     pool = UpstreamPool(
-        clock, metrics, config.window, config.queue_timeout, config.queue_max, parts_within
+        clock, metrics, config.window, config.queue_timeout, config.queue_max, parts_within, pace
     )
     kinds = ["transceiver"] if config.bind == "transceiver" else ["transmitter", "receiver"]
     sessions = [

@@ -712,3 +712,40 @@ def test_secret_fields_are_marked() -> None:
         ("Account", "password_hash"),
         ("UpstreamConfig", "password"),
     }
+
+
+# --- the operator's rate cap (upstream.throughput, upstream.burst, simulator.throughput) --------
+
+
+def test_rate_cap_defaults_to_none_and_burst_to_a_tenth_of_a_second() -> None:
+    assert parse_config(_minimal(upstream=_upstream())).upstream == UpstreamConfig(
+        **_upstream(), throughput=None, burst=None
+    )
+    capped = parse_config(_minimal(upstream=_upstream(throughput=20))).upstream
+    assert capped is not None
+    assert (capped.throughput, capped.burst, capped.burst_size) == (20, None, 2)
+    slow = UpstreamConfig(**_upstream(throughput=0.5))
+    assert slow.burst_size == 1
+    assert UpstreamConfig(**_upstream(throughput=20, burst=50)).burst_size == 50
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"throughput": 0}, "x.yaml: upstream.throughput: must be greater than 0, got 0.0"),
+        ({"throughput": -3}, "x.yaml: upstream.throughput: must be greater than 0, got -3.0"),
+        ({"throughput": 5, "burst": 0}, "x.yaml: upstream.burst: must be at least 1, got 0"),
+        ({"throughput": 5, "burst": 2.5}, "x.yaml: upstream.burst: "),
+        ({"burst": 5}, "x.yaml: upstream.burst: needs upstream.throughput"),
+    ],
+)
+def test_rate_cap_is_validated(section: dict[str, Any], message: str) -> None:
+    assert _error(_minimal(upstream=_upstream(**section))).startswith(message)
+
+
+def test_simulator_throughput_is_validated() -> None:
+    config = parse_config(_minimal(simulator={"throughput": 20}))
+    assert config.simulator.throughput == 20
+    assert _error(_minimal(simulator={"throughput": 0})).startswith(
+        "x.yaml: simulator.throughput: must be greater than 0"
+    )

@@ -120,3 +120,19 @@ def test_a_tls_port_out_of_range_is_a_usage_error(tmp_path: pathlib.Path) -> Non
     certs = make_certs(tmp_path)
     with pytest.raises(usage.UsageError, match="--port: must be between 0 and 65535, got 70000"):
         parse("--port", "70000", "--tls-cert", certs.cert, "--tls-key", certs.key)
+
+
+def test_throughput_caps_the_simulator() -> None:
+    options = parse("--throughput", "20")
+    assert options.simulator == SimulatorConfig(throughput=20.0)
+    service = simulator_tap.makeService(options)
+    assert isinstance(service, Listener)
+    assert isinstance(service.factory, SimulatorFactory)
+    assert service.factory.simulator.throughput == 20.0
+    assert parse().simulator.throughput is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_throughput_not_above_zero_is_a_usage_error(value: str) -> None:
+    with pytest.raises(usage.UsageError, match="--throughput must be greater than 0"):
+        parse("--throughput", value)

@@ -73,7 +73,15 @@ class Simulator:
         self._prefix = os.urandom(3).hex().upper()
         self._receivers: dict[str, list[SimulatedSession]] = {}
         self._held: dict[str, deque[bytes]] = {}
-        self.states = MessageStates(clock, self.send_to, keep)
+        # Receipts are made by `receipt` (a subclass may make none) and sent by `send_to`.
+        self.states = MessageStates(
+            clock,
+            self.send_to,
+            keep,
+            lambda message, message_id, stat, submitted, done: self.receipt(
+                message, message_id, submitted
+            ),
+        )
 
     def next_message_id(self) -> bytes:
         """A fresh message id, unique across restarts thanks to a random prefix."""

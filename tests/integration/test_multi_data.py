@@ -6,117 +6,21 @@ here, written from SMPP 3.4 section 4.5 (not from the relay's codec).
 
 from __future__ import annotations
 
-import struct
-import time
-from typing import Any
-
 import pytest
 import pytest_twisted
 import smpplib.command
 import smpplib.consts
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 
 from smpprelay.service import RelayService
 
-from .apps import ALNUM, INTL, ISDN
-from .conftest import Esme, Harness, simulator_of
-
-
-class SubmitMulti(smpplib.command.Command):  # type: ignore[misc]
-    """submit_multi (3.4 section 4.5.1): ``dests`` is a list of (ton, npi, address) for SME
-    addresses (dest_flag 1) or a str for a distribution list name (dest_flag 2)."""
-
-    params: dict[str, Any] = {}
-    params_order = ()
-    # None until given (smpplib's _set_vars only fills attributes that are None).
-    service_type = source_addr_ton = source_addr_npi = source_addr = None
-    esm_class = registered_delivery = data_coding = None
-
-    def generate_params(self) -> bytes:
-        def c(text: str | bytes) -> bytes:
-            return (text.encode() if isinstance(text, str) else text) + b"\0"
-
-        dests = b""
-        for entry in self.dests:
-            if isinstance(entry, str):
-                dests += b"\x02" + c(entry)
-            else:
-                ton, npi, address = entry
-                dests += bytes((1, ton, npi)) + c(address)
-        body: bytes = (
-            c(self.service_type or "")
-            + bytes((self.source_addr_ton or 0, self.source_addr_npi or 0))
-            + c(self.source_addr or "")
-            + bytes((len(self.dests),))
-            + dests
-            + bytes((self.esm_class or 0, 0, 0))
-            + c("")
-            + c("")
-            + bytes((self.registered_delivery or 0, 0, self.data_coding or 0, 0))
-            + bytes((len(self.short_message),))
-            + self.short_message
-        )
-        return body
-
-
-class SubmitMultiResp(smpplib.command.Command):  # type: ignore[misc]
-    """submit_multi_resp (3.4 section 4.5.2): message_id, no_unsuccess, unsuccess_sme."""
-
-    params: dict[str, Any] = {}
-    params_order = ()
-
-    def parse_params(self, data: bytes) -> None:
-        end = data.index(b"\0")
-        self.message_id = data[:end]
-        count = data[end + 1]
-        pos = end + 2
-        self.unsuccess_sme = []
-        for _ in range(count):
-            ton, npi = data[pos], data[pos + 1]
-            stop = data.index(b"\0", pos + 2)
-            (error,) = struct.unpack_from(">L", data, stop + 1)
-            self.unsuccess_sme.append((ton, npi, data[pos + 2 : stop], error))
-            pos = stop + 5
+from .apps import INTL, ISDN
+from .conftest import Harness, simulator_of
+from .smpplib_more import SOURCE, exchange, teach
 
 
 @pytest.fixture(autouse=True)
-def smpplib_knows_submit_multi(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = smpplib.command.factory
-    added = {"submit_multi": SubmitMulti, "submit_multi_resp": SubmitMultiResp}
-
-    def factory(name: str, **kwargs: Any) -> Any:
-        if name in added:
-            return added[name](name, **kwargs)
-        return original(name, **kwargs)
-
-    monkeypatch.setattr(smpplib.command, "factory", factory)
-    states = dict(smpplib.consts.COMMAND_STATES)
-    states["submit_multi"] = states["submit_sm"]
-    states["submit_multi_resp"] = states["submit_sm_resp"]
-    monkeypatch.setattr(smpplib.consts, "COMMAND_STATES", states)
-
-
-def exchange(esme: Esme, name: str, **fields: Any) -> Deferred[Any]:
-    """Send request ``name`` and read (answering deliver_sm) until its response comes."""
-
-    def run() -> Any:
-        client = esme.client
-        request = smpplib.smpp.make_pdu(name, client=client, **fields)
-        client.send_pdu(request)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            got = client.read_pdu()
-            if got.command == "deliver_sm":
-                client._message_received(got)
-            elif got.command == f"{name}_resp" and got.sequence == request.sequence:
-                return got
-        raise TimeoutError(f"no {name}_resp")
-
-    return deferToThread(run)
-
-
-SOURCE = {"source_addr_ton": ALNUM, "source_addr_npi": 0, "source_addr": "SHOP"}
+def smpplib_with_the_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    teach(monkeypatch)
 
 
 @pytest_twisted.ensureDeferred

@@ -10,148 +10,26 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-import smpplib.command
-import smpplib.consts
-import smpplib.smpp
-from smpplib.command import Command, Param
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 
 from smpprelay.service import RelayService
 
-from .apps import ALNUM, message
+from .apps import message
 from .conftest import Esme, Harness, simulator_of
-
-
-class CancelSM(Command):  # type: ignore[misc]
-    """cancel_sm, SMPP 3.4 section 4.9.1."""
-
-    params = {
-        "service_type": Param(type=str, max=6),
-        "message_id": Param(type=str, max=65),
-        "source_addr_ton": Param(type=int, size=1),
-        "source_addr_npi": Param(type=int, size=1),
-        "source_addr": Param(type=str, max=21),
-        "dest_addr_ton": Param(type=int, size=1),
-        "dest_addr_npi": Param(type=int, size=1),
-        "destination_addr": Param(type=str, max=21),
-    }
-    params_order = (
-        "service_type",
-        "message_id",
-        "source_addr_ton",
-        "source_addr_npi",
-        "source_addr",
-        "dest_addr_ton",
-        "dest_addr_npi",
-        "destination_addr",
-    )
-
-    def __init__(self, command: str, **kwargs: Any) -> None:
-        super().__init__(command, **kwargs)
-        self._set_vars(**(dict.fromkeys(self.params)))
-
-
-class ReplaceSM(Command):  # type: ignore[misc]
-    """replace_sm, SMPP 3.4 section 4.10.1."""
-
-    params = {
-        "message_id": Param(type=str, max=65),
-        "source_addr_ton": Param(type=int, size=1),
-        "source_addr_npi": Param(type=int, size=1),
-        "source_addr": Param(type=str, max=21),
-        "schedule_delivery_time": Param(type=str, max=17),
-        "validity_period": Param(type=str, max=17),
-        "registered_delivery": Param(type=int, size=1),
-        "sm_default_msg_id": Param(type=int, size=1),
-        "sm_length": Param(type=int, size=1),
-        "short_message": Param(type=smpplib.command.ostr, max=254, len_field="sm_length"),
-    }
-    params_order = (
-        "message_id",
-        "source_addr_ton",
-        "source_addr_npi",
-        "source_addr",
-        "schedule_delivery_time",
-        "validity_period",
-        "registered_delivery",
-        "sm_default_msg_id",
-        "sm_length",
-        "short_message",
-    )
-
-    def __init__(self, command: str, **kwargs: Any) -> None:
-        super().__init__(command, **kwargs)
-        self._set_vars(**(dict.fromkeys(self.params)))
-
-    def prep(self) -> None:
-        """sm_length is the length of short_message (smpplib fills it in for submit_sm)."""
-        self.sm_length = len(self.short_message or b"")
-
-
-class HeaderOnlyResp(Command):  # type: ignore[misc]
-    """cancel_sm_resp and replace_sm_resp: a header, no body (3.4 sections 4.9.2, 4.10.2)."""
-
-    params: dict[str, Any] = {}
-    params_order = ()
-
-    def __init__(self, command: str, **kwargs: Any) -> None:
-        super().__init__(command, need_sequence=False, **kwargs)
-
-
-ADDED = {
-    "cancel_sm": CancelSM,
-    "cancel_sm_resp": HeaderOnlyResp,
-    "replace_sm": ReplaceSM,
-    "replace_sm_resp": HeaderOnlyResp,
-}
+from .smpplib_more import SOURCE, exchange, teach
 
 
 @pytest.fixture(autouse=True)
-def smpplib_with_cancel_and_replace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """smpplib's command table with cancel_sm and replace_sm; replace_sm on a transceiver too
-    (3.4 table 2-1 allows it; smpplib's state table lists transmitters only)."""
-    factory = smpplib.command.factory
-
-    def extended(command_name: str, **kwargs: Any) -> Any:
-        if command_name in ADDED:
-            return ADDED[command_name](command_name, **kwargs)
-        return factory(command_name, **kwargs)
-
-    monkeypatch.setattr(smpplib.command, "factory", extended)
-    states = dict(smpplib.consts.COMMAND_STATES)
-    for name in ("query_sm", "cancel_sm", "replace_sm"):
-        states[name] = (*states[name], smpplib.consts.SMPP_CLIENT_STATE_BOUND_TRX)
-        states[f"{name}_resp"] = states[name]
-    monkeypatch.setattr(smpplib.consts, "COMMAND_STATES", states)
-
-
-def request(app: Esme, command: str, **fields: Any) -> Deferred[Any]:
-    """Send ``command`` and read until its response (answering receipts on the way)."""
-
-    def run() -> Any:
-        client = app.client
-        sent = smpplib.smpp.make_pdu(command, client=client, **fields)
-        client.send_pdu(sent)
-        while True:
-            got = client.read_pdu()
-            if got.command == "deliver_sm":
-                client._message_received(got)
-            elif got.sequence == sent.sequence:
-                return got
-
-    return deferToThread(run)
-
-
-SOURCE = {"source_addr_ton": ALNUM, "source_addr_npi": 0, "source_addr": "SHOP"}
+def smpplib_with_the_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    teach(monkeypatch)
 
 
 def query(app: Esme, message_id: bytes) -> Deferred[Any]:
-    return request(app, "query_sm", message_id=message_id.decode(), **SOURCE)
+    return exchange(app, "query_sm", message_id=message_id.decode(), **SOURCE)
 
 
 def cancel(app: Esme, message_id: bytes) -> Deferred[Any]:
-    return request(
+    return exchange(
         app,
         "cancel_sm",
         service_type="",
@@ -164,7 +42,7 @@ def cancel(app: Esme, message_id: bytes) -> Deferred[Any]:
 
 
 def replace(app: Esme, message_id: bytes, text: bytes) -> Deferred[Any]:
-    return request(
+    return exchange(
         app,
         "replace_sm",
         message_id=message_id.decode(),

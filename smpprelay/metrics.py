@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
+from smpprelay.collectors import PlainCounter, StoreCollector, StoreReading
 from smpprelay.pdu import CommandId, Status, command_label
 from smpprelay.smpp.constants import status_label
 
@@ -397,92 +396,6 @@ _OTHER = -1
 def _pdu_labels(key: tuple[str, str, int]) -> list[str]:
     side, direction, command_id = key
     return [side, direction, command_label(command_id)]
-
-
-class PlainCounter(Collector):
-    """A counter family kept in plain integers, per key, and turned into samples when scraped.
-
-    For counts taken on every PDU or submit: a dict increment costs a quarter of a Counter
-    child's locked ``inc()``. Only the reactor thread writes ``counts``; the scrape (in a
-    thread) reads a copy, and ``dict.copy`` runs under the GIL in one step. ``labels`` turns a
-    key into its label values, so the hot path can count under cheap keys (ints, tuples).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: list[str],
-        labels: Callable[[Any], list[str]],
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
-        self.labels = labels
-        self.counts: dict[Any, int] = {}
-
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for key, count in self.counts.copy().items():
-            family.add_metric(self.labels(key), count)
-        yield family
-
-
-class StoreReading(NamedTuple):
-    """What the store says about itself at a scrape (`Metrics.watch_store`)."""
-
-    writable: bool
-    rows: dict[str, int]  # kind -> rows
-    size_bytes: int
-    commits: int
-    writes: int
-
-
-class StoreCollector(Collector):
-    """The store's health, rows and size, read from it when scraped (nothing per write)."""
-
-    def __init__(self, read: Callable[[], StoreReading]) -> None:
-        self.read = read
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # the families depend on a reading: described when collected
-
-    def collect(self) -> Iterator[Metric]:
-        reading = self.read()
-        yield GaugeMetricFamily(
-            "smpprelay_store_writable",
-            "1 while the store takes writes; 0 while it cannot (disk full, read-only, I/O "
-            "error): submits are then answered ESME_RMSGQFUL and the operator's deliveries "
-            "ESME_RX_T_APPN.",
-            value=1 if reading.writable else 0,
-        )
-        rows = GaugeMetricFamily(
-            "smpprelay_store_rows", "Rows in the store, by kind.", labels=["kind"]
-        )
-        for kind, count in sorted(reading.rows.items()):
-            rows.add_metric([kind], count)
-        yield rows
-        yield GaugeMetricFamily(
-            "smpprelay_store_size_bytes",
-            "Size of the store on disk (database and its write-ahead log).",
-            value=reading.size_bytes,
-        )
-        yield CounterMetricFamily(
-            "smpprelay_store_commits",
-            "Transactions the store committed (each acknowledges every write in it).",
-            value=reading.commits,
-        )
-        yield CounterMetricFamily(
-            "smpprelay_store_writes",
-            "Rows the store wrote or removed; divided by commits, the writes per commit.",
-            value=reading.writes,
-        )
 
 
 def metrics_resource(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Resource:

@@ -19,8 +19,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from typing_extensions import override
 
+from smpprelay.collectors import StoreReading
 from smpprelay.config import Config
-from smpprelay.metrics import Metrics, StoreReading
+from smpprelay.metrics import Metrics
 from smpprelay.store import Store, StoreCorrupt
 from smpprelay.store.memory import MemoryStore
 from smpprelay.store.tables import ReceiptRoutes

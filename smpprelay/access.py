@@ -76,8 +76,17 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = clock.seconds()
 
+    def take_rate(self, rate: float, burst: int) -> None:
+        """Change the rate from now on (tokens saved so far count at the old one)."""
+        now = self.clock.seconds()
+        self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self.rate = rate
+        self.burst = burst
+
     def take(self) -> bool:
         """Take a token if there is one; False means over the rate."""
+        # Written out, not shared with `take_rate`: this runs once per submit.
         now = self.clock.seconds()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
@@ -158,13 +167,37 @@ class Access:
         self._locked_until: dict[str, float] = {}
         # Fires when the oldest lock-out ends, so the gauge counts only lock-outs in force.
         self._expiry: IDelayedCall | None = None
-        self._buckets = {
-            c.system_id: TokenBucket(
-                c.throughput, c.burst or max(1, math.ceil(c.throughput)), clock
-            )
-            for c in clients
-            if c.throughput is not None
-        }
+        self._buckets: dict[str, TokenBucket] = {}
+        self._set_rates(clients)
+
+    def reconfigure(self, security: SecurityConfig, clients: Iterable[Account]) -> None:
+        """Take reloaded caps, lock-out settings and throughputs.
+
+        Connections, checks in flight, failures and lock-outs counted so far stay (a lowered
+        cap refuses only what comes next); an account's bucket keeps its saved-up tokens.
+        """
+        self.security = security
+        self._connections.total = security.max_connections
+        self._connections.per_address = security.max_connections_per_address
+        unbound = security.max_unbound_connections
+        self._unbound.total = self._unbound.per_address = unbound
+        self.password_checks.total = security.max_password_checks
+        self.password_checks.per_address = security.max_password_checks_per_address
+        self._set_rates(clients)
+
+    def _set_rates(self, clients: Iterable[Account]) -> None:
+        buckets = {}
+        for c in clients:
+            if c.throughput is None:
+                continue
+            burst = c.burst or max(1, math.ceil(c.throughput))
+            bucket = self._buckets.get(c.system_id)
+            if bucket is None:
+                bucket = TokenBucket(c.throughput, burst, self.clock)
+            else:
+                bucket.take_rate(c.throughput, burst)
+            buckets[c.system_id] = bucket
+        self._buckets = buckets
 
     # --- connections ------------------------------------------------------------------------
 

@@ -93,6 +93,14 @@ class AccountChecker:
             raise ValueError("password hashes need a thread pool to be verified in")
         self._decoy = decoy_like(hashes[0]) if hashes else None
 
+    def reconfigure(self, clients: dict[str, Account]) -> None:
+        """Check the next binds against ``clients`` (binds being checked keep what they read)."""
+        hashes = [a.password_hash for a in clients.values() if a.password_hash is not None]
+        if hashes and self._off_thread is None:
+            raise ValueError("password hashes need a thread pool to be verified in")
+        self._clients = clients
+        self._decoy = decoy_like(hashes[0]) if hashes else None
+
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         system_id = credentials.username.decode("latin-1")
         client = self._clients.get(system_id)
@@ -144,7 +152,15 @@ class AccountRealm:
 
     def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> Any:
         assert isinstance(avatarId, bytes)  # AccountChecker never gives an anonymous id
-        return IAccount, self._clients[avatarId.decode("latin-1")], lambda: None
+        system_id = avatarId.decode("latin-1")
+        client = self._clients.get(system_id)
+        if client is None:  # removed by a reload while its password was being checked
+            raise UnauthorizedLogin(f"unknown system_id {system_id!r}")
+        return IAccount, client, lambda: None
+
+    def reconfigure(self, clients: dict[str, Account]) -> None:
+        """Give the next binds their accounts from ``clients``."""
+        self._clients = clients
 
 
 def make_portal(
@@ -155,6 +171,15 @@ def make_portal(
     """The cred portal that authenticates app binds (hashes verified through ``off_thread``,
     as many at once as ``slots`` allows)."""
     return Portal(AccountRealm(clients), [AccountChecker(clients, off_thread, slots)])
+
+
+def reconfigure_portal(portal: Portal, clients: dict[str, Account]) -> None:
+    """Make ``portal`` (from `make_portal`) check the next binds against ``clients``."""
+    checker = portal.checkers[IUsernamePassword]
+    realm = portal.realm
+    assert isinstance(checker, AccountChecker) and isinstance(realm, AccountRealm)
+    checker.reconfigure(clients)
+    realm.reconfigure(clients)
 
 
 class ThreadPoolService(Service):

@@ -65,6 +65,21 @@ class Metrics:
             "smpprelay_start_time_seconds", "When the relay started (unix time).", registry=r
         )
         self.start_time.set(time.time())
+        # Configuration reloads (SIGHUP, smpprelay.reload); both results exist from the start.
+        self.config_reloads = Counter(
+            "smpprelay_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.config_reloads.labels(result)
+        self.config_last_reload = Gauge(
+            "smpprelay_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (unix time; start counts).",
+            registry=r,
+        )
+        self.config_last_reload.set(time.time())
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)
         # downstream

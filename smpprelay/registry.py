@@ -89,6 +89,10 @@ class Registry(Generic[S]):
         """How many binds ``account`` has now."""
         return len(self._sessions.get(account, ()))
 
+    def bound_sessions(self, account: str) -> list[S]:
+        """The sessions bound as ``account`` now."""
+        return list(self._sessions.get(account, ()))
+
     def receivers(self, account: str) -> list[S]:
         """The sessions of ``account`` that take deliver_sm (receiver or transceiver)."""
         return [s for s in self._sessions.get(account, ()) if s.receives]

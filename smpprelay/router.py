@@ -107,6 +107,10 @@ class Router:
         self._evicting = False  # routes are being evicted at map_max (logged once per spell)
         self._stopping = False  # the relay stops: nothing new is held
 
+    def reconfigure_mo_prefixes(self, mo_prefixes: dict[str, str]) -> None:
+        """Route the next MO by ``mo_prefixes`` (prefix -> account), longest first."""
+        self._mo_prefixes = sorted(mo_prefixes.items(), key=lambda kv: -len(kv[0]))
+
     # --- routes ---------------------------------------------------------------------------
 
     def remember(

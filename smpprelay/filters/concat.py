@@ -159,6 +159,19 @@ class ConcatFilter:
         metrics.concat_open.set_function(self._open.__len__)
         metrics.concat_held_bytes.set_function(lambda: self.held_bytes)
 
+    def reconfigure(self, config: ConcatRule) -> None:
+        """Take a reloaded rule's values; the open messages stay, judged by them from now."""
+        self.config = config
+        self.window = config.window
+        self.max_open = self.max_closed = config.max_open
+        self.max_open_per_account = config.max_open_per_account
+        self.max_held_bytes = config.max_held_bytes
+        self.max_held_bytes_per_account = config.max_held_bytes_per_account
+        self._malformed = reject(config.status, "malformed")
+        self._late = reject(config.status, "late")
+        self._duplicate = reject(config.status, "duplicate_part")
+        self._reused = reject(config.status, "reference_reused")
+
     @property
     def open_count(self) -> int:
         """Messages waiting for parts."""

@@ -101,6 +101,17 @@ class DedupFilter(HoldsNothing):
     def __len__(self) -> int:
         return len(self.window)
 
+    def reconfigure(self, config: DedupRule) -> None:
+        """Take a reloaded rule's window length and status; the window's entries stay.
+
+        Entries keep their acceptance time, so the new length applies to each of them from
+        now on. ``action``, ``scope`` and the sizes need a restart (`smpprelay.reload`).
+        """
+        self.config = config
+        self.window.window = self.window.horizon = config.window
+        self._duplicate = reject(config.status, "duplicate")
+        self._in_flight = reject(config.status, "in_flight")
+
     def key(self, message: Message) -> bytes:
         """The key that identical messages share, from the interpreter's hash (this process
         only); a rule given a secret uses `_stable_key` instead."""

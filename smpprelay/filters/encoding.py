@@ -205,6 +205,12 @@ class EncodingFilter(HoldsNothing):
         # an IA5 part then waits, validated but untouched, to be transcoded with its siblings.
         self.glues_parts = False
 
+    def reconfigure(self, config: EncodingRule) -> None:
+        """Take a reloaded rule's ``allow`` list and status."""
+        self.config = config
+        self.allow = frozenset(config.allow)
+        self.status = config.status
+
     def check(self, message: Message, now: float) -> Verdict:
         """Accept (with a transcoded replacement where the conventions differ) or reject."""
         dc = message.fields.data_coding

@@ -58,6 +58,17 @@ class FloodFilter(HoldsNothing):
     def __len__(self) -> int:
         return len(self.streaks)
 
+    def reconfigure(self, config: FloodRule) -> None:
+        """Take a reloaded rule's ``max_messages``, ``gap`` and status; the streaks stay.
+
+        A streak keeps its last acceptance time, so the new gap applies to it from now on.
+        ``scope`` and the sizes need a restart (`smpprelay.reload`).
+        """
+        self.config = config
+        self.max_messages = config.max_messages
+        self.streaks.gap = self.streaks.horizon = config.gap
+        self._flood = reject(config.status, "flood")
+
     def key(self, message: Message) -> bytes:
         """The number the streak is counted for (with the app account under ``scope: client``)."""
         destination = message.fields.destination_addr

@@ -177,7 +177,8 @@ def reconfigure_portal(portal: Portal, clients: dict[str, Account]) -> None:
     """Make ``portal`` (from `make_portal`) check the next binds against ``clients``."""
     checker = portal.checkers[IUsernamePassword]
     realm = portal.realm
-    assert isinstance(checker, AccountChecker) and isinstance(realm, AccountRealm)
+    assert isinstance(checker, AccountChecker)
+    assert isinstance(realm, AccountRealm)
     checker.reconfigure(clients)
     realm.reconfigure(clients)
 

@@ -35,6 +35,7 @@ from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
 from smpprelay.relay import Relay
+from smpprelay.reload import LiveParts
 from smpprelay.router import Router
 from smpprelay.simulator import Simulator, SimulatorFactory
 from smpprelay.state import StoreService, open_store
@@ -153,6 +154,8 @@ class RelayService(MultiService):
     answered and unbind the apps, flush the router, and then stop the rest in reverse order
     (so upstream unbinds last but for the simulator and the password pool).
     """
+
+    live: LiveParts  # set by `build`: what a reload (smpprelay.reload) reconfigures
 
     def __init__(
         self,
@@ -480,6 +483,7 @@ def build(
         simulator,
         reactor,
     )
+    service.live = LiveParts(access, portal, router, registry, relay.chain, bool(password_pool))
     children: list[IService | None] = [
         # First to start, last to stop: everything else may write to it until it stops.
         StoreService(store, relay.write_behind, metrics),

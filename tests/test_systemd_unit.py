@@ -116,8 +116,8 @@ def test_timeout_stop_sec_exceeds_the_relay_shutdown_timeout() -> None:
     assert stop > float(example["limits"]["shutdown_timeout"])
     assert settings["KillSignal"] == ["SIGTERM"]
     assert settings["Restart"] == ["on-failure"]
-    # No reload exists yet: a unit promising one would run a command that does nothing.
-    assert "ExecReload" not in settings
+    # systemctl reload: SIGHUP, which re-reads the configuration (smpprelay.reload).
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_the_state_directory_is_the_only_writable_path_and_the_store_lives_there() -> None:

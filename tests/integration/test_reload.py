@@ -1,0 +1,94 @@
+"""Live reload over real sockets: `twistd -n smpprelay` is sent SIGHUP several times while an
+app submits at a steady rate; an added account binds, a lowered flood limit applies, a broken
+file changes nothing and is logged once, and no submit fails and no bind drops meanwhile."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import yaml
+from twisted.internet import task
+from twisted.internet.defer import ensureDeferred
+
+from smpprelay.pdu import Status
+from tests.integration.apps import message
+from tests.integration.conftest import CLIENTS, Harness
+from tests.integration.scripted import RelayProcess, relay_settings, scripted_smsc
+
+RSUBMITFAIL = 0x45
+APP3 = {"system_id": "app3", "password": "secret3"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloads_under_steady_traffic(harness: Harness, tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    _, port = await scripted_smsc(harness)
+    settings = relay_settings(port, filters={"flood": {"max_messages": 50}})
+    config = tmp_path / "relay.yaml"
+    async with RelayProcess(tmp_path, settings) as relay:
+        assert relay.process is not None
+        steady = harness.esme_at(relay.smpp_port)
+        await steady.bind("transceiver", "app1")
+        statuses: list[int] = []
+        running = True
+
+        async def submit_steadily() -> None:
+            n = 0
+            while running:
+                n += 1
+                # A number each: neither the dedup nor the flood rule has a say.
+                answer = await steady.submit(**message(b"tick %d" % n, f"7998{n:07d}"))
+                statuses.append(answer.status)
+                await task.deferLater(reactor, 0.01, lambda: None)
+
+        traffic = ensureDeferred(submit_steadily())
+
+        async def reload(data: Any, logged: str, count: int) -> None:
+            config.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+            relay.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await relay.wait_for(lambda: relay.log.count(logged) >= count, 10.0, logged)
+
+        # 1. An account added: it binds.
+        added = dict(settings, clients=[*CLIENTS, APP3])
+        await reload(added, "reloaded ", 1)
+        app3 = harness.esme_at(relay.smpp_port)
+        await app3.bind("transceiver", "app3", "secret3")
+        for i in range(3):
+            answer = await app3.submit(**message(b"before %d" % i, "79990000001"))
+            assert answer.status == Status.ESME_ROK, relay.log
+
+        # 2. The flood limit lowered: the third message to a number is refused from now on.
+        lowered = dict(added, filters={"flood": {"max_messages": 2}})
+        await reload(lowered, "reloaded ", 2)
+        answers = [
+            (await app3.submit(**message(b"after %d" % i, "79990000002"))).status for i in range(3)
+        ]
+        assert answers == [Status.ESME_ROK, Status.ESME_ROK, RSUBMITFAIL]
+
+        # 3. A broken file: nothing changes, one line names the file.
+        await reload("clients: [\n  - {system_id: app1", "reload failed", 1)
+        answers = [
+            (await app3.submit(**message(b"broken %d" % i, "79990000003"))).status for i in range(3)
+        ]
+        assert answers == [Status.ESME_ROK, Status.ESME_ROK, RSUBMITFAIL]
+        failed = [line for line in relay.log.splitlines() if "reload failed" in line]
+        assert len(failed) == 1
+        assert str(config) in failed[0]
+
+        # 4. The file fixed again, with app3 gone: its bind is unbound, app1's stays.
+        await reload(lowered | {"clients": CLIENTS}, "reloaded ", 3)
+        await app3.answer_unbind()
+        await relay.wait_for(lambda: len(statuses) >= 20, 10.0, "20 steady submits")
+        running = False
+        await traffic
+        assert set(statuses) == {Status.ESME_ROK}
+        ok = await steady.submit(**message(b"still bound", "79998888888"))
+        assert ok.status == Status.ESME_ROK
+        await steady.close()
+        code, log = await relay.stop()
+        assert code == 0, log
+        assert log.count("app1 bound as") == 1

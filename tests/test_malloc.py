@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 
 from smpprelay import malloc, service, tap
+from smpprelay.reload import ReloadService
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -24,7 +26,10 @@ def test_glibc_takes_the_threshold() -> None:
 
 def test_twistd_smpprelay_fixes_it_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
-    built = object()
+    # What makeService reads of the relay it built: where the reload service goes, and the
+    # parts that reload reconfigures (not used here).
+    built = MultiService()
+    built.live = built.metrics = None  # type: ignore[attr-defined]
 
     def fix() -> bool:
         events.append("fixed")
@@ -45,6 +50,7 @@ def test_twistd_smpprelay_fixes_it_before_building(monkeypatch: pytest.MonkeyPat
     assert [call[0] for call in reactor.whenRunningHooks] == [gc.freeze]
     assert len(reactor.triggers["after"]["shutdown"]) == 1
     assert events == ["fixed", "built"]
+    assert [type(child) for child in built] == [ReloadService]
 
 
 def test_a_c_library_without_mallopt_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,22 +129,6 @@ class Listener(StreamServerEndpointService):
         return super().stopService()  # type: ignore[no-any-return,no-untyped-call]
 
 
-def exit_zero_after_a_clean_stop(reactor: Any, clean: Callable[[], bool]) -> None:
-    """Under twistd, a stop that went as planned exits 0, even on SIGTERM.
-
-    twistd re-raises the signal that stopped the reactor once it is done (status 143, or -15
-    as a subprocess), which supervisors and scripts read as a crash. The signal it re-raises
-    is the reactor's ``_exitSignal`` (`twisted.internet.base._ISupportsExitSignalCapturing`):
-    forgotten after a clean stop, kept when ``clean()`` says something was cut off.
-    """
-
-    def forget_the_signal() -> None:
-        if clean() and getattr(reactor, "_exitSignal", None) is not None:
-            reactor._exitSignal = None
-
-    reactor.addSystemEventTrigger("after", "shutdown", forget_the_signal)
-
-
 class RelayService(MultiService):
     """The whole relay; `build` makes and adds its parts, this service orders start and stop.
 

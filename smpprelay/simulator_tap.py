@@ -95,8 +95,9 @@ def makeService(options: Options) -> IService:
     """The simulator listening where the options say (over TLS 1.2+ with a certificate)."""
     from twisted.internet import reactor
 
+    from smpprelay.exit_status import exit_zero_after_a_clean_stop
     from smpprelay.metrics import Metrics
-    from smpprelay.service import Listener, exit_zero_after_a_clean_stop, tcp_server
+    from smpprelay.service import Listener, tcp_server
     from smpprelay.simulator import Simulator, SimulatorFactory
     from smpprelay.tls import server_endpoint
 

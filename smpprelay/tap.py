@@ -38,9 +38,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
 
+    from smpprelay.exit_status import exit_zero_after_a_clean_stop
     from smpprelay.malloc import fix_mmap_threshold
     from smpprelay.reload import Reloader, ReloadService
-    from smpprelay.service import build, exit_zero_after_a_clean_stop
+    from smpprelay.service import build
 
     # Before anything large is allocated: the rules' windows churn big tables all day.
     fix_mmap_threshold()

@@ -138,6 +138,11 @@ class UpstreamSet(MultiService):
         self._choose = choose
         for member in self.members:
             member.routed = metrics.upstream_routed.labels(member.name)
+            for other in self.members:
+                # Every pair shown from the start (a graph of zeros beats no graph); with a
+                # single upstream its one pair with itself, which never counts.
+                if other is not member or len(self.members) == 1:
+                    metrics.upstream_failovers.labels(member.name, other.name)
             member.service.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     # --- what the relay service and the tests read ------------------------------------------

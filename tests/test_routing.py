@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from smpprelay import pdu
 from smpprelay.config import ConfigError, parse_config
 from smpprelay.connection import ResponseTimeout
-from smpprelay.pdu import Status
+from smpprelay.operations import Operations
+from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
 from smpprelay.routing import Carried, NoRoute, carrier, destination_of
 from tests.fakes import FakeReceiver, failure_of, make_router, receipt, result_of, submit_sm
@@ -248,3 +249,25 @@ def test_bad_upstreams_are_named(data: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"clients": _CLIENTS, **data}, "x.yaml")
     assert str(error.value).startswith(f"x.yaml: {problem}"), str(error.value)
+
+
+def test_query_sm_goes_to_the_operator_that_issued_the_id() -> None:
+    """Both operators issued U00000001 (to two apps): each app's query_sm reaches its own."""
+    ops = Operators({"name": "a", "accounts": ("app1",)}, {"name": "b", "accounts": ("app2",)})
+    wires = {name: ops.bind(name) for name in ("a", "b")}
+    clock = Clock()
+    router = make_router(clock, ops.metrics)
+    relay = Relay(ops.set, router, ops.metrics, clock)
+    operations = Operations(relay, router, ops.metrics, clock)
+    for account, name in (("app1", "a"), ("app2", "b")):
+        answer = relay.submit(account, to(b"100"))
+        (frame,) = wires[name].take()
+        wires[name].answer(frame, b"U00000001")
+        result_of(answer)
+    for account, name in (("app2", "b"), ("app1", "a")):
+        query = pdu.query_sm(1, pdu.QuerySm(b"U00000001", 5, 0, b"MyBrand"))
+        operations.handle(CommandId.query_sm, account, query, False)
+        (sent,) = ops.sent(name)
+        assert pdu.header(sent)[1] == CommandId.query_sm
+        assert pdu.read_query_sm(sent).message_id == b"U00000001"
+        assert ops.sent("a" if name == "b" else "b") == []

@@ -156,6 +156,11 @@ class UpstreamPool:
         return len(self._lanes) + len(self.receivers)
 
     @property
+    def queued(self) -> int:
+        """Submits waiting for room."""
+        return self._count
+
+    @property
     def has_room(self) -> bool:
         """A bound session could take a submit now: room in its window, nothing queued."""
         return not self._count and any(

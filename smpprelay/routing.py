@@ -136,6 +136,10 @@ class UpstreamSet(MultiService):
         self.by_name = {member.name: member for member in self.members}
         self.metrics = metrics
         self._choose = choose
+        if len(self.members) > 1:
+            # Each pool sets these for itself: with several, they are read as their sum.
+            metrics.upstream_queue.set_function(self._queued)
+            metrics.upstream_pace.set_function(self._pace)
         for member in self.members:
             member.routed = metrics.upstream_routed.labels(member.name)
             for other in self.members:
@@ -168,6 +172,13 @@ class UpstreamSet(MultiService):
     @property
     def receivers(self) -> list[SmppConnection]:
         return [c for member in self.members for c in member.pool.receivers]
+
+    def _queued(self) -> float:
+        return float(sum(member.pool.queued for member in self.members))
+
+    def _pace(self) -> float:
+        paces = (member.pool.pace for member in self.members)
+        return sum(pace.now() for pace in paces if pace is not None)
 
     # --- routing ----------------------------------------------------------------------------
 

@@ -271,3 +271,12 @@ def test_query_sm_goes_to_the_operator_that_issued_the_id() -> None:
         assert pdu.header(sent)[1] == CommandId.query_sm
         assert pdu.read_query_sm(sent).message_id == b"U00000001"
         assert ops.sent("a" if name == "b" else "b") == []
+
+
+def test_the_queue_gauge_counts_every_upstream() -> None:
+    ops = Operators({"name": "a"}, {"name": "b"}, window=1)
+    ops.bind("a")
+    ops.bind("b")
+    for _ in range(4):
+        ops.set.submit(to(b"1"), "app")
+    assert ops.metrics.registry.get_sample_value("smpprelay_upstream_queue") == 2.0

@@ -134,6 +134,9 @@ class UpstreamSet(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.members = list(members)
         self.by_name = {member.name: member for member in self.members}
+        # One upstream that serves every destination and account: no routing to do.
+        only = self.members[0] if len(self.members) == 1 else None
+        self._only = only if only and not (only.config.prefixes or only.config.accounts) else None
         self.metrics = metrics
         self._choose = choose
         if len(self.members) > 1:
@@ -185,8 +188,8 @@ class UpstreamSet(MultiService):
     def pick(self, frame: bytes, account: str) -> Member | None:
         """The upstream for this submit (see the module docstring); None: no candidate."""
         members = self.members
-        if len(members) == 1:
-            return members[0] if members[0].rank("", account) is not None else None
+        if self._only is not None:
+            return self._only
         raw, long = destination_of(frame)
         destination = raw.decode("latin-1").lstrip("+")
         groups: dict[int, list[Member]] = {}

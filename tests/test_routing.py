@@ -280,3 +280,12 @@ def test_the_queue_gauge_counts_every_upstream() -> None:
     for _ in range(4):
         ops.set.submit(to(b"1"), "app")
     assert ops.metrics.registry.get_sample_value("smpprelay_upstream_queue") == 2.0
+
+
+def test_a_single_upstream_with_prefixes_takes_only_those() -> None:
+    ops = Operators({"name": "only", "prefixes": ("79",), "accounts": ("app",)})
+    ops.bind("only")
+    ops.set.submit(to(b"79001"), "app")
+    assert len(ops.sent("only")) == 1
+    failure_of(ops.set.submit(to(b"4471"), "app")).trap(NoRoute)
+    failure_of(ops.set.submit(to(b"79001"), "other")).trap(NoRoute)

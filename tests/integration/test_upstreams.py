@@ -79,6 +79,7 @@ async def test_prefix_routing_failover_and_return(harness: Harness) -> None:
         assert session.connection is not None
         session.connection.abort()
     await wait_for(lambda: _bound(relay, "ru") == 0)
+    assert relay.ready() == (True, "ok")  # "rest" still carries traffic
     assert (await app.submit(**message(b"hi", "79002223344"))).status == Status.ESME_ROK
     assert _destinations(rest)[-1] == "79002223344"
     failovers = {"from": "ru", "to": "rest"}

@@ -349,7 +349,9 @@ def _operator(
         options = tls.client_options(upstream)
         if upstream.tls_cert is not None:
             expiry = tls.expires(upstream.tls_cert, "upstream.tls_cert")
-            metrics.certificate_expiry.labels("upstream").set(expiry)
+            # One series per upstream: "upstream" for the only one, as before.
+            label = "upstream" if upstream.name == "default" else f"upstream/{upstream.name}"
+            metrics.certificate_expiry.labels(label).set(expiry)
         secure = upstream
         return upstream, lambda: tls.client_endpoint(reactor, secure, options), None
     host, port = upstream.host, upstream.port

@@ -5,16 +5,20 @@ routed back to the right app, and a concatenated message's parts on one session 
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest_twisted
 
+from smpprelay.config import ListenTlsConfig
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.service import Listener, RelayService, tcp_server
 from smpprelay.simulator import Simulator, SimulatorFactory
+from smpprelay.tls import server_endpoint
+from tests.certs import make_certs
 from tests.integration.apps import message
-from tests.integration.conftest import Esme, Harness, free_port, wait_for
+from tests.integration.conftest import Esme, Harness, free_port, port_of, wait_for
 
 
 def _upstream(name: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -161,3 +165,25 @@ async def test_weights_share_the_traffic_and_long_messages_stay_on_one_session(
     carried = [each for each in parts if each]
     assert len(carried) == 1
     assert [r.message.short_message[6:] for r in carried[0]] == [b"part 1", b"part 2", b"part 3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_upstream_has_its_own_tls(harness: Harness, tmp_path: pathlib.Path) -> None:
+    """One operator over TLS with a client certificate, one in the clear: both bind, and the
+    certificate's expiry is a series of that upstream's own."""
+    certs = make_certs(tmp_path)
+    tls = ListenTlsConfig(port=0, cert=certs.cert, key=certs.key, client_ca=certs.ca)
+    secure, _ = await harness.simulator(server_endpoint(harness.reactor, "127.0.0.1", tls))
+    plain_port = free_port()
+    await _operator(harness, plain_port)
+    secured = {"tls": True, "tls_ca": certs.ca, "tls_cert": certs.client_cert}
+    upstreams = [
+        _upstream("secure", port_of(secure), **secured, tls_key=certs.client_key),
+        _upstream("plain", plain_port),
+    ]
+    relay = await harness.relay(bound=2, upstreams=upstreams)
+    assert (_bound(relay, "secure"), _bound(relay, "plain")) == (1, 1)
+    expiry = relay.metrics.registry.get_sample_value(
+        "smpprelay_tls_certificate_expiry_timestamp_seconds", {"certificate": "upstream/secure"}
+    )
+    assert expiry is not None

@@ -48,6 +48,12 @@ def _mo_prefix(value: str) -> None:
         raise ValueError(f"expected digits with an optional leading '+', got {value!r}")
 
 
+def _upstream_name(value: str) -> None:
+    # A metric label and a store key: short, and nothing a label or log would mangle.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
+        raise ValueError(f"expected 1-32 letters, digits, '_', '.' or '-', got {value!r}")
+
+
 def _networks(values: Iterable[str]) -> tuple[str, ...]:
     networks = []
     for i, value in enumerate(values):
@@ -133,6 +139,12 @@ class Account:
 class UpstreamConfig:
     """The operator's SMSC that the relay binds to."""
 
+    # Names it in metrics and logs; ``upstream:`` (a single one) is "default".
+    name: str = attrs.field(default="default", validator=valid(_upstream_name))
+    # Destinations it serves (the longest matching prefix wins); (): any.
+    prefixes: tuple[str, ...] = attrs.field(default=(), validator=each(_mo_prefix))
+    accounts: tuple[str, ...] = ()  # accounts it serves; (): any
+    weight: int = attrs.field(default=1, validator=valid(number(ge=1, le=1000)))
     host: str = attrs.field(validator=_NOT_EMPTY)
     port: int = attrs.field(default=2775, validator=valid(number(ge=1, le=65535)))
     system_id: str = attrs.field(validator=valid(text(max_len=15, smpp=True)))
@@ -356,6 +368,8 @@ class Config:
     listen: ListenConfig = ListenConfig()
     clients: tuple[Account, ...] = ()
     upstream: UpstreamConfig | None = None
+    # Several operators (README "Several upstreams"); instead of ``upstream``.
+    upstreams: tuple[UpstreamConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = SecurityConfig()
@@ -376,6 +390,23 @@ class Config:
                 if owner != client.system_id:
                     where = f"clients[{i}].mo_prefixes[{j}]"
                     raise Invalid(where, f"{prefix!r} is already claimed by {owner!r}")
+        if self.upstream is not None and self.upstreams:
+            raise Invalid("upstreams", "give upstream or upstreams, not both")
+        names: set[str] = set()
+        for i, upstream in enumerate(self.upstreams):
+            if upstream.name in names:
+                raise Invalid(f"upstreams[{i}].name", f"duplicate {upstream.name!r}")
+            names.add(upstream.name)
+            for j, account in enumerate(upstream.accounts):
+                if self.clients and account not in accounts:
+                    raise Invalid(f"upstreams[{i}].accounts[{j}]", f"no client {account!r}")
+
+    @property
+    def operators(self) -> tuple[UpstreamConfig, ...]:
+        """Every configured upstream (``upstream`` is one named "default"); (): the simulator."""
+        if self.upstreams:
+            return self.upstreams
+        return () if self.upstream is None else (self.upstream,)
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:

@@ -251,6 +251,20 @@ class Metrics:
             ["session", "reason"],
             registry=r,
         )
+        # Several upstreams (smpprelay.routing): which one each submit went to, and failovers.
+        self.upstream_routed = Counter(
+            "smpprelay_upstream_routed_total",
+            "Submits handed to each upstream (before its answer).",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_failovers = Counter(
+            "smpprelay_upstream_failovers_total",
+            "Submits sent to a later candidate because the preferred upstream had no bound "
+            "session.",
+            ["from", "to"],
+            registry=r,
+        )
         self.upstream_queue = Gauge(
             "smpprelay_upstream_queue",
             "Submits waiting for an upstream session with room in its window.",

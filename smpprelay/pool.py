@@ -155,6 +155,18 @@ class UpstreamPool:
         """Sessions bound now (transmitting or receiving)."""
         return len(self._lanes) + len(self.receivers)
 
+    @property
+    def queued(self) -> int:
+        """Submits waiting for room."""
+        return self._count
+
+    @property
+    def has_room(self) -> bool:
+        """A bound session could take a submit now: room in its window, nothing queued."""
+        return not self._count and any(
+            lane.connection.in_flight < lane.limit and lane.long is None for lane in self._lanes
+        )
+
     def add(
         self, connection: SmppConnection, transmits: bool, receives: bool, name: str = "0"
     ) -> None:

@@ -44,6 +44,7 @@ from smpprelay.pdu import CommandId, DecodeError, Status
 from smpprelay.pool import QueueFull
 from smpprelay.receipts import delivery_receipt
 from smpprelay.router import Router
+from smpprelay.routing import NoRoute, carrier
 from smpprelay.store import HeldPart, Loaded, Store, StoreUnavailable, WindowEntry
 
 T = TypeVar("T")
@@ -104,6 +105,8 @@ def _held_parts(message: Message) -> list[Message]:
 def _status_of(answer: bytes | Failure) -> int:
     """The status an upstream outcome stands for: the operator's, or the relay's own."""
     if isinstance(answer, Failure):
+        if answer.check(NoRoute):
+            return Status.ESME_RINVDSTADR  # no configured upstream takes it
         return Status.ESME_RMSGQFUL if answer.check(QueueFull) else Status.ESME_RSYSERR
     return pdu.header(answer)[2]
 
@@ -201,7 +204,7 @@ class Relay:
             if message_id is not None:
                 # Stored before the app hears ESME_ROK, so its receipt always has a route (and
                 # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-                stored = self.router.remember(message_id, account, message.app_id)
+                stored = self.router.remember(message_id, account, message.app_id, carrier(resp))
                 return self._after(stored, resp, account)
             return resp
 
@@ -283,7 +286,7 @@ class Relay:
         if status != Status.ESME_ROK or command_id not in _ACCEPTING:
             return
         message_id = pdu.message_id_of(resp)
-        stored = self.router.remember(message_id, message.account, message.app_id)
+        stored = self.router.remember(message_id, message.account, message.app_id, carrier(resp))
         self._remembered(stored, message.account)
         if chain is not None:
             chain.settle(message, self.clock.seconds(), message_id)
@@ -306,8 +309,10 @@ class Relay:
                 if isinstance(result, bytes):
                     self.metrics.count_upstream_submit(status)
                     if status == Status.ESME_ROK:
+                        message_id = pdu.message_id_of(result)
+                        upstream = carrier(result)
                         routes.append(
-                            self.router.remember(pdu.message_id_of(result), account, part.app_id)
+                            self.router.remember(message_id, account, part.app_id, upstream)
                         )
                 elif isinstance(result.value, ResponseTimeout):
                     result.value.on_late(functools.partial(self._late_part, part))
@@ -370,7 +375,8 @@ class Relay:
         self.metrics.count_upstream_submit(status)
         accepted = status == Status.ESME_ROK and command_id in _ACCEPTING
         if accepted:
-            stored = self.router.remember(pdu.message_id_of(resp), part.account, part.app_id)
+            message_id = pdu.message_id_of(resp)
+            stored = self.router.remember(message_id, part.account, part.app_id, carrier(resp))
             self._remembered(stored, part.account)
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:

@@ -18,7 +18,7 @@ after a final receipt.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -86,6 +86,7 @@ class Router:
         message_id_format: MessageIdFormat = "as-is",
         map_max: int = 0,
         upstream: str = DEFAULT_UPSTREAM,
+        id_formats: Mapping[str, MessageIdFormat] | None = None,
     ) -> None:
         self.clock = clock
         # 0: an unknown receipt id is unmatched at once.
@@ -94,7 +95,10 @@ class Router:
         self._resp_base, self._receipt_base = id_bases(message_id_format)
         self.metrics = metrics
         self.store = store
-        self.upstream = upstream  # the one upstream whose ids the routes are keyed by
+        # The upstream whose ids the routes are keyed by when none is named (the only one).
+        self.upstream = upstream
+        # Several upstreams: each writes its ids its own way (upstreams[].message_id_format).
+        self._bases = {name: id_bases(f) for name, f in (id_formats or {}).items()}
         self.map_max = map_max  # receipts.map_max, for the eviction warning
         self._evicted_seen = store.stats().evicted
         self.held = held
@@ -114,16 +118,21 @@ class Router:
     # --- routes ---------------------------------------------------------------------------
 
     def remember(
-        self, message_id: bytes, account: str, app_message_id: bytes | None = None
+        self,
+        message_id: bytes,
+        account: str,
+        app_message_id: bytes | None = None,
+        upstream: str | None = None,
     ) -> Deferred[None]:
         """Route receipts for operator ``message_id`` to ``account``; fires once it is stored
         (fails with `StoreUnavailable` when it could not be). The route is also the id map of
         query_sm, cancel_sm and replace_sm: it keeps the operator's exact id when its key is
-        not that id."""
-        key = normalise_message_id(message_id, self._resp_base)
+        not that id. ``upstream``: the one that answered with this id (None: the only one)."""
+        upstream = upstream or self.upstream
+        key = self.key_of(message_id, upstream)
         exact = message_id.decode("latin-1")
         return self.store.add_route(
-            self.upstream,
+            upstream,
             key,
             account,
             app_message_id,
@@ -131,9 +140,10 @@ class Router:
             None if exact == key else exact,
         )
 
-    def key_of(self, message_id: bytes) -> str:
+    def key_of(self, message_id: bytes, upstream: str | None = None) -> str:
         """The key under which the route for operator ``message_id`` is stored."""
-        return normalise_message_id(message_id, self._resp_base)
+        bases = self._bases.get(upstream or self.upstream)
+        return normalise_message_id(message_id, self._resp_base if bases is None else bases[0])
 
     def _count_evictions(self, routes: int, evicted: int) -> None:
         """Routes gave way at map_max since the last look: count them, say so when it starts."""
@@ -161,8 +171,11 @@ class Router:
 
     # --- from the operator ----------------------------------------------------------------
 
-    def route(self, frame: bytes) -> Deferred[int]:
-        """Take a deliver_sm from the operator; fires with the status to answer it."""
+    def route(self, frame: bytes, upstream: str | None = None) -> Deferred[int]:
+        """Take a deliver_sm from the operator; fires with the status to answer it.
+
+        ``upstream``: the one it arrived on, whose ids a receipt quotes (None: the only one).
+        """
         try:
             message = pdu.read_short_message(frame)
         except DecodeError as error:
@@ -172,7 +185,7 @@ class Router:
             return succeed(error.status)
         if message.esm_class & pdu.RECEIPT_ESM_BITS:
             self.metrics.deliveries_received.labels("receipt").inc()
-            return self._route_receipt(frame, message, retried=False)
+            return self._route_receipt(frame, message, False, upstream or self.upstream)
         self.metrics.deliveries_received.labels("mo").inc()
         account = self.mo_account(message.destination_addr)
         if account is None:
@@ -185,13 +198,14 @@ class Router:
         return self._deliver("mo", account, frame)
 
     def _route_receipt(
-        self, frame: bytes, message: pdu.ShortMessage, retried: bool
+        self, frame: bytes, message: pdu.ShortMessage, retried: bool, upstream: str
     ) -> Deferred[int]:
         message_id = receipt_id(message)
         if message_id is None:
-            return self._routed(frame, message, None, None, retried)
-        key = normalise_message_id(message_id, self._receipt_base)
-        found = self.store.find_route(self.upstream, key, self.clock.seconds())
+            return self._routed(frame, message, None, None, retried, "", upstream)
+        bases = self._bases.get(upstream)
+        key = normalise_message_id(message_id, self._receipt_base if bases is None else bases[1])
+        found = self.store.find_route(upstream, key, self.clock.seconds())
 
         def lookup_failed(reason: Failure) -> int:
             # Not "unknown": the route may well be there. The operator sends it again.
@@ -200,7 +214,7 @@ class Router:
             return Status.ESME_RX_T_APPN
 
         return found.addCallbacks(
-            lambda route: self._routed(frame, message, message_id, route, retried, key),
+            lambda route: self._routed(frame, message, message_id, route, retried, key, upstream),
             lookup_failed,
         )
 
@@ -212,6 +226,7 @@ class Router:
         route: Route | None,
         retried: bool,
         key: str = "",
+        upstream: str = DEFAULT_UPSTREAM,
     ) -> Deferred[int]:
         if route is None:
             if message_id is not None and not retried and self.second_look > 0:
@@ -219,7 +234,7 @@ class Router:
 
                 def look_again() -> None:
                     self._second_looks.pop(call, None)
-                    self._route_receipt(frame, message, True).chainDeferred(later)
+                    self._route_receipt(frame, message, True, upstream).chainDeferred(later)
 
                 call = self.clock.callLater(self.second_look, look_again)
                 self._second_looks[call] = look_again
@@ -239,7 +254,7 @@ class Router:
                 # Only once the relay has the receipt: answered otherwise, the operator
                 # sends it again and the route must still be there.
                 if status == Status.ESME_ROK:
-                    self.store.route_final(self.upstream, key, self.clock.seconds())
+                    self.store.route_final(upstream, key, self.clock.seconds())
                 return status
 
             delivered.addCallback(cut_back)

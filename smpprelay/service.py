@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,11 +38,11 @@ from smpprelay.operations import Operations
 from smpprelay.relay import Relay
 from smpprelay.reload import LiveParts
 from smpprelay.router import Router
+from smpprelay.routing import UpstreamSet, build_upstreams
 from smpprelay.simulator import Simulator, SimulatorFactory
 from smpprelay.state import StoreService, open_store
 from smpprelay.store import Loaded, Store
 from smpprelay.store.tables import HeldDeliveries
-from smpprelay.upstream import UpstreamService, build_upstream
 
 log = Logger()
 
@@ -147,7 +148,7 @@ class RelayService(MultiService):
         registry: SessionRegistry,
         router: Router,
         relay: Relay,
-        upstream: UpstreamService,
+        upstream: UpstreamSet,
         app_listeners: Sequence[Listener],
         metrics_listener: Listener,
         simulator: Listener | None,
@@ -190,7 +191,7 @@ class RelayService(MultiService):
                 "no configuration given: account demo (password demo) is accepted from "
                 "loopback only; use --config FILE for real accounts"
             )
-        if self.config.upstream is None:
+        if not self.config.operators:
             log.info("no upstream configured: relaying to the built-in simulated SMSC")
         for client in self.config.clients:
             log.info(
@@ -290,25 +291,28 @@ def _router(
         registry.receivers,
         config.receipts.retry,
         second_look=config.receipts.second_look,
-        message_id_format=(
-            config.upstream.message_id_format if config.upstream is not None else "as-is"
-        ),
+        message_id_format=(config.operators or (_SIMULATED,))[0].message_id_format,
         map_max=config.store.map_max(config.receipts),
+        upstream=(config.operators or (_SIMULATED,))[0].name,
+        id_formats={each.name: each.message_id_format for each in config.operators},
     )
     registry.on_receiver_bound.append(router.receiver_bound)
     registry.on_stopping.append(router.stopping)
     return router
 
 
+# The built-in simulated SMSC's settings (its address is found when it listens).
+_SIMULATED = UpstreamConfig(host="127.0.0.1", port=1, system_id="smpprelay", password="sim")
+
+
 def _operator(
-    config: Config, reactor: Any, metrics: Metrics
+    config: Config, upstream: UpstreamConfig | None, reactor: Any, metrics: Metrics
 ) -> tuple[UpstreamConfig, Callable[[], IStreamClientEndpoint], Listener | None]:
     """Where upstream connects: the configured operator, or a built-in simulated SMSC.
 
     Returns the upstream settings, a maker of the endpoint to connect to, and the simulator's
     listener when there is one.
     """
-    upstream = config.upstream
     if upstream is None:
         sim = Simulator(
             reactor,
@@ -327,15 +331,14 @@ def _operator(
             port = simulator.port.getHost().port  # type: ignore[attr-defined]
             return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
 
-        placeholder = UpstreamConfig(
-            host="127.0.0.1", port=1, system_id="smpprelay", password="sim"
-        )
-        return placeholder, to_simulator, simulator
+        return _SIMULATED, to_simulator, simulator
     if upstream.tls:
         options = tls.client_options(upstream)
         if upstream.tls_cert is not None:
             expiry = tls.expires(upstream.tls_cert, "upstream.tls_cert")
-            metrics.certificate_expiry.labels("upstream").set(expiry)
+            # One series per upstream: "upstream" for the only one, as before.
+            label = "upstream" if upstream.name == "default" else f"upstream/{upstream.name}"
+            metrics.certificate_expiry.labels(label).set(expiry)
         secure = upstream
         return upstream, lambda: tls.client_endpoint(reactor, secure, options), None
     host, port = upstream.host, upstream.port
@@ -389,22 +392,23 @@ def build(
     jitter: Callable[[], float] = random.random,
 ) -> RelayService:
     """Wire every part of the relay for ``config``."""
-    vendor_statuses = config.upstream.vendor_statuses if config.upstream is not None else ()
+    vendor_statuses = tuple(s for each in config.operators for s in each.vendor_statuses)
     metrics = metrics if metrics is not None else Metrics(vendor_statuses=vendor_statuses)
     limits = config.limits
     registry = SessionRegistry(metrics)
     store = open_store(config, reactor)
     router = _router(config, reactor, metrics, registry, store)
-    upstream_config, endpoint, simulator = _operator(config, reactor, metrics)
-    upstream = build_upstream(
-        upstream_config,
-        lambda: _LazyEndpoint(endpoint),
+    operators = [_operator(config, each, reactor, metrics) for each in config.operators or [None]]
+    upstream_config, _, simulator = operators[0]
+    endpoints = [(each, functools.partial(_LazyEndpoint, make)) for each, make, _ in operators]
+    upstream = build_upstreams(
+        endpoints,
         router.route,
         reactor,
         metrics,
         limits.max_pdu,
         jitter,
-        parts_within=config.filters.concat.window,
+        config.filters.concat.window,
     )
     chain = build_chain(
         config.filters,

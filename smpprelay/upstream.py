@@ -410,7 +410,9 @@ def build_upstream(
     """The sessions the config asks for: ``binds`` transceivers, or as many TX+RX pairs.
 
     ``parts_within``: the operator's limit on a long message's parts (the concat rule's window).
+    Sessions of an upstream not named "default" are named "<upstream>/<n>" in the metrics.
     """
+    prefix = "" if config.name == "default" else f"{config.name}/"
     pace = None
     if config.throughput is not None:
         pace = Pace(
@@ -426,7 +428,7 @@ def build_upstream(
     kinds = ["transceiver"] if config.bind == "transceiver" else ["transmitter", "receiver"]
     sessions = [
         UpstreamSession(
-            f"{index}-{kind[:2]}x" if len(kinds) > 1 else str(index),
+            prefix + (f"{index}-{kind[:2]}x" if len(kinds) > 1 else str(index)),
             kind,
             endpoint(),
             config,

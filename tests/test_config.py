@@ -190,7 +190,7 @@ def test_clients_must_be_list_of_mappings() -> None:
 
 def test_unknown_key_top_level() -> None:
     """An unknown top-level key is named."""
-    assert _error(_minimal(upstreams={})) == "x.yaml: upstreams: unknown key"
+    assert _error(_minimal(upstreamz={})) == "x.yaml: upstreamz: unknown key"
 
 
 def test_unknown_key_nested() -> None:

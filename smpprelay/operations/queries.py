@@ -35,6 +35,7 @@ from smpprelay.pool import QueueFull
 from smpprelay.receipts import delivery_receipt
 from smpprelay.relay import Relay
 from smpprelay.router import Router
+from smpprelay.routing import UpstreamSet
 from smpprelay.store import HeldPart, Mapped, StoreUnavailable
 
 R = TypeVar("R")
@@ -106,16 +107,33 @@ class Queries:
             if found:
                 # Another account's relay id is as unknown as any: no lookup by operator id.
                 return [mapped for mapped in found if mapped.route.account == account] or None
-            key = self.router.key_of(app_id)
-            return store.find_route(self.router.upstream, key, now).addCallback(by_key, key)
-
-        def by_key(route: Any, key: str) -> Target:
-            # Only when the app was given the operator's own id (not a relay-issued one).
-            if route is None or route.account != account or route.app_message_id is not None:
-                return None
-            return [Mapped(self.router.upstream, route.operator_id or key, route)]
+            return self._by_operator_id(app_id, account, self._upstreams(), now)
 
         return store.find_app_id(app_id, now).addCallback(by_app_id)
+
+    def _upstreams(self) -> list[str]:
+        pool = self.relay.pool
+        if isinstance(pool, UpstreamSet) and len(pool.members) > 1:
+            return [member.name for member in pool.members]
+        return [self.router.upstream]
+
+    def _by_operator_id(
+        self, app_id: bytes, account: str, names: list[str], now: float
+    ) -> Deferred[Target]:
+        """The app was given the operator's own id (not a relay-issued one): its route under
+        each upstream in turn, the first that is the account's (two operators may have
+        issued the same id, to two accounts)."""
+        name = names[0]
+        key = self.router.key_of(app_id, name)
+
+        def by_key(route: Any) -> Target | Deferred[Target]:
+            if route is not None and route.account == account and route.app_message_id is None:
+                return [Mapped(name, route.operator_id or key, route)]
+            if len(names) > 1:
+                return self._by_operator_id(app_id, account, names[1:], now)
+            return None
+
+        return self.relay.store.find_route(name, key, now).addCallback(by_key)
 
     def _answer(
         self,
@@ -151,10 +169,15 @@ class Queries:
 
         return self._find(account, request.message_id).addCallbacks(found, lookup_failed)
 
-    def _send(self, frame: bytes, account: str) -> Deferred[bytes | int]:
-        """One request to the operator; fires with its answer, or the status standing for
-        none (never fails)."""
-        sent: Deferred[Any] = self.relay.pool.submit(frame, account)
+    def _send(self, frame: bytes, account: str, upstream: str) -> Deferred[bytes | int]:
+        """One request to the operator that issued the id (``upstream``); fires with its
+        answer, or the status standing for none (never fails)."""
+        pool = self.relay.pool
+        sent: Deferred[Any] = (
+            pool.submit_to(upstream, frame, account)
+            if isinstance(pool, UpstreamSet)
+            else pool.submit(frame, account)
+        )
         return sent.addErrback(_no_answer)
 
     # --- query_sm ---------------------------------------------------------------------------
@@ -193,7 +216,7 @@ class Queries:
                 return pdu.query_sm_resp(0, Status.ESME_RQUERYFAIL)
             return pdu.query_sm_resp(0, Status.ESME_ROK, resp._replace(message_id=app_id))
 
-        return self._send(upstream, account).addCallback(answered)
+        return self._send(upstream, account, mapped.upstream).addCallback(answered)
 
     # --- cancel_sm --------------------------------------------------------------------------
 
@@ -247,8 +270,12 @@ class Queries:
         """Send ``request`` for each message found; ESME_ROK if the operator took every one,
         else the first refusal's status."""
         sends = [
-            self._send(make(0, request._replace(message_id=operator_id)), account)
-            for operator_id in (mapped.message_id.encode("latin-1") for mapped in found)
+            self._send(
+                make(0, request._replace(message_id=mapped.message_id.encode("latin-1"))),
+                account,
+                mapped.upstream,
+            )
+            for mapped in found
         ]
 
         def answered(outcomes: list[bytes | int]) -> bytes:

@@ -1,0 +1,339 @@
+"""Several upstreams: which operator carries a submit, and failover between them.
+
+`UpstreamSet` stands where the relay expects one pool (`smpprelay.relay.Upstream`). A submit's
+candidates are the upstreams whose ``prefixes`` match its destination (the longest matching
+prefix first, upstreams with ``prefixes: []`` last) and whose ``accounts`` include its account
+(or are empty). Candidates matching with the same prefix length form a group; the submit goes
+to the first group with a bound session with room, shared by ``weight`` within the group (a
+group that is bound but full is passed over for one with room; when none has room, the first
+bound group queues it; when none is bound, the first group's queue waits for a rebind).
+
+Which upstream carried a submit travels with its answer: the answer is a `Carried` (a bytes
+whose ``upstream`` names it), and a `ResponseTimeout` becomes a `CarriedTimeout` whose late
+answer is a `Carried` too, so the relay writes the route under that upstream's ids (message
+ids are per upstream: two operators may both answer ``U00000001``). With a single upstream
+nothing is tagged: the router's own upstream name is the one.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from smpprelay.config import UpstreamConfig
+from smpprelay.connection import ResponseTimeout, SmppConnection
+from smpprelay.metrics import Metrics
+from smpprelay.pool import UpstreamPool
+from smpprelay.upstream import UpstreamService, UpstreamSession, build_upstream
+
+# esm_class bit: the short_message starts with a user data header (a concatenated part).
+_UDHI = 0x40
+_SAR_MSG_REF_NUM = b"\x02\x0c"
+
+
+class Carried(bytes):
+    """An operator's answer frame that knows which upstream it came from."""
+
+    upstream: str
+
+    def __new__(cls, frame: bytes, upstream: str) -> Carried:
+        carried = super().__new__(cls, frame)
+        carried.upstream = upstream
+        return carried
+
+
+class CarriedTimeout(ResponseTimeout):
+    """A `ResponseTimeout` whose late answer, if any, comes as a `Carried`."""
+
+    def __init__(self, original: ResponseTimeout, upstream: str) -> None:
+        super().__init__(str(original))
+        self.original = original
+        self.upstream = upstream
+
+    @override
+    def on_late(self, callback: Callable[[bytes], None]) -> None:
+        upstream = self.upstream
+        self.original.on_late(lambda resp: callback(Carried(resp, upstream)))
+
+
+def carrier(answer: object) -> str | None:
+    """The upstream that answered (a `Carried` or `CarriedTimeout`); None: the only one."""
+    name = getattr(answer, "upstream", None)
+    return name if isinstance(name, str) else None
+
+
+def destination_of(frame: bytes) -> tuple[bytes, bool]:
+    """A submit_sm's (or data_sm's) destination_addr, and whether it is a concatenated part.
+
+    Read straight from the frame (service_type, source, then destination are C-strings): the
+    relay has parsed it already, but the `Upstream` protocol passes frames only. A frame too
+    short to hold these reads as destination b"", which only the ``prefixes: []`` upstreams
+    match (the operator answers for it). "Concatenated part" is a quick look (UDHI bit, or the
+    bytes of the sar_msg_ref_num tag after the destination): a false positive only places the
+    message by its destination instead of by chance, among the same candidates.
+    """
+    try:
+        pos = frame.index(0, 16) + 3  # service_type, source_addr_ton, source_addr_npi
+        pos = frame.index(0, pos) + 3  # source_addr, dest_addr_ton, dest_addr_npi
+        end = frame.index(0, pos)
+    except ValueError:
+        return b"", False
+    destination = frame[pos:end]
+    if len(frame) <= end + 1:
+        return destination, False
+    long = bool(frame[end + 1] & _UDHI) or _SAR_MSG_REF_NUM in frame[end + 1 :]
+    return destination, long
+
+
+@attrs.define
+class Member:
+    """One configured upstream: its settings and its sessions and pool."""
+
+    config: UpstreamConfig
+    service: UpstreamService
+    routed: Any = None  # its smpprelay_upstream_routed_total child, set by UpstreamSet
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.service.pool
+
+    def rank(self, destination: str, account: str) -> int | None:
+        """Its group for this submit (higher goes first), or None when it is no candidate."""
+        config = self.config
+        if config.accounts and account not in config.accounts:
+            return None
+        if not config.prefixes:
+            return -1
+        matching = (
+            len(p.lstrip("+")) for p in config.prefixes if destination.startswith(p.lstrip("+"))
+        )
+        return max(matching, default=None)
+
+
+class UpstreamSet(MultiService):
+    """Every upstream; routes each submit to one of them (`smpprelay.relay.Upstream`)."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        metrics: Metrics,
+        choose: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.members = list(members)
+        self.by_name = {member.name: member for member in self.members}
+        # One upstream that serves every destination and account: no routing to do.
+        only = self.members[0] if len(self.members) == 1 else None
+        self._only = only if only and not (only.config.prefixes or only.config.accounts) else None
+        self.metrics = metrics
+        self._choose = choose
+        if len(self.members) > 1:
+            # Each pool sets these for itself: with several, they are read as their sum.
+            metrics.upstream_queue.set_function(self._queued)
+            metrics.upstream_pace.set_function(self._pace)
+        for member in self.members:
+            member.routed = metrics.upstream_routed.labels(member.name)
+            for other in self.members:
+                # Every pair shown from the start (a graph of zeros beats no graph); with a
+                # single upstream its one pair with itself, which never counts.
+                if other is not member or len(self.members) == 1:
+                    metrics.upstream_failovers.labels(member.name, other.name)
+            member.service.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    # --- what the relay service and the tests read ------------------------------------------
+
+    @property
+    def pool(self) -> UpstreamSet:
+        """Itself: it stands where the single upstream's pool stood."""
+        return self
+
+    @property
+    def sessions(self) -> list[UpstreamSession]:
+        return [session for member in self.members for session in member.service.sessions]
+
+    @property
+    def bound(self) -> int:
+        """Sessions bound now, over every upstream."""
+        return sum(member.pool.bound for member in self.members)
+
+    @property
+    def transmitters(self) -> list[SmppConnection]:
+        return [c for member in self.members for c in member.pool.transmitters]
+
+    @property
+    def receivers(self) -> list[SmppConnection]:
+        return [c for member in self.members for c in member.pool.receivers]
+
+    def _queued(self) -> float:
+        return float(sum(member.pool.queued for member in self.members))
+
+    def _pace(self) -> float:
+        paces = (member.pool.pace for member in self.members)
+        return sum(pace.now() for pace in paces if pace is not None)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def pick(self, frame: bytes, account: str) -> Member | None:
+        """The upstream for this submit (see the module docstring); None: no candidate."""
+        members = self.members
+        if self._only is not None:
+            return self._only
+        raw, long = destination_of(frame)
+        destination = raw.decode("latin-1").lstrip("+")
+        groups: dict[int, list[Member]] = {}
+        for member in members:
+            rank = member.rank(destination, account)
+            if rank is not None:
+                groups.setdefault(rank, []).append(member)
+        if not groups:
+            return None
+        ordered = [groups[rank] for rank in sorted(groups, reverse=True)]
+        # A long message's parts go one way: chosen by their destination, not by chance.
+        key = zlib.crc32(f"{account}\0{destination}".encode()) / 2**32 if long else None
+        chosen = self._first(ordered, lambda m: m.pool.has_room, key)
+        if chosen is None:
+            chosen = self._first(ordered, lambda m: bool(m.pool.transmitters), key)
+        if chosen is None:
+            return self._weighted(ordered[0], key)
+        preferred = ordered[0]
+        if chosen not in preferred and not any(m.pool.transmitters for m in preferred):
+            # The preferred upstream has no bound session: traffic fails over.
+            self.metrics.upstream_failovers.labels(preferred[0].name, chosen.name).inc()
+        return chosen
+
+    def _first(
+        self,
+        ordered: list[list[Member]],
+        usable: Callable[[Member], bool],
+        key: float | None,
+    ) -> Member | None:
+        for group in ordered:
+            ready = [member for member in group if usable(member)]
+            if ready:
+                return self._weighted(ready, key)
+        return None
+
+    def _weighted(self, group: list[Member], key: float | None) -> Member:
+        if len(group) == 1:
+            return group[0]
+        total = sum(member.config.weight for member in group)
+        point = (self._choose() if key is None else key) * total
+        for member in group:
+            point -= member.config.weight
+            if point < 0:
+                return member
+        return group[-1]
+
+    # --- the relay's Upstream protocol --------------------------------------------------------
+
+    def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
+        """Send a submit upstream on the upstream `pick` chooses."""
+        member = self.pick(frame, account)
+        if member is None:
+            return _no_route(account)
+        member.routed.inc()
+        sent = member.pool.submit(frame, account)
+        if len(self.members) == 1:
+            return sent
+        name = member.name
+        return sent.addCallbacks(
+            Carried, _carried_failure, callbackArgs=(name,), errbackArgs=(name,)
+        )
+
+    def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
+        """Send a long message's parts, in order, on one session of one upstream."""
+        member = self.pick(frames[0], account)
+        if member is None:
+            refused: Deferred[list[bytes | Failure]] = _no_route(account).addCallbacks(
+                lambda _: [], lambda reason: [reason] * len(frames)
+            )
+            return refused
+        member.routed.inc(len(frames))
+        sent = member.pool.submit_all(frames, account)
+        if len(self.members) == 1:
+            return sent
+        name = member.name
+
+        def tag(results: list[bytes | Failure]) -> list[bytes | Failure]:
+            return [
+                Carried(r, name) if isinstance(r, bytes) else _carried_failure(r, name)
+                for r in results
+            ]
+
+        return sent.addCallback(tag)
+
+    def submit_to(self, upstream: str, frame: bytes, account: str = "") -> Deferred[bytes]:
+        """Send a request (query_sm, cancel_sm, replace_sm) to the named upstream.
+
+        An upstream that is not configured (any more) gets the first one's: the only case is
+        a route written under "default" before ``upstream:`` became ``upstreams:``.
+        """
+        member = self.by_name.get(upstream, self.members[0])
+        return member.pool.submit(frame, account)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.pool.stop()
+
+
+class NoRoute(Exception):
+    """No configured upstream takes this submit (its destination or account)."""
+
+
+def _no_route(account: str) -> Deferred[bytes]:
+    return fail(NoRoute(f"no upstream takes this submit from {account!r}"))
+
+
+def _carried_failure(reason: Failure, upstream: str) -> Failure:
+    if isinstance(reason.value, ResponseTimeout) and not isinstance(reason.value, CarriedTimeout):
+        return Failure(CarriedTimeout(reason.value, upstream))
+    return reason
+
+
+def build_upstreams(
+    configs: Sequence[tuple[UpstreamConfig, Callable[[], IStreamClientEndpoint]]],
+    route: Callable[..., Deferred[int]],
+    clock: IReactorTime,
+    metrics: Metrics,
+    max_pdu: int,
+    jitter: Callable[[], float] = random.random,
+    parts_within: float = 60.0,
+) -> UpstreamSet:
+    """Every upstream's sessions and pool (`build_upstream`) behind one `UpstreamSet`.
+
+    ``route`` is the router's (`smpprelay.router.Router.route`): each upstream's deliver_sm
+    are routed under its own name, so a receipt finds the route its submit's answer wrote.
+    """
+    return UpstreamSet(
+        [
+            Member(
+                config,
+                build_upstream(
+                    config,
+                    endpoint,
+                    functools.partial(route, upstream=config.name),
+                    clock,
+                    metrics,
+                    max_pdu,
+                    jitter,
+                    parts_within,
+                ),
+            )
+            for config, endpoint in configs
+        ],
+        metrics,
+    )

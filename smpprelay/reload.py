@@ -37,12 +37,14 @@ from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 from smpprelay.router import Router
+from smpprelay.routing import UpstreamSet, route_free
 
 log = Logger()
 
-# Top-level sections a reload applies; every other one (upstream, upstreams, listen, ...)
-# is read once at start.
+# Top-level sections a reload applies; every other one (listen, store, ...) is read once at
+# start, and of the upstreams only their routes change live.
 LIVE_SECTIONS = frozenset({"clients", "security", "filters"})
+UPSTREAM_SECTIONS = frozenset({"upstream", "upstreams"})
 # Rule settings that decide what a window holds or how it is laid out: a restart.
 RULES_AT_START = {
     "encoding": ("enabled",),
@@ -63,6 +65,8 @@ class LiveParts:
     chain: FilterChain | None
     # False: the relay started with no password_hash, so it has no thread pool to check one.
     hashes_checkable: bool
+    # The upstreams, whose routes (prefixes, accounts, weight) a reload changes live.
+    upstreams: UpstreamSet | None = None
 
 
 def restart_needed(running: Config, new: Config) -> list[str]:
@@ -70,9 +74,15 @@ def restart_needed(running: Config, new: Config) -> list[str]:
     keys = [
         field.name
         for field in attrs.fields(type(running))
-        if field.name not in LIVE_SECTIONS
+        if field.name not in LIVE_SECTIONS | UPSTREAM_SECTIONS
         and getattr(running, field.name) != getattr(new, field.name)
     ]
+    # An upstream's routes change live (`UpstreamSet.reroute`); the rest of it, or another set
+    # of upstreams, needs a restart.
+    was = {config.name: route_free(config) for config in running.operators}
+    now = {config.name: route_free(config) for config in new.operators}
+    if was != now:
+        keys.append("upstreams" if new.upstreams or running.upstreams else "upstream")
     for rule, names in RULES_AT_START.items():
         was, now = getattr(running.filters, rule), getattr(new.filters, rule)
         keys += [
@@ -150,6 +160,8 @@ class Reloader:
         )
         if live.chain is not None:
             reconfigure_rules(live.chain, new.filters)
+        if live.upstreams is not None:
+            live.upstreams.reroute(new.operators)  # those it cannot: in `restart_needed`
         self.config = new
         was = {client.system_id: client for client in old.clients}
         now = {client.system_id: client for client in new.clients}

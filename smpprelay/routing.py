@@ -124,6 +124,11 @@ class Member:
         return max(matching, default=None)
 
 
+def route_free(config: UpstreamConfig) -> UpstreamConfig:
+    """``config`` without what decides its traffic: what a reload can change live."""
+    return attrs.evolve(config, prefixes=(), accounts=(), weight=1)
+
+
 class UpstreamSet(MultiService):
     """Every upstream; routes each submit to one of them (`smpprelay.relay.Upstream`)."""
 
@@ -136,9 +141,8 @@ class UpstreamSet(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.members = list(members)
         self.by_name = {member.name: member for member in self.members}
-        # One upstream that serves every destination and account: no routing to do.
-        only = self.members[0] if len(self.members) == 1 else None
-        self._only = only if only and not (only.config.prefixes or only.config.accounts) else None
+        self._only: Member | None = None
+        self._shortcut()
         self.metrics = metrics
         self._choose = choose
         if len(self.members) > 1:
@@ -153,6 +157,28 @@ class UpstreamSet(MultiService):
                 if other is not member or len(self.members) == 1:
                     metrics.upstream_failovers.labels(member.name, other.name)
             member.service.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    def _shortcut(self) -> None:
+        # One upstream that serves every destination and account: no routing to do.
+        only = self.members[0] if len(self.members) == 1 else None
+        self._only = only if only and not (only.config.prefixes or only.config.accounts) else None
+
+    def reroute(self, configs: Sequence[UpstreamConfig]) -> list[str]:
+        """Take the reloaded upstreams' ``prefixes``, ``accounts`` and ``weight`` at once (no
+        session is touched); return the names of those a restart must apply: added, removed,
+        or with other settings changed (their running settings and routes stay)."""
+        new = {config.name: config for config in configs}
+        later = sorted(set(self.by_name) ^ set(new))
+        for name, member in self.by_name.items():
+            config = new.get(name)
+            if config is None:
+                continue
+            if route_free(config) != route_free(member.config):
+                later.append(name)
+                continue
+            member.config = config
+        self._shortcut()
+        return later
 
     # --- what the relay service and the tests read ------------------------------------------
 

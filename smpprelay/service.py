@@ -471,7 +471,9 @@ def build(
         simulator,
         reactor,
     )
-    service.live = LiveParts(access, portal, router, registry, relay.chain, bool(password_pool))
+    service.live = LiveParts(
+        access, portal, router, registry, relay.chain, bool(password_pool), upstream
+    )
     children: list[IService | None] = [
         # First to start, last to stop: everything else may write to it until it stops.
         StoreService(store, relay.write_behind, metrics),

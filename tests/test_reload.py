@@ -293,3 +293,32 @@ def test_token_bucket_take_rate_caps_at_the_new_burst() -> None:
     bucket = TokenBucket(1.0, 10, clock)
     bucket.take_rate(1.0, 2)
     assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+def _operators(**second: Any) -> list[dict[str, Any]]:
+    base = {"host": "127.0.0.1", "port": 1, "system_id": "relay", "password": "pw"}
+    return [{"name": "main", **base}, {"name": "backup", **base, **second}]
+
+
+def test_an_upstreams_routes_reload_live_and_its_connection_needs_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefixes, accounts and weight apply at once (no session touched, nothing to restart);
+    another host is named as needing a restart and the running one stays."""
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(settings(upstreams=_operators())))
+    config = load_config(str(path))
+    service = build(config, MemoryReactorClock())
+    reloader = Reloader(str(path), config, service.live, service.metrics)
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(reload_module, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+    path.write_text(yaml.safe_dump(settings(upstreams=_operators(prefixes=["7900"], weight=3))))
+    assert reloader.reload()
+    backup = service.upstream.by_name["backup"].config
+    assert (backup.prefixes, backup.weight) == (("7900",), 3)
+    assert not [e for e in events if "restart" in e["log_format"]]
+    path.write_text(yaml.safe_dump(settings(upstreams=_operators(host="10.0.0.9"))))
+    assert reloader.reload()
+    [warning] = [e for e in events if "restart" in e["log_format"]]
+    assert warning["keys"] == "upstreams"
+    assert service.upstream.by_name["backup"].config.host == "127.0.0.1"

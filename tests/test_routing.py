@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from smpprelay import pdu
-from smpprelay.config import ConfigError, parse_config
+from smpprelay.config import ConfigError, UpstreamConfig, parse_config
 from smpprelay.connection import ResponseTimeout
 from smpprelay.operations import Operations
 from smpprelay.pdu import CommandId, Status
@@ -289,3 +289,27 @@ def test_a_single_upstream_with_prefixes_takes_only_those() -> None:
     assert len(ops.sent("only")) == 1
     failure_of(ops.set.submit(to(b"4471"), "app")).trap(NoRoute)
     failure_of(ops.set.submit(to(b"79001"), "other")).trap(NoRoute)
+
+
+def test_a_reload_changes_routes_live_and_names_what_needs_a_restart() -> None:
+    """`reroute`: prefixes, accounts and weight apply to the next submit with every session
+    kept; an upstream added, removed or with other settings changed is named, and runs on."""
+    ops = Operators({"name": "a", "prefixes": ("79",)}, {"name": "b"})
+    wires = {name: ops.bind(name) for name in ("a", "b")}
+    ops.set.submit(to(b"79001234567"), "app")
+    assert len(ops.sent("a")) == 1
+
+    def upstream(name: str, host: str = "smsc", prefixes: tuple[str, ...] = ()) -> UpstreamConfig:
+        return UpstreamConfig(
+            name=name, host=host, system_id="relay", password="pw", prefixes=prefixes
+        )
+
+    later = ops.set.reroute([upstream("a"), upstream("b", prefixes=("79",)), upstream("c")])
+    assert later == ["c"]
+    ops.set.submit(to(b"79001234567"), "app")
+    assert len(ops.sent("b")) == 1  # b now owns 79; a serves the rest
+    assert not wires["a"].connection.closed
+    assert ops.set.reroute([upstream("a", host="other")]) == ["b", "a"]
+    # Not applied: b keeps its reloaded routes, a its settings.
+    assert ops.set.by_name["a"].config.host == "smsc"
+    assert ops.set.by_name["b"].config.prefixes == ("79",)

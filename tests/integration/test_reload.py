@@ -92,3 +92,62 @@ async def test_reloads_under_steady_traffic(harness: Harness, tmp_path: Path) ->
         code, log = await relay.stop()
         assert code == 0, log
         assert log.count("app1 bound as") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstreams_route_changes_under_steady_traffic(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Two operators; the steady traffic's numbers move from one to the other by a reload of
+    their prefixes: no submit fails, no upstream session or app bind is dropped."""
+    from twisted.internet import reactor
+
+    first, first_port = await scripted_smsc(harness)
+    second, second_port = await scripted_smsc(harness)
+
+    def operators(first_prefixes: list[str], second_prefixes: list[str]) -> list[dict[str, Any]]:
+        base = {"host": "127.0.0.1", "system_id": "relay", "password": "pw"}
+        return [
+            {"name": "first", "port": first_port, "prefixes": first_prefixes, **base},
+            {"name": "second", "port": second_port, "prefixes": second_prefixes, **base},
+        ]
+
+    settings = relay_settings(first_port)
+    del settings["upstream"]
+    settings["upstreams"] = operators(["7998"], [])
+    config = tmp_path / "relay.yaml"
+    async with RelayProcess(tmp_path, settings, bound=2) as relay:
+        assert relay.process is not None
+        steady = harness.esme_at(relay.smpp_port)
+        await steady.bind("transceiver", "app1")
+        statuses: list[int] = []
+        running = True
+
+        async def submit_steadily() -> None:
+            n = 0
+            while running:
+                n += 1
+                answer = await steady.submit(**message(b"route %d" % n, f"7998{n:07d}"))
+                statuses.append(answer.status)
+                await task.deferLater(reactor, 0.01, lambda: None)
+
+        traffic = ensureDeferred(submit_steadily())
+        await relay.wait_for(lambda: len(first.submitted) >= 10, 10.0, "traffic on first")
+        assert second.submitted == []
+        config.write_text(yaml.safe_dump(dict(settings, upstreams=operators([], ["7998"]))))
+        relay.process.send_signal(signal.SIGHUP)
+        await relay.wait_for(lambda: relay.log.count("reloaded ") >= 1, 10.0, "the reload")
+        await relay.wait_for(lambda: len(second.submitted) >= 10, 10.0, "traffic on second")
+        moved = len(first.submitted)
+        await relay.wait_for(lambda: len(second.submitted) >= 20, 10.0, "more on second")
+        running = False
+        await traffic
+        assert len(first.submitted) == moved  # nothing more went to the first
+        assert set(statuses) == {Status.ESME_ROK}
+        assert "restart is needed" not in relay.log
+        await steady.close()
+        code, log = await relay.stop()
+        assert code == 0, log
+        assert log.count("app1 bound as") == 1
+        assert len(first.connections) == 1
+        assert len(second.connections) == 1

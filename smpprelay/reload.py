@@ -37,7 +37,7 @@ from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 from smpprelay.router import Router
-from smpprelay.routing import UpstreamSet, route_free
+from smpprelay.routing import UpstreamSet
 
 log = Logger()
 
@@ -77,11 +77,9 @@ def restart_needed(running: Config, new: Config) -> list[str]:
         if field.name not in LIVE_SECTIONS | UPSTREAM_SECTIONS
         and getattr(running, field.name) != getattr(new, field.name)
     ]
-    # An upstream's routes change live (`UpstreamSet.reroute`); the rest of it, or another set
-    # of upstreams, needs a restart.
-    was = {config.name: route_free(config) for config in running.operators}
-    now = {config.name: route_free(config) for config in new.operators}
-    if was != now:
+    # Upstreams change live (`UpstreamSet.reconfigure`), but not to or from the built-in
+    # simulated SMSC (no upstream configured).
+    if bool(running.operators) != bool(new.operators):
         keys.append("upstreams" if new.upstreams or running.upstreams else "upstream")
     for rule, names in RULES_AT_START.items():
         was, now = getattr(running.filters, rule), getattr(new.filters, rule)
@@ -160,8 +158,12 @@ class Reloader:
         )
         if live.chain is not None:
             reconfigure_rules(live.chain, new.filters)
-        if live.upstreams is not None:
-            live.upstreams.reroute(new.operators)  # those it cannot: in `restart_needed`
+        if live.upstreams is not None and new.operators and self.config.operators:
+            later = live.upstreams.reconfigure(new.operators)
+            if later:
+                log.warn(
+                    "reload {path}: upstreams {names} need a restart", path=self.path, names=later
+                )
         self.config = new
         was = {client.system_id: client for client in old.clients}
         now = {client.system_id: client for client in new.clients}

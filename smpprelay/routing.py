@@ -27,6 +27,7 @@ import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
@@ -39,6 +40,8 @@ from smpprelay.upstream import UpstreamService, UpstreamSession, build_upstream
 # esm_class bit: the short_message starts with a user data header (a concatenated part).
 _UDHI = 0x40
 _SAR_MSG_REF_NUM = b"\x02\x0c"
+
+log = Logger()
 
 
 class Carried(bytes):
@@ -145,6 +148,15 @@ class UpstreamSet(MultiService):
         self._shortcut()
         self.metrics = metrics
         self._choose = choose
+        # Makes a new upstream's sessions and pool (`build_upstreams` sets it): without it a
+        # reload changes routes only.
+        self.make_member: Callable[[UpstreamConfig], Member] | None = None
+        self._metrics_for_members()
+        for member in self.members:
+            member.service.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    def _metrics_for_members(self) -> None:
+        metrics = self.metrics
         if len(self.members) > 1:
             # Each pool sets these for itself: with several, they are read as their sum.
             metrics.upstream_queue.set_function(self._queued)
@@ -156,7 +168,50 @@ class UpstreamSet(MultiService):
                 # single upstream its one pair with itself, which never counts.
                 if other is not member or len(self.members) == 1:
                     metrics.upstream_failovers.labels(member.name, other.name)
+
+    def reconfigure(self, configs: Sequence[UpstreamConfig]) -> list[str]:
+        """Apply reloaded upstreams without a restart; return the names it could not (all but
+        route changes when there is no `make_member`).
+
+        Routes (``prefixes``, ``accounts``, ``weight``) apply at once and no session is
+        touched. An upstream added is started; one removed takes no new submit and is drained
+        and unbound (its sessions answer what is in flight before they unbind); one whose other
+        settings changed is replaced: the new one connects and binds at once (until then its
+        submits wait in its queue) while the old one drains.
+        """
+        make = self.make_member
+        if make is None:
+            return self.reroute(configs)
+        wanted = {config.name: config for config in configs}
+        for name in [name for name in self.by_name if name not in wanted]:
+            self._retire(self.by_name.pop(name), "removed")
+        for config in configs:
+            member = self.by_name.get(config.name)
+            if member is not None and route_free(config) == route_free(member.config):
+                member.config = config
+                continue
+            if member is not None:
+                self._retire(member, "changed")
+            member = self.by_name[config.name] = make(config)
             member.service.setServiceParent(self)  # type: ignore[no-untyped-call]
+            log.info("upstream {name}: started by a reload", name=config.name)
+        self.members = [self.by_name[config.name] for config in configs]
+        self._metrics_for_members()
+        self._shortcut()
+        return []
+
+    def _retire(self, member: Member, why: str) -> None:
+        """Take ``member`` out of routing, then drain and unbind it."""
+        if member in self.members:
+            self.members.remove(member)
+        name = member.name
+        stopped = member.service.disownServiceParent()  # type: ignore[no-untyped-call]
+
+        def done(result: object) -> None:
+            log.info("upstream {name} ({why} by a reload): drained and unbound", name=name, why=why)
+
+        if isinstance(stopped, Deferred):
+            stopped.addBoth(done)
 
     def _shortcut(self) -> None:
         # One upstream that serves every destination and account: no routing to do.
@@ -338,28 +393,29 @@ def build_upstreams(
     max_pdu: int,
     jitter: Callable[[], float] = random.random,
     parts_within: float = 60.0,
+    endpoint_for: Callable[[UpstreamConfig], Callable[[], IStreamClientEndpoint]] | None = None,
 ) -> UpstreamSet:
     """Every upstream's sessions and pool (`build_upstream`) behind one `UpstreamSet`.
 
     ``route`` is the router's (`smpprelay.router.Router.route`): each upstream's deliver_sm
     are routed under its own name, so a receipt finds the route its submit's answer wrote.
     """
-    return UpstreamSet(
-        [
-            Member(
-                config,
-                build_upstream(
-                    config,
-                    endpoint,
-                    functools.partial(route, upstream=config.name),
-                    clock,
-                    metrics,
-                    max_pdu,
-                    jitter,
-                    parts_within,
-                ),
-            )
-            for config, endpoint in configs
-        ],
-        metrics,
-    )
+
+    def member(config: UpstreamConfig, endpoint: Callable[[], IStreamClientEndpoint]) -> Member:
+        service = build_upstream(
+            config,
+            endpoint,
+            functools.partial(route, upstream=config.name),
+            clock,
+            metrics,
+            max_pdu,
+            jitter,
+            parts_within,
+        )
+        return Member(config, service)
+
+    upstreams = UpstreamSet([member(config, endpoint) for config, endpoint in configs], metrics)
+    if endpoint_for is not None:
+        make = endpoint_for
+        upstreams.make_member = lambda config: member(config, make(config))
+    return upstreams

@@ -401,6 +401,11 @@ def build(
     operators = [_operator(config, each, reactor, metrics) for each in config.operators or [None]]
     upstream_config, _, simulator = operators[0]
     endpoints = [(each, functools.partial(_LazyEndpoint, make)) for each, make, _ in operators]
+
+    def endpoint_for(added: UpstreamConfig) -> Callable[[], IStreamClientEndpoint]:
+        """A reloaded upstream's endpoint maker (a simulated SMSC is never added by a reload)."""
+        return functools.partial(_LazyEndpoint, _operator(config, added, reactor, metrics)[1])
+
     upstream = build_upstreams(
         endpoints,
         router.route,
@@ -409,6 +414,7 @@ def build(
         limits.max_pdu,
         jitter,
         config.filters.concat.window,
+        endpoint_for if config.operators else None,
     )
     chain = build_chain(
         config.filters,

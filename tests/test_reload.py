@@ -300,11 +300,12 @@ def _operators(**second: Any) -> list[dict[str, Any]]:
     return [{"name": "main", **base}, {"name": "backup", **base, **second}]
 
 
-def test_an_upstreams_routes_reload_live_and_its_connection_needs_a_restart(
+def test_upstreams_reload_live_routes_in_place_and_other_settings_by_replacing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """prefixes, accounts and weight apply at once (no session touched, nothing to restart);
-    another host is named as needing a restart and the running one stays."""
+    """prefixes, accounts and weight apply in place (the same sessions); another host replaces
+    the upstream's sessions; one added is started, one removed is retired; nothing waits for a
+    restart."""
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(settings(upstreams=_operators())))
     config = load_config(str(path))
@@ -312,13 +313,21 @@ def test_an_upstreams_routes_reload_live_and_its_connection_needs_a_restart(
     reloader = Reloader(str(path), config, service.live, service.metrics)
     events: list[dict[str, Any]] = []
     monkeypatch.setattr(reload_module, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+    upstreams = service.upstream
+    backup = upstreams.by_name["backup"]
     path.write_text(yaml.safe_dump(settings(upstreams=_operators(prefixes=["7900"], weight=3))))
     assert reloader.reload()
-    backup = service.upstream.by_name["backup"].config
-    assert (backup.prefixes, backup.weight) == (("7900",), 3)
-    assert not [e for e in events if "restart" in e["log_format"]]
+    assert upstreams.by_name["backup"] is backup  # routes changed in place
+    assert (backup.config.prefixes, backup.config.weight) == (("7900",), 3)
     path.write_text(yaml.safe_dump(settings(upstreams=_operators(host="10.0.0.9"))))
     assert reloader.reload()
-    [warning] = [e for e in events if "restart" in e["log_format"]]
-    assert warning["keys"] == "upstreams"
-    assert service.upstream.by_name["backup"].config.host == "127.0.0.1"
+    replaced = upstreams.by_name["backup"]
+    assert replaced is not backup
+    assert replaced.config.host == "10.0.0.9"
+    assert backup.service.parent is None  # retired: drained and unbound
+    more = [*_operators(), {**_operators()[0], "name": "third"}]
+    path.write_text(yaml.safe_dump(settings(upstreams=more[1:])))
+    assert reloader.reload()
+    assert [member.name for member in upstreams.members] == ["backup", "third"]
+    assert "main" not in upstreams.by_name
+    assert not [e for e in events if "restart" in e["log_format"]]

@@ -151,3 +151,60 @@ async def test_an_upstreams_route_changes_under_steady_traffic(
         assert log.count("app1 bound as") == 1
         assert len(first.connections) == 1
         assert len(second.connections) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstreams_added_and_removed_by_a_reload_under_steady_traffic(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """An operator added by a reload binds and takes its numbers; the one removed is drained and
+    unbound; no submit fails meanwhile and the app's bind stays."""
+    from twisted.internet import reactor
+
+    first, first_port = await scripted_smsc(harness)
+    second, second_port = await scripted_smsc(harness)
+    base = {"host": "127.0.0.1", "system_id": "relay", "password": "pw"}
+    one = {"name": "first", "port": first_port, **base}
+    two = {"name": "second", "port": second_port, "prefixes": ["7998"], **base}
+    settings = relay_settings(first_port)
+    del settings["upstream"]
+    settings["upstreams"] = [one]
+    config = tmp_path / "relay.yaml"
+    async with RelayProcess(tmp_path, settings) as relay:
+        assert relay.process is not None
+        steady = harness.esme_at(relay.smpp_port)
+        await steady.bind("transceiver", "app1")
+        statuses: list[int] = []
+        running = True
+
+        async def submit_steadily() -> None:
+            n = 0
+            while running:
+                n += 1
+                answer = await steady.submit(**message(b"op %d" % n, f"7998{n:07d}"))
+                statuses.append(answer.status)
+                await task.deferLater(reactor, 0.01, lambda: None)
+
+        traffic = ensureDeferred(submit_steadily())
+        await relay.wait_for(lambda: len(first.submitted) >= 10, 10.0, "traffic on first")
+        config.write_text(yaml.safe_dump(dict(settings, upstreams=[one, two])))
+        relay.process.send_signal(signal.SIGHUP)
+        await relay.wait_for(lambda: len(second.submitted) >= 10, 10.0, "traffic on second")
+        config.write_text(yaml.safe_dump(dict(settings, upstreams=[two])))
+        relay.process.send_signal(signal.SIGHUP)
+        await relay.wait_for(
+            lambda: "upstream first (removed by a reload): drained and unbound" in relay.log,
+            10.0,
+            "first unbound",
+        )
+        assert first.bound == []
+        after = len(second.submitted)
+        await relay.wait_for(lambda: len(second.submitted) >= after + 10, 10.0, "more on second")
+        running = False
+        await traffic
+        assert set(statuses) == {Status.ESME_ROK}
+        assert "restart is needed" not in relay.log
+        await steady.close()
+        code, log = await relay.stop()
+        assert code == 0, log
+        assert log.count("app1 bound as") == 1

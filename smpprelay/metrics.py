@@ -218,8 +218,8 @@ class Metrics:
         )
         self.upstream_submits = Counter(
             "smpprelay_upstream_submits_total",
-            "submit_sm sent to the operator, by the status it answered.",
-            ["status"],
+            "submit_sm sent to the operators, by upstream and the status it answered.",
+            ["upstream", "status"],
             registry=r,
         )
         self.upstream_throttled = Counter(
@@ -318,7 +318,7 @@ class Metrics:
         self.session_timeouts.labels("upstream", "enquire_link")
         self._submit_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
-        self._upstream_children: dict[int, Any] = {}
+        self._upstream_children: dict[tuple[str, int], Any] = {}
         # The pool's back-off from an operator that throttles (smpprelay.pool).
         self.upstream_window_effective = Gauge(
             "smpprelay_upstream_window_effective",
@@ -394,14 +394,15 @@ class Metrics:
         """An app's query_sm, cancel_sm, replace_sm, submit_multi or data_sm was answered."""
         self.operations.labels(account, command_label(command_id), self.status_label(status)).inc()
 
-    def count_upstream_submit(self, status: int) -> None:
-        """The operator answered a submit_sm with ``status``."""
+    def count_upstream_submit(self, status: int, upstream: str = "default") -> None:
+        """The operator ``upstream`` answered a submit_sm with ``status``."""
         children = self._upstream_children
-        child = children.get(status)
+        key = (upstream, status)
+        child = children.get(key)
         if child is None:
-            child = self.upstream_submits.labels(self.status_label(status))
+            child = self.upstream_submits.labels(upstream, self.status_label(status))
             if len(children) < _CACHE_MAX:
-                children[status] = child
+                children[key] = child
         child.inc()
         if status == Status.ESME_RTHROTTLED:
             self.upstream_throttled.inc()

@@ -194,7 +194,7 @@ class Relay:
 
         def answered(resp: bytes) -> bytes | Deferred[bytes]:
             _, command_id, status, _ = pdu.header(resp)
-            self.metrics.count_upstream_submit(status)
+            self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
             message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
             if chain is not None:
                 chain.settle(message, self.clock.seconds(), message_id)
@@ -282,7 +282,7 @@ class Relay:
         record it as accepted (a retry is a duplicate; it counts toward floods and billing).
         """
         _, command_id, status, _ = pdu.header(resp)
-        self.metrics.count_upstream_submit(status)
+        self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
         if status != Status.ESME_ROK or command_id not in _ACCEPTING:
             return
         message_id = pdu.message_id_of(resp)
@@ -307,10 +307,10 @@ class Relay:
             routes: list[Deferred[None]] = []
             for part, result, status in zip(parts, results, statuses, strict=True):
                 if isinstance(result, bytes):
-                    self.metrics.count_upstream_submit(status)
+                    upstream = carrier(result)
+                    self.metrics.count_upstream_submit(status, upstream or self.router.upstream)
                     if status == Status.ESME_ROK:
                         message_id = pdu.message_id_of(result)
-                        upstream = carrier(result)
                         routes.append(
                             self.router.remember(message_id, account, part.app_id, upstream)
                         )
@@ -372,7 +372,7 @@ class Relay:
         """The operator accepted a part of a glued message after its timeout: the part's
         receipt reaches the app under the id the app was given for it."""
         _, command_id, status, _ = pdu.header(resp)
-        self.metrics.count_upstream_submit(status)
+        self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
         accepted = status == Status.ESME_ROK and command_id in _ACCEPTING
         if accepted:
             message_id = pdu.message_id_of(resp)

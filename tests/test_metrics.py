@@ -105,7 +105,10 @@ def test_upstream_round_trip_observed_and_throttled_answers_counted() -> None:
     assert sample("smpprelay_upstream_round_trip_seconds_bucket", le="0.5") == 1
     assert sample("smpprelay_upstream_round_trip_seconds_bucket", le="5.0") == 2
     assert sample("smpprelay_upstream_throttled_total") == 1
-    assert sample("smpprelay_upstream_submits_total", status="ESME_RTHROTTLED") == 1
+    assert (
+        sample("smpprelay_upstream_submits_total", upstream="default", status="ESME_RTHROTTLED")
+        == 1
+    )
 
 
 def test_deliveries_received_by_kind_and_app_answer_latency_by_account() -> None:
@@ -162,6 +165,9 @@ def test_20000_operator_statuses_make_a_bounded_number_of_series() -> None:
         "smpprelay_upstream_submits": {"other", "0x00000400", "ESME_RTHROTTLED"},
     }
     sample = metrics.registry.get_sample_value
-    assert sample("smpprelay_upstream_submits_total", {"status": "other"}) == 20_000
+    assert (
+        sample("smpprelay_upstream_submits_total", {"upstream": "default", "status": "other"})
+        == 20_000
+    )
     assert sample("smpprelay_submits_total", {"account": "app", "status": "other"}) == 20_000
     assert len(metrics._submit_children) <= 4096  # the label cache is bounded too

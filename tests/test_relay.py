@@ -44,7 +44,7 @@ class Harness:
 
     def upstream_submits(self, status: str) -> float | None:
         return self.metrics.registry.get_sample_value(
-            "smpprelay_upstream_submits_total", {"status": status}
+            "smpprelay_upstream_submits_total", {"upstream": "default", "status": status}
         )
 
 

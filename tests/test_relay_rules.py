@@ -460,7 +460,7 @@ def test_a_late_ok_routes_the_receipt_and_makes_a_retry_a_duplicate() -> None:
     assert status_of(result_of(h.relay.submit(ACCOUNT, submit_sm()))) == 0x45
     assert len(h.pool.frames) == 1
     counted = h.metrics.registry.get_sample_value(
-        "smpprelay_upstream_submits_total", {"status": "ESME_ROK"}
+        "smpprelay_upstream_submits_total", {"upstream": "default", "status": "ESME_ROK"}
     )
     assert counted == 1
 

@@ -15,16 +15,43 @@ from twisted.internet.defer import ensureDeferred
 
 from smpprelay.pdu import Status
 from tests.integration.apps import message
-from tests.integration.conftest import CLIENTS, Harness
+from tests.integration.conftest import CLIENTS, Esme, Harness
 from tests.integration.scripted import RelayProcess, relay_settings, scripted_smsc
 
 RSUBMITFAIL = 0x45
 APP3 = {"system_id": "app3", "password": "secret3"}
 
 
+class Steady:
+    """An app submitting one message every 10 ms, each to a number of its own (so no rule has a
+    say), from creation until `stop`; each answer's status kept in order."""
+
+    def __init__(self, app: Esme, text: bytes) -> None:
+        self.app = app
+        self.text = text
+        self.statuses: list[int] = []
+        self.running = True
+        self.done = ensureDeferred(self._run())
+
+    async def _run(self) -> None:
+        from twisted.internet import reactor
+
+        n = 0
+        while self.running:
+            n += 1
+            answer = await self.app.submit(**message(b"%s %d" % (self.text, n), f"7998{n:07d}"))
+            self.statuses.append(answer.status)
+            await task.deferLater(reactor, 0.01, lambda: None)
+
+    async def stop(self) -> list[int]:
+        """Stop after the submit in flight; the statuses of all."""
+        self.running = False
+        await self.done
+        return self.statuses
+
+
 @pytest_twisted.ensureDeferred
 async def test_reloads_under_steady_traffic(harness: Harness, tmp_path: Path) -> None:
-    from twisted.internet import reactor
 
     _, port = await scripted_smsc(harness)
     settings = relay_settings(port, filters={"flood": {"max_messages": 50}})
@@ -33,19 +60,7 @@ async def test_reloads_under_steady_traffic(harness: Harness, tmp_path: Path) ->
         assert relay.process is not None
         steady = harness.esme_at(relay.smpp_port)
         await steady.bind("transceiver", "app1")
-        statuses: list[int] = []
-        running = True
-
-        async def submit_steadily() -> None:
-            n = 0
-            while running:
-                n += 1
-                # A number each: neither the dedup nor the flood rule has a say.
-                answer = await steady.submit(**message(b"tick %d" % n, f"7998{n:07d}"))
-                statuses.append(answer.status)
-                await task.deferLater(reactor, 0.01, lambda: None)
-
-        traffic = ensureDeferred(submit_steadily())
+        traffic = Steady(steady, b"tick")
 
         async def reload(data: Any, logged: str, count: int) -> None:
             config.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
@@ -82,10 +97,8 @@ async def test_reloads_under_steady_traffic(harness: Harness, tmp_path: Path) ->
         # 4. The file fixed again, with app3 gone: its bind is unbound, app1's stays.
         await reload(lowered | {"clients": CLIENTS}, "reloaded ", 3)
         await app3.answer_unbind()
-        await relay.wait_for(lambda: len(statuses) >= 20, 10.0, "20 steady submits")
-        running = False
-        await traffic
-        assert set(statuses) == {Status.ESME_ROK}
+        await relay.wait_for(lambda: len(traffic.statuses) >= 20, 10.0, "20 steady submits")
+        assert set(await traffic.stop()) == {Status.ESME_ROK}
         ok = await steady.submit(**message(b"still bound", "79998888888"))
         assert ok.status == Status.ESME_ROK
         await steady.close()
@@ -100,7 +113,6 @@ async def test_an_upstreams_route_changes_under_steady_traffic(
 ) -> None:
     """Two operators; the steady traffic's numbers move from one to the other by a reload of
     their prefixes: no submit fails, no upstream session or app bind is dropped."""
-    from twisted.internet import reactor
 
     first, first_port = await scripted_smsc(harness)
     second, second_port = await scripted_smsc(harness)
@@ -120,18 +132,7 @@ async def test_an_upstreams_route_changes_under_steady_traffic(
         assert relay.process is not None
         steady = harness.esme_at(relay.smpp_port)
         await steady.bind("transceiver", "app1")
-        statuses: list[int] = []
-        running = True
-
-        async def submit_steadily() -> None:
-            n = 0
-            while running:
-                n += 1
-                answer = await steady.submit(**message(b"route %d" % n, f"7998{n:07d}"))
-                statuses.append(answer.status)
-                await task.deferLater(reactor, 0.01, lambda: None)
-
-        traffic = ensureDeferred(submit_steadily())
+        traffic = Steady(steady, b"route")
         await relay.wait_for(lambda: len(first.submitted) >= 10, 10.0, "traffic on first")
         assert second.submitted == []
         config.write_text(yaml.safe_dump(dict(settings, upstreams=operators([], ["7998"]))))
@@ -140,10 +141,8 @@ async def test_an_upstreams_route_changes_under_steady_traffic(
         await relay.wait_for(lambda: len(second.submitted) >= 10, 10.0, "traffic on second")
         moved = len(first.submitted)
         await relay.wait_for(lambda: len(second.submitted) >= 20, 10.0, "more on second")
-        running = False
-        await traffic
+        assert set(await traffic.stop()) == {Status.ESME_ROK}
         assert len(first.submitted) == moved  # nothing more went to the first
-        assert set(statuses) == {Status.ESME_ROK}
         assert "restart is needed" not in relay.log
         await steady.close()
         code, log = await relay.stop()
@@ -159,7 +158,6 @@ async def test_upstreams_added_and_removed_by_a_reload_under_steady_traffic(
 ) -> None:
     """An operator added by a reload binds and takes its numbers; the one removed is drained and
     unbound; no submit fails meanwhile and the app's bind stays."""
-    from twisted.internet import reactor
 
     first, first_port = await scripted_smsc(harness)
     second, second_port = await scripted_smsc(harness)
@@ -174,18 +172,7 @@ async def test_upstreams_added_and_removed_by_a_reload_under_steady_traffic(
         assert relay.process is not None
         steady = harness.esme_at(relay.smpp_port)
         await steady.bind("transceiver", "app1")
-        statuses: list[int] = []
-        running = True
-
-        async def submit_steadily() -> None:
-            n = 0
-            while running:
-                n += 1
-                answer = await steady.submit(**message(b"op %d" % n, f"7998{n:07d}"))
-                statuses.append(answer.status)
-                await task.deferLater(reactor, 0.01, lambda: None)
-
-        traffic = ensureDeferred(submit_steadily())
+        traffic = Steady(steady, b"op")
         await relay.wait_for(lambda: len(first.submitted) >= 10, 10.0, "traffic on first")
         config.write_text(yaml.safe_dump(dict(settings, upstreams=[one, two])))
         relay.process.send_signal(signal.SIGHUP)
@@ -200,9 +187,7 @@ async def test_upstreams_added_and_removed_by_a_reload_under_steady_traffic(
         assert first.bound == []
         after = len(second.submitted)
         await relay.wait_for(lambda: len(second.submitted) >= after + 10, 10.0, "more on second")
-        running = False
-        await traffic
-        assert set(statuses) == {Status.ESME_ROK}
+        assert set(await traffic.stop()) == {Status.ESME_ROK}
         assert "restart is needed" not in relay.log
         await steady.close()
         code, log = await relay.stop()

@@ -27,7 +27,7 @@ from smpprelay.filters.base import HoldsNothing, bound_uncollected
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store import WindowEntry
-from smpprelay.store.windows import FloodStreaks
+from smpprelay.store.streaks import FloodStreaks
 
 # Keys whose streak changed and that `window_entries` has not collected yet, at most: a relay
 # that does not write its windows behind (or stalls) must not grow them without end.

@@ -8,7 +8,8 @@ from hashlib import blake2b
 
 import pytest
 
-from smpprelay.store.windows import COMPACT_AT, DEDUP_KEY_SIZE, DedupWindow, FloodStreaks
+from smpprelay.store.streaks import FloodStreaks
+from smpprelay.store.windows import COMPACT_AT, DEDUP_KEY_SIZE, DedupWindow
 
 BIG = 1_000_000  # max_entries: 2^16 buckets, so that keys spread over many of them
 

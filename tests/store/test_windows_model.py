@@ -7,7 +7,7 @@ or 2^16 of them, so that keys share buckets whatever the hash seed.
 
 One difference is allowed, and shown on its own by the last test: when a bucket takes a
 record from the dict tier, it drops the records at its front whose window had already ended
-(``_RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes (an
+(``RecordTable._prune`` from ``_migrate``). No answer of ``claim`` or ``count`` changes (an
 ended entry counts for nothing), but ``len`` and ``expire``'s count leave it out before
 ``expire`` runs. The property tests accept exactly that: only an acceptance may drop entries,
 only ended ones, and after ``expire`` the two agree again.
@@ -21,7 +21,8 @@ from typing import NamedTuple
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow, FloodStreaks
+from smpprelay.store.streaks import FloodStreaks
+from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
 WINDOW = 10.0  # the dedup window and the flood gap
 # Multiples of 0.5, so every sum and difference of times is exact, and mostly of 2.5, so that

@@ -7,7 +7,8 @@ from hashlib import blake2b
 
 import pytest
 
-from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow, FloodStreaks
+from smpprelay.store.streaks import FloodStreaks
+from smpprelay.store.windows import DEDUP_KEY_SIZE, DedupWindow
 
 # Each test runs with the entries in the dict tier, and again with them in the records.
 TIERS = pytest.mark.parametrize("young_max", [1 << 18, 0], ids=["dict-tier", "records"])

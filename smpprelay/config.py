@@ -30,11 +30,12 @@ from smpprelay._schema import (
 from smpprelay._schema import Invalid as Invalid
 from smpprelay.passwd import parse_hash
 from smpprelay.receipts import MessageIdFormat
+from smpprelay.redis_url import parse_url
 
 BindMode = Literal["transceiver", "transmitter_receiver"]
 ReceiptStat = Literal["DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD"]
 DedupAction = Literal["reject", "replay"]
-StoreBackend = Literal["sqlite", "memory"]
+StoreBackend = Literal["sqlite", "memory", "redis"]
 StoreSync = Literal["full", "normal"]
 RuleScope = Literal["upstream", "client"]
 
@@ -264,7 +265,12 @@ class ReceiptsConfig:
 
 # receipts.map_max when unset: what fits in memory (~310 MB), or two days at ~115 receipts
 # requested a second in a file of ~1.5 GB (README "State").
-MAP_MAX: dict[StoreBackend, int] = {"memory": 1_500_000, "sqlite": 20_000_000}
+MAP_MAX: dict[StoreBackend, int] = {"memory": 1_500_000, "sqlite": 20_000_000, "redis": 20_000_000}
+
+
+def _redis_url(value: str) -> None:
+    """A Redis URL that `parse_url` reads (its ValueError names what is wrong)."""
+    parse_url(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -279,6 +285,12 @@ class StoreConfig:
     sync: StoreSync = attrs.field(default="full", validator=valid(one_of(StoreSync)))
     # Bytes the file may take; past it writes fail as on a full disk. Unset: no cap.
     max_size: int | None = attrs.field(default=None, validator=valid(number(ge=65_536)))
+    # backend redis: where it is (redis:// or rediss:// for TLS, /db), the prefix of every key
+    # this relay writes (several relays may share one Redis), and how long a reply may take
+    # before the relay stops counting on Redis (submits then get ESME_RMSGQFUL).
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=valid(_redis_url))
+    key_prefix: str = attrs.field(default="smpprelay:", validator=_NOT_EMPTY)
+    reply_timeout: float = attrs.field(default=2.0, validator=_POSITIVE)
 
     def map_max(self, receipts: ReceiptsConfig) -> int:
         """The routes kept at most with this backend."""
@@ -377,8 +389,13 @@ class Config:
     store: StoreConfig = StoreConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     filters: FiltersConfig = FiltersConfig()
+    # Relay processes started by one twistd, sharing the app port and one Redis (README
+    # "Scale out"); more than one needs store.backend redis.
+    workers: int = attrs.field(default=1, validator=_AT_LEAST_1)
 
     def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.store.backend != "redis":
+            raise Invalid("workers", "more than one worker needs store.backend: redis")
         accounts: set[str] = set()
         prefix_owner: dict[str, str] = {}
         for i, client in enumerate(self.clients):

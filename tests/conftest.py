@@ -18,6 +18,7 @@ from hypothesis import settings
 from twisted.logger import LogEvent, formatEvent
 
 from tests.fakes import captured_logs, is_error
+from tests.fakes.redis_server import RedisServer
 
 settings.register_profile("dev", max_examples=50)
 settings.register_profile("ci", max_examples=300)
@@ -38,3 +39,12 @@ def logged_errors(request: pytest.FixtureRequest) -> Iterator[list[LogEvent]]:
         yield errors
     if request.node.get_closest_marker("logs_errors") is None:
         assert not errors, [formatEvent(event) for event in errors]
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for this test only."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -90,6 +90,15 @@ class SharedConcat:
         metrics.concat_open.set_function(lambda: self.open_count)
         metrics.concat_held_bytes.set_function(lambda: self.held_bytes)
         self.reconfigure(config)
+        # Scripts loaded whenever Redis comes (back) up: else the first burst after a restart
+        # sends every script whole, once per submit in flight (each EVALSHA fails NOSCRIPT).
+        link.on_change.append(self._load_scripts)
+        self._load_scripts(link.writable)
+
+    def _load_scripts(self, up: bool) -> None:
+        if up:
+            for script in (CHECK, SETTLE, EXPIRE):
+                self.link.call("SCRIPT", "LOAD", script.source).addErrback(_ignore)
 
     def reconfigure(self, config: ConcatRule) -> None:
         """Take a reloaded rule's values; the open messages stay, judged by them from now."""
@@ -295,4 +304,5 @@ def _parts(account: str, flat: Sequence[Any], max_tlvs: int) -> list[tuple[int, 
 
 
 def _ignore(reason: Failure) -> None:
-    """A gauge's reading that failed: the expiry's own failure says why."""
+    """A gauge's reading or a script's loading that failed: what depends on Redis fails too,
+    and says why (the link logs the outage)."""

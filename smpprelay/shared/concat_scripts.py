@@ -33,9 +33,15 @@ local function close(prefix, member, now, window)
   if keep < 1 then keep = 1 end
   redis.call('SET', prefix .. 'c:x:' .. member .. ':' .. h[2], h[3], 'PX', keep)
   local bytes = tonumber(h[4]) or 0
-  if bytes ~= 0 then
-    redis.call('DECRBY', prefix .. 'c:held', bytes)
-    redis.call('HINCRBY', prefix .. 'c:held:a', h[1], -bytes)
+  -- A counter gone by its TTL is not brought back (without a TTL, below zero).
+  local heldk, heldh = prefix .. 'c:held', prefix .. 'c:held:a'
+  if bytes ~= 0 and redis.call('EXISTS', heldk) == 1 then
+    redis.call('DECRBY', heldk, bytes)
+  end
+  if bytes ~= 0 and redis.call('HEXISTS', heldh, h[1]) == 1 then
+    if redis.call('HINCRBY', heldh, h[1], -bytes) <= 0 then
+      redis.call('HDEL', heldh, h[1])
+    end
   end
   redis.call('DEL', mkey)
   redis.call('ZREM', prefix .. 'c:open', member)

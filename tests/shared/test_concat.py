@@ -20,6 +20,7 @@ from smpprelay.message import Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.shared.concat import SharedConcat
+from smpprelay.shared.concat_scripts import CHECK, EXPIRE, SETTLE
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from tests.fakes import submit_sm
 from tests.fakes.redis_server import RedisServer
@@ -347,3 +348,21 @@ async def test_an_outcome_not_written_is_written_by_the_next_expiry(
     # Closed: not given up as a message left with the operator by a dead instance.
     assert await a.rule.expire(T0 + 2 * WINDOW + 1) == []
     assert await a.link.call("EXISTS", "t:c:open") == 0
+
+
+@ensureDeferred
+async def test_scripts_are_loaded_when_redis_comes_up(two: Any, redis_server: RedisServer) -> None:
+    a, _ = await two()
+    shas = [CHECK.sha, SETTLE.sha, EXPIRE.sha]
+    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1, 1, 1]
+    await a.link.call("SCRIPT", "FLUSH")
+    redis_server.stop(kill=True)
+    waited = 0.0
+    while a.link.writable:
+        await deferLater(reactor, 0.02)
+        waited += 0.02
+        assert waited < 5
+    redis_server.start()
+    await a.ready(within=15)
+    await a.link.call("PING")
+    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1, 1, 1]

@@ -211,17 +211,13 @@ class ConcatFilter:
             received[sequence] = message
             parts = tuple(received[number] for number in range(1, total + 1))
             # Held parts keep no content (`_slim`): read it again from their frames.
-            content = b"".join(
-                [
-                    part.content
-                    if part is message
-                    else read_message(part.account, part.frame, part.app_iso).content
-                    for part in parts
-                ]
-            )
-            glued = attrs.evolve(message, parts=parts, content=content)
-            if self.transcode is not None:
-                glued = self.transcode(glued)
+            contents = [
+                part.content
+                if part is message
+                else read_message(part.account, part.frame, part.app_iso).content
+                for part in parts
+            ]
+            glued = glue(message, parts, contents, self.transcode)
             entry.glued = glued  # open until the operator's answer (`parts_settled`)
             return accept(glued)
         # No open message with this total: a straggler of a closed one, a new message, or a
@@ -487,6 +483,21 @@ class ConcatFilter:
         closed[entry.closed_key] = entry.first
         if len(closed) > self.max_closed:
             closed.popitem(last=False)
+
+
+def glue(
+    completing: Message,
+    parts: tuple[Message, ...],
+    contents: Sequence[bytes],
+    transcode: Callable[[Message], Message] | None,
+) -> Message:
+    """The glued message: ``completing`` (the part that completed it) carrying ``parts`` (in
+    sequence order) and their joined ``contents``, transcoded as a whole when the encoding rule
+    asks (`ConcatFilter.transcode`). Shared with `smpprelay.shared.concat`."""
+    glued = attrs.evolve(completing, parts=parts, content=b"".join(contents))
+    if transcode is not None:
+        glued = transcode(glued)
+    return glued
 
 
 def _slim(part: Message) -> Message:

@@ -146,7 +146,7 @@ class Handover:
             self._busy.discard(job)
             self._failing = False
             full = False
-            for (account, room), entries in zip(rooms.items(), batches, strict=True):
+            for (_account, room), entries in zip(rooms.items(), batches, strict=True):
                 full = full or len(entries) >= room
                 for entry in entries:
                     self._take(entry)

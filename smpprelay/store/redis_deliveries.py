@@ -206,7 +206,16 @@ class RedisDeliveries:
             return self._entries(account, reply[0][1])
 
         return self._grouped_call(
-            account, "XREADGROUP", "GROUP", GROUP, self.instance, "COUNT", count, "STREAMS", key, ">"
+            account,
+            "XREADGROUP",
+            "GROUP",
+            GROUP,
+            self.instance,
+            "COUNT",
+            count,
+            "STREAMS",
+            key,
+            ">",
         ).addCallback(got)
 
     def claim(self, account: str, idle: float, count: int) -> Deferred[list[Entry]]:
@@ -251,7 +260,7 @@ class RedisDeliveries:
         def made(_: object) -> None:
             self._grouped.add(account)
 
-        def exists(reason: Failure) -> None | Failure:
+        def exists(reason: Failure) -> Failure | None:
             if "BUSYGROUP" in reason.getErrorMessage():
                 self._grouped.add(account)
                 return None

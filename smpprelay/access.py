@@ -14,9 +14,12 @@ import ipaddress
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from smpprelay.config import Account, SecurityConfig
 from smpprelay.metrics import Metrics
@@ -34,6 +37,22 @@ _LOCKED_OUT = "locked_out"
 # An app that hangs up before its password was checked counts too ("abandoned"); a bind
 # refused because too many hash checks are in flight ("busy") does not.
 LOCKOUT_REASONS = frozenset({"credentials", "address_not_allowed", "malformed", "abandoned"})
+
+
+T = TypeVar("T")
+
+
+class SharedLockouts(Protocol):
+    """Failed binds counted where every relay instance sees them
+    (`smpprelay.store.redis_lockouts.RedisLockouts`)."""
+
+    def failed(self, host: str, window: float, limit: int, lockout: float) -> Deferred[float]:
+        """Count a failure; fires with the seconds ``host`` is locked out for (0: not)."""
+        ...
+
+    def locked_for(self, host: str) -> Deferred[float]:
+        """Seconds ``host`` stays locked out (0: not)."""
+        ...
 
 
 def unmapped(host: str) -> str:
@@ -169,6 +188,12 @@ class Access:
         self._expiry: IDelayedCall | None = None
         self._buckets: dict[str, TokenBucket] = {}
         self._set_rates(clients)
+        self._shared: SharedLockouts | None = None  # several instances: counted in Redis too
+        self._shared_failing = False  # logged once per spell
+
+    def share(self, lockouts: SharedLockouts) -> None:
+        """Count failed binds in ``lockouts`` too, and refuse addresses locked out there."""
+        self._shared = lockouts
 
     def reconfigure(self, security: SecurityConfig, clients: Iterable[Account]) -> None:
         """Take reloaded caps, lock-out settings and throughputs.
@@ -279,7 +304,45 @@ class Access:
                 w=window,
             )
         self._forget_stale()
+        if self._shared is not None:
+            security = self.security
+            self._shared.failed(
+                host, window, security.bind_failures, security.lockout
+            ).addCallbacks(self._lock_shared, self._shared_failed, callbackArgs=(host,))
         return locked
+
+    def checked(self, host: str, login: Deferred[T]) -> Deferred[T]:
+        """``login``'s result, once ``host``'s shared lock-out is known too (looked up while the
+        password is checked, so it adds no wait): `locked` answers for every instance then.
+        Redis down: the local count alone decides (an outage must not lock everyone out)."""
+        shared = self._shared
+        if shared is None:
+            return login
+        looked = shared.locked_for(host).addCallbacks(
+            self._lock_shared, self._shared_failed, callbackArgs=(host,)
+        )
+        return Deferred.fromCoroutine(_after(looked, login))
+
+    def _lock_shared(self, seconds: float, host: str) -> None:
+        self._shared_failing = False
+        if seconds <= 0 or self.locked(host):
+            return
+        self._locked_until[host] = self.clock.seconds() + seconds
+        self._failures.pop(host, None)
+        self.log.warn(
+            "{host} locked out for {s:.0f} s (failed binds counted over every instance)",
+            host=host,
+            s=seconds,
+        )
+        self._expire_lockouts()
+
+    def _shared_failed(self, reason: Failure) -> None:
+        if not self._shared_failing:
+            self._shared_failing = True
+            self.log.warn(
+                "shared lock-outs unavailable ({why}); counting failed binds here only",
+                why=reason.getErrorMessage(),
+            )
 
     def _forget_stale(self) -> None:
         # Both dicts are in time order (of the last failure; of locking, with one duration).
@@ -313,6 +376,12 @@ class Access:
         return bucket is None or bucket.take()
 
 
+async def _after(first: Deferred[None], then: Deferred[T]) -> T:
+    # ``first`` never fails (its errback logs); ``then`` keeps its own failure.
+    await first
+    return await then
+
+
 class OpenAccess:
     """The `Access` of a session given none (tests): every connection admitted, no address
     locked out, no account over a rate."""
@@ -331,6 +400,9 @@ class OpenAccess:
 
     def bind_failed(self, host: str) -> bool:
         return False
+
+    def checked(self, host: str, login: Deferred[T]) -> Deferred[T]:
+        return login
 
     def may_submit(self, account: str) -> bool:
         return True

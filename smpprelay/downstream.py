@@ -272,7 +272,8 @@ class DownstreamSession(Receiving):
                 why = "abandoned"
             self._bind_failed(connection, kind, sequence, why, reason.getErrorMessage())
 
-        self.portal.login(credentials, None, IAccount).addCallbacks(authenticated, refused)
+        login = self.portal.login(credentials, None, IAccount)
+        self.access.checked(self.host, login).addCallbacks(authenticated, refused)
 
     def _leave_unbound(self) -> None:
         # The connection bound or went: its slot among the unbound ones is free.

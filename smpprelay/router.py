@@ -67,6 +67,18 @@ class Receiver(Protocol):
     def deliver(self, frame: bytes) -> Deferred[bytes]: ...
 
 
+class SharedHeld(Protocol):
+    """Held deliveries kept where every instance sees them (`smpprelay.handover`)."""
+
+    def back(self, item: Held) -> None:
+        """``item``'s delivery failed: deliver it again later, on whichever instance."""
+        ...
+
+    def held(self, item: Held) -> None:
+        """``item`` was just held (the store has it)."""
+        ...
+
+
 class Router:
     """Receipt routes, MO routes and held deliveries."""
 
@@ -110,6 +122,9 @@ class Router:
         self._second_looks: dict[IDelayedCall, Callable[[], None]] = {}
         self._evicting = False  # routes are being evicted at map_max (logged once per spell)
         self._stopping = False  # the relay stops: nothing new is held
+        # Several instances (store: redis): held deliveries live in the store only, and every
+        # instance with a receiver reads them from there (`smpprelay.handover`).
+        self.shared: SharedHeld | None = None
 
     def reconfigure_mo_prefixes(self, mo_prefixes: dict[str, str]) -> None:
         """Route the next MO by ``mo_prefixes`` (prefix -> account), longest first."""
@@ -287,7 +302,23 @@ class Router:
                 deaf = receiver
         return best if best is not None else deaf
 
-    def _send(self, receiver: Receiver, item: Held, fresh: bool = False) -> Deferred[int]:
+    def room(self, account: str) -> int:
+        """How many more deliveries ``account``'s receivers here take now."""
+        return sum(
+            max(1, getattr(r, "window", 1) - r.unanswered)
+            for r in self._receivers(account)
+            if r.can_deliver
+        )
+
+    def deliver_held(self, item: Held, outcome: str = "delivered") -> Deferred[int] | None:
+        """Send a held ``item`` (read from the shared store) to a receiver here; None when
+        none takes it now. ``outcome``: what a delivery counts as ("handed_over")."""
+        receiver = self._receiver_with_room(item.account, probe=True)
+        return None if receiver is None else self._send(receiver, item, outcome=outcome)
+
+    def _send(
+        self, receiver: Receiver, item: Held, fresh: bool = False, outcome: str = "delivered"
+    ) -> Deferred[int]:
         item.attempts += 1
         sent = self.clock.seconds()
 
@@ -295,7 +326,7 @@ class Router:
             self.metrics.deliver_latency.labels(item.account).observe(self.clock.seconds() - sent)
             status = pdu.header(resp)[2]
             if status == Status.ESME_ROK:
-                self.metrics.deliveries.labels(item.kind, "delivered").inc()
+                self.metrics.deliveries.labels(item.kind, outcome).inc()
                 if item.key:
                     self.store.delivered(item)
                 self.flush(item.account)
@@ -328,6 +359,9 @@ class Router:
     def _hold(self, item: Held, refused: bool = False, fresh: bool = False) -> Deferred[int]:
         """Hold ``item`` for later; fires with the status for the operator (ESME_ROK once the
         store has it)."""
+        if item.key and self.shared is not None:
+            self.shared.back(item)  # stays in the shared store, read again later
+            return succeed(Status.ESME_ROK)
         if item.key:
             # Already in the store (a held delivery that failed again): back in the queue.
             self.held.hold(item, force=True)
@@ -351,9 +385,12 @@ class Router:
             return succeed(self._not_stored(item))
 
         def stored(_: None) -> int:
+            self.metrics.deliveries.labels(item.kind, "held").inc()
+            if self.shared is not None:
+                self.shared.held(item)  # read from the store by an instance with a receiver
+                return Status.ESME_ROK
             # Past held.full by at most the writes in flight: each was checked before it.
             self.held.hold(item, force=True)
-            self.metrics.deliveries.labels(item.kind, "held").inc()
             self._held_changed(item, refused)
             return Status.ESME_ROK
 

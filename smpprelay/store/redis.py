@@ -352,7 +352,9 @@ class RedisStore:
             repr(now + self.final_grace),
             max(1, int(self.final_grace * 1000)),
         ]
-        done = self.link.run(ROUTE_FINAL, [self._route_key(upstream, message_id)], args)
+        # EVAL, not EVALSHA: a NOSCRIPT retry would let a find sent after this one overtake it.
+        key = self._route_key(upstream, message_id)
+        done = self.link.call("EVAL", ROUTE_FINAL.source, 1, key, *args)
         done.addErrback(self._not_cut_back, message_id)
 
     def _not_cut_back(self, reason: Failure, message_id: str) -> None:

@@ -206,7 +206,8 @@ class RedisStore:
         self.final_grace = final_grace
         self.stats_interval = stats_interval
         self.deliveries = RedisDeliveries(link, prefix, clock)
-        self._secret = b""
+        # The dedup digest's key every instance shares; b"" until read from Redis.
+        self.secret = b""
         self._loading: Deferred[None] | None = None
         self._retry: Any = None
         self._refresher: LoopingCall | None = None
@@ -218,21 +219,16 @@ class RedisStore:
     # --- state ------------------------------------------------------------------------------
 
     @property
-    def secret(self) -> bytes:
-        """The dedup digest's key every instance shares (b"" until read from Redis)."""
-        return self._secret
-
-    @property
     def writable(self) -> bool:
         """True while Redis answers and the shared secret is known."""
-        return self.link.writable and bool(self._secret)
+        return self.link.writable and bool(self.secret)
 
     @property
     def problem(self) -> str:
         """Why the store cannot be used ("" while it can)."""
         if not self.link.writable:
             return self.link.problem
-        return "" if self._secret else "redis: loading the shared secret"
+        return "" if self.secret else "redis: loading the shared secret"
 
     # --- life -------------------------------------------------------------------------------
 
@@ -266,15 +262,15 @@ class RedisStore:
         return self.link.stop()
 
     def _link_changed(self, up: bool) -> None:
-        if up and not self._secret:
+        if up and not self.secret:
             self._load_secret()
 
     def _load_secret(self) -> None:
-        if self._loading is not None or self._secret:
+        if self._loading is not None or self.secret:
             return
 
         def got(secret: bytes) -> None:
-            self._secret = secret
+            self.secret = secret
             self.log.info("redis: the shared secret is loaded")
 
         def failed(reason: Failure) -> None:

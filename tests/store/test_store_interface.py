@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-
 from twisted.internet.task import deferLater
 
 from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Mapped, Store, StoreStats, WindowEntry

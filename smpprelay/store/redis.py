@@ -226,8 +226,9 @@ class RedisStore:
     @property
     def problem(self) -> str:
         """Why the store cannot be used ("" while it can)."""
-        if not self.link.writable:
-            return self.link.problem
+        problem = self.link.problem
+        if problem:
+            return problem if problem.startswith("redis") else f"redis: {problem}"
         return "" if self.secret else "redis: loading the shared secret"
 
     # --- life -------------------------------------------------------------------------------

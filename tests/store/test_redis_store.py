@@ -149,7 +149,10 @@ async def test_an_outage_fails_fast_and_recovery_needs_nobody(
 
     redis_server.stop(kill=True)
     await until(lambda: not first.writable and not second.writable, within=5)
-    assert first.problem
+    problem = first.problem
+    assert problem.startswith("redis: ")
+    await deferLater(reactor, 0.3)  # several probes later: the same reason, not a longer one
+    assert first.problem == problem
     started_at = reactor.seconds()
     with pytest.raises(StoreUnavailable):
         await first.add_route(DEFAULT_UPSTREAM, "during", "alice", None, 0.0)

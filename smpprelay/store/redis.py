@@ -50,8 +50,10 @@ from smpprelay.store.tables import Held, Route
 __all__ = ["RedisStore"]
 
 SECRET_BYTES = 32
-# How often the numbers `stats` returns are read from Redis (off the hot path).
+# How often the numbers `stats` returns are read from Redis (off the hot path), and how often
+# the routes are counted (a SCAN pass: about a thousand keys a call, N/1000 calls).
 STATS_INTERVAL = 10.0
+COUNT_INTERVAL = 300.0
 # Keys examined per SCAN while counting routes: each call is short for Redis.
 SCAN_COUNT = 1000
 
@@ -198,6 +200,7 @@ class RedisStore:
         route_ttl: float = 172_800.0,
         final_grace: float = 300.0,
         stats_interval: float = STATS_INTERVAL,
+        count_interval: float = COUNT_INTERVAL,
     ) -> None:
         self.link = link
         self.clock = clock
@@ -205,6 +208,8 @@ class RedisStore:
         self.route_ttl = route_ttl
         self.final_grace = final_grace
         self.stats_interval = stats_interval
+        self.count_interval = count_interval
+        self._counted_at: float | None = None
         self.deliveries = RedisDeliveries(link, prefix, clock)
         # The dedup digest's key every instance shares; b"" until read from Redis.
         self.secret = b""
@@ -416,12 +421,18 @@ class RedisStore:
         def finished(result: object) -> None:
             self._refreshing = False
 
-        Deferred.fromCoroutine(self.refresh()).addErrback(failed).addBoth(finished)
+        now = self.clock.seconds()
+        count = self._counted_at is None or now - self._counted_at >= self.count_interval
+        if count:
+            self._counted_at = now
+        refreshed = Deferred.fromCoroutine(self.refresh(count_routes=count))
+        refreshed.addErrback(failed).addBoth(finished)
 
-    async def refresh(self) -> StoreStats:
-        """Read the numbers `stats` returns: routes (counted by SCAN, a thousand keys a call),
-        held parts, held deliveries (this instance's) and Redis's ``used_memory``."""
-        routes = await self._count_routes()
+    async def refresh(self, count_routes: bool = True) -> StoreStats:
+        """Read the numbers `stats` returns: held parts, held deliveries (this instance's),
+        Redis's ``used_memory`` and, with ``count_routes``, the routes (by SCAN, about a
+        thousand keys a call; SCAN may count a key twice while Redis rehashes)."""
+        routes = await self._count_routes() if count_routes else self._stats.routes
         parts = await self.link.call("HLEN", self._key("p:"))
         info = await self.link.call("INFO", "memory")
         used = 0

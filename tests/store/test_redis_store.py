@@ -224,3 +224,17 @@ async def test_open_store_and_metrics(redis_server: RedisServer) -> None:
         assert errors >= 1
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_are_refreshed_off_the_hot_path(redis_server: RedisServer) -> None:
+    link = RedisLink(redis_server.url, reactor, reply_timeout=1.0, probe_interval=0.05)
+    store = RedisStore(link, reactor, "s:", route_ttl=TTL, stats_interval=0.05, count_interval=0.2)
+    try:
+        await started(store)
+        await store.add_route(DEFAULT_UPSTREAM, "a", "alice", None, 0.0)
+        await store.hold_part(HeldPart(b"p1", "alice", b"frame", False, 1.0, 1.0))
+        await until(lambda: (store.stats().routes, store.stats().parts) == (1, 1), within=5)
+        assert store.stats().size_bytes > 0
+    finally:
+        await store.close()

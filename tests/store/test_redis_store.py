@@ -238,3 +238,25 @@ async def test_stats_are_refreshed_off_the_hot_path(redis_server: RedisServer) -
         assert store.stats().size_bytes > 0
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_routes_are_estimated_from_a_sample(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SCAN_CALLS calls the count is their share of keys times DBSIZE: bounded work."""
+    from twisted.internet.defer import gatherResults
+
+    import smpprelay.store.redis as module
+
+    store = await started(make())
+    adds = [store.add_route(DEFAULT_UPSTREAM, f"m{n}", "alice", None, 0.0) for n in range(300)]
+    adds += [store.hold_part(HeldPart(b"p%d" % n, "a", b"f", False, 1.0, 1.0)) for n in range(3)]
+    await gatherResults(adds)
+    assert (await store.loaded()).routes == 300  # small: counted exactly
+    monkeypatch.setattr(module, "SCAN_COUNT", 10)
+    monkeypatch.setattr(module, "SCAN_CALLS", 3)
+    calls = store.link.stats.calls
+    estimate = (await store.refresh()).routes
+    assert store.link.stats.calls - calls <= 3 + 1 + 2  # SCANs, DBSIZE, HLEN and INFO
+    assert 280 <= estimate <= 302  # 300 of the 302 keys are routes (a sample of ~30)

@@ -26,7 +26,9 @@ What the operator runs Redis with decides what "durable" means: ``appendonly yes
 only once it is on disk); ``appendfsync everysec`` loses up to a second at a power cut. Redis
 removes routes by TTL, so ``receipts.map_max`` does not apply; ``maxmemory-policy`` must be
 ``noeviction``: a full Redis then refuses writes and submits get ``ESME_RMSGQFUL`` instead of
-acknowledged routes being evicted silently.
+acknowledged routes being evicted silently. The scripts read keys they are not given
+(`find_app_id` reads the routes its index names): one Redis (with replicas, Sentinel), not a
+Redis Cluster.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """,
 )
+
+SCRIPTS = (ADD_ROUTE, FIND_APP_ID, SECRET)
 
 _LENGTH = struct.Struct(">I")
 
@@ -268,8 +272,18 @@ class RedisStore:
         return self.link.stop()
 
     def _link_changed(self, up: bool) -> None:
-        if up and not self.secret:
+        if not up:
+            return
+        # A Redis that was restarted or failed over knows no script: load them now rather than
+        # have the first submits pay a NOSCRIPT error and a second round trip each.
+        for script in SCRIPTS:
+            self.link.call("SCRIPT", "LOAD", script.source).addErrback(self._not_loaded, script)
+        if not self.secret:
             self._load_secret()
+
+    def _not_loaded(self, reason: Failure, script: Script) -> None:
+        # Not fatal: `RedisLink.run` sends the whole script when Redis does not know it.
+        self.log.warn("redis: script {name} not loaded ({why})", name=script.name, why=reason.value)
 
     def _load_secret(self) -> None:
         if self._loading is not None or self.secret:

@@ -171,7 +171,10 @@ async def test_an_outage_fails_fast_and_recovery_needs_nobody(
     assert await second.find_route(DEFAULT_UPSTREAM, "before", 1.0) == Route("alice", b"A1", TTL)
     assert [m.message_id for m in await second.find_app_id(b"A1", 1.0)] == ["before"]
     assert (await second.loaded()).parts == [part]
-    await first.add_route(DEFAULT_UPSTREAM, "after", "alice", None, 2.0)
+    errors = first.link.stats.errors
+    await first.add_route(DEFAULT_UPSTREAM, "after", "alice", b"A2", 2.0)
+    assert await first.find_app_id(b"A2", 2.0) != []
+    assert first.link.stats.errors == errors  # scripts loaded again at recovery: no NOSCRIPT
 
 
 @pytest_twisted.ensureDeferred

@@ -1,15 +1,21 @@
 """Prometheus collectors the relay's metrics are read through at scrape time: plain integer
-counters for the hot path (`PlainCounter`) and the store's state (`StoreCollector`)."""
+counters for the hot path (`PlainCounter`), the store's state (`StoreCollector`) and the link
+to Redis (`RedisCollector`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-__all__ = ["PlainCounter", "StoreCollector", "StoreReading"]
+__all__ = ["PlainCounter", "RedisCollector", "RedisReading", "StoreCollector", "StoreReading"]
 
 
 class PlainCounter(Collector):
@@ -95,4 +101,54 @@ class StoreCollector(Collector):
             "smpprelay_store_writes",
             "Rows the store wrote or removed; divided by commits, the writes per commit.",
             value=reading.writes,
+        )
+
+
+class RedisReading(NamedTuple):
+    """The Redis link's numbers at a scrape (`Metrics.watch_redis`): plain counts it keeps."""
+
+    up: bool
+    calls: int
+    errors: int
+    rtt_sum: float
+    bounds: tuple[float, ...]  # the round-trip buckets' upper bounds (seconds)
+    buckets: list[int]  # round trips per bucket (not cumulative); slower ones are in +Inf
+
+
+class RedisCollector(Collector):
+    """Round trips, errors and health of the link to Redis, read when scraped."""
+
+    def __init__(self, read: Callable[[], RedisReading]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self.read()
+        yield GaugeMetricFamily(
+            "smpprelay_redis_up",
+            "1 while Redis answers this relay; 0 while it cannot be reached or does not answer "
+            "in time (submits are then answered ESME_RMSGQFUL).",
+            value=1 if reading.up else 0,
+        )
+        yield CounterMetricFamily(
+            "smpprelay_redis_errors",
+            "Redis commands that failed: error replies, timeouts, and calls refused at once "
+            "while Redis was down.",
+            value=reading.errors,
+        )
+        cumulative = []
+        total = 0
+        for bound, count in zip(reading.bounds, reading.buckets, strict=True):
+            total += count
+            cumulative.append((repr(bound), total))
+        answered = reading.calls - reading.errors
+        cumulative.append(("+Inf", max(total, answered)))
+        yield HistogramMetricFamily(
+            "smpprelay_redis_round_trip_seconds",
+            "Time from sending a command to Redis to its reply (pipelined commands share "
+            "their wait).",
+            buckets=cumulative,
+            sum_value=reading.rtt_sum,
         )

@@ -17,7 +17,13 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
-from smpprelay.collectors import PlainCounter, StoreCollector, StoreReading
+from smpprelay.collectors import (
+    PlainCounter,
+    RedisCollector,
+    RedisReading,
+    StoreCollector,
+    StoreReading,
+)
 from smpprelay.pdu import CommandId, Status, command_label
 from smpprelay.smpp.constants import status_label
 
@@ -369,6 +375,10 @@ class Metrics:
     def watch_store(self, read: Callable[[], StoreReading]) -> None:
         """Export the store's state from ``read``, called at each scrape."""
         self.registry.register(StoreCollector(read))
+
+    def watch_redis(self, read: Callable[[], RedisReading]) -> None:
+        """Export the Redis link's round trips, errors and health from ``read``, per scrape."""
+        self.registry.register(RedisCollector(read))
 
     def status_label(self, status: int) -> str:
         """``status`` as a label of the metrics labelled by status: bounded in number."""

@@ -35,6 +35,7 @@ from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRe
 from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
+from smpprelay.redis_url import parse_url
 from smpprelay.relay import Relay
 from smpprelay.reload import LiveParts
 from smpprelay.router import Router
@@ -363,6 +364,14 @@ def _app_listeners(
     return listeners
 
 
+def _store_at(config: Config) -> str:
+    """Where the store is, for the log (a Redis URL without its password)."""
+    if config.store.backend != "redis":
+        return config.store.path
+    url = parse_url(config.store.url)
+    return f"{'rediss' if url.tls else 'redis'}://{url.host}:{url.port}/{url.db}"
+
+
 def _restore(config: Config, loaded: Loaded, router: Router, relay: Relay, now: float) -> None:
     """Put back what the store kept from the last run, before any app can bind."""
     deliveries = router.restore(loaded.deliveries)
@@ -371,7 +380,7 @@ def _restore(config: Config, loaded: Loaded, router: Router, relay: Relay, now: 
         log.info(
             "store {path}: {routes} receipt routes pending; {deliveries} held deliveries, "
             "{parts} held parts and {windows} rule window entries put back",
-            path=config.store.path,
+            path=_store_at(config),
             routes=loaded.routes,
             deliveries=deliveries,
             parts=parts,

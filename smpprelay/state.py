@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from typing_extensions import override
 
-from smpprelay.collectors import StoreReading
+from smpprelay.collectors import RedisReading, StoreReading
 from smpprelay.config import Config
 from smpprelay.metrics import Metrics
 from smpprelay.store import Store, StoreCorrupt
@@ -40,6 +40,19 @@ def open_store(config: Config, reactor: Any) -> Store:
     map_max = settings.map_max(receipts)
     if settings.backend == "memory":
         return MemoryStore(ReceiptRoutes(receipts.map_ttl, map_max), receipts.final_grace)
+    if settings.backend == "redis":
+        from smpprelay.store.redis import RedisStore
+        from smpprelay.store.redis_link import RedisLink
+
+        # No I/O here (twistd has not forked yet): the link connects at `StoreService` start.
+        link = RedisLink(settings.url, reactor, reply_timeout=settings.reply_timeout)
+        return RedisStore(
+            link,
+            reactor,
+            settings.key_prefix,
+            route_ttl=receipts.map_ttl,
+            final_grace=receipts.final_grace,
+        )
     from smpprelay.store.sqlite import SqliteStore
 
     try:
@@ -72,6 +85,29 @@ def store_reading(store: Store) -> Callable[[], StoreReading]:
     return read
 
 
+def redis_reading(store: Store) -> Callable[[], RedisReading] | None:
+    """What the metrics read from ``store``'s link to Redis at each scrape (None: no Redis)."""
+    from smpprelay.store.redis import RedisStore
+    from smpprelay.store.redis_link import RTT_BUCKETS
+
+    if not isinstance(store, RedisStore):
+        return None
+    link = store.link
+
+    def read() -> RedisReading:
+        stats = link.stats
+        return RedisReading(
+            link.writable,
+            stats.calls,
+            stats.errors,
+            stats.rtt_sum,
+            RTT_BUCKETS,
+            list(stats.rtt_buckets),
+        )
+
+    return read
+
+
 class StoreService(Service):
     """Starts the store with the relay; at the stop writes what is pending and closes it."""
 
@@ -79,6 +115,9 @@ class StoreService(Service):
         self.store = store
         self.flush = flush  # writes the rules' windows behind one last time
         metrics.watch_store(store_reading(store))
+        redis = redis_reading(store)
+        if redis is not None:
+            metrics.watch_redis(redis)
 
     @override
     def startService(self) -> None:

@@ -154,6 +154,8 @@ class RedisLink:
             self._set_problem("")
 
         def failed(reason: Failure) -> None:
+            if self._problem and reason.check(RedisUnavailable):
+                return  # refused because already down: keep the reason it went down for
             self._set_problem(reason.getErrorMessage() or repr(reason.value))
 
         self.call("PING").addCallbacks(answered, failed)

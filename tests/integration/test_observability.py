@@ -10,6 +10,7 @@ import time
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
+from smpprelay.collectors import RedisCollector, RedisReading
 from tests.certs import make_certs
 from tests.observability import (
     alert_rules,
@@ -47,6 +48,9 @@ async def test_dashboard_and_alerts_use_only_names_the_relay_exports(
     assert code == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     exported = {s.name for f in families.values() for s in f.samples}
+    # The Redis families come with store.backend redis only (tests/store/test_redis_store.py).
+    redis = RedisCollector(lambda: RedisReading(True, 0, 0, 0.0, (0.1,), [0]))
+    exported |= {s.name for f in redis.collect() for s in f.samples}
 
     queries = dashboard_queries() + [(rule["alert"], rule["expr"]) for rule in alert_rules()]
     assert unknown_names(queries, exported) == {}

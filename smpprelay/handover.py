@@ -26,15 +26,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
+from smpprelay.access import Access
+from smpprelay.config import Config
 from smpprelay.metrics import Metrics
+from smpprelay.registry import Registry
 from smpprelay.router import Router
+from smpprelay.store.redis import RedisStore
 from smpprelay.store.redis_deliveries import Entry, RedisDeliveries
+from smpprelay.store.redis_lockouts import RedisLockouts
 from smpprelay.store.tables import Held
 
 
@@ -214,3 +221,46 @@ def _first_error(reason: Failure) -> str:
     value = reason.value
     inner = getattr(value, "subFailure", None)
     return (inner if isinstance(inner, Failure) else reason).getErrorMessage()
+
+
+class HandoverService(Service):
+    """Runs `Handover` while the relay runs (with ``store: {backend: redis}``)."""
+
+    def __init__(self, handover: Handover) -> None:
+        self.handover = handover
+
+    @override
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.handover.start()
+
+    @override
+    def stopService(self) -> None:
+        self.handover.stop()
+        super().stopService()  # type: ignore[no-untyped-call]
+
+
+def share_through_redis(
+    store: RedisStore,
+    router: Router,
+    registry: Registry[Any],
+    access: Access,
+    config: Config,
+    clock: IReactorTime,
+    metrics: Metrics,
+) -> HandoverService:
+    """Wire what several instances share besides the store: held deliveries go to whichever
+    instance has a receiver for them, and failed binds count on every instance."""
+    configured = {client.system_id for client in config.clients}
+    handover = Handover(
+        router,
+        store.deliveries,
+        lambda: configured.union(registry.accounts()),
+        clock,
+        metrics,
+        # Longer than an app may take to answer: a slow app must not get a delivery twice.
+        claim_idle=max(60.0, 2 * config.limits.response),
+    )
+    registry.on_receiver_bound.append(handover.wake)
+    access.share(RedisLockouts(store.link, store.prefix))
+    return HandoverService(handover)

@@ -89,6 +89,10 @@ class Registry(Generic[S]):
         """How many binds ``account`` has now."""
         return len(self._sessions.get(account, ()))
 
+    def accounts(self) -> list[str]:
+        """The accounts with a bind here now."""
+        return [account for account, sessions in self._sessions.items() if sessions]
+
     def bound_sessions(self, account: str) -> list[S]:
         """The sessions bound as ``account`` now."""
         return list(self._sessions.get(account, ()))

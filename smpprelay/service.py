@@ -33,6 +33,7 @@ from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
+from smpprelay.handover import share_through_redis
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
 from smpprelay.redis_url import parse_url
@@ -43,6 +44,7 @@ from smpprelay.routing import UpstreamSet, build_upstreams
 from smpprelay.simulator import Simulator, SimulatorFactory
 from smpprelay.state import StoreService, open_store
 from smpprelay.store import Loaded, Store
+from smpprelay.store.redis import RedisStore
 from smpprelay.store.tables import HeldDeliveries
 
 log = Logger()
@@ -436,6 +438,11 @@ def build(
     _restore(config, store.load(), router, relay, reactor.seconds())
     password_pool, off_thread = password_checks_pool(config.clients, reactor)
     access = Access(config.security, config.clients, reactor, metrics)
+    handover = (
+        share_through_redis(store, router, registry, access, config, reactor, metrics)
+        if isinstance(store, RedisStore)
+        else None
+    )
     portal = make_portal(
         {client.system_id: client for client in config.clients},
         off_thread,
@@ -497,6 +504,7 @@ def build(
         upstream,
         *app_listeners,
         metrics_listener,
+        handover,
         _timer(SWEEP_INTERVAL, router.expire, reactor),
         _timer(RULES_SWEEP_INTERVAL, relay.sweep, reactor),
         _timer(WRITE_BEHIND_INTERVAL, relay.write_behind, reactor) if store.durable else None,

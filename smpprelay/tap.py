@@ -132,7 +132,7 @@ def _worker(options: Options, reactor: Any) -> Any:
     workers.worker_gauge(metrics.registry, index, options.worker_restarts)
     endpoints = workers.adopted_endpoints(reactor, config)
     service = build(config, reactor, metrics, app_endpoints=endpoints)
-    lifeline = workers.Lifeline(reactor, reactor.stop)
+    lifeline = workers.Lifeline(reactor, lambda: workers.stop_reactor(reactor))
     reactor.callWhenRunning(lifeline.start)
     return service
 

@@ -23,6 +23,7 @@ port, so a scrape or health check set up for one process still finds a relay the
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -35,7 +36,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from twisted.application.service import Service
 from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.error import ConnectionDone, ProcessDone, ReactorNotRunning
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -155,6 +156,12 @@ def adopted_endpoints(reactor: Any, config: Config) -> dict[str, IStreamServerEn
     return endpoints
 
 
+def stop_reactor(reactor: Any) -> None:
+    """Stop the reactor unless it is stopping already (a SIGTERM came first)."""
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
+
+
 @implementer(IReadDescriptor)
 class Lifeline:
     """A worker's stdin, a pipe from its parent: end-of-file means the parent is gone."""
@@ -163,10 +170,15 @@ class Lifeline:
         self.reactor = reactor
         self.fd = fd
         self.on_lost = on_lost
+        self.shutting_down = False
         fdesc.setNonBlocking(fd)
 
     def start(self) -> None:
         self.reactor.addReader(self)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+
+    def _shutting_down(self) -> None:
+        self.shutting_down = True
 
     def fileno(self) -> int:
         return self.fd
@@ -178,15 +190,19 @@ class Lifeline:
             return None
         except OSError:
             data = b""  # as good as end-of-file: the parent cannot reach this worker
-        # The parent never writes: anything read is ignored, only end-of-file matters. The
-        # reactor takes an exception instance here (despite the interface), then calls
+        if data:
+            return None  # the parent never writes: only end-of-file matters
+        # The reactor takes an exception instance here (despite the interface), then calls
         # connectionLost with it as a Failure.
-        return None if data else ConnectionDone()  # type: ignore[return-value]
+        return ConnectionDone()  # type: ignore[return-value]
 
     def connectionLost(self, reason: Failure) -> None:
         self.reactor.removeReader(self)
-        log.warn("worker: the parent process is gone; stopping")
-        self.on_lost()
+        # End-of-file comes as a hang-up (epoll) or an empty read; the reactor also
+        # disconnects every reader when it stops, which is no news.
+        if not self.shutting_down:
+            log.warn("worker: the parent process is gone; stopping")
+            self.on_lost()
 
     def logPrefix(self) -> str:
         return "lifeline"
@@ -401,7 +417,7 @@ class WorkerSupervisor(Service):
                 code=code,
                 signal=signum,
             )
-            self.reactor.stop()
+            stop_reactor(self.reactor)
             return
         delay = 0.0 if ran >= STABLE_AFTER else FIRST_DELAY * 2 ** (self.failures[index] - 1)
         delay = min(delay, MAX_DELAY)

@@ -80,8 +80,10 @@ def _bound(metrics_port: int) -> float:
 
 
 @contextmanager
-def _workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, int]]:
-    port, metrics = _free_pair()
+def _workers(
+    tmp_path: Path, ports: tuple[int, int] | None = None, ready: bool = True
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, int]]:
+    port, metrics = ports or _free_pair()
     settings = {
         "listen": {"host": "127.0.0.1", "port": port},
         "metrics": {"host": "127.0.0.1", "port": metrics},
@@ -97,8 +99,9 @@ def _workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, in
     with log.open("wb") as out:
         parent = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        wait_until_ready(metrics, log)
-        wait_until_ready(metrics + 1, log)
+        if ready:
+            wait_until_ready(metrics, log)
+            wait_until_ready(metrics + 1, log)
         yield parent, log, port, metrics
     finally:
         if parent.poll() is None:
@@ -196,3 +199,24 @@ def test_a_killed_worker_is_restarted_and_a_killed_parent_takes_its_workers_alon
     assert text.count("the parent process is gone; stopping") == 2, text
     with socket.socket() as probe:  # nobody holds the port any more
         probe.bind(("127.0.0.1", port))
+
+
+def test_a_worker_that_cannot_start_makes_the_parent_give_up_with_status_1(
+    tmp_path: Path,
+) -> None:
+    """Worker 1's metrics port is taken: it exits at each start; after five quick exits in a
+    row (backoff 0.5, 1, 2, 4 s) the parent stops worker 0 gracefully and exits 1 (so
+    systemd's Restart=on-failure and StartLimitBurst see a failure, not a clean stop)."""
+    port, metrics = _free_pair()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", metrics + 1))
+        taken.listen(1)
+        with _workers(tmp_path, (port, metrics), ready=False) as (parent, log, _, _):
+            code = parent.wait(timeout=DEADLINE + 10)
+            text = log.read_text()
+    assert code == 1, text
+    assert text.count("[worker 1: twisted.scripts._twistd_unix.UnixAppLogger#info] twistd") == 5
+    assert "worker 1 exited 5 times in a row" in text
+    assert "giving up" in text
+    assert "[worker 0: smpprelay.service#info] stopped cleanly" in text
+    assert "workers: worker 0 stopped (exit status 0" in text

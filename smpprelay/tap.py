@@ -101,7 +101,7 @@ def _supervisor(options: Options, reactor: Any) -> IService:
         reactor,
         options.workers,
         lambda index, restarts: workers.child_command(argv, path, index, restarts),
-        lambda: workers.open_app_sockets(config),
+        lambda: workers.open_app_sockets(config, options.workers),
         config.limits.shutdown_timeout,
     )
     exit_zero_after_a_clean_stop(reactor, lambda: supervisor.stopped_cleanly)

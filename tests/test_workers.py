@@ -76,7 +76,7 @@ def make(
 ) -> tuple[WorkerSupervisor, FakeReactor, dict[int, Any], list[socket.socket]]:
     reactor = FakeReactor()
     handlers: dict[int, Any] = {}
-    sockets = [socket.socket(), socket.socket()]
+    sockets = [socket.socket() for _ in range(2 * count)]
 
     def set_signal(signum: int, handler: Any) -> Any:
         previous = handlers.get(signum)
@@ -87,7 +87,10 @@ def make(
         reactor,
         count,
         lambda index, restarts: ["relay", f"--worker={index}", f"--restarts={restarts}"],
-        lambda: {workers.PLAIN_FD: sockets[0], workers.TLS_FD: sockets[1]},
+        lambda: [
+            {workers.PLAIN_FD: sockets[2 * i], workers.TLS_FD: sockets[2 * i + 1]}
+            for i in range(count)
+        ],
         timeout,
         set_signal,
     )
@@ -96,13 +99,14 @@ def make(
     return supervisor, reactor, handlers, sockets
 
 
-def test_starts_each_worker_on_the_shared_sockets_with_a_lifeline_on_stdin() -> None:
+def test_starts_each_worker_on_its_own_sockets_with_a_lifeline_on_stdin() -> None:
     supervisor, reactor, _, sockets = make(count=3)
     assert [args for _, args, _, _ in reactor.spawned] == [
         ["relay", f"--worker={i}", "--restarts=0"] for i in range(3)
     ]
-    for _, _, fds, _ in reactor.spawned:
-        assert fds == {0: "w", 1: 1, 2: 2, 3: sockets[0].fileno(), 4: sockets[1].fileno()}
+    for i, (_, _, fds, _) in enumerate(reactor.spawned):
+        plain, secure = sockets[2 * i].fileno(), sockets[2 * i + 1].fileno()
+        assert fds == {0: "w", 1: 1, 2: 2, 3: plain, 4: secure}
     assert sorted(supervisor.children) == [0, 1, 2]
     for each in sockets:
         each.close()
@@ -132,6 +136,8 @@ def test_a_worker_that_ran_a_while_is_restarted_at_once_and_its_failures_forgott
     end(reactor.spawned[0][0], code=1)
     reactor.advance(FIRST_DELAY)
     assert supervisor.failures[0] == 1
+    # The same sockets: what queued there while it was down waits for the new worker.
+    assert reactor.spawned[-1][2] == reactor.spawned[0][2]
     reactor.advance(STABLE_AFTER)
     end(reactor.spawned[-1][0], code=None, sig=signal.SIGKILL)
     assert supervisor.failures[0] == 1
@@ -238,7 +244,8 @@ def test_metrics_port_is_the_base_plus_the_worker_index_and_zero_stays_zero() ->
     assert workers.metrics_port(0, 2) == 0
 
 
-def test_open_app_sockets_listens_once_and_a_taken_port_is_one_line() -> None:
+def test_open_app_sockets_gives_each_worker_its_socket_on_one_port() -> None:
+    """SO_REUSEPORT: port 0 becomes one port for all; a taken port is one line."""
     from smpprelay.config import Config, ListenConfig
 
     taken = socket.socket()
@@ -246,14 +253,32 @@ def test_open_app_sockets_listens_once_and_a_taken_port_is_one_line() -> None:
     taken.listen(1)
     port = taken.getsockname()[1]
     with pytest.raises(SystemExit, match=rf"smpprelay: SMPP: Couldn't listen on 127.0.0.1:{port}"):
-        workers.open_app_sockets(Config(listen=ListenConfig(port=port)))
+        workers.open_app_sockets(Config(listen=ListenConfig(port=port)), 2)
     taken.close()
-    opened = workers.open_app_sockets(Config(listen=ListenConfig(port=0)))
-    assert list(opened) == [workers.PLAIN_FD]
-    sock = opened[workers.PLAIN_FD]
-    assert not sock.getblocking()
-    socket.create_connection(sock.getsockname(), timeout=1).close()  # it accepts (queues)
-    sock.close()
+    opened = workers.open_app_sockets(Config(listen=ListenConfig(port=0)), 3)
+    assert [list(each) for each in opened] == [[workers.PLAIN_FD]] * 3
+    socks = [each[workers.PLAIN_FD] for each in opened]
+    assert len({sock.getsockname() for sock in socks}) == 1
+    assert len({sock.fileno() for sock in socks}) == 3
+    assert not any(sock.getblocking() for sock in socks)
+    # Connections are spread over the sockets (by a hash of the addresses).
+    clients = [socket.create_connection(socks[0].getsockname(), timeout=1) for _ in range(30)]
+    accepted = []
+    for sock in socks:
+        sock.setblocking(True)
+        sock.settimeout(0.2)
+        count = 0
+        while True:
+            try:
+                sock.accept()[0].close()
+            except TimeoutError:
+                break
+            count += 1
+        accepted.append(count)
+    assert sum(accepted) == 30
+    assert min(accepted) >= 1, accepted
+    for each in clients + socks:
+        each.close()
 
 
 def test_worker_tag_names_the_worker_in_text_and_json_logs() -> None:

@@ -8,10 +8,12 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+import pytest_twisted
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
@@ -350,3 +352,62 @@ def test_options_refuse_several_workers_without_redis_and_a_bad_count(
     monkeypatch.setenv("SMPPRELAY_TEST_WORKERS_ANY_STORE", "1")
     options = parse("--config", str(config), "--workers", "2")
     assert options.workers == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopted_sockets_serve_plain_and_tls_connections(tmp_path: Path) -> None:
+    """A worker's endpoints on the parent's sockets (here in one process): the plain one
+    carries bytes as they are, the TLS one does the handshake with listen.tls's certificate."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.protocols.wire import Echo
+
+    from smpprelay import tls
+    from smpprelay.config import Config, ListenConfig, ListenTlsConfig
+    from tests.certs import make_certs
+
+    certs = make_certs(tmp_path)
+    listen = ListenConfig(port=0, tls=ListenTlsConfig(port=0, cert=certs.cert, key=certs.key))
+    [sockets] = workers.open_app_sockets(Config(listen=listen), 1)
+    plain, secure = sockets[workers.PLAIN_FD], sockets[workers.TLS_FD]
+    options = tls.server_options(listen.tls)  # type: ignore[arg-type]
+    ports = [
+        await workers.AdoptedEndpoint(reactor, plain.fileno(), socket.AF_INET).listen(
+            Factory.forProtocol(Echo)
+        ),
+        await workers.AdoptedEndpoint(reactor, secure.fileno(), socket.AF_INET, options).listen(
+            Factory.forProtocol(Echo)
+        ),
+    ]
+
+    class Once(Protocol):
+        def __init__(self) -> None:
+            self.echoed: Deferred[bytes] = Deferred()
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.write(b"bind")
+
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.loseConnection()
+            self.echoed.callback(data)
+
+    try:
+        to_plain = TCP4ClientEndpoint(reactor, "127.0.0.1", plain.getsockname()[1])
+        once = await connectProtocol(to_plain, Once())
+        assert await once.echoed == b"bind"
+        trust = Certificate.loadPEM(Path(certs.ca).read_bytes())
+        to_tls = wrapClientTLS(
+            optionsForClientTLS("127.0.0.1", trust),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", secure.getsockname()[1]),
+        )
+        once = await connectProtocol(to_tls, Once())
+        assert await once.echoed == b"bind"
+    finally:
+        for port in ports:
+            await maybeDeferred(port.stopListening)
+        plain.close()
+        secure.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
 from smpprelay.config import Config, ConfigError, default_config, load_config
+
+if TYPE_CHECKING:
+    from smpprelay.service import RelayService
 
 
 class Options(usage.Options):
@@ -109,7 +112,7 @@ def _supervisor(options: Options, reactor: Any) -> IService:
     return supervisor
 
 
-def _worker(options: Options, reactor: Any) -> Any:
+def _worker(options: Options, reactor: Any) -> RelayService:
     """Worker ``--worker i`` of a parent: its own metrics port, the parent's app sockets."""
     from twisted.logger import globalLogPublisher
 

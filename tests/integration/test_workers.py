@@ -153,6 +153,9 @@ def test_two_workers_share_the_port_serve_binds_and_stop_cleanly_on_sigterm(
             assert _bound(metrics + 1) >= 1, log.read_text()
             for n, client in enumerate(clients):
                 assert _submit(client, f"hello from app number {n}").status == 0
+            # SIGHUP to the parent: every worker re-reads the file (README "Live reload").
+            parent.send_signal(signal.SIGHUP)
+            _wait(lambda: log.read_text().count("reloaded ") == 2, "both workers reloaded", log)
             for client in clients:
                 client.unbind()
         finally:

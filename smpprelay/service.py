@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -59,6 +59,7 @@ WRITE_BEHIND_INTERVAL = 0.1
 # The apps' listeners, by name (the name is in their log lines and errors).
 PLAIN_LISTENER = "SMPP"
 TLS_LISTENER = "SMPP over TLS"
+Endpoints = Mapping[str, IStreamServerEndpoint]
 
 
 def tcp_server(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
@@ -350,16 +351,17 @@ def _operator(
 
 
 def _app_listeners(
-    config: Config, reactor: Any, metrics: Metrics, factory: IProtocolFactory
+    config: Config, reactor: Any, metrics: Metrics, factory: IProtocolFactory, given: Endpoints
 ) -> list[Listener]:
-    """The apps' listeners: the plain port first, then TLS (the config has one or both)."""
+    """The apps' listeners: the plain port first, then TLS (the config has one or both);
+    ``given`` ones ("plain", "tls") replace the configured (smpprelay.workers adopts fds)."""
     listen = config.listen
     listeners = []
     if listen.port is not None:
-        endpoint = tcp_server(reactor, listen.host, listen.port)
+        endpoint = given.get("plain") or tcp_server(reactor, listen.host, listen.port)
         listeners.append(Listener(PLAIN_LISTENER, endpoint, factory))
     if listen.tls is not None:
-        tls_endpoint = tls.server_endpoint(reactor, listen.host, listen.tls)
+        tls_endpoint = given.get("tls") or tls.server_endpoint(reactor, listen.host, listen.tls)
         listeners.append(Listener(TLS_LISTENER, tls_endpoint, factory))
         expiry = tls.expires(listen.tls.cert, "listen.tls.cert")
         metrics.certificate_expiry.labels("listen").set(expiry)
@@ -401,6 +403,7 @@ def build(
     reactor: Any,
     metrics: Metrics | None = None,
     jitter: Callable[[], float] = random.random,
+    app_endpoints: Endpoints | None = None,
 ) -> RelayService:
     """Wire every part of the relay for ``config``."""
     vendor_statuses = tuple(s for each in config.operators for s in each.vendor_statuses)
@@ -474,9 +477,8 @@ def build(
             pdu_read=limits.pdu_read,
         )
 
-    app_listeners = _app_listeners(
-        config, reactor, metrics, DownstreamFactory(make_session, make_connection)
-    )
+    factory = DownstreamFactory(make_session, make_connection)
+    app_listeners = _app_listeners(config, reactor, metrics, factory, app_endpoints or {})
     metrics_listener = Listener(
         "metrics",
         tcp_server(reactor, config.metrics.host, config.metrics.port),

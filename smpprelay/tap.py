@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
 from smpprelay.config import Config, ConfigError, default_config, load_config
+
+if TYPE_CHECKING:
+    from smpprelay.service import RelayService
 
 
 class Options(usage.Options):
@@ -17,6 +22,10 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "YAML configuration file (default: built-in demo settings)."],
+        ["workers", "w", None, "Relay processes sharing the app port (default: config workers)."],
+        # Set by the parent of --workers for its children, not by hand.
+        ["worker", None, None, "(internal) run as worker INDEX on the parent's sockets."],
+        ["worker-restarts", None, "0", "(internal) times the parent restarted this worker."],
     ]
 
     def postOptions(self) -> None:
@@ -31,6 +40,27 @@ class Options(usage.Options):
             # One line naming the file and the key, a non-zero exit, and no usage dump or
             # traceback: UsageError would print the whole --help first.
             raise SystemExit(f"smpprelay: {error}") from None
+        self.workers = self._count("workers", self["workers"], self.relay_config.workers)
+        self.worker = None if self["worker"] is None else self._count("worker", self["worker"], 0)
+        self.worker_restarts = self._count("worker-restarts", self["worker-restarts"], 0)
+        # Workers share the rules' state only through Redis: separate memory or sqlite stores
+        # would each count an account apart. The environment variable is for the tests alone
+        # (tests/integration/test_workers.py), which run workers on the memory store.
+        untested = os.environ.get("SMPPRELAY_TEST_WORKERS_ANY_STORE") != "1"
+        if self.workers > 1 and self.relay_config.store.backend != "redis" and untested:
+            raise SystemExit(
+                "smpprelay: --workers: more than one worker needs store.backend: redis"
+            )
+
+    @staticmethod
+    def _count(name: str, given: str | None, default: int) -> int:
+        try:
+            value = default if given is None else int(given)
+        except ValueError:
+            value = -1
+        if value < (1 if name == "workers" else 0):
+            raise SystemExit(f"smpprelay: --{name}: {given!r} is not a valid count")
+        return value
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -43,9 +73,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from smpprelay.reload import Reloader, ReloadService
     from smpprelay.service import build
 
+    if options.worker is None and options.workers > 1:
+        return _supervisor(options, reactor)
     # Before anything large is allocated: the rules' windows churn big tables all day.
     fix_mmap_threshold()
-    service = build(options.relay_config, reactor)
+    if options.worker is None:
+        service = build(options.relay_config, reactor)
+    else:
+        service = _worker(options, reactor)
     # SIGHUP re-reads --config (README "Live reload").
     reloader = Reloader(options["config"], options.relay_config, service.live, service.metrics)
     ReloadService(reloader, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
@@ -54,6 +89,54 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Process-wide, so here and not in a service that tests start in-process.
     reactor.callWhenRunning(gc.freeze)
     exit_zero_after_a_clean_stop(reactor, lambda: service.stopped_cleanly)
+    return service
+
+
+def _supervisor(options: Options, reactor: Any) -> IService:
+    """The parent of ``--workers N``: no relay of its own, N children (smpprelay.workers)."""
+    from smpprelay import workers
+    from smpprelay.exit_status import exit_zero_after_a_clean_stop
+
+    config = options.relay_config
+    path = os.path.abspath(options["config"]) if options["config"] else ""
+    argv = list(sys.argv)
+    supervisor = workers.WorkerSupervisor(
+        reactor,
+        options.workers,
+        lambda index, restarts: workers.child_command(argv, path, index, restarts),
+        lambda: workers.open_app_sockets(config, options.workers),
+        config.limits.shutdown_timeout,
+    )
+    exit_zero_after_a_clean_stop(reactor, lambda: supervisor.stopped_cleanly)
+    workers.exit_one_after(reactor, lambda: supervisor.gave_up)
+    return supervisor
+
+
+def _worker(options: Options, reactor: Any) -> RelayService:
+    """Worker ``--worker i`` of a parent: its own metrics port, the parent's app sockets."""
+    from twisted.logger import globalLogPublisher
+
+    from smpprelay import workers
+    from smpprelay.metrics import Metrics
+    from smpprelay.service import build
+
+    index = options.worker
+    assert index is not None
+    config = options.relay_config
+    config = attrs.evolve(
+        config,
+        workers=1,
+        metrics=attrs.evolve(config.metrics, port=workers.metrics_port(config.metrics.port, index)),
+    )
+    # Before twistd adds its own log observer (after makeService): each line is tagged.
+    globalLogPublisher.addObserver(workers.worker_tagger(index))
+    statuses = tuple(s for each in config.operators for s in each.vendor_statuses)
+    metrics = Metrics(vendor_statuses=statuses)
+    workers.worker_gauge(metrics.registry, index, options.worker_restarts)
+    endpoints = workers.adopted_endpoints(reactor, config)
+    service = build(config, reactor, metrics, app_endpoints=endpoints)
+    lifeline = workers.Lifeline(reactor, lambda: workers.stop_reactor(reactor))
+    reactor.callWhenRunning(lifeline.start)
     return service
 
 

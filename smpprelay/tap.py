@@ -44,10 +44,8 @@ class Options(usage.Options):
         self.worker = None if self["worker"] is None else self._count("worker", self["worker"], 0)
         self.worker_restarts = self._count("worker-restarts", self["worker-restarts"], 0)
         # Workers share the rules' state only through Redis: separate memory or sqlite stores
-        # would each count an account apart. The environment variable is for the tests alone
-        # (tests/integration/test_workers.py), which run workers on the memory store.
-        untested = os.environ.get("SMPPRELAY_TEST_WORKERS_ANY_STORE") != "1"
-        if self.workers > 1 and self.relay_config.store.backend != "redis" and untested:
+        # would each count an account apart.
+        if self.workers > 1 and self.relay_config.store.backend != "redis":
             raise SystemExit(
                 "smpprelay: --workers: more than one worker needs store.backend: redis"
             )

@@ -331,15 +331,12 @@ def parse(*args: str) -> Options:
     return options
 
 
-def test_options_refuse_several_workers_without_redis_and_a_bad_count(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_options_refuse_several_workers_without_redis_and_a_bad_count(tmp_path: Any) -> None:
     config = tmp_path / "relay.yaml"
     config.write_text(
         "store: {backend: memory}\n"
         "clients: [{system_id: a, password: b, allowed_ips: [127.0.0.1]}]\n"
     )
-    monkeypatch.delenv("SMPPRELAY_TEST_WORKERS_ANY_STORE", raising=False)
     with pytest.raises(SystemExit, match=r"more than one worker needs store\.backend: redis"):
         parse("--config", str(config), "--workers", "2")
     with pytest.raises(SystemExit, match="--workers: 'two' is not a valid count"):
@@ -349,7 +346,10 @@ def test_options_refuse_several_workers_without_redis_and_a_bad_count(
     options = parse("--config", str(config), "--workers", "1")
     assert options.workers == 1
     assert options.worker is None
-    monkeypatch.setenv("SMPPRELAY_TEST_WORKERS_ANY_STORE", "1")
+    config.write_text(
+        "store: {backend: redis}\n"
+        "clients: [{system_id: a, password: b, allowed_ips: [127.0.0.1]}]\n"
+    )
     options = parse("--config", str(config), "--workers", "2")
     assert options.workers == 2
 

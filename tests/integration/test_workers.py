@@ -3,8 +3,9 @@ simulated SMSC and metrics port; binds land on both; a killed worker is restarte
 stops everything with status 0 and leaves no process behind; a parent killed outright takes
 its workers with it.
 
-The workers run on the memory store here (SMPPRELAY_TEST_WORKERS_ANY_STORE): what is shared
-through Redis is tested by the store's own tests; this tests the processes and the port.
+The workers share a real Redis (the `redis_server` fixture), as `workers:` requires: what they
+share through it is tested in tests/integration/test_scale_out.py; this tests the processes and
+the port.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import smpplib.client
 import smpplib.consts
 import yaml
 
+from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import CLIENTS, PASSWORDS
 from tests.integration.twistd import twistd_args, twistd_env, wait_until_ready
 
@@ -81,20 +83,23 @@ def _bound(metrics_port: int) -> float:
 
 @contextmanager
 def _workers(
-    tmp_path: Path, ports: tuple[int, int] | None = None, ready: bool = True
+    tmp_path: Path,
+    redis: RedisServer,
+    ports: tuple[int, int] | None = None,
+    ready: bool = True,
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, int]]:
     port, metrics = ports or _free_pair()
     settings = {
         "listen": {"host": "127.0.0.1", "port": port},
         "metrics": {"host": "127.0.0.1", "port": metrics},
         "clients": [dict(each, allowed_ips=["127.0.0.0/8"]) for each in CLIENTS],
-        "store": {"backend": "memory"},
+        "store": {"backend": "redis", "url": redis.url},
         "limits": {"shutdown_timeout": 3},
     }
     config = tmp_path / "relay.yaml"
     config.write_text(yaml.safe_dump(settings))
     log = tmp_path / "twistd.log"
-    env = dict(twistd_env(), SMPPRELAY_TEST_WORKERS_ANY_STORE="1")
+    env = twistd_env()
     args = twistd_args("smpprelay", "--config", str(config), "--workers", "2")
     with log.open("wb") as out:
         parent = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
@@ -133,12 +138,12 @@ def _submit(client: Any, text: str) -> Any:
 
 
 def test_two_workers_share_the_port_serve_binds_and_stop_cleanly_on_sigterm(
-    tmp_path: Path,
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """Apps keep binding until both workers hold a bind (the kernel hands each connection to
     whichever worker accepts first); each worker relays a submit to its own simulated SMSC;
     SIGTERM stops both workers gracefully and the parent exits 0, leaving no process."""
-    with _workers(tmp_path) as (parent, log, port, metrics):
+    with _workers(tmp_path, redis_server) as (parent, log, port, metrics):
         workers = _children(parent.pid)
         assert len(workers) == 2, log.read_text()
         clients: list[Any] = []
@@ -174,12 +179,12 @@ def test_two_workers_share_the_port_serve_binds_and_stop_cleanly_on_sigterm(
 
 
 def test_a_killed_worker_is_restarted_and_a_killed_parent_takes_its_workers_along(
-    tmp_path: Path,
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """SIGKILL of a worker: the parent starts another one (counted in its metrics) on the
     same port while the other keeps serving. SIGKILL of the parent: each worker sees its
     lifeline close and stops by itself, so no orphan keeps the port."""
-    with _workers(tmp_path) as (parent, log, port, metrics):
+    with _workers(tmp_path, redis_server) as (parent, log, port, metrics):
         first, second = _children(parent.pid)  # in the order started: worker 0, worker 1
         os.kill(first, signal.SIGKILL)
         _wait(lambda: len(_children(parent.pid)) == 2 and first not in _children(parent.pid),
@@ -205,7 +210,7 @@ def test_a_killed_worker_is_restarted_and_a_killed_parent_takes_its_workers_alon
 
 
 def test_a_worker_that_cannot_start_makes_the_parent_give_up_with_status_1(
-    tmp_path: Path,
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """Worker 1's metrics port is taken: it exits at each start; after five quick exits in a
     row (backoff 0.5, 1, 2, 4 s) the parent stops worker 0 gracefully and exits 1 (so
@@ -214,7 +219,7 @@ def test_a_worker_that_cannot_start_makes_the_parent_give_up_with_status_1(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", metrics + 1))
         taken.listen(1)
-        with _workers(tmp_path, (port, metrics), ready=False) as (parent, log, _, _):
+        with _workers(tmp_path, redis_server, (port, metrics), ready=False) as (parent, log, _, _):
             code = parent.wait(timeout=DEADLINE + 10)
             text = log.read_text()
     assert code == 1, text

@@ -209,9 +209,7 @@ async def test_keys_carry_their_windows_as_ttls(instances: Instances) -> None:
 @ensureDeferred
 async def test_a_claim_never_settled_expires(instances: Instances) -> None:
     """An instance dies between claim and settle: its reservations stop counting."""
-    dead, alive = await instances.windows(
-        claim_ttl=0.3, flood=FloodRule(max_messages=1, gap=30.0)
-    )
+    dead, alive = await instances.windows(claim_ttl=0.3, flood=FloodRule(max_messages=1, gap=30.0))
     now = reactor.seconds()
     assert await dead.claim(message(b"orphan"), now) is ACCEPT
     assert (await alive.claim(message(b"orphan"), now)).reason == "in_flight"

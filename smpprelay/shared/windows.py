@@ -53,21 +53,22 @@ _ACCEPTED, _IN_FLIGHT, _DUPLICATE, _FLOOD = 0, 1, 2, 3
 _DEDUP, _FLOOD_BIT = 1, 2
 
 # KEYS: [dedup done, dedup in flight] if the dedup bit, then [streak, in flight] if flood.
-# ARGV: mode, now ms, claim ttl ms, token, window ms, gap ms, max_messages, and the claim
-# time at or before which a claim no longer counts (now - claim ttl, in ms).
+# ARGV[1]: "mode now claim_ttl window gap max_messages cutoff token", times in ms; cutoff: the
+# claim time at or before which a claim no longer counts (now - claim_ttl). One packed
+# argument, not eight: the client's encoding of each argument costs more than Lua's parse.
 CLAIM = Script(
     "windows_claim",
     """
-local mode = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-local claim_ttl = tonumber(ARGV[3])
-local token = ARGV[4]
+local mode, now_ms, ttl_ms, window, gap, limit, cutoff, token = string.match(ARGV[1],
+  '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%-?%d+) (%S+)$')
+mode = tonumber(mode)
+local now = tonumber(now_ms)
 local k = 1
 if mode % 2 == 1 then
   local done = redis.call('GET', KEYS[1])
   if done then
     local sep = string.find(done, ':', 1, true)
-    if now - tonumber(string.sub(done, 1, sep - 1)) < tonumber(ARGV[5]) then
+    if now - tonumber(string.sub(done, 1, sep - 1)) < tonumber(window) then
       return {2, string.sub(done, sep + 1)}
     end
   end
@@ -78,43 +79,44 @@ if mode % 2 == 1 then
 end
 if mode >= 2 then
   local pending = KEYS[k + 1]
-  redis.call('ZREMRANGEBYSCORE', pending, '-inf', ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', pending, '-inf', cutoff)
   local count = redis.call('ZCARD', pending)
   local streak = redis.call('GET', KEYS[k])
   if streak then
     local sep = string.find(streak, ':', 1, true)
-    if now - tonumber(string.sub(streak, 1, sep - 1)) < tonumber(ARGV[6]) then
+    if now - tonumber(string.sub(streak, 1, sep - 1)) < tonumber(gap) then
       count = count + tonumber(string.sub(streak, sep + 1))
     end
   end
-  if count >= tonumber(ARGV[7]) then
+  if count >= tonumber(limit) then
     return {3}
   end
-  redis.call('ZADD', pending, ARGV[2], token)
-  redis.call('PEXPIRE', pending, ARGV[3])
+  redis.call('ZADD', pending, now_ms, token)
+  redis.call('PEXPIRE', pending, ttl_ms)
 end
 if mode % 2 == 1 then
-  redis.call('SET', KEYS[2], token, 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], token, 'PX', ttl_ms)
 end
 return {0}
 """,
 )
 
-# KEYS as CLAIM's. ARGV: mode, now ms, token, accepted ("1"/"0"), id, window ms, gap ms.
+# KEYS as CLAIM's. ARGV[1]: "mode now window gap accepted token" (times in ms, accepted 1 or
+# 0); ARGV[2]: the id to record (octets, apart).
 SETTLE = Script(
     "windows_settle",
     """
-local mode = tonumber(ARGV[1])
-local now = ARGV[2]
-local token = ARGV[3]
-local accepted = ARGV[4] == '1'
+local mode, now, window, gap, accepted, token = string.match(ARGV[1],
+  '^(%d+) (%d+) (%d+) (%d+) ([01]) (%S+)$')
+mode = tonumber(mode)
+accepted = accepted == '1'
 local k = 1
 if mode % 2 == 1 then
   if redis.call('GET', KEYS[2]) == token then
     redis.call('DEL', KEYS[2])
   end
   if accepted then
-    redis.call('SET', KEYS[1], now .. ':' .. ARGV[5], 'PX', ARGV[6])
+    redis.call('SET', KEYS[1], now .. ':' .. ARGV[2], 'PX', window)
   end
   k = 3
 end
@@ -125,11 +127,11 @@ if mode >= 2 then
     local streak = redis.call('GET', KEYS[k])
     if streak then
       local sep = string.find(streak, ':', 1, true)
-      if tonumber(now) - tonumber(string.sub(streak, 1, sep - 1)) < tonumber(ARGV[7]) then
+      if tonumber(now) - tonumber(string.sub(streak, 1, sep - 1)) < tonumber(gap) then
         length = tonumber(string.sub(streak, sep + 1)) + 1
       end
     end
-    redis.call('SET', KEYS[k], now .. ':' .. string.format('%d', length), 'PX', ARGV[7])
+    redis.call('SET', KEYS[k], now .. ':' .. string.format('%d', length), 'PX', gap)
   end
 end
 return 0
@@ -170,7 +172,7 @@ class SharedWindows:
         self._secret = secret
         self._keyed: tuple[bytes, hashlib.blake2b] | None = None
         self._mode = (_DEDUP if dedup else 0) | (_FLOOD_BIT if flood else 0)
-        self._mode_arg = b"%d" % self._mode
+        self._claim_ttl_ms = round(claim_ttl * 1000)
         self.reconfigure(dedup, flood)
         # Claims in flight (by the message's identity) -> their keys and token.
         self._claims: dict[Message, tuple[list[bytes], bytes]] = {}
@@ -202,6 +204,15 @@ class SharedWindows:
             self._max = b"%d" % flood.max_messages
         else:
             self._gap_ms, self._max = b"0", b"0"
+        # The scripts' arguments that only a reload changes, formatted once.
+        self._claim_params = b"%d" % self._mode
+        self._limits = b"%d %s %s %s" % (
+            self._claim_ttl_ms,
+            self._window_ms,
+            self._gap_ms,
+            self._max,
+        )
+        self._limits_settle = b"%s %s" % (self._window_ms, self._gap_ms)
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -235,14 +246,8 @@ class SharedWindows:
         token = b"%s:%d" % (self._token_prefix, next(self._tokens))
         now_ms = round(now * 1000)
         args = (
-            self._mode_arg,
-            b"%d" % now_ms,
-            _ms(self.claim_ttl),
-            token,
-            self._window_ms,
-            self._gap_ms,
-            self._max,
-            b"%d" % (now_ms - round(self.claim_ttl * 1000)),
+            b"%s %d %s %d %s"
+            % (self._claim_params, now_ms, self._limits, now_ms - self._claim_ttl_ms, token),
         )
         decided = self.link.run(CLAIM, keys, args)
         return decided.addCallback(self._decided, message, keys, token)
@@ -292,15 +297,14 @@ class SharedWindows:
         else:
             # The app knows the message by the relay's id when it was given one.
             accepted, recorded = b"1", message.app_message_id or message_id
-        args = (
-            self._mode_arg,
-            b"%d" % round(now * 1000),
-            token,
+        params = b"%d %d %s %s %s" % (
+            self._mode,
+            round(now * 1000),
+            self._limits_settle,
             accepted,
-            recorded,
-            self._window_ms,
-            self._gap_ms,
+            token or b"-",  # never a claim's token: nothing in flight to take back
         )
+        args = (params, recorded)
         self.link.run(SETTLE, keys, args).addCallbacks(self._settled, self._not_settled)
 
     def _settled(self, _: object) -> None:

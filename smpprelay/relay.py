@@ -153,7 +153,7 @@ class Relay:
         """The rules decided in Redis, for every instance at once (`smpprelay.shared`)."""
 
         def decided(verdict: Verdict) -> bytes | Deferred[bytes]:
-            if self._unchecked:
+            if self._unchecked and shared.answering:
                 self._unchecked = 0
                 self.log.info("the shared rules answer again")
             if verdict.action == "hold":

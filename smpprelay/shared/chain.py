@@ -65,6 +65,12 @@ class SharedChain:
         self._encoding_accepts = 0
         self._counters: dict[tuple[str, str, str], object] = {}
 
+    @property
+    def answering(self) -> bool:
+        """False while Redis is known not to answer (a verdict may still come from a local
+        rule meanwhile: an encoding rejection)."""
+        return self.windows is None or self.windows.link.writable
+
     # --- the verdict ------------------------------------------------------------------------
 
     def check(self, message: Message, now: float) -> Deferred[Verdict]:

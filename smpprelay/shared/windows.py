@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -218,6 +218,10 @@ class SharedWindows:
 
     def _digest(self, message: Message) -> bytes:
         secret = self._secret if isinstance(self._secret, bytes) else self._secret()
+        if not secret:
+            # The Redis store learns the shared secret from Redis: until then no instance
+            # could key a message as the others do.
+            raise RedisUnavailable("redis: the shared secret is not known yet")
         keyed = self._keyed
         if keyed is None or keyed[0] != secret:
             keyed = self._keyed = (secret, keyed_digest(secret))
@@ -242,7 +246,10 @@ class SharedWindows:
     def claim(self, message: Message, now: float) -> Deferred[Verdict]:
         """Decide dedup and flood for ``message`` at ``now``; reserve it in flight if it
         passes. Fails with `RedisUnavailable` when Redis cannot decide."""
-        keys = self.keys(message)
+        try:
+            keys = self.keys(message)
+        except RedisUnavailable:
+            return fail()
         token = b"%s:%d" % (self._token_prefix, next(self._tokens))
         now_ms = round(now * 1000)
         args = (

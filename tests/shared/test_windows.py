@@ -242,3 +242,14 @@ async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
         await deferLater(reactor, 0.02)
         waited += 0.02
         assert waited < within
+
+
+@ensureDeferred
+async def test_no_claim_before_the_shared_secret_is_known(instances: Instances) -> None:
+    link = await instances.link()
+    secret = b""
+    windows = SharedWindows(link, PREFIX, DedupRule(), None, instances.metrics, lambda: secret)
+    with pytest.raises(RedisUnavailable):
+        await windows.claim(message(), reactor.seconds())
+    secret = SECRET  # read when the next message is keyed
+    assert await windows.claim(message(), reactor.seconds()) is ACCEPT

@@ -173,6 +173,10 @@ class SharedWindows:
         self._keyed: tuple[bytes, hashlib.blake2b] | None = None
         self._mode = (_DEDUP if dedup else 0) | (_FLOOD_BIT if flood else 0)
         self._claim_ttl_ms = round(claim_ttl * 1000)
+        # Read once: a change of scope or action means other keys and replies (a restart).
+        self._replay = dedup is not None and dedup.action == "replay"
+        self._dedup_client = dedup is not None and dedup.scope == "client"
+        self._flood_client = flood is not None and flood.scope == "client"
         self.reconfigure(dedup, flood)
         # Claims in flight (by the message's identity) -> their keys and token.
         self._claims: dict[Message, tuple[list[bytes], bytes]] = {}
@@ -187,25 +191,20 @@ class SharedWindows:
     def reconfigure(self, dedup: DedupRule | None, flood: FloodRule | None) -> None:
         """Take a reloaded rule's window, gap, max_messages and status (which rules are on, the
         scopes and the action need a restart)."""
+        self.dedup, self.flood = dedup, flood
         if dedup is not None:
-            self.dedup = dedup
-            self._replay = dedup.action == "replay"
-            self._dedup_client = dedup.scope == "client"
             self._duplicate = reject(dedup.status, "duplicate")
             self._in_flight = reject(dedup.status, "in_flight")
             self._window_ms = _ms(dedup.window)
         else:
             self._window_ms = b"0"
         if flood is not None:
-            self.flood = flood
-            self._flood_client = flood.scope == "client"
             self._flood = reject(flood.status, "flood")
             self._gap_ms = _ms(flood.gap)
             self._max = b"%d" % flood.max_messages
         else:
             self._gap_ms, self._max = b"0", b"0"
         # The scripts' arguments that only a reload changes, formatted once.
-        self._claim_params = b"%d" % self._mode
         self._limits = b"%d %s %s %s" % (
             self._claim_ttl_ms,
             self._window_ms,
@@ -253,8 +252,8 @@ class SharedWindows:
         token = b"%s:%d" % (self._token_prefix, next(self._tokens))
         now_ms = round(now * 1000)
         args = (
-            b"%s %d %s %d %s"
-            % (self._claim_params, now_ms, self._limits, now_ms - self._claim_ttl_ms, token),
+            b"%d %d %s %d %s"
+            % (self._mode, now_ms, self._limits, now_ms - self._claim_ttl_ms, token),
         )
         decided = self.link.run(CLAIM, keys, args)
         return decided.addCallback(self._decided, message, keys, token)

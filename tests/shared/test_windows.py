@@ -253,3 +253,13 @@ async def test_no_claim_before_the_shared_secret_is_known(instances: Instances) 
         await windows.claim(message(), reactor.seconds())
     secret = SECRET  # read when the next message is keyed
     assert await windows.claim(message(), reactor.seconds()) is ACCEPT
+
+
+@ensureDeferred
+async def test_reconfigure_takes_a_new_limit(instances: Instances) -> None:
+    [a] = await instances.windows(1, flood=FloodRule(max_messages=5))
+    now = reactor.seconds()
+    assert await a.claim(message(b"1"), now) is ACCEPT
+    a.reconfigure(a.dedup, FloodRule(max_messages=1, status=0x58))
+    refused = await a.claim(message(b"2"), now)
+    assert (refused.reason, refused.status) == ("flood", 0x58)

@@ -25,10 +25,8 @@ the held parts (`restore`).
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -38,24 +36,26 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.connection import ResponseTimeout
 from smpprelay.filters.base import Dropped, FilterChain
-from smpprelay.message import Message, read_message
+from smpprelay.message import Message, Verdict, read_message
 from smpprelay.metrics import Metrics
-from smpprelay.pdu import CommandId, DecodeError, Status
-from smpprelay.pool import QueueFull
+from smpprelay.pdu import DecodeError, Status
 from smpprelay.receipts import delivery_receipt
+from smpprelay.relaying import (
+    ACCEPTING,
+    RETRYABLE,
+    MessageIds,
+    Upstream,
+    held_parts,
+    status_of,
+    wants_receipt,
+)
 from smpprelay.router import Router
-from smpprelay.routing import NoRoute, carrier
+from smpprelay.routing import carrier
+from smpprelay.shared.chain import SharedChain
 from smpprelay.store import HeldPart, Loaded, Store, StoreUnavailable, WindowEntry
 
 T = TypeVar("T")
-
-# registered_delivery bits asking for something that comes back as a deliver_sm about this
-# message: an SMSC receipt (bits 1-0), SME acknowledgements (bits 3-2), intermediate (bit 4).
-_WANTS_RECEIPT = 0x1F
-
-# What the operator (or the relay, for it) answers when a submit may go through if sent
-# again: apps retry these, so a glued message refused with one keeps its held parts.
-RETRYABLE = frozenset((Status.ESME_RTHROTTLED, Status.ESME_RSYSERR, Status.ESME_RMSGQFUL))
+Chain = FilterChain | SharedChain
 
 # Why a concatenated message was given up (`Dropped.reason`), as the log line says it.
 _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay stopping"}
@@ -63,52 +63,6 @@ _DROPPED_BECAUSE = {"expired": "incomplete after its window", "shutdown": "relay
 # Window entries kept for the next write-behind while the store cannot write; past this the
 # oldest are dropped (the windows themselves are in memory: only a restart would forget them).
 MAX_PENDING_WINDOWS = 1_000_000
-
-# The operator's answers that accept a message with its id: a data_sm is carried as a submit is.
-_ACCEPTING = frozenset((CommandId.submit_sm_resp, CommandId.data_sm_resp))
-
-
-class Upstream(Protocol):
-    """What the relay needs of the operator side (`smpprelay.upstream.UpstreamPool`)."""
-
-    def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
-        """Send one submit_sm; fires with the operator's answer, fails when there is none."""
-        ...
-
-    def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
-        """Send ``frames`` in order on one session, within its window and the operator's
-        assembly limit; fires with each one's outcome (all refused if they cannot fit)."""
-        ...
-
-
-class MessageIds:
-    """Ids the relay gives apps for parts it holds: unique across restarts (random prefix)."""
-
-    def __init__(self) -> None:
-        self._prefix = b"R" + os.urandom(4).hex().upper().encode()
-        self._counter = itertools.count(1)
-
-    def issue(self) -> bytes:
-        """A fresh message id."""
-        return b"%s%08X" % (self._prefix, next(self._counter))
-
-
-def _wants_receipt(message: Message) -> bool:
-    return bool(message.fields.registered_delivery & _WANTS_RECEIPT)
-
-
-def _held_parts(message: Message) -> list[Message]:
-    """The parts of a glued message answered when they were held: all but the completing one."""
-    return [part for part in message.parts if part.app_message_id != message.app_message_id]
-
-
-def _status_of(answer: bytes | Failure) -> int:
-    """The status an upstream outcome stands for: the operator's, or the relay's own."""
-    if isinstance(answer, Failure):
-        if answer.check(NoRoute):
-            return Status.ESME_RINVDSTADR  # no configured upstream takes it
-        return Status.ESME_RMSGQFUL if answer.check(QueueFull) else Status.ESME_RSYSERR
-    return pdu.header(answer)[2]
 
 
 class Relay:
@@ -122,7 +76,7 @@ class Relay:
         router: Router,
         metrics: Metrics,
         clock: IReactorTime | None = None,
-        chain: FilterChain | None = None,
+        chain: Chain | None = None,
         max_tlvs: int = pdu.DEFAULT_MAX_TLVS,
         store: Store | None = None,
     ) -> None:
@@ -132,7 +86,10 @@ class Relay:
         self.router = router
         self.metrics = metrics
         self.clock = clock if clock is not None else router.clock
-        self.chain = chain if chain is not None and chain.filters else None
+        # The shared chain (scale-out on Redis) decides by Deferred; it may run no local rule.
+        self.shared = chain if isinstance(chain, SharedChain) else None
+        self.chain = chain if self.shared is not None or (chain and chain.filters) else None
+        self._unchecked = 0  # submits the shared rules could not decide, this outage
         self.ids = MessageIds()
         self._pending_windows: list[WindowEntry] = []
 
@@ -170,7 +127,12 @@ class Relay:
             # Issued before any rule sees the part (nothing holds it yet): a held part is
             # answered with this id, and its receipts are rewritten to it.
             message.app_message_id = self.ids.issue()
-        verdict = chain.check(message, self.clock.seconds())
+        if isinstance(chain, SharedChain):
+            return self._check_shared(message, chain)
+        return self._dispatch(message, chain.check(message, self.clock.seconds()), chain)
+
+    def _dispatch(self, message: Message, verdict: Verdict, chain: Chain) -> Deferred[bytes]:
+        """Act on the rules' verdict (the same for the in-process and the shared chain)."""
         if verdict.message is not None:
             message = verdict.message  # transcoded or glued by a rule
         action = verdict.action
@@ -184,12 +146,39 @@ class Relay:
             return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
         if message.parts:
             # A whole message refused: its held parts were answered OK, so their receipts say so.
-            self._receipts(_held_parts(message), "REJECTD")
+            self._receipts(held_parts(message), "REJECTD")
         return succeed(pdu.submit_sm_resp(0, verdict.status))
+
+    def _check_shared(self, message: Message, shared: SharedChain) -> Deferred[bytes]:
+        """The rules decided in Redis, for every instance at once (`smpprelay.shared`)."""
+
+        def decided(verdict: Verdict) -> bytes | Deferred[bytes]:
+            if self._unchecked and shared.answering:
+                self._unchecked = 0
+                self.log.info("the shared rules answer again")
+            if verdict.action == "hold":
+                # The part is in Redis already (as durable as what it holds): answered now.
+                return pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
+            return self._dispatch(message, verdict, shared)
+
+        def unchecked(reason: Failure) -> bytes:
+            # Never accepted unchecked: the app retries ESME_RMSGQFUL. Logged once an outage.
+            shared.count_unchecked()
+            if not self._unchecked:
+                self.log.warn(
+                    "the shared rules cannot decide ({why}): submits answered ESME_RMSGQFUL",
+                    why=reason.getErrorMessage(),
+                )
+            self._unchecked += 1
+            if not reason.check(StoreUnavailable):
+                self.log.failure("the shared rules failed", reason)
+            return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
+
+        return shared.check(message, self.clock.seconds()).addCallbacks(decided, unchecked)
 
     # --- one message, one submit ------------------------------------------------------------
 
-    def _send_one(self, message: Message, chain: FilterChain | None) -> Deferred[bytes]:
+    def _send_one(self, message: Message, chain: Chain | None) -> Deferred[bytes]:
         account = message.account
 
         def answered(resp: bytes) -> bytes | Deferred[bytes]:
@@ -198,7 +187,7 @@ class Relay:
             message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
             if chain is not None:
                 chain.settle(message, self.clock.seconds(), message_id)
-            if command_id not in _ACCEPTING:
+            if command_id not in ACCEPTING:
                 # A generic_nack answers for the submit: the app gets its status.
                 return pdu.submit_sm_resp(0, status)
             if message_id is not None:
@@ -215,7 +204,7 @@ class Relay:
                 # The app is told ESME_RSYSERR now; should the operator answer after all,
                 # the message was delivered: its receipt and the rules must know.
                 reason.value.on_late(lambda resp: self._late_answer(message, chain, resp))
-            status = _status_of(reason)
+            status = status_of(reason)
             self.log.info(
                 "{account}: submit answered {status} ({why})",
                 account=account,
@@ -245,7 +234,7 @@ class Relay:
         )
         return pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL)
 
-    def _hold_part(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
+    def _hold_part(self, message: Message, chain: Chain) -> Deferred[bytes]:
         """Answer a held part ESME_ROK with its relay id once the store has it."""
         app_id = message.app_message_id
         assert app_id is not None
@@ -275,7 +264,7 @@ class Relay:
 
         stored.addErrback(failed)
 
-    def _late_answer(self, message: Message, chain: FilterChain | None, resp: bytes) -> None:
+    def _late_answer(self, message: Message, chain: Chain | None, resp: bytes) -> None:
         """The operator answered ``message`` after the app got ESME_RSYSERR for it.
 
         Accepted: its receipt still reaches the app (the route is written), and the rules
@@ -283,7 +272,7 @@ class Relay:
         """
         _, command_id, status, _ = pdu.header(resp)
         self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
-        if status != Status.ESME_ROK or command_id not in _ACCEPTING:
+        if status != Status.ESME_ROK or command_id not in ACCEPTING:
             return
         message_id = pdu.message_id_of(resp)
         stored = self.router.remember(message_id, message.account, message.app_id, carrier(resp))
@@ -293,7 +282,7 @@ class Relay:
 
     # --- a glued concatenated message -------------------------------------------------------
 
-    def _send_glued(self, message: Message, chain: FilterChain) -> Deferred[bytes]:
+    def _send_glued(self, message: Message, chain: Chain) -> Deferred[bytes]:
         """Send every part in order on one session; the last part's answer is the verdict.
 
         Refused whole (no part sent, each failed with `QueueFull`) when the parts cannot all
@@ -303,7 +292,7 @@ class Relay:
         account = message.account
 
         def answered(results: list[bytes | Failure]) -> bytes | Deferred[bytes]:
-            statuses = [_status_of(result) for result in results]
+            statuses = [status_of(result) for result in results]
             routes: list[Deferred[None]] = []
             for part, result, status in zip(parts, results, statuses, strict=True):
                 if isinstance(result, bytes):
@@ -321,7 +310,7 @@ class Relay:
             if not refused:
                 chain.settle(message, now, message.app_message_id)
                 chain.settle_parts(message, now, "accepted")
-                self._parts_done(_held_parts(message))
+                self._parts_done(held_parts(message))
                 resp = pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
                 if not routes:
                     return resp
@@ -354,7 +343,7 @@ class Relay:
                 chain.settle_parts(message, now, "retry")
                 return pdu.submit_sm_resp(0, own if own != Status.ESME_ROK else refused[0])
             chain.settle_parts(message, now, "refused")
-            self._parts_done(_held_parts(message))
+            self._parts_done(held_parts(message))
             failed_parts = [
                 part
                 for part, status in zip(parts, statuses, strict=True)
@@ -373,7 +362,7 @@ class Relay:
         receipt reaches the app under the id the app was given for it."""
         _, command_id, status, _ = pdu.header(resp)
         self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
-        accepted = status == Status.ESME_ROK and command_id in _ACCEPTING
+        accepted = status == Status.ESME_ROK and command_id in ACCEPTING
         if accepted:
             message_id = pdu.message_id_of(resp)
             stored = self.router.remember(message_id, part.account, part.app_id, carrier(resp))
@@ -384,7 +373,7 @@ class Relay:
         now = self.clock.seconds()
         for part in parts:
             app_id = part.app_id
-            if app_id and _wants_receipt(part):
+            if app_id and wants_receipt(part):
                 receipt = delivery_receipt(part.fields, app_id, stat, now, now)
                 self.router.deliver("receipt", part.account, receipt)
 
@@ -400,7 +389,16 @@ class Relay:
         if self.chain is None:
             return
         self.chain.flush_counts()
-        self._give_up(self.chain.expire(self.clock.seconds()), "EXPIRED")
+        dropped = self.chain.expire(self.clock.seconds())
+        if isinstance(dropped, Deferred):
+            # The shared chain's: Redis hands each message given up to one instance.
+            dropped.addCallbacks(self._give_up, self._not_expired, callbackArgs=("EXPIRED",))
+        else:
+            self._give_up(dropped, "EXPIRED")
+
+    def _not_expired(self, reason: Failure) -> None:
+        """Redis could not expire held parts now: the next sweep tries again."""
+        reason.trap(StoreUnavailable)
 
     def write_behind(self) -> None:
         """Write the entries the rules' windows took since the last time. Runs ten times a

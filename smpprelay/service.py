@@ -33,6 +33,7 @@ from smpprelay.config import Config, UpstreamConfig, default_config
 from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
+from smpprelay.filters.base import FilterChain
 from smpprelay.handover import share_through_redis
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
@@ -41,6 +42,7 @@ from smpprelay.relay import Relay
 from smpprelay.reload import LiveParts
 from smpprelay.router import Router
 from smpprelay.routing import UpstreamSet, build_upstreams
+from smpprelay.shared.chain import SharedChain, build_shared_chain
 from smpprelay.simulator import Simulator, SimulatorFactory
 from smpprelay.state import StoreService, open_store
 from smpprelay.store import Loaded, Store
@@ -430,12 +432,14 @@ def build(
         config.filters.concat.window,
         endpoint_for if config.operators else None,
     )
-    chain = build_chain(
-        config.filters,
-        upstream_config.system_type.strip().upper() == "ISO",
-        metrics,
-        store.secret if store.durable else None,
-    )
+    upstream_iso = upstream_config.system_type.strip().upper() == "ISO"
+    chain: FilterChain | SharedChain
+    if config.store.backend == "redis":
+        # Several instances decide as one: the rules' state is in Redis (smpprelay.shared).
+        chain = build_shared_chain(config, upstream_iso, metrics, store)
+    else:
+        secret = store.secret if store.durable else None
+        chain = build_chain(config.filters, upstream_iso, metrics, secret)
     relay = Relay(upstream.pool, router, metrics, reactor, chain, limits.max_tlvs, store)
     operations = Operations(relay, router, metrics, reactor)
     _restore(config, store.load(), router, relay, reactor.seconds())
@@ -495,9 +499,9 @@ def build(
         simulator,
         reactor,
     )
-    service.live = LiveParts(
-        access, portal, router, registry, relay.chain, bool(password_pool), upstream
-    )
+    # A reload reconfigures the in-process rules; the shared ones keep their start values.
+    rules = relay.chain if isinstance(relay.chain, FilterChain) else None
+    service.live = LiveParts(access, portal, router, registry, rules, bool(password_pool), upstream)
     children: list[IService | None] = [
         # First to start, last to stop: everything else may write to it until it stops.
         StoreService(store, relay.write_behind, metrics),

@@ -29,6 +29,7 @@ loaded at start back into the window.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -62,6 +63,34 @@ def _digest_key(secret: bytes) -> bytes:
     return hashlib.blake2b(secret, digest_size=hashlib.blake2b.MAX_KEY_SIZE).digest()
 
 
+def keyed_digest(secret: bytes) -> hashlib.blake2b:
+    """A BLAKE2b keyed with ``secret``, ready for `stable_key` (copied per message)."""
+    return hashlib.blake2b(digest_size=_DIGEST_SIZE, key=_digest_key(secret))
+
+
+def stable_key(keyed: hashlib.blake2b, per_client: bool, message: Message) -> bytes:
+    """The key identical messages share, the same in every process that holds the secret
+    ``keyed`` stands for (`keyed_digest`): the dedup rule's key with a durable store, and the
+    shared rule's in Redis (`smpprelay.shared.windows`)."""
+    fields = message.fields
+    content = message.content
+    account = message.account.encode() if per_client else b""
+    source, destination = fields.source_addr, fields.destination_addr
+    digest = keyed.copy()
+    digest.update(
+        b"".join(
+            (
+                _LENGTHS.pack(len(account), len(source), len(destination), fields.data_coding),
+                account,
+                source,
+                destination,
+                content,
+            )
+        )
+    )
+    return digest.digest() + _LENGTH.pack(len(content))
+
+
 class DedupFilter(HoldsNothing):
     """Rejects (or replays) a message identical to one accepted less than ``window`` s ago."""
 
@@ -88,10 +117,10 @@ class DedupFilter(HoldsNothing):
         self._in_flight = reject(config.status, "in_flight")
         self._evictions_logged = 0
         # Keyed and ready: a copy per message skips absorbing the key's block again.
-        self._keyed = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=_digest_key(secret or b""))
+        self._keyed = keyed_digest(secret or b"")
         if secret is not None:
             # Chosen once here, not tested per message.
-            self.key = self._stable_key  # type: ignore[method-assign]
+            self.key = functools.partial(stable_key, self._keyed, self.per_client)  # type: ignore[method-assign]
         # Accepted since the last `window_entries`: key -> the id the app was given (noted
         # only when a durable store collects them).
         self.write_behind = write_behind
@@ -114,7 +143,7 @@ class DedupFilter(HoldsNothing):
 
     def key(self, message: Message) -> bytes:
         """The key that identical messages share, from the interpreter's hash (this process
-        only); a rule given a secret uses `_stable_key` instead."""
+        only); a rule given a secret uses `stable_key` instead."""
         fields = message.fields
         content = message.content
         account = message.account if self.per_client else ""
@@ -123,26 +152,6 @@ class DedupFilter(HoldsNothing):
             (account, fields.source_addr, fields.destination_addr, fields.data_coding, content)
         )
         return _KEY.pack(fields_hash, len(content))
-
-    def _stable_key(self, message: Message) -> bytes:
-        """`key` with a secret: a keyed digest that every process computes alike."""
-        fields = message.fields
-        content = message.content
-        account = message.account.encode() if self.per_client else b""
-        source, destination = fields.source_addr, fields.destination_addr
-        digest = self._keyed.copy()
-        digest.update(
-            b"".join(
-                (
-                    _LENGTHS.pack(len(account), len(source), len(destination), fields.data_coding),
-                    account,
-                    source,
-                    destination,
-                    content,
-                )
-            )
-        )
-        return digest.digest() + _LENGTH.pack(len(content))
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject (or replay) a duplicate; otherwise reserve the message as in flight."""

@@ -434,7 +434,7 @@ def build(
     )
     upstream_iso = upstream_config.system_type.strip().upper() == "ISO"
     chain: FilterChain | SharedChain
-    if config.store.backend == "redis":
+    if isinstance(store, RedisStore):
         # Several instances decide as one: the rules' state is in Redis (smpprelay.shared).
         chain = build_shared_chain(config, upstream_iso, metrics, store)
     else:

@@ -14,7 +14,7 @@ answers ESME_RMSGQFUL and nothing is accepted unchecked.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,10 +27,10 @@ from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
-from smpprelay.shared import concat as shared_concat
+from smpprelay.shared.concat import SharedConcat
 from smpprelay.shared.windows import DEFAULT_CLAIM_TTL, SharedWindows
-from smpprelay.store import Store, WindowEntry
-from smpprelay.store.redis_link import RedisLink
+from smpprelay.store import WindowEntry
+from smpprelay.store.redis import RedisStore
 
 
 class Concat(Protocol):
@@ -221,7 +221,7 @@ class SharedChain:
 
 
 def build_shared_chain(
-    config: Config, upstream_iso: bool, metrics: Metrics, store: Store
+    config: Config, upstream_iso: bool, metrics: Metrics, store: RedisStore
 ) -> SharedChain:
     """The enabled rules for several instances on one Redis, in `build_chain`'s order, on the
     Redis store's link and key prefix (``store.link``, ``store.prefix``).
@@ -231,8 +231,7 @@ def build_shared_chain(
     windows, should its instance never say what became of it, for twice the longest an
     upstream may queue it and wait for its answer (`SharedWindows`'s ``claim_ttl``).
     """
-    link: RedisLink = store.link  # type: ignore[attr-defined,unused-ignore]
-    prefix: str = store.prefix  # type: ignore[attr-defined,unused-ignore]
+    link, prefix = store.link, store.prefix
     filters = config.filters
     claim_ttl = max(
         (2 * (each.queue_timeout + each.response_timeout) for each in config.operators),
@@ -248,9 +247,9 @@ def build_shared_chain(
             # IA5 parts are transcoded as one text when glued, as in one process.
             encoding.glues_parts = True
             transcode = encoding.transcode_glued
-        # SharedConcat is the concat work's (smpprelay/shared/concat.py, to its docstring's API).
-        make: Callable[..., Concat] = shared_concat.SharedConcat  # type: ignore[attr-defined,unused-ignore]
-        concat = make(link, prefix, filters.concat, metrics, transcode, config.limits.max_tlvs)
+        concat = SharedConcat(
+            link, prefix, filters.concat, metrics, transcode, config.limits.max_tlvs
+        )
     windows = None
     dedup = filters.dedup if filters.dedup.enabled else None
     flood = filters.flood if filters.flood.enabled else None

@@ -10,10 +10,12 @@ API (the shared chain calls it):
 - ``settle(message, now, message_id) -> None``: accepted (recorded, from ``now``) or released.
 
 The rules are those of `smpprelay.filters.dedup` and `smpprelay.filters.flood`, word for word;
-only where their state lives differs. Because one script reads and reserves both windows,
-Redis runs it whole before the next instance's, so two instances can never both take the
-51st message to a number or both pass one duplicate. Every instance's submits share the
-link's one connection, so concurrent claims are pipelined.
+only where their state lives differs, and one answer: a message identical to one still in
+flight is answered ``ESME_RMSGQFUL`` (retry later), not the dedup status, since across instances
+"in flight" may also be a claim whose reply an outage lost. Because one script reads and
+reserves both windows, Redis runs it whole before the next instance's, so two instances can
+never both take the 51st message to a number or both pass one duplicate. Every instance's
+submits share the link's one connection, so concurrent claims are pipelined.
 
 Keys (``{prefix}w:``, binary after that):
 
@@ -45,6 +47,7 @@ from smpprelay.config import DedupRule, FloodRule
 from smpprelay.filters.dedup import keyed_digest, stable_key
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
+from smpprelay.pdu import Status
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable, Script
 
 # Reply codes of CLAIM.
@@ -143,6 +146,10 @@ return 0
 DEFAULT_CLAIM_TTL = 120.0
 
 
+# Outcomes kept for Redis's return at most (each expires in Redis after claim_ttl anyway).
+MAX_UNSENT = 100_000
+
+
 def _ms(seconds: float) -> bytes:
     return b"%d" % round(seconds * 1000)
 
@@ -187,6 +194,12 @@ class SharedWindows:
         self._counters: dict[tuple[str, str, str], Any] = {}
         self.settles_lost = 0
         self._settle_problem = False
+        # Outcomes Redis did not take (an outage), sent again before anything else once it
+        # answers: a release of a claim whose reply was lost (the claim may have been made, and
+        # would refuse the app's retry as in flight until it expired), an acceptance whose
+        # record was lost (a retry of it must be a duplicate). Settling is idempotent (by token).
+        self._unsent: list[tuple[list[bytes], tuple[bytes, bytes]]] = []
+        link.on_change.append(self._link_changed)
 
     def reconfigure(self, dedup: DedupRule | None, flood: FloodRule | None) -> None:
         """Take a reloaded rule's window, gap, max_messages and status (which rules are on, the
@@ -194,7 +207,11 @@ class SharedWindows:
         self.dedup, self.flood = dedup, flood
         if dedup is not None:
             self._duplicate = reject(dedup.status, "duplicate")
-            self._in_flight = reject(dedup.status, "in_flight")
+            # Not the rule's final status: across instances "in flight" may be a claim whose
+            # instance lost Redis's reply (released once Redis answers it again) or died (it
+            # expires after claim_ttl). The app's retry then passes, or, once the first copy
+            # is settled, is refused as the duplicate it is.
+            self._in_flight = reject(Status.ESME_RMSGQFUL, "in_flight")
             self._window_ms = _ms(dedup.window)
         else:
             self._window_ms = b"0"
@@ -249,6 +266,8 @@ class SharedWindows:
             keys = self.keys(message)
         except RedisUnavailable:
             return fail()
+        if self._unsent:
+            self._send_unsent()  # ahead of this claim on the one connection: Redis runs them first
         token = b"%s:%d" % (self._token_prefix, next(self._tokens))
         now_ms = round(now * 1000)
         args = (
@@ -256,7 +275,36 @@ class SharedWindows:
             % (self._mode, now_ms, self._limits, now_ms - self._claim_ttl_ms, token),
         )
         decided = self.link.run(CLAIM, keys, args)
-        return decided.addCallback(self._decided, message, keys, token)
+        return decided.addCallbacks(
+            self._decided,
+            self._not_decided,
+            callbackArgs=(message, keys, token),
+            errbackArgs=(keys, token, now_ms),
+        )
+
+    def _not_decided(
+        self, reason: Failure, keys: list[bytes], token: bytes, now_ms: int
+    ) -> Failure:
+        """No reply: Redis may have made the claim all the same. Release it once it answers."""
+        params = b"%d %d %s 0 %s" % (self._mode, now_ms, self._limits_settle, token)
+        self._keep_unsent(keys, (params, b""))
+        return reason
+
+    def _keep_unsent(self, keys: list[bytes], args: tuple[bytes, bytes]) -> None:
+        if len(self._unsent) >= MAX_UNSENT:
+            del self._unsent[: len(self._unsent) - MAX_UNSENT + 1]  # the oldest expire anyway
+        self._unsent.append((keys, args))
+
+    def _link_changed(self, up: bool) -> None:
+        if up and self._unsent:
+            self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for keys, args in unsent:
+            self.link.run(SETTLE, keys, args).addCallbacks(
+                self._settled, self._not_settled, errbackArgs=(keys, args)
+            )
 
     def _decided(self, reply: Any, message: Message, keys: list[bytes], token: bytes) -> Verdict:
         code = reply[0] if isinstance(reply, list) and reply else None
@@ -311,22 +359,24 @@ class SharedWindows:
             token or b"-",  # never a claim's token: nothing in flight to take back
         )
         args = (params, recorded)
-        self.link.run(SETTLE, keys, args).addCallbacks(self._settled, self._not_settled)
+        self.link.run(SETTLE, keys, args).addCallbacks(
+            self._settled, self._not_settled, errbackArgs=(keys, args)
+        )
 
     def _settled(self, _: object) -> None:
         if self._settle_problem:
             self._settle_problem = False
             self.log.info("dedup/flood: settling in Redis again")
 
-    def _not_settled(self, reason: Failure) -> None:
+    def _not_settled(self, reason: Failure, keys: list[bytes], args: tuple[bytes, bytes]) -> None:
         self.settles_lost += 1
+        self._keep_unsent(keys, args)
         if not self._settle_problem:
             self._settle_problem = True
             self.log.warn(
                 "dedup/flood: a message's outcome could not be written to Redis ({why}); "
-                "its claim expires after {ttl} s, and an accepted one is not remembered",
+                "written once Redis answers again",
                 why=reason.getErrorMessage(),
-                ttl=self.claim_ttl,
             )
 
     def release_all(self) -> int:

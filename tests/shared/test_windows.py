@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -234,6 +235,32 @@ async def test_redis_down_fails_the_claim_and_a_lost_settle_is_counted(
     with pytest.raises(RedisUnavailable):
         await a.claim(message(b"next"), now)
     await _until(lambda: a.settles_lost == 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outcomes_lost_in_an_outage_are_written_when_redis_answers_again(
+    instances: Instances, redis_server: RedisServer
+) -> None:
+    """A claim Redis made but whose reply never came (Redis paused past the reply timeout) is
+    released before the next claim, so the app's retry is not refused as in flight; an
+    acceptance whose record was lost is written then, so a retry of it is a duplicate."""
+    [a] = await instances.windows(1)
+    now = reactor.seconds()
+    taken = message(b"taken before the outage")
+    assert await a.claim(taken, now) is ACCEPT
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        a.settle(taken, now, b"OP-TAKEN")  # sent, not answered
+        retried = message(b"claimed, reply lost")
+        with pytest.raises(RedisUnavailable):
+            await a.claim(retried, now)  # Redis has it queued: it runs the claim on SIGCONT
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await _until(lambda: a.link.writable)
+    assert await a.claim(retried, now) is ACCEPT  # not "in_flight": the lost claim was released
+    verdict = await a.claim(message(b"taken before the outage"), now)
+    assert verdict.reason == "duplicate"  # the lost acceptance was written
 
 
 async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:

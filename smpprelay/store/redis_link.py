@@ -44,6 +44,9 @@ RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 RedisArg = bytes | str | int | float
 
+# The longest wait between two attempts to reconnect, in seconds.
+RECONNECT_MAX_DELAY = 2.0
+
 
 class RedisUnavailable(StoreUnavailable):
     """Redis cannot be reached or did not answer: nothing that depends on it is acknowledged."""
@@ -134,6 +137,11 @@ class RedisLink:
             replyTimeout=self.reply_timeout,
             convertNumbers=False,
         )
+        # txredisapi backs off up to 10 s between attempts; an outage's end should be noticed
+        # within a couple of seconds (read at each retry, so setting it now is enough).
+        factory = self._handler._factory
+        factory.initialDelay = min(factory.initialDelay, RECONNECT_MAX_DELAY)
+        factory.maxDelay = RECONNECT_MAX_DELAY
         self._probe = LoopingCall(self._ping)
         self._probe.clock = self.clock
         self._probe.start(self.probe_interval, now=False)

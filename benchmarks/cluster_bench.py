@@ -22,6 +22,7 @@ the relays and Redis share about two cores: the aggregate stops growing once the
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -156,10 +157,16 @@ def contextlib_stack() -> Iterator[Any]:
         yield stack
 
 
+# The C clients number their messages from an offset: every run sends messages no earlier run
+# sent, so the dedup and flood windows the runs share in Redis refuse none.
+_first = itertools.count(0, 10_000_000)
+
+
 def load(
     fastpeer: Path, ports: list[int], count: int, window: int
 ) -> tuple[float, float, list[str]]:
     """One C load client per port, at once; (aggregate rate, wall seconds, their lines)."""
+    base = next(_first)
     began = time.monotonic()
     clients = [
         subprocess.Popen(
@@ -171,7 +178,7 @@ def load(
                 str(window),
                 ACCOUNT,
                 PASSWORD,
-                str(index * count),
+                str(base + index * count),
             ],
             stdout=subprocess.PIPE,
         )

@@ -17,6 +17,7 @@ Only a trusted balancer may send the header: anyone who can reach a PROXY port c
 address, so that port must be firewalled to the balancers.
 """
 
+import ipaddress
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -43,10 +44,18 @@ from smpprelay.metrics import Metrics
 
 PROXY_HEADER = "proxy_header"  # the connections_refused reason
 
-# The shortest v2 header (signature, version/command, family, length) is 16 bytes; a v1 header
-# can be shorter ("PROXY UNKNOWN\r\n") but then ends with its newline.  Fewer bytes than that
-# and no newline: wait for more before choosing a parser.
+# A v2 header's fixed part (signature, version/command, family, length) is 16 bytes: fewer
+# than that only tell it is one if they begin its signature.  A v1 header begins "PROXY ".
 _V2_FIXED = 16
+_V1_START = V1Parser.PROXYSTR + b" "
+
+
+def _is_ip(address: object) -> bool:
+    try:
+        ipaddress.ip_address(str(getattr(address, "host", "")))
+    except ValueError:
+        return False
+    return True
 
 
 class ProxyHeaderProtocol(HAProxyProtocolWrapper):
@@ -80,16 +89,21 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
         parser = self._parser
         if parser is None:
             self._head += data
-            if len(self._head) < _V2_FIXED and b"\n" not in self._head:
-                return
-            data, self._head = self._head, b""
-            if data[:12] == V2Parser.PREFIX and data[12] & 0xF0 == 0x20:
-                self._parser = parser = V2Parser()
-            elif data[:6] == V1Parser.PROXYSTR + b" ":
+            head = self._head
+            if head.startswith(_V1_START):
                 self._parser = parser = V1Parser()
+            elif (
+                len(head) >= _V2_FIXED and head[:12] == V2Parser.PREFIX and head[12] & 0xF0 == 0x20
+            ):
+                self._parser = parser = V2Parser()
+            elif len(head) < _V2_FIXED and (
+                _V1_START.startswith(head) or V2Parser.PREFIX.startswith(head[:12])
+            ):
+                return  # a header's first bytes: which one is not known yet
             else:
                 self._refuse("no PROXY header")
                 return
+            data, self._head = head, b""
         try:
             info, remaining = parser.feed(data)
         except InvalidProxyHeader:
@@ -97,6 +111,10 @@ class ProxyHeaderProtocol(HAProxyProtocolWrapper):
             return
         if info is None:
             return  # the rest of the header is still on its way
+        if info.source is not None and not _is_ip(info.source):
+            # Twisted's v1 parser takes any word as the address; allowed_ips could not.
+            self._refuse("invalid PROXY header")
+            return
         self._proxyInfo = info
         self._header_read(remaining or b"")
 

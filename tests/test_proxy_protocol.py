@@ -238,3 +238,20 @@ def test_endpoint_wraps_what_it_listens_with() -> None:
     assert isinstance(wrapping, ProxyWrappingFactory)
     assert isinstance(wrapping.wrappedFactory, TLSMemoryBIOFactory)
     assert ipaddress.ip_address(ALLOWED) in ipaddress.ip_network(APP.allowed_ips[0])
+
+
+def test_the_scale_out_examples_agree_on_the_header() -> None:
+    """HAProxy sends PROXY v2 to every relay, and the relays' config expects it: one side
+    alone either closes every connection or reads the header as a broken PDU."""
+    etc = Path(__file__).parent.parent / "etc"
+    servers = [
+        line.split("#", 1)[0].split()
+        for line in (etc / "haproxy.cfg").read_text().splitlines()
+        if line.strip().startswith("server ")
+    ]
+    assert servers
+    assert all("send-proxy-v2" in words for words in servers), servers
+    # The check goes to the metrics port (no PROXY header there): "port" keeps it plain.
+    assert all("port" in words for words in servers), servers
+    assert load_config(str(etc / "smpprelay-redis.yaml")).listen.proxy_protocol is True
+    assert load_config(str(etc / "smpprelay.yaml")).listen.proxy_protocol is False

@@ -154,6 +154,7 @@ class ProxyWrappingFactory(HAProxyWrappingFactory):
     """Builds a `ProxyHeaderProtocol` around each of the wrapped factory's protocols."""
 
     protocol = ProxyHeaderProtocol  # type: ignore[assignment]
+    noisy = False  # service.py logs the listener; no "Starting factory" line per port
 
     def __init__(
         self, wrapped: IProtocolFactory, metrics: Metrics, clock: IReactorTime, timeout: float

@@ -93,6 +93,10 @@ class ListenConfig:
     host: str = "127.0.0.1"
     port: int | None = attrs.field(default=2775, validator=_PORT)
     tls: ListenTlsConfig | None = None
+    # Connections (plain and TLS) start with a PROXY v1/v2 header from a load balancer, whose
+    # source address is then the app's; one without a valid header is closed.  Only for ports
+    # that nothing but the balancers can reach: the header is believed as it is.
+    proxy_protocol: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.port is None and self.tls is None:

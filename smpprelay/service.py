@@ -37,6 +37,7 @@ from smpprelay.filters.base import FilterChain
 from smpprelay.handover import share_through_redis
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
+from smpprelay.proxy_protocol import ProxyEndpoint
 from smpprelay.redis_url import parse_url
 from smpprelay.relay import Relay
 from smpprelay.reload import LiveParts
@@ -48,6 +49,7 @@ from smpprelay.state import StoreService, open_store
 from smpprelay.store import Loaded, Store
 from smpprelay.store.redis import RedisStore
 from smpprelay.store.tables import HeldDeliveries
+from smpprelay.workers import AdoptedEndpoint
 
 log = Logger()
 
@@ -358,12 +360,26 @@ def _app_listeners(
     """The apps' listeners: the plain port first, then TLS (the config has one or both);
     ``given`` ones ("plain", "tls") replace the configured (smpprelay.workers adopts fds)."""
     listen = config.listen
+    timeout = config.limits.session_init  # the header is part of getting to a bind
     listeners = []
     if listen.port is not None:
         endpoint = given.get("plain") or tcp_server(reactor, listen.host, listen.port)
+        if listen.proxy_protocol:
+            endpoint = ProxyEndpoint(endpoint, metrics, reactor, timeout)
         listeners.append(Listener(PLAIN_LISTENER, endpoint, factory))
     if listen.tls is not None:
         tls_endpoint = given.get("tls") or tls.server_endpoint(reactor, listen.host, listen.tls)
+        if listen.proxy_protocol:
+            # The header comes before the TLS handshake: TLS goes inside the PROXY wrapper,
+            # over the same port as plain TCP (or the worker's adopted socket without its TLS).
+            options = tls.server_options(listen.tls)
+            given_tls = given.get("tls")
+            inner = (
+                AdoptedEndpoint(reactor, given_tls.fd, given_tls.family)
+                if isinstance(given_tls, AdoptedEndpoint)
+                else tcp_server(reactor, listen.host, listen.tls.port)
+            )
+            tls_endpoint = ProxyEndpoint(inner, metrics, reactor, timeout, options)
         listeners.append(Listener(TLS_LISTENER, tls_endpoint, factory))
         expiry = tls.expires(listen.tls.cert, "listen.tls.cert")
         metrics.certificate_expiry.labels("listen").set(expiry)

@@ -38,6 +38,7 @@ from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 from smpprelay.router import Router
 from smpprelay.routing import UpstreamSet
+from smpprelay.shared.chain import SharedChain
 
 log = Logger()
 
@@ -62,7 +63,8 @@ class LiveParts:
     portal: Portal
     router: Router
     registry: SessionRegistry
-    chain: FilterChain | None
+    # In-process rules, or (with the redis store) the rules several instances share.
+    chain: FilterChain | SharedChain | None
     # False: the relay started with no password_hash, so it has no thread pool to check one.
     hashes_checkable: bool
     # The upstreams, whose routes (prefixes, accounts, weight) a reload changes live.
@@ -89,8 +91,11 @@ def restart_needed(running: Config, new: Config) -> list[str]:
     return keys
 
 
-def reconfigure_rules(chain: FilterChain, filters: FiltersConfig) -> None:
+def reconfigure_rules(chain: FilterChain | SharedChain, filters: FiltersConfig) -> None:
     """Give each running rule its reloaded values (state kept; see each ``reconfigure``)."""
+    if isinstance(chain, SharedChain):
+        chain.reconfigure(filters)  # the shared windows and concat take them from now
+        return
     for rule in chain.filters:
         if isinstance(rule, EncodingFilter):
             rule.reconfigure(filters.encoding)

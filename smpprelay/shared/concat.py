@@ -84,6 +84,9 @@ class SharedConcat:
         self._counters: dict[tuple[str, str], Any] = {}
         self._accepted = 0  # counted in a plain int, added to the metric by `flush_counts`
         self._unsettled: list[tuple[Message, float, PartsOutcome]] = []
+        # Outcomes Redis did not take when they happened (counted once each, however often they
+        # are sent again): `smpprelay_shared_outcomes_unsent_total{rule="concat"}`.
+        self.settles_lost = 0
         # Read from Redis by each expiry, shown by the gauges (a scrape cannot wait for Redis).
         self.open_count = 0
         self.held_bytes = 0
@@ -211,7 +214,9 @@ class SharedConcat:
         """What became of a glued message this rule passed on: close it, or keep its held parts
         for the app's retry of the completing part (``retry``). Not written (Redis down): sent
         again by the next `expire`, since until then the message stays with the operator."""
-        self._settle(message, now, outcome).addErrback(self._not_settled, message, now, outcome)
+        self._settle(message, now, outcome).addErrback(
+            self._not_settled, message, now, outcome, True
+        )
 
     def _settle(self, message: Message, now: float, outcome: PartsOutcome) -> Deferred[Any]:
         concat = message.concat
@@ -230,8 +235,10 @@ class SharedConcat:
         return self.link.run(SETTLE, (), args)
 
     def _not_settled(
-        self, reason: Failure, message: Message, now: float, outcome: PartsOutcome
+        self, reason: Failure, message: Message, now: float, outcome: PartsOutcome, first: bool
     ) -> None:
+        if first:
+            self.settles_lost += 1
         self.log.warn(
             "{account}: a glued message's outcome ({outcome}) not written to redis ({why}); "
             "retried",
@@ -250,7 +257,9 @@ class SharedConcat:
         fails with `RedisUnavailable` when Redis cannot be reached (the next run claims them)."""
         unsettled, self._unsettled = self._unsettled, []
         for message, settled_at, outcome in unsettled:
-            self.parts_settled(message, settled_at, outcome)
+            self._settle(message, settled_at, outcome).addErrback(
+                self._not_settled, message, settled_at, outcome, False
+            )
         self.flush_counts()
         self.link.call("ZCARD", self._open_key).addCallbacks(self._opened, _ignore)
         self.link.call("GET", self._held_key).addCallbacks(self._held, _ignore)

@@ -5,9 +5,11 @@ relay's own cross-checks); only a configuration that passes every check is appli
 broken file leaves the running one in force. What applies live: the accounts (passwords,
 ``allowed_ips``, ``max_binds`` at the next bind; ``throughput`` and ``mo_prefixes`` at once),
 ``security`` and the rules' values (their windows keep their entries, a changed length applies
-from then on). An account gone from the file has its binds unbound cleanly. The rest (listen,
-metrics, store, limits, receipts, simulator, upstream, and the rules' ``enabled``, ``action``,
-``scope`` and sizes) needs a restart: a reload names what changed there and keeps it running.
+from then on). With the redis store the shared rules take them too (`SharedChain.reconfigure`);
+each instance judges by the values it last loaded, so every instance is sent the SIGHUP. An
+account gone from the file has its binds unbound cleanly. The rest (listen, metrics, store,
+limits, receipts, simulator, upstream, and the rules' ``enabled``, ``action``, ``scope`` and
+sizes) needs a restart: a reload names what changed there and keeps it running.
 """
 
 from __future__ import annotations

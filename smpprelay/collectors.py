@@ -1,6 +1,7 @@
 """Prometheus collectors the relay's metrics are read through at scrape time: plain integer
-counters for the hot path (`PlainCounter`), the store's state (`StoreCollector`) and the link
-to Redis (`RedisCollector`)."""
+counters for the hot path (`PlainCounter`), the store's state (`StoreCollector`), the link
+to Redis (`RedisCollector`) and what the shared rules could not write to it
+(`UnsentCollector`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["PlainCounter", "RedisCollector", "RedisReading", "StoreCollector", "StoreReading"]
+__all__ = [
+    "PlainCounter",
+    "RedisCollector",
+    "RedisReading",
+    "StoreCollector",
+    "StoreReading",
+    "UnsentCollector",
+]
 
 
 class PlainCounter(Collector):
@@ -152,3 +160,29 @@ class RedisCollector(Collector):
             buckets=cumulative,
             sum_value=reading.rtt_sum,
         )
+
+
+class UnsentCollector(Collector):
+    """Outcomes the shared rules could not write to Redis (an outage), by rule, read from the
+    rules' own plain counts when scraped: nothing is counted through a metric per outcome."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "smpprelay_shared_outcomes_unsent",
+            "Outcomes of submits (accepted, released, a glued message's fate) the shared rules "
+            "could not write to Redis when they happened, by rule; each is sent again once "
+            "Redis answers (until then a claim may count as in flight).",
+            labels=["rule"],
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for rule, count in sorted(self.read().items()):
+            family.add_metric([rule], count)
+        yield family

@@ -23,6 +23,7 @@ from smpprelay.collectors import (
     RedisReading,
     StoreCollector,
     StoreReading,
+    UnsentCollector,
 )
 from smpprelay.pdu import CommandId, Status, command_label
 from smpprelay.smpp.constants import status_label
@@ -317,6 +318,7 @@ class Metrics:
                 "expired",
                 "store_full",
                 "store_unavailable",
+                "handed_over",  # to the instance with a receiver (smpprelay.handover)
             ):
                 self.deliveries.labels(kind, result)
         self.deliveries.labels("receipt", "unmatched")
@@ -379,6 +381,11 @@ class Metrics:
     def watch_redis(self, read: Callable[[], RedisReading]) -> None:
         """Export the Redis link's round trips, errors and health from ``read``, per scrape."""
         self.registry.register(RedisCollector(read))
+
+    def watch_unsent(self, read: Callable[[], dict[str, int]]) -> None:
+        """Export the outcomes the shared rules could not write to Redis (rule -> count, from
+        ``read`` at each scrape)."""
+        self.registry.register(UnsentCollector(read))
 
     def status_label(self, status: int) -> str:
         """``status`` as a label of the metrics labelled by status: bounded in number."""

@@ -5,9 +5,11 @@ relay's own cross-checks); only a configuration that passes every check is appli
 broken file leaves the running one in force. What applies live: the accounts (passwords,
 ``allowed_ips``, ``max_binds`` at the next bind; ``throughput`` and ``mo_prefixes`` at once),
 ``security`` and the rules' values (their windows keep their entries, a changed length applies
-from then on). An account gone from the file has its binds unbound cleanly. The rest (listen,
-metrics, store, limits, receipts, simulator, upstream, and the rules' ``enabled``, ``action``,
-``scope`` and sizes) needs a restart: a reload names what changed there and keeps it running.
+from then on). With the redis store the shared rules take them too (`SharedChain.reconfigure`);
+each instance judges by the values it last loaded, so every instance is sent the SIGHUP. An
+account gone from the file has its binds unbound cleanly. The rest (listen, metrics, store,
+limits, receipts, simulator, upstream, and the rules' ``enabled``, ``action``, ``scope`` and
+sizes) needs a restart: a reload names what changed there and keeps it running.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from smpprelay.filters.flood import FloodFilter
 from smpprelay.metrics import Metrics
 from smpprelay.router import Router
 from smpprelay.routing import UpstreamSet
+from smpprelay.shared.chain import SharedChain
 
 log = Logger()
 
@@ -62,7 +65,8 @@ class LiveParts:
     portal: Portal
     router: Router
     registry: SessionRegistry
-    chain: FilterChain | None
+    # In-process rules, or (with the redis store) the rules several instances share.
+    chain: FilterChain | SharedChain | None
     # False: the relay started with no password_hash, so it has no thread pool to check one.
     hashes_checkable: bool
     # The upstreams, whose routes (prefixes, accounts, weight) a reload changes live.
@@ -89,8 +93,11 @@ def restart_needed(running: Config, new: Config) -> list[str]:
     return keys
 
 
-def reconfigure_rules(chain: FilterChain, filters: FiltersConfig) -> None:
+def reconfigure_rules(chain: FilterChain | SharedChain, filters: FiltersConfig) -> None:
     """Give each running rule its reloaded values (state kept; see each ``reconfigure``)."""
+    if isinstance(chain, SharedChain):
+        chain.reconfigure(filters)  # the shared windows and concat take them from now
+        return
     for rule in chain.filters:
         if isinstance(rule, EncodingFilter):
             rule.reconfigure(filters.encoding)

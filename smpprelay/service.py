@@ -515,9 +515,10 @@ def build(
         simulator,
         reactor,
     )
-    # A reload reconfigures the in-process rules; the shared ones keep their start values.
-    rules = relay.chain if isinstance(relay.chain, FilterChain) else None
-    service.live = LiveParts(access, portal, router, registry, rules, bool(password_pool), upstream)
+    # A reload reconfigures the rules, in-process or shared (their values; what runs stays).
+    service.live = LiveParts(
+        access, portal, router, registry, relay.chain, bool(password_pool), upstream
+    )
     children: list[IService | None] = [
         # First to start, last to stop: everything else may write to it until it stops.
         StoreService(store, relay.write_behind, metrics),

@@ -5,7 +5,9 @@ The id the app names is looked up for the account that sent the request, in this
 1. a part the concat rule still holds (a relay-issued id): the relay answers for it, as the
    operator would for a message en route: query_sm ``ENROUTE``; cancel_sm drops the held message
    (its held parts' receipts say ``DELETED``); replace_sm puts the new text in the held part
-   (through the encoding rule), and the message is judged as a whole when it completes;
+   (through the encoding rule), and the message is judged as a whole when it completes. The
+   rule is asked through `smpprelay.shared.held.HeldParts`: in one process or, with the redis
+   store, in Redis (a part held through any instance);
 2. the routes whose app was given that id (a part the operator has, a submit_multi's messages):
    the request goes to the operator once per message (query_sm: the first only);
 3. the route keyed by that id, when the app was given the operator's own id.
@@ -27,7 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.filters.concat import ConcatFilter, OpenConcat
+from smpprelay.filters.base import Dropped
+from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.message import Message, read_message
 from smpprelay.pdu import CommandId, DecodeError, Status, Tag
@@ -36,6 +39,9 @@ from smpprelay.receipts import delivery_receipt
 from smpprelay.relay import Relay
 from smpprelay.router import Router
 from smpprelay.routing import UpstreamSet
+from smpprelay.shared.chain import SharedChain
+from smpprelay.shared.concat import SharedConcat
+from smpprelay.shared.held import HeldParts, HeldRef, LocalHeld
 from smpprelay.store import HeldPart, Mapped, StoreUnavailable
 
 R = TypeVar("R")
@@ -44,10 +50,8 @@ ENROUTE = pdu.MESSAGE_STATES["ENROUTE"]
 # registered_delivery bits asking for an SMSC receipt (3.4 section 5.2.17).
 _RECEIPT_BITS = 0x03
 
-# A part the relay holds: its open message, its sequence in it, the part.
-Held = tuple[OpenConcat, int, Message]
 # What an id names for an account: a held part, the operator's messages, or nothing.
-Target = Held | list[Mapped] | None
+Target = HeldRef | list[Mapped] | None
 
 
 def _no_answer(reason: Failure) -> int:
@@ -91,15 +95,18 @@ class Queries:
             return None
         return next((rule for rule in chain.filters if isinstance(rule, kind)), None)
 
+    def _held_parts(self) -> HeldParts | None:
+        """The concat rule's held parts: in Redis with a shared chain, else in this process."""
+        chain = self.relay.chain
+        if isinstance(chain, SharedChain):
+            return chain.concat if isinstance(chain.concat, SharedConcat) else None
+        rule = self._rule(ConcatFilter)
+        return None if rule is None else LocalHeld(rule)
+
     def _find(self, account: str, app_id: bytes) -> Deferred[Target]:
         """What ``app_id`` names for ``account`` (see the module docstring)."""
         if not app_id:
             return succeed(None)
-        concat = self._rule(ConcatFilter)
-        if concat is not None:
-            held = concat.find_held(account, app_id)
-            if held is not None:
-                return succeed(held)
         store = self.relay.store
         now = self.clock.seconds()
 
@@ -109,7 +116,15 @@ class Queries:
                 return [mapped for mapped in found if mapped.route.account == account] or None
             return self._by_operator_id(app_id, account, self._upstreams(), now)
 
-        return store.find_app_id(app_id, now).addCallback(by_app_id)
+        def not_held(held: HeldRef | None) -> Target | Deferred[Target]:
+            if held is not None:
+                return held
+            return store.find_app_id(app_id, now).addCallback(by_app_id)
+
+        held_parts = self._held_parts()
+        if held_parts is None:
+            return store.find_app_id(app_id, now).addCallback(by_app_id)
+        return held_parts.find_held_part(account, app_id).addCallback(not_held)
 
     def _upstreams(self) -> list[str]:
         pool = self.relay.pool
@@ -141,7 +156,7 @@ class Queries:
         account: str,
         frame: bytes,
         read: Callable[[bytes], Any],
-        local: Callable[[Any, Held], bytes | Deferred[bytes]],
+        local: Callable[[Any, HeldRef], bytes | Deferred[bytes]],
         upstream: Callable[[Any, list[Mapped]], Deferred[bytes]],
     ) -> Deferred[bytes]:
         """Read the request, find its message, answer locally or from the operator."""
@@ -159,12 +174,19 @@ class Queries:
                     id=request.message_id.decode("latin-1"),
                 )
                 return pdu.response(command, 0, Status.ESME_RINVMSGID)
-            if isinstance(target, tuple):
+            if isinstance(target, HeldRef):
                 return local(request, target)
             return upstream(request, target)
 
         def lookup_failed(reason: Failure) -> bytes:
             reason.trap(StoreUnavailable)
+            self.log.warn(
+                "{account}: {command} for {id} not looked up ({why}): ESME_RSYSERR",
+                account=account,
+                command=pdu.command_name(command),
+                id=request.message_id.decode("latin-1"),
+                why=reason.getErrorMessage(),
+            )
             return pdu.response(command, 0, Status.ESME_RSYSERR)
 
         return self._find(account, request.message_id).addCallbacks(found, lookup_failed)
@@ -193,8 +215,8 @@ class Queries:
             lambda request, found: self._query_upstream(request, found[0], account),
         )
 
-    def _query_held(self, request: pdu.QuerySm, held: Held) -> bytes:
-        if _source_differs(request.source_addr, held[2].fields.source_addr):
+    def _query_held(self, request: pdu.QuerySm, held: HeldRef) -> bytes:
+        if _source_differs(request.source_addr, held.part.fields.source_addr):
             return pdu.query_sm_resp(0, Status.ESME_RINVSRCADR)
         answer = pdu.QuerySmResp(request.message_id, b"", ENROUTE, 0)
         return pdu.query_sm_resp(0, Status.ESME_ROK, answer)
@@ -233,31 +255,59 @@ class Queries:
             ),
         )
 
-    def _cancel_held(self, request: pdu.CancelSm, held: Held, account: str) -> bytes:
-        entry, _, part = held
-        fields = part.fields
+    def _cancel_held(
+        self, request: pdu.CancelSm, held: HeldRef, account: str
+    ) -> bytes | Deferred[bytes]:
+        fields = held.part.fields
+
+        def answer(status: int) -> bytes:
+            return pdu.response(CommandId.cancel_sm, 0, status)
+
         if _source_differs(request.source_addr, fields.source_addr) or _source_differs(
             request.destination_addr, fields.destination_addr
         ):
-            return pdu.response(CommandId.cancel_sm, 0, Status.ESME_RINVSRCADR)
-        if entry.glued is not None:
+            return answer(Status.ESME_RINVSRCADR)
+        if held.with_operator:
             # Its parts are on their way to the operator: too late to drop them here.
-            return pdu.response(CommandId.cancel_sm, 0, Status.ESME_RCANCELFAIL)
-        concat = self._rule(ConcatFilter)
-        assert concat is not None  # it holds the part
-        dropped = concat.cancel_held(entry)
+            return answer(Status.ESME_RCANCELFAIL)
+        held_parts = self._held_parts()
+        assert held_parts is not None  # it holds the part
         now = self.clock.seconds()
-        for gone in dropped.arrived:
-            if gone.app_message_id and gone.fields.registered_delivery & _RECEIPT_BITS:
-                receipt = delivery_receipt(gone.fields, gone.app_message_id, "DELETED", now, now)
-                self.router.deliver("receipt", account, receipt)
-        self.relay.store.parts_done([gone.app_message_id for gone in dropped.arrived])
-        self.log.info(
-            "{account}: held concatenated message cancelled; {n} held parts dropped",
-            account=account,
-            n=len(dropped.arrived),
-        )
-        return pdu.response(CommandId.cancel_sm, 0, Status.ESME_ROK)
+
+        def cancelled(dropped: Dropped | None) -> bytes:
+            if dropped is None:
+                # Completed (the operator has it) or expired since it was found.
+                self.log.info(
+                    "{account}: held message {id} moved on before its cancel: ESME_RCANCELFAIL",
+                    account=account,
+                    id=request.message_id.decode("latin-1"),
+                )
+                return answer(Status.ESME_RCANCELFAIL)
+            for gone in dropped.arrived:
+                if gone.app_message_id and gone.fields.registered_delivery & _RECEIPT_BITS:
+                    receipt = delivery_receipt(
+                        gone.fields, gone.app_message_id, "DELETED", now, now
+                    )
+                    self.router.deliver("receipt", account, receipt)
+            self.relay.store.parts_done([gone.app_message_id for gone in dropped.arrived])
+            self.log.info(
+                "{account}: held concatenated message cancelled; {n} held parts dropped",
+                account=account,
+                n=len(dropped.arrived),
+            )
+            return answer(Status.ESME_ROK)
+
+        def failed(reason: Failure) -> bytes:
+            reason.trap(StoreUnavailable)
+            self.log.warn(
+                "{account}: cancel of held message {id} not decided ({why}): ESME_RSYSERR",
+                account=account,
+                id=request.message_id.decode("latin-1"),
+                why=reason.getErrorMessage(),
+            )
+            return answer(Status.ESME_RSYSERR)
+
+        return held_parts.cancel_held_part(held, now).addCallbacks(cancelled, failed)
 
     def _every(
         self,
@@ -301,16 +351,16 @@ class Queries:
         )
 
     def _replace_held(
-        self, request: pdu.ReplaceSm, held: Held, account: str, app_iso: bool
+        self, request: pdu.ReplaceSm, held: HeldRef, account: str, app_iso: bool
     ) -> bytes | Deferred[bytes]:
-        entry, sequence, slim = held
+        slim = held.part
 
         def refuse(status: int) -> bytes:
             return pdu.response(CommandId.replace_sm, 0, status)
 
         if _source_differs(request.source_addr, slim.fields.source_addr):
             return refuse(Status.ESME_RINVSRCADR)
-        if entry.glued is not None:
+        if held.with_operator:
             return refuse(Status.ESME_RREPLACEFAIL)
         store = self.relay.store
         if not store.writable:
@@ -321,23 +371,53 @@ class Queries:
             part = self._replaced(request, old, app_iso)
         except DecodeError as error:
             return refuse(error.status)
-        concat = self._rule(ConcatFilter)
-        assert concat is not None  # it holds the part
-        if not concat.replace_held(entry, sequence, part):
-            return refuse(Status.ESME_RMSGQFUL)
+        held_parts = self._held_parts()
+        assert held_parts is not None  # it holds the part
         now = self.clock.seconds()
-        record = HeldPart(old.app_message_id, account, part.frame, old.app_iso, entry.first, now)
+        record = HeldPart(old.app_message_id, account, part.frame, old.app_iso, held.first, now)
 
-        def not_stored(reason: Failure) -> bytes:
+        def replaced(status: int) -> bytes | Deferred[bytes]:
+            if status != Status.ESME_ROK:
+                self.log.info(
+                    "{account}: replace_sm of held part {id} not done: {status}",
+                    account=account,
+                    id=request.message_id.decode("latin-1"),
+                    status=pdu.status_name(status),
+                )
+                return refuse(status)
+            return store.replace_part(record).addCallbacks(
+                lambda _: refuse(Status.ESME_ROK), not_stored
+            )
+
+        def not_stored(reason: Failure) -> Deferred[bytes]:
             reason.trap(StoreUnavailable)
             # The store keeps the old text: so does the rule, unless the message moved on.
-            if entry.glued is None and sequence in entry.received:
-                concat.replace_held(entry, sequence, old)
+            undone = held_parts.replace_held_part(held, old)
+
+            def answer(outcome: int | Failure) -> bytes:
+                if isinstance(outcome, Failure):
+                    self.log.warn(
+                        "{account}: held part {id} keeps its new text in the rule but not in "
+                        "the store ({why})",
+                        account=account,
+                        id=request.message_id.decode("latin-1"),
+                        why=outcome.getErrorMessage(),
+                    )
+                return refuse(Status.ESME_RMSGQFUL)
+
+            return undone.addBoth(answer)
+
+        def not_replaced(reason: Failure) -> bytes:
+            reason.trap(StoreUnavailable)  # Redis did not answer: the old text may stay
+            self.log.warn(
+                "{account}: replace_sm of held part {id} not decided ({why}): ESME_RMSGQFUL",
+                account=account,
+                id=request.message_id.decode("latin-1"),
+                why=reason.getErrorMessage(),
+            )
             return refuse(Status.ESME_RMSGQFUL)
 
-        return store.replace_part(record).addCallbacks(
-            lambda _: refuse(Status.ESME_ROK), not_stored
-        )
+        return held_parts.replace_held_part(held, part).addCallbacks(replaced, not_replaced)
 
     def _replaced(self, request: pdu.ReplaceSm, old: Message, app_iso: bool) -> Message:
         """The held part ``old`` with the request's text and settings, through the encoding

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smpprelay.config import Config
+from smpprelay.config import ConcatRule, Config, FiltersConfig
 from smpprelay.filters.base import Dropped, Filter, PartsOutcome
 from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.message import ACCEPT, Message, Verdict, reject
@@ -41,6 +41,8 @@ class Concat(Protocol):
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None: ...
 
     def expire(self, now: float) -> Deferred[list[Dropped]]: ...
+
+    def reconfigure(self, config: ConcatRule) -> None: ...
 
 
 class SharedChain:
@@ -156,6 +158,20 @@ class SharedChain:
             status=f"0x{verdict.status:02X}",
         )
 
+    def reconfigure(self, filters: FiltersConfig) -> None:
+        """Give each rule its reloaded values (a reload, `smpprelay.reload`). Which rules run
+        is decided at start: a rule enabled or disabled by the reload stays as it was."""
+        if self.encoding is not None:
+            self.encoding.reconfigure(filters.encoding)
+        if self.concat is not None:
+            self.concat.reconfigure(filters.concat)
+        windows = self.windows
+        if windows is not None:
+            windows.reconfigure(
+                filters.dedup if windows.dedup is not None else None,
+                filters.flood if windows.flood is not None else None,
+            )
+
     # --- what became of a message -----------------------------------------------------------
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
@@ -240,7 +256,7 @@ def build_shared_chain(
     encoding = None
     if filters.encoding.enabled:
         encoding = EncodingFilter(filters.encoding, upstream_iso, metrics)
-    concat: Concat | None = None
+    concat: SharedConcat | None = None
     if filters.concat.enabled:
         transcode = None
         if encoding is not None:
@@ -257,4 +273,15 @@ def build_shared_chain(
         windows = SharedWindows(
             link, prefix, dedup, flood, metrics, lambda: store.secret, claim_ttl
         )
+    metrics.watch_unsent(lambda: _unsent(concat, windows))
     return SharedChain(encoding, concat, windows, metrics)
+
+
+def _unsent(concat: SharedConcat | None, windows: SharedWindows | None) -> dict[str, int]:
+    """Outcomes each running shared rule could not write to Redis, for the scrape."""
+    unsent = {}
+    if windows is not None:
+        unsent["dedup_flood"] = windows.settles_lost
+    if concat is not None:
+        unsent["concat"] = concat.settles_lost
+    return unsent

@@ -15,6 +15,9 @@ API (implemented by the concat work; the shared chain calls it):
   "retry" puts its held parts back so the app's retry of the completing part completes it again.
 - ``expire(now) -> Deferred[list[Dropped]]``: the messages whose window ended, each claimed by
   exactly one instance (whose relay sends their parts' EXPIRED receipts).
+- ``find_held_part``, ``cancel_held_part``, ``replace_held_part``
+  (`smpprelay.shared.held.HeldParts`): query_sm, cancel_sm and replace_sm of a held part, by
+  the id its app was given, through whichever instance it was held.
 
 The rule is `ConcatFilter`'s (its docstring is the spec), each decision one Lua script
 (`smpprelay.shared.concat_scripts`, where the keys are described): two instances given the last
@@ -43,7 +46,8 @@ from smpprelay.filters.concat import glue
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
-from smpprelay.shared.concat_scripts import CHECK, EXPIRE, SETTLE
+from smpprelay.shared.concat_scripts import CANCEL, CHECK, EXPIRE, FIND, REPLACE, SETTLE
+from smpprelay.shared.held import HeldRef
 from smpprelay.store.redis_link import RedisLink
 
 HOLD = Verdict("hold")
@@ -84,6 +88,9 @@ class SharedConcat:
         self._counters: dict[tuple[str, str], Any] = {}
         self._accepted = 0  # counted in a plain int, added to the metric by `flush_counts`
         self._unsettled: list[tuple[Message, float, PartsOutcome]] = []
+        # Outcomes Redis did not take when they happened (counted once each, however often they
+        # are sent again): `smpprelay_shared_outcomes_unsent_total{rule="concat"}`.
+        self.settles_lost = 0
         # Read from Redis by each expiry, shown by the gauges (a scrape cannot wait for Redis).
         self.open_count = 0
         self.held_bytes = 0
@@ -97,7 +104,7 @@ class SharedConcat:
 
     def _load_scripts(self, up: bool) -> None:
         if up:
-            for script in (CHECK, SETTLE, EXPIRE):
+            for script in (CHECK, SETTLE, EXPIRE, FIND, CANCEL, REPLACE):
                 self.link.call("SCRIPT", "LOAD", script.source).addErrback(_ignore)
 
     def reconfigure(self, config: ConcatRule) -> None:
@@ -135,6 +142,7 @@ class SharedConcat:
             f"{prefix}c:o:{account.encode().hex()}",
             self._held_key,
             self._held_by_account,
+            self._id_key(message.app_message_id),
         )
         config = self.config
         args = (
@@ -205,13 +213,85 @@ class SharedConcat:
             f"{fields.destination_addr.hex()}:{reference}"
         )
 
+    def _id_key(self, app_id: bytes) -> bytes:
+        """The index from a part's relay id to its message (see `concat_scripts`)."""
+        return b"%sc:id:%s" % (self.prefix.encode(), app_id)
+
+    # --- query_sm, cancel_sm, replace_sm of a held part (smpprelay.shared.held) -------------
+
+    def find_held_part(self, account: str, app_id: bytes) -> Deferred[HeldRef | None]:
+        """The part ``account`` was given ``app_id`` for, while Redis holds it (any instance
+        may have held it); fails with `RedisUnavailable`."""
+        args = (self.prefix, app_id, account.encode().hex())
+        return self.link.run(FIND, (), args).addCallback(self._found, account, app_id)
+
+    def _found(self, reply: list[Any], account: str, app_id: bytes) -> HeldRef | None:
+        if not reply:
+            return None
+        sequence, frame, meta, first, with_operator = reply
+        try:
+            _, part = _part(account, frame, app_id, meta, self.max_tlvs)
+        except DecodeError as error:
+            # Read by a relay before it was held; one with a lower max_tlvs cannot.
+            self.log.warn(
+                "{account}: held part {id} cannot be read again ({error}); taken as unknown",
+                account=account,
+                id=app_id.decode("latin-1"),
+                error=str(error),
+            )
+            return None
+        return HeldRef(part, int(sequence), int(first) / 1000, with_operator == 1)
+
+    def cancel_held_part(self, held: HeldRef, now: float) -> Deferred[Dropped | None]:
+        """Drop the open message of ``held`` (closed, so its later parts are refused) and return
+        its held parts; None when it is no longer held or the operator has it now."""
+        part = held.part
+        account = part.account
+        args = (self.prefix, part.app_message_id, account.encode().hex(), int(now * 1000))
+        return self.link.run(CANCEL, (), (*args, self._window)).addCallback(
+            self._cancelled, account
+        )
+
+    def _cancelled(self, reply: list[Any], account: str) -> Dropped | None:
+        if reply[0] != b"cancelled":
+            return None
+        _, first, fields = reply
+        try:
+            parts = _parts(account, fields, self.max_tlvs)
+        except DecodeError as error:
+            self.log.warn(
+                "{account}: a cancelled message's part cannot be read ({error}); its parts "
+                "get no receipt",
+                account=account,
+                error=str(error),
+            )
+            parts = []
+        parts.sort(key=lambda each: (each[1], each[0]))  # in the order they arrived
+        return Dropped(account, int(first) / 1000, [each for _, _, each in parts], "cancelled")
+
+    def replace_held_part(self, held: HeldRef, part: Message) -> Deferred[int]:
+        """Put ``part``'s frame in place of ``held``'s, within the held-bytes caps: the status to
+        answer (`smpprelay.shared.held.HeldParts`); fails with `RedisUnavailable`."""
+        config = self.config
+        args = (
+            self.prefix,
+            part.app_message_id,
+            part.account.encode().hex(),
+            part.frame,
+            config.max_held_bytes,
+            config.max_held_bytes_per_account,
+        )
+        return self.link.run(REPLACE, (), args).addCallback(_REPLACED.__getitem__)
+
     # --- a glued message's fate -------------------------------------------------------------
 
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         """What became of a glued message this rule passed on: close it, or keep its held parts
         for the app's retry of the completing part (``retry``). Not written (Redis down): sent
         again by the next `expire`, since until then the message stays with the operator."""
-        self._settle(message, now, outcome).addErrback(self._not_settled, message, now, outcome)
+        self._settle(message, now, outcome).addErrback(
+            self._not_settled, message, now, outcome, True
+        )
 
     def _settle(self, message: Message, now: float, outcome: PartsOutcome) -> Deferred[Any]:
         concat = message.concat
@@ -230,8 +310,10 @@ class SharedConcat:
         return self.link.run(SETTLE, (), args)
 
     def _not_settled(
-        self, reason: Failure, message: Message, now: float, outcome: PartsOutcome
+        self, reason: Failure, message: Message, now: float, outcome: PartsOutcome, first: bool
     ) -> None:
+        if first:
+            self.settles_lost += 1
         self.log.warn(
             "{account}: a glued message's outcome ({outcome}) not written to redis ({why}); "
             "retried",
@@ -250,7 +332,9 @@ class SharedConcat:
         fails with `RedisUnavailable` when Redis cannot be reached (the next run claims them)."""
         unsettled, self._unsettled = self._unsettled, []
         for message, settled_at, outcome in unsettled:
-            self.parts_settled(message, settled_at, outcome)
+            self._settle(message, settled_at, outcome).addErrback(
+                self._not_settled, message, settled_at, outcome, False
+            )
         self.flush_counts()
         self.link.call("ZCARD", self._open_key).addCallbacks(self._opened, _ignore)
         self.link.call("GET", self._held_key).addCallbacks(self._held, _ignore)
@@ -295,12 +379,29 @@ def _parts(account: str, flat: Sequence[Any], max_tlvs: int) -> list[tuple[int, 
     parts = []
     for index in range(0, len(flat), 4):
         sequence, frame, app_id, meta = flat[index : index + 4]
-        arrived, iso, receipt_as = meta.split(b":", 2)
-        part = read_message(account, frame, iso == b"1", max_tlvs)
-        part.app_message_id = app_id
-        part.receipt_as = receipt_as
-        parts.append((int(sequence), int(arrived), part))
+        arrived, part = _part(account, frame, app_id, meta, max_tlvs)
+        parts.append((int(sequence), arrived, part))
     return parts
+
+
+def _part(
+    account: str, frame: bytes, app_id: bytes, meta: bytes, max_tlvs: int
+) -> tuple[int, Message]:
+    """A held part read again from its frame and `_meta`: (arrival in ms, part)."""
+    arrived, iso, receipt_as = meta.split(b":", 2)
+    part = read_message(account, frame, iso == b"1", max_tlvs)
+    part.app_message_id = app_id
+    part.receipt_as = receipt_as
+    return int(arrived), part
+
+
+# REPLACE's replies, as the status replace_sm is answered.
+_REPLACED = {
+    b"replaced": Status.ESME_ROK,
+    b"full": Status.ESME_RMSGQFUL,
+    b"with_operator": Status.ESME_RREPLACEFAIL,
+    b"gone": Status.ESME_RINVMSGID,
+}
 
 
 def _ignore(reason: Failure) -> None:

@@ -12,6 +12,10 @@ Keys (``P`` is ``store.key_prefix``; ``M``, a message's member name, is
 - ``P c:open`` (zset): the open messages scored by first-part time (expiry, ``max_open``).
 - ``P c:o:hex(account)`` (zset): the same, per account (``max_open_per_account``).
 - ``P c:held`` (string) and ``P c:held:a`` (hash by account): held parts' cost in bytes.
+- ``P c:id:ID`` (string): ``"S M"``, the part the relay gave the id ``ID`` (held, or completing
+  a message the operator has), for query_sm, cancel_sm and replace_sm; deleted when its
+  message closes, else gone with its TTL. Checked against the message hash (``i:S`` must
+  still be ``ID``) and the account (``M`` starts with it) before any use.
 
 Every key gets a TTL of three windows on each write, so nothing outlives a cluster of dead
 instances by long. Times are integer milliseconds (Lua numbers are truncated to integers).
@@ -43,6 +47,10 @@ local function close(prefix, member, now, window)
       redis.call('HDEL', heldh, h[1])
     end
   end
+  for s = 1, tonumber(h[2]) do
+    local id = redis.call('HGET', mkey, 'i:' .. s)
+    if id then redis.call('DEL', prefix .. 'c:id:' .. id) end
+  end
   redis.call('DEL', mkey)
   redis.call('ZREM', prefix .. 'c:open', member)
   local hexacc = string.sub(member, 1, string.find(member, ':', 1, true) - 1)
@@ -50,7 +58,8 @@ local function close(prefix, member, now, window)
 end
 """
 
-# KEYS: message hash, closed marker, open zset, account's open zset, held total, held by account.
+# KEYS: message hash, closed marker, open zset, account's open zset, held total, held by account,
+#       the part's id index.
 # ARGV: member, total, sequence, now, window, ttl, max_open, max_open_per_account,
 #       max_held_bytes, max_held_bytes_per_account, account, frame, id, meta, cost.
 # Returns {'hold'}, {'reject', reason}, {'replay', id}, or {'accept', S, frame, id, meta, ...}
@@ -62,6 +71,7 @@ local mkey, ckey, openz, acctz, heldk, heldh = KEYS[1], KEYS[2], KEYS[3], KEYS[4
 local member, total, seq = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now, window, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local account, frame, id, meta, cost = ARGV[11], ARGV[12], ARGV[13], ARGV[14], tonumber(ARGV[15])
+local idkey = KEYS[7]
 
 local function no_room()
   local held = tonumber(redis.call('GET', heldk)) or 0
@@ -75,6 +85,7 @@ local function hold()
   redis.call('HINCRBY', mkey, 'bytes', cost)
   redis.call('INCRBY', heldk, cost)
   redis.call('HINCRBY', heldh, account, cost)
+  redis.call('SET', idkey, seq .. ' ' .. member, 'PX', ttl)
   for _, key in ipairs({mkey, openz, acctz, heldk, heldh}) do
     redis.call('PEXPIRE', key, ttl)
   end
@@ -113,6 +124,7 @@ if h[1] and tonumber(h[1]) == total then
     'glued', seq, 'n', total)
   redis.call('HDEL', mkey, 'retrying')
   redis.call('PEXPIRE', mkey, ttl)
+  redis.call('SET', idkey, seq .. ' ' .. member, 'PX', ttl)
   return out
 end
 local closed = tonumber(redis.call('GET', ckey))
@@ -199,5 +211,98 @@ for _, member in ipairs(due) do
   end
 end
 return out
+""",
+)
+
+# The part the relay gave ``id`` to the account ``hexacc`` (hex of its name), still in its
+# message's hash: its member, sequence and hash key; nil for another account's id, an unknown
+# one, or one whose part is no longer held (its message closed, or a retry took it out).
+_FIND = """
+local function find(prefix, id, hexacc)
+  local entry = redis.call('GET', prefix .. 'c:id:' .. id)
+  if not entry then return nil end
+  local sep = string.find(entry, ' ', 1, true)
+  local seq, member = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+  if string.sub(member, 1, #hexacc + 1) ~= hexacc .. ':' then return nil end
+  local mkey = prefix .. 'c:m:' .. member
+  if redis.call('HGET', mkey, 'i:' .. seq) ~= id then return nil end
+  return member, seq, mkey
+end
+"""
+
+# KEYS: none declared. ARGV: prefix, id, hex(account).
+# Returns {} (not held for this account), or {S, frame, meta, first, 1 if the operator has
+# the message else 0}.
+FIND = Script(
+    "concat_find",
+    _FIND
+    + """
+local member, seq, mkey = find(ARGV[1], ARGV[2], ARGV[3])
+if not member then return {} end
+local h = redis.call('HMGET', mkey, 'f:' .. seq, 'x:' .. seq, 'first', 'glued')
+return {seq, h[1], h[2], h[3], h[4] and 1 or 0}
+""",
+)
+
+# KEYS: none declared. ARGV: prefix, id, hex(account), now, window.
+# Drops the open message holding the part ``id`` names (cancel_sm), closed like an expired
+# one so that its later parts are refused. Returns {'gone'}, {'with_operator'}, or
+# {'cancelled', first, {S, frame, id, meta, ...}} (the parts it held).
+CANCEL = Script(
+    "concat_cancel",
+    _CLOSE
+    + _FIND
+    + """
+local prefix, now, window = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local member, seq, mkey = find(prefix, ARGV[2], ARGV[3])
+if not member then return {'gone'} end
+local h = redis.call('HMGET', mkey, 'first', 'glued', 'total')
+if h[2] then return {'with_operator'} end
+local parts = {}
+for s = 1, tonumber(h[3]) do
+  local name = tostring(s)
+  local part = redis.call('HMGET', mkey, 'f:' .. name, 'i:' .. name, 'x:' .. name)
+  if part[1] then
+    table.insert(parts, name)
+    table.insert(parts, part[1])
+    table.insert(parts, part[2])
+    table.insert(parts, part[3])
+  end
+end
+close(prefix, member, now, window)
+return {'cancelled', h[1], parts}
+""",
+)
+
+# KEYS: none declared. ARGV: prefix, id, hex(account), frame, max_held_bytes,
+# max_held_bytes_per_account. Puts ``frame`` in place of the held part ``id`` names
+# (replace_sm), its cost counted against the caps. Returns 'replaced', 'full', 'gone' or
+# 'with_operator'.
+REPLACE = Script(
+    "concat_replace",
+    _FIND
+    + """
+local prefix, frame = ARGV[1], ARGV[4]
+local member, seq, mkey = find(prefix, ARGV[2], ARGV[3])
+if not member then return 'gone' end
+local h = redis.call('HMGET', mkey, 'glued', 'account', 'f:' .. seq)
+if h[1] then return 'with_operator' end
+local delta = #frame - #h[3]
+local heldk, heldh = prefix .. 'c:held', prefix .. 'c:held:a'
+if delta > 0 then
+  local held = tonumber(redis.call('GET', heldk)) or 0
+  local mine = tonumber(redis.call('HGET', heldh, h[2])) or 0
+  if held + delta > tonumber(ARGV[5]) or mine + delta > tonumber(ARGV[6]) then
+    return 'full'
+  end
+end
+redis.call('HSET', mkey, 'f:' .. seq, frame)
+if delta ~= 0 then
+  redis.call('HINCRBY', mkey, 'bytes', delta)
+  -- A counter gone by its TTL is not brought back (as in close).
+  if redis.call('EXISTS', heldk) == 1 then redis.call('INCRBY', heldk, delta) end
+  if redis.call('HEXISTS', heldh, h[2]) == 1 then redis.call('HINCRBY', heldh, h[2], delta) end
+end
+return 'replaced'
 """,
 )

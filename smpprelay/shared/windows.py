@@ -302,8 +302,9 @@ class SharedWindows:
     def _send_unsent(self) -> None:
         unsent, self._unsent = self._unsent, []
         for keys, args in unsent:
+            # Counted in ``settles_lost`` when first lost, not again per attempt.
             self.link.run(SETTLE, keys, args).addCallbacks(
-                self._settled, self._not_settled, errbackArgs=(keys, args)
+                self._settled, self._not_settled, errbackArgs=(keys, args, False)
             )
 
     def _decided(self, reply: Any, message: Message, keys: list[bytes], token: bytes) -> Verdict:
@@ -368,8 +369,11 @@ class SharedWindows:
             self._settle_problem = False
             self.log.info("dedup/flood: settling in Redis again")
 
-    def _not_settled(self, reason: Failure, keys: list[bytes], args: tuple[bytes, bytes]) -> None:
-        self.settles_lost += 1
+    def _not_settled(
+        self, reason: Failure, keys: list[bytes], args: tuple[bytes, bytes], first: bool = True
+    ) -> None:
+        if first:
+            self.settles_lost += 1
         self._keep_unsent(keys, args)
         if not self._settle_problem:
             self._settle_problem = True

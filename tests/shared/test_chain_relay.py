@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel
 
 from smpprelay import pdu
-from smpprelay.config import DedupRule, EncodingRule, FloodRule
+from smpprelay.config import ConcatRule, DedupRule, EncodingRule, FloodRule
 from smpprelay.filters.base import Dropped, PartsOutcome
 from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.message import Message, Verdict, accept, read_message
@@ -42,6 +42,7 @@ class FakeConcat:
         self.verdicts: list[Deferred[Verdict]] = []
         self.outcomes: list[PartsOutcome] = []
         self.expired: list[Dropped] = []
+        self.configs: list[ConcatRule] = []
 
     def check(self, message: Message, now: float) -> Deferred[Verdict]:
         return self.verdicts.pop(0)
@@ -52,6 +53,9 @@ class FakeConcat:
     def expire(self, now: float) -> Deferred[list[Dropped]]:
         expired, self.expired = self.expired, []
         return succeed(expired)
+
+    def reconfigure(self, config: ConcatRule) -> None:
+        self.configs.append(config)
 
 
 class Harness:

@@ -20,7 +20,7 @@ from smpprelay.message import Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.shared.concat import SharedConcat
-from smpprelay.shared.concat_scripts import CHECK, EXPIRE, SETTLE
+from smpprelay.shared.concat_scripts import CANCEL, CHECK, EXPIRE, FIND, REPLACE, SETTLE
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from tests.fakes import submit_sm
 from tests.fakes.redis_server import RedisServer
@@ -353,8 +353,8 @@ async def test_an_outcome_not_written_is_written_by_the_next_expiry(
 @ensureDeferred
 async def test_scripts_are_loaded_when_redis_comes_up(two: Any, redis_server: RedisServer) -> None:
     a, _ = await two()
-    shas = [CHECK.sha, SETTLE.sha, EXPIRE.sha]
-    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1, 1, 1]
+    shas = [script.sha for script in (CHECK, SETTLE, EXPIRE, FIND, CANCEL, REPLACE)]
+    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1] * 6
     await a.link.call("SCRIPT", "FLUSH")
     redis_server.stop(kill=True)
     waited = 0.0
@@ -365,4 +365,4 @@ async def test_scripts_are_loaded_when_redis_comes_up(two: Any, redis_server: Re
     redis_server.start()
     await a.ready(within=15)
     await a.link.call("PING")
-    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1, 1, 1]
+    assert await a.link.call("SCRIPT", "EXISTS", *shas) == [1] * 6

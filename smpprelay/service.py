@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, serverFromString
-from twisted.internet.error import CannotListenError
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.interfaces import (
-    IListeningPort,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
-    IStreamServerEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,9 +32,16 @@ from smpprelay.downstream import DownstreamFactory, DownstreamSession, SessionRe
 from smpprelay.filters import build_chain
 from smpprelay.filters.base import FilterChain
 from smpprelay.handover import share_through_redis
+from smpprelay.listeners import (
+    TLS_LISTENER,
+    Endpoints,
+    Listener,
+    ListenFailed,
+    app_listeners,
+    tcp_server,
+)
 from smpprelay.metrics import Metrics, metrics_resource
 from smpprelay.operations import Operations
-from smpprelay.proxy_protocol import ProxyEndpoint
 from smpprelay.redis_url import parse_url
 from smpprelay.relay import Relay
 from smpprelay.reload import LiveParts
@@ -49,7 +53,9 @@ from smpprelay.state import StoreService, open_store
 from smpprelay.store import Loaded, Store
 from smpprelay.store.redis import RedisStore
 from smpprelay.store.tables import HeldDeliveries
-from smpprelay.workers import AdoptedEndpoint
+
+# Listener, ListenFailed and tcp_server are imported from here by the simulator and the tests.
+__all__ = ["ListenFailed", "Listener", "RelayService", "build", "tcp_server"]
 
 log = Logger()
 
@@ -60,82 +66,6 @@ RULES_SWEEP_INTERVAL = 1.0
 # How often the rules' newest window entries are written behind: small and often, so that
 # packing them never holds the interpreter long enough to show in the submits' latency.
 WRITE_BEHIND_INTERVAL = 0.1
-# The apps' listeners, by name (the name is in their log lines and errors).
-PLAIN_LISTENER = "SMPP"
-TLS_LISTENER = "SMPP over TLS"
-Endpoints = Mapping[str, IStreamServerEndpoint]
-
-
-def tcp_server(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
-    """A TCP listening endpoint on ``host`` (IPv4 or IPv6) and ``port``."""
-    interface = host.replace(":", r"\:")
-    return serverFromString(reactor, f"tcp:{port}:interface={interface}")  # type: ignore[no-any-return]
-
-
-class ListenFailed(SystemExit):
-    """A listener could not have its port: the process must not run without it.
-
-    A `SystemExit`, so that twistd prints this one line and exits with status 1 instead of a
-    traceback (twistd lets an exception from ``privilegedStartService`` escape as it is).
-    twistd logs what reaches stderr, so the line is in the log too, daemonised or not.
-    """
-
-
-class Listener(StreamServerEndpointService):
-    """Listens on an endpoint while running; ``port`` is readable once listening (port 0).
-
-    Listening starts in ``privilegedStartService`` (so a port below 1024 works with
-    ``twistd --uid``), and a port that cannot be had stops the start with `ListenFailed`.
-    """
-
-    # As twisted.application.strports.service does: a failed listen() raises at start
-    # instead of being logged while the process runs on without its port.
-    _raiseSynchronously = True
-    factory: IProtocolFactory
-
-    def __init__(
-        self, name: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
-    ) -> None:
-        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
-        self.label = name
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] | None = None
-
-    @override
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]
-        except CannotListenError as error:
-            raise ListenFailed(f"smpprelay: {self.label}: {error}") from None
-        listening: Deferred[IListeningPort] = Deferred()
-        self.listening = listening
-
-        def listened(port: IListeningPort | None) -> IListeningPort | None:
-            # None: the endpoint failed later than listen() (logged by the base class).
-            if port is not None:
-                self.port = port
-                address = port.getHost()
-                log.info(
-                    "{name} listening on {host}:{port}",
-                    name=self.label,
-                    host=getattr(address, "host", "?"),
-                    port=getattr(address, "port", "?"),
-                )
-                listening.callback(port)
-            return port
-
-        waiting = self._waitingForPort
-        assert waiting is not None  # set by the base class's privilegedStartService
-        waiting.addCallback(listened)
-
-    @override
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-
-    @override
-    def stopService(self) -> Deferred[None]:
-        self.port = None  # not ready from now on
-        return super().stopService()  # type: ignore[no-any-return,no-untyped-call]
 
 
 class RelayService(MultiService):
@@ -354,38 +284,6 @@ def _operator(
     return upstream, lambda: HostnameEndpoint(reactor, host, port, timeout=10), None
 
 
-def _app_listeners(
-    config: Config, reactor: Any, metrics: Metrics, factory: IProtocolFactory, given: Endpoints
-) -> list[Listener]:
-    """The apps' listeners: the plain port first, then TLS (the config has one or both);
-    ``given`` ones ("plain", "tls") replace the configured (smpprelay.workers adopts fds)."""
-    listen = config.listen
-    timeout = config.limits.session_init  # the header is part of getting to a bind
-    listeners = []
-    if listen.port is not None:
-        endpoint = given.get("plain") or tcp_server(reactor, listen.host, listen.port)
-        if listen.proxy_protocol:
-            endpoint = ProxyEndpoint(endpoint, metrics, reactor, timeout)
-        listeners.append(Listener(PLAIN_LISTENER, endpoint, factory))
-    if listen.tls is not None:
-        tls_endpoint = given.get("tls") or tls.server_endpoint(reactor, listen.host, listen.tls)
-        if listen.proxy_protocol:
-            # The header comes before the TLS handshake: TLS goes inside the PROXY wrapper,
-            # over the same port as plain TCP (or the worker's adopted socket without its TLS).
-            options = tls.server_options(listen.tls)
-            given_tls = given.get("tls")
-            inner = (
-                AdoptedEndpoint(reactor, given_tls.fd, given_tls.family)
-                if isinstance(given_tls, AdoptedEndpoint)
-                else tcp_server(reactor, listen.host, listen.tls.port)
-            )
-            tls_endpoint = ProxyEndpoint(inner, metrics, reactor, timeout, options)
-        listeners.append(Listener(TLS_LISTENER, tls_endpoint, factory))
-        expiry = tls.expires(listen.tls.cert, "listen.tls.cert")
-        metrics.certificate_expiry.labels("listen").set(expiry)
-    return listeners
-
-
 def _store_at(config: Config) -> str:
     """Where the store is, for the log (a Redis URL without its password)."""
     if config.store.backend != "redis":
@@ -498,7 +396,7 @@ def build(
         )
 
     factory = DownstreamFactory(make_session, make_connection)
-    app_listeners = _app_listeners(config, reactor, metrics, factory, app_endpoints or {})
+    apps = app_listeners(config, reactor, metrics, factory, app_endpoints or {})
     metrics_listener = Listener(
         "metrics",
         tcp_server(reactor, config.metrics.host, config.metrics.port),
@@ -510,7 +408,7 @@ def build(
         router,
         relay,
         upstream,
-        app_listeners,
+        apps,
         metrics_listener,
         simulator,
         reactor,
@@ -525,7 +423,7 @@ def build(
         ThreadPoolService(password_pool, reactor) if password_pool is not None else None,
         simulator,
         upstream,
-        *app_listeners,
+        *apps,
         metrics_listener,
         handover,
         _timer(SWEEP_INTERVAL, router.expire, reactor),

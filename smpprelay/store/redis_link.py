@@ -137,9 +137,11 @@ class RedisLink:
 
     def start(self) -> None:
         """Connect (and keep reconnecting) and start the probe."""
+        factory = Factory.forProtocol(self._build)
+        factory.noisy = False  # no "Starting factory" line per attempt during an outage
         self._service = ClientService(
             self._endpoint(),
-            Factory.forProtocol(self._build),
+            factory,
             retryPolicy=backoffPolicy(
                 initialDelay=0.1,
                 maxDelay=RECONNECT_MAX_DELAY - _RECONNECT_JITTER,

@@ -1,16 +1,21 @@
 """One connection to Redis, shared by everything in this relay process (`store: {backend: redis}`).
 
 Why one connection and not a pool: Redis answers in order on a connection, so every command
-sent while others are in flight is pipelined for free (txredisapi keeps the queue of waiting
+sent while others are in flight is pipelined for free (`RespProtocol` keeps the queue of waiting
 Deferreds); the submits of a busy second share a few TCP segments instead of a round trip each.
 
-txredisapi (the Twisted-native client Jasmin uses) keeps the connection up and reconnects with
-backoff. What it does not do is fail fast: a command sent while it is disconnected waits for the
-next connection. The relay must answer at once instead (``ESME_RMSGQFUL`` to a submit,
-``ESME_RX_T_APPN`` to a delivery), so every call here checks that a connection is up and fails
-with `RedisUnavailable` (a `StoreUnavailable`) otherwise, and every reply has a timeout
-(``reply_timeout``). A probe (``PING``, once a second) notices an outage nobody is sending into
-and the end of one: `writable` and `problem` say which; recovery needs nobody.
+The protocol is our own (`smpprelay.store.resp`, RESP2 parsed by ``hiredis``): txredisapi's
+Python command building and reply parsing cost the relay about three times the CPU per submit
+of the memory store. Twisted's `ClientService` keeps the connection up and reconnects with
+backoff (at most `RECONNECT_MAX_DELAY` apart); each new connection is authenticated and its
+database selected before any call uses it.
+
+A call never waits for a connection: the relay must answer at once instead (``ESME_RMSGQFUL``
+to a submit, ``ESME_RX_T_APPN`` to a delivery), so every call checks that a connection is up
+and fails with `RedisUnavailable` (a `StoreUnavailable`) otherwise, and every reply has a
+timeout (``reply_timeout``) after which the connection is dropped. A probe (``PING``, once a
+second) notices an outage nobody is sending into and the end of one: `writable` and `problem`
+say which; recovery needs nobody.
 
 Scripts (`Script`) are sent by digest (``EVALSHA``); a server that does not know one (restarted,
 failed over, ``SCRIPT FLUSH``) is sent the whole script once (``EVAL``), which also loads it.
@@ -22,30 +27,41 @@ scrape time: a locked Prometheus call per command would cost more than the comma
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import txredisapi  # type: ignore[import-untyped]
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay.redis_url import RedisURL, parse_url
 from smpprelay.store import StoreUnavailable
+from smpprelay.store.resp import RedisArg, ReplyError, RespProtocol
 
 __all__ = ["LinkStats", "RedisLink", "RedisURL", "RedisUnavailable", "Script", "parse_url"]
 
 # Round-trip buckets (seconds) for smpprelay_redis_round_trip_seconds.
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
-RedisArg = bytes | str | int | float
-
-# The longest wait between two attempts to reconnect, in seconds.
+# The longest wait between two attempts to reconnect, in seconds: an outage's end should be
+# noticed within a couple of seconds. Part of it is random so that the relays sharing a Redis
+# do not all reconnect in the same instant.
 RECONNECT_MAX_DELAY = 2.0
+_RECONNECT_JITTER = 0.2
+
+# hiredis returns a status reply (``+OK``) as bytes, like a bulk string: commands that answer
+# with a status have the usual words decoded, so that the link's callers keep seeing "OK" (a
+# str) from these and bytes from everything else (a GET of a value b"OK" stays bytes).
+_STATUS_COMMANDS = frozenset({"AUTH", "FLUSHALL", "FLUSHDB", "PING", "SELECT", "SET", "XGROUP"})
+_STATUS_WORDS = {b"OK": "OK", b"PONG": "PONG"}
 
 
 class RedisUnavailable(StoreUnavailable):
@@ -93,7 +109,9 @@ class RedisLink:
         self.probe_interval = probe_interval
         self.connect_timeout = connect_timeout
         self.stats = LinkStats()
-        self._handler: Any = None
+        self._service: ClientService | None = None
+        # The connection calls go to: up, authenticated and on its database.
+        self._protocol: RespProtocol | None = None
         self._probe: LoopingCall | None = None
         self._problem = "not connected yet"
         # Told when the link goes down or comes back (True: up again).
@@ -111,51 +129,92 @@ class RedisLink:
         """Why Redis cannot be used ("" while it can)."""
         return self._problem
 
-    def _connection(self) -> Any | None:
-        """A ready connection, or None (txredisapi keeps ready ones in its factory's pool)."""
-        if self._handler is None:
-            return None
-        pool = self._handler._factory.pool
-        return pool[0] if pool else None
+    def _connection(self) -> RespProtocol | None:
+        """The connection that calls go to, or None while there is none ready."""
+        return self._protocol
 
     # --- life -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect (and keep reconnecting) and start the probe."""
-        url = self.url
-        context = ssl.optionsForClientTLS(url.host) if url.tls else False
-        self._handler = txredisapi.lazyConnection(
-            url.host,
-            url.port,
-            dbid=url.db or None,
-            reconnect=True,
-            charset=None,  # bytes in, bytes out: ids and frames are octets
-            password=url.password,
-            username=url.username,
-            ssl_context_factory=context,
-            connectTimeout=self.connect_timeout,
-            replyTimeout=self.reply_timeout,
-            convertNumbers=False,
+        factory = Factory.forProtocol(self._build)
+        factory.noisy = False  # no "Starting factory" line per attempt during an outage
+        self._service = ClientService(
+            self._endpoint(),
+            factory,
+            retryPolicy=backoffPolicy(
+                initialDelay=0.1,
+                maxDelay=RECONNECT_MAX_DELAY - _RECONNECT_JITTER,
+                jitter=lambda: random.random() * _RECONNECT_JITTER,
+            ),
+            clock=self.clock,
         )
-        # txredisapi backs off up to 10 s between attempts; an outage's end should be noticed
-        # within a couple of seconds (read at each retry, so setting it now is enough).
-        factory = self._handler._factory
-        factory.initialDelay = min(factory.initialDelay, RECONNECT_MAX_DELAY)
-        factory.maxDelay = RECONNECT_MAX_DELAY
+        self._service.startService()
         self._probe = LoopingCall(self._ping)
         self._probe.clock = self.clock
         self._probe.start(self.probe_interval, now=False)
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        reactor: Any = self.clock
+        if not IReactorTCP.providedBy(reactor):
+            # A bare clock (tests of the timing alone): the connection needs a real reactor.
+            from twisted.internet import reactor as default
+
+            reactor = default
+        url = self.url
+        endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=self.connect_timeout)
+        if url.tls:
+            secured: IStreamClientEndpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
+            return secured
+        return endpoint
+
+    def _build(self) -> RespProtocol:
+        return RespProtocol(self.clock, self.reply_timeout, made=self._made, lost=self._lost)
 
     def stop(self) -> Deferred[None]:
         """Stop the probe and close the connection; fires when it is closed."""
         if self._probe is not None and self._probe.running:
             self._probe.stop()
         self._probe = None
-        handler, self._handler = self._handler, None
-        if handler is None:
-            return Deferred.fromCoroutine(_nothing())
-        closed: Deferred[None] = handler._factory.disconnect()
+        service, self._service = self._service, None
+        self._protocol = None
+        if service is None:
+            return succeed(None)
+        closed: Deferred[None] = service.stopService()
         return closed.addCallback(lambda _: None)
+
+    def _made(self, protocol: RespProtocol) -> None:
+        """A new connection: authenticate and select the database, then let calls use it."""
+        url = self.url
+        steps: list[Deferred[Any]] = []
+        if url.password is not None:
+            who = (url.username,) if url.username else ()
+            steps.append(protocol.execute(("AUTH", *who, url.password)))
+        if url.db:
+            steps.append(protocol.execute(("SELECT", url.db)))
+
+        def ready(_: object) -> None:
+            if protocol.usable and self._service is not None:
+                self._protocol = protocol
+
+        def refused(reason: Failure) -> None:
+            error = reason.value
+            # The first step that failed says why (AUTH refused, no such database).
+            why = (error.subFailure if isinstance(error, FirstError) else reason).getErrorMessage()
+            if protocol.usable:
+                self._set_problem(f"redis: {why}")
+                assert protocol.transport is not None
+                protocol.transport.loseConnection()  # ClientService tries again later
+
+        gatherResults(steps, consumeErrors=True).addCallbacks(ready, refused)
+
+    def _lost(self, protocol: RespProtocol, reason: Failure) -> None:
+        """A connection was lost or abandoned: no call goes to it; Redis is down until the
+        probe hears from it on the next connection."""
+        if protocol is not self._protocol:
+            return  # not (or no longer) the one in use: a refused handshake, or stopped
+        self._protocol = None
+        self._set_problem(f"redis: {reason.getErrorMessage() or repr(reason.value)}")
 
     def _ping(self) -> None:
         def answered(_: object) -> None:
@@ -187,18 +246,22 @@ class RedisLink:
     # --- commands ---------------------------------------------------------------------------
 
     def call(self, *args: RedisArg) -> Deferred[Any]:
-        """Send one command; fires with its reply (bytes, int, list, None) or fails with
-        `RedisUnavailable` (down, timed out, or an error reply)."""
+        """Send one command; fires with its reply (bytes, int, list, None; "OK" as str) or
+        fails with `RedisUnavailable` (down, timed out, or an error reply)."""
         stats = self.stats
         stats.calls += 1
-        connection = self._connection()
-        if connection is None:
+        protocol = self._protocol
+        if protocol is None:
             stats.errors += 1
             problem = self._problem or "not connected"
             return fail(RedisUnavailable(f"redis: {problem}"))
         sent = self.clock.seconds()
-        done: Deferred[Any] = connection.execute_command(*args)
-        return done.addCallbacks(self._replied, self._failed, callbackArgs=(sent,))
+        done = protocol.execute(args).addCallbacks(
+            self._replied, self._failed, callbackArgs=(sent,), errbackArgs=(sent,)
+        )
+        if args[0] in _STATUS_COMMANDS:
+            done.addCallback(_status)
+        return done
 
     def run(
         self, script: Script, keys: Sequence[RedisArg], args: Sequence[RedisArg]
@@ -213,6 +276,10 @@ class RedisLink:
         return self.call("EVALSHA", script.sha, len(keys), *keys, *args).addErrback(unknown)
 
     def _replied(self, reply: Any, sent: float) -> Any:
+        self._timed(sent)
+        return reply
+
+    def _timed(self, sent: float) -> None:
         rtt = self.clock.seconds() - sent
         stats = self.stats
         stats.rtt_sum += rtt
@@ -221,23 +288,21 @@ class RedisLink:
             if rtt <= bound:
                 buckets[index] += 1
                 break
-        if isinstance(reply, txredisapi.ResponseError):
-            # txredisapi hands error replies back as values: a script's error, say.
-            stats.errors += 1
-            raise RedisUnavailable(f"redis: {reply}")
-        return reply
 
-    def _failed(self, reason: Failure) -> Failure:
+    def _failed(self, reason: Failure, sent: float) -> Failure:
         self.stats.errors += 1
-        if reason.check(RedisUnavailable):
-            return reason
         why = reason.getErrorMessage() or repr(reason.value)
-        if not reason.check(txredisapi.ResponseError):
+        if reason.check(ReplyError):
+            # Redis answered (a script's error, say): the connection is fine.
+            self._timed(sent)
+        else:
             # No answer (timeout, connection lost): Redis cannot be counted on until a probe
             # hears from it again.
-            self._set_problem(why)
+            self._set_problem(f"redis: {why}")
         return Failure(RedisUnavailable(f"redis: {why}"))
 
 
-async def _nothing() -> None:
-    return None
+def _status(reply: Any) -> Any:
+    if reply.__class__ is bytes:
+        return _STATUS_WORDS.get(reply, reply)
+    return reply

@@ -40,15 +40,23 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process the test owns; `url` is what a relay is given."""
 
-    def __init__(self, directory: Path, port: int | None = None, fsync: str = "always") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        fsync: str = "always",
+        password: str | None = None,
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.fsync = fsync
+        self.password = password  # required of clients (``--requirepass``) when given
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        secret = f":{self.password}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start it (again, on the same port and files) and wait until it answers."""
@@ -65,6 +73,8 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -74,7 +84,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as link:
                     link.sendall(b"PING\r\n")
-                    if link.recv(64).startswith(b"+PONG"):
+                    if link.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up either way
                         return
             except OSError:
                 pass

@@ -22,7 +22,6 @@ the relays and Redis share about two cores: the aggregate stops growing once the
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -41,10 +40,10 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fastpeer as fastpeer_peers
 import relay_bench
 
 REPO = Path(__file__).resolve().parents[1]
-FASTPEER = REPO.parent / "shared" / "tools" / "fastpeer.c"
 TWISTD = Path(sys.executable).parent / "twistd"
 HOST = "127.0.0.1"
 ACCOUNT, PASSWORD = "bench", "bench"
@@ -64,17 +63,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], what: str, deadline: float = 20) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        with suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not listening on {port}")
 
 
 def wait_ready(metrics_port: int, process: subprocess.Popen[bytes], deadline: float = 20) -> None:
@@ -157,44 +145,8 @@ def contextlib_stack() -> Iterator[Any]:
         yield stack
 
 
-# The C clients number their messages from an offset: every run sends messages no earlier run
-# sent, so the dedup and flood windows the runs share in Redis refuse none.
-_first = itertools.count(0, 10_000_000)
-
-
-def load(
-    fastpeer: Path, ports: list[int], count: int, window: int
-) -> tuple[float, float, list[str]]:
-    """One C load client per port, at once; (aggregate rate, wall seconds, their lines)."""
-    base = next(_first)
-    began = time.monotonic()
-    clients = [
-        subprocess.Popen(
-            [
-                str(fastpeer),
-                "load",
-                str(port),
-                str(count),
-                str(window),
-                ACCOUNT,
-                PASSWORD,
-                str(base + index * count),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        for index, port in enumerate(ports)
-    ]
-    lines = []
-    for client in clients:
-        out, _ = client.communicate(timeout=300)
-        lines.append(out.decode().strip())
-    wall = time.monotonic() - began
-    rate = sum(float(line.split()[1]) for line in lines if line.startswith("RATE"))
-    return rate, wall, lines
-
-
 def measure(
-    fastpeer: Path,
+    binary: Path,
     running: list[tuple[subprocess.Popen[bytes], dict[str, Any]]],
     redis_pid: int | None,
     count: int,
@@ -204,11 +156,13 @@ def measure(
     before = [cpu_seconds(pid) for pid in pids]
     redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
     ports = [config["listen"]["port"] for _, config in running]
-    rate, wall, lines = load(fastpeer, ports, count, window)
+    answers, wall = fastpeer_peers.run_loads(binary, ports, count, window, ACCOUNT, PASSWORD)
+    rate = sum(answer.rate for answer in answers)
+    lines = [answer.text for answer in answers]
     total = count * len(ports)
     relay_cpu = sum(cpu_seconds(pid) for pid in pids) - sum(before)
     redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else 0.0
-    ok = sum(int(line.split()[7]) for line in lines if line.startswith("RATE"))
+    ok = sum(answer.ok for answer in answers)
     return {
         "instances": len(ports),
         "rate": round(rate),
@@ -244,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.seconds, args.instances = 3000, 2.0, "1,2"
-    if shutil.which("gcc") is None or not FASTPEER.exists():
-        print("cluster_bench: gcc or ../shared/tools/fastpeer.c missing; nothing measured")
+    why = fastpeer_peers.missing()
+    if why:
+        print(f"cluster_bench: {why}: the C peers cannot be built; nothing measured")
         return 0
     redis_server = shutil.which("redis-server")
     if redis_server is None:
@@ -254,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"cores": os.cpu_count(), "appendfsync": args.appendfsync}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as temp:
         workdir = Path(temp)
-        fastpeer = workdir / "fastpeer"
-        subprocess.run(["gcc", "-O2", "-o", str(fastpeer), str(FASTPEER)], check=True)
+        fastpeer = fastpeer_peers.build(workdir)
         smsc_port, redis_port = free_port(), free_port()
         redis_command = [
             redis_server, "--port", str(redis_port), "--bind", HOST, "--dir", temp,
@@ -266,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             started([str(fastpeer), "smsc", str(smsc_port)], workdir, "smsc") as smsc,
             started(redis_command, workdir, "redis") as redis,
         ):
-            wait_port(smsc_port, smsc, "fastpeer smsc")
-            wait_port(redis_port, redis, "redis-server")
+            fastpeer_peers.wait_port(smsc_port, smsc, "fastpeer smsc")
+            fastpeer_peers.wait_port(redis_port, redis, "redis-server")
             store = {"backend": "redis", "url": f"redis://{HOST}:{redis_port}/0"}
             rows = []
             for count in (int(n) for n in args.instances.split(",")):

@@ -41,6 +41,17 @@ phase and prints the writes per commit (the group commit's size) and commits per
 It prints a table, the targets met or missed, and one JSON line last. A missed target is a
 measurement, not a failure: the exit code is 0 unless something broke. ``--profile`` runs the
 relay child under cProfile and prints its top functions by own time (numbers are then slower).
+
+``--peer c`` drives the relay with the C peers of ``../shared/tools/fastpeer.c`` instead (built
+with ``gcc -O2`` in a temporary directory; without gcc or the file it says so and exits 0): the
+C SMSC and the C windowed load client (``--window``, 100) each do millions of round trips per
+second, so the relay is the only bottleneck. For the raw forwarder and each relay (rules on and
+off, per ``--rules``, each with each store of ``--store``) it sends ``--count`` submits (after a
+warm-up) and prints the rate, the relay's (or forwarder's) CPU per answered submit from /proc
+over the load, and its ratio to the forwarder's. ``--runs N`` starts fresh children N times and
+prints every run's lines and the medians. The C client's submits ask for no receipt
+(registered_delivery 0), so the store keeps no routes for them. Without ``--peer c`` the mode
+never runs (``--quick`` stays the Python peers' smoke run).
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import select
 import selectors
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,8 +82,11 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _directory in (REPO, REPO / "benchmarks"):  # smpprelay, and fastpeer next to this file
+    if str(_directory) not in sys.path:
+        sys.path.insert(0, str(_directory))
+
+import fastpeer  # noqa: E402
 
 from smpprelay import pdu  # noqa: E402
 from smpprelay.pdu import BLANK_MESSAGE, CommandId  # noqa: E402
@@ -819,6 +834,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "for each; 0: no receipt, nothing stored)",
     )
     parser.add_argument(
+        "--peer",
+        choices=("python", "c"),
+        default="python",
+        help="load client and SMSC: this file's Python peers (default) or the C peers of "
+        "../shared/tools/fastpeer.c (CPU per submit of relay and forwarder, and their ratio)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="--peer c: repeat this many times, print medians"
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run the relay under cProfile and print its top 25 functions by own time",
@@ -838,9 +863,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.count = 20_000 if args.quick else 200_000
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
-    for name in ("count", "window", "clients", "binds"):
+    for name in ("count", "window", "clients", "binds", "runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.runs > 1 and args.peer != "c":
+        parser.error("--runs is for --peer c")
     if args.rate <= 0 or args.seconds <= 0 or args.max_seconds <= 0:
         parser.error("--rate, --seconds and --max-seconds must be positive")
     return args
@@ -1336,6 +1363,203 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --- the C peers (--peer c) ------------------------------------------------------------------
+
+
+@dataclass
+class CRow:
+    """One path of one run with the C peers: its load client's line and the hop's CPU."""
+
+    path: str  # "forwarder", or the relay's label
+    line: fastpeer.LoadLine
+    cpu_seconds: float  # of the relay or forwarder process, over the load
+
+    @property
+    def us_per_submit(self) -> float:
+        """CPU of the hop per answered submit, in microseconds."""
+        return self.cpu_seconds / self.line.ok * 1e6 if self.line.ok else float("nan")
+
+
+def _c_paths(rules: str, store: str) -> list[tuple[str, bool, str]]:
+    """The relays ``--peer c`` measures: (label, rules off, store backend), every rule setting
+    of ``rules`` with every store of ``store``."""
+    settings = {"on": [False], "off": [True], "both": [True, False]}[rules]
+    backends = ["memory", "sqlite"] if store == "both" else [store]
+    return [
+        (f"relay, rules {'off' if off else 'on'}, {backend}", off, backend)
+        for off in settings
+        for backend in backends
+    ]
+
+
+def _c_run(
+    args: argparse.Namespace, binary: Path, stores: str, relay_cpu: int, load_cpu: int
+) -> list[CRow]:
+    """One run: a fresh C SMSC, forwarder and relays; a warm-up and a measured load each."""
+    warmup = max(1000, min(10_000, args.count // 10))
+    rows: list[CRow] = []
+    with children() as started:
+        smsc_port = _free_port()
+        smsc = subprocess.Popen(
+            [str(binary), "smsc", str(smsc_port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            fastpeer.pin(smsc.pid, load_cpu)
+            fastpeer.wait_port(smsc_port, smsc, "fastpeer smsc")
+            hops: list[tuple[str, Child]] = []
+            forwarder = Child(
+                "forwarder",
+                ["--role", "forwarder", "--cpu", str(relay_cpu), "--upstream-port", str(smsc_port)],
+            )
+            started.append(forwarder)
+            hops.append(("forwarder", forwarder))
+            for index, (label, rules_off, backend) in enumerate(_c_paths(args.rules, args.store)):
+                path = os.path.join(stores, f"run-{time.monotonic_ns()}-{index}.db")
+                relay = Child(
+                    f"relay{index}",
+                    [
+                        "--role", "relay", "--cpu", str(relay_cpu),
+                        "--upstream-port", str(smsc_port),
+                        "--upstream-window", str(args.window), "--window", str(args.window),
+                        "--binds", str(args.binds), *(["--rules-off"] if rules_off else []),
+                        "--store-backend", backend,
+                        "--store-path", path if backend == "sqlite" else "",
+                        "--sync", args.sync,
+                    ],
+                )  # fmt: skip
+                started.append(relay)
+                hops.append((label, relay))
+            ports = {label: child.wait_ready() for label, child in hops}
+            for label, child in hops:
+                port = ports[label]
+                _c_load(binary, port, warmup, args.window, load_cpu, 60)  # warm-up
+                before = child.cpu_seconds()
+                line = _c_load(binary, port, args.count, args.window, load_cpu, args.max_seconds)
+                rows.append(CRow(label, line, child.cpu_seconds() - before))
+                if line.exit_code != 0 or line.errors:
+                    print(f"  {label}: load client exit {line.exit_code}: {line.text!r}")
+        finally:
+            smsc.send_signal(signal.SIGTERM)
+            try:
+                smsc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                smsc.kill()
+                smsc.wait()
+    return rows
+
+
+def _c_load(
+    binary: Path, port: int, count: int, window: int, cpu: int, max_seconds: float
+) -> fastpeer.LoadLine:
+    """One C load client of ``count`` fresh submits to ``port``, pinned to ``cpu``; its line."""
+    first = fastpeer.next_first(count)
+    client = fastpeer.start_load(binary, port, count, window, ACCOUNT, PASSWORD, first)
+    fastpeer.pin(client.pid, cpu)
+    return fastpeer.finish_load(client, timeout=max_seconds + 60)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _c_line(row: CRow, forwarder_us: float) -> str:
+    ratio = row.us_per_submit / forwarder_us if forwarder_us > 0 else float("nan")
+    return (
+        f"{row.path:<28}{row.line.rate:>11,.0f}{row.line.p50_ms:>8.2f}{row.line.p99_ms:>8.2f}"
+        f"{row.line.ok:>10,}{row.line.errors:>7,}{row.us_per_submit:>10.1f}{ratio:>8.1f}"
+    )
+
+
+def benchmark_c(args: argparse.Namespace) -> dict[str, Any]:
+    """``--peer c``: the forwarder's and each relay's CPU per submit under the C peers."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    pinned = args.relay_cpu in cpus and args.load_cpu in cpus and args.relay_cpu != args.load_cpu
+    relay_cpu, load_cpu = (args.relay_cpu, args.load_cpu) if pinned else (-1, -1)
+    load_before = os.getloadavg()[0]
+    print(
+        f"relay benchmark, C peers: {args.count:,} submits per path, window {args.window}, "
+        f"{args.runs} run(s), rules {args.rules}, store {args.store}"
+        + (f" (sqlite sync {args.sync})" if args.store != "memory" else "")
+        + ", registered_delivery 0 (the C client asks for no receipts); "
+        + (
+            f"relay/forwarder on cpu {relay_cpu}, C peers on cpu {load_cpu}"
+            if pinned
+            else "not pinned (needs two usable cores)"
+        )
+        + f"; load average {load_before:.2f}",
+        flush=True,
+    )
+    header = (
+        f"{'path':<28}{'submits/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'answered':>10}{'errors':>7}"
+        f"{'us/sub':>10}{'x fwd':>8}"
+    )
+    runs: list[list[CRow]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="relay-bench-c-") as scratch,
+        tempfile.TemporaryDirectory(prefix="relay-bench-store-", dir=args.store_dir) as stores,
+    ):
+        binary = fastpeer.build(Path(scratch))
+        store_fs = _filesystem(stores)
+        if args.store != "memory":
+            print(f"sqlite stores in {stores} ({store_fs}), removed afterwards", flush=True)
+        _pin(load_cpu)  # this process and so every C peer it starts: the relays pin themselves
+        for number in range(1, args.runs + 1):
+            rows = _c_run(args, binary, stores, relay_cpu, load_cpu)
+            runs.append(rows)
+            forwarder_us = rows[0].us_per_submit
+            print(f"\nrun {number} (us/sub: CPU of the hop per answered submit)\n{header}")
+            for row in rows:
+                print(_c_line(row, forwarder_us), flush=True)
+    medians: dict[str, dict[str, float]] = {}
+    for index, row in enumerate(runs[0]):
+        at = [rows[index] for rows in runs]
+        ratios = [r.us_per_submit / rows[0].us_per_submit for r, rows in zip(at, runs, strict=True)]
+        medians[row.path] = {
+            "submits_per_s": statistics.median(r.line.rate for r in at),
+            "us_per_submit": statistics.median(r.us_per_submit for r in at),
+            "ratio_to_forwarder": statistics.median(ratios),
+        }
+    print(f"\nmedians of {args.runs} run(s) (x fwd: median of each run's ratio)")
+    print(f"{'path':<28}{'submits/s':>11}{'us/sub':>10}{'x fwd':>8}")
+    for path, values in medians.items():
+        print(
+            f"{path:<28}{values['submits_per_s']:>11,.0f}{values['us_per_submit']:>10.1f}"
+            f"{values['ratio_to_forwarder']:>8.1f}"
+        )
+    load_after = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(
+            f"note: the load average was {load_before:.2f} before the run: other processes "
+            "share these cores and the numbers are noisy"
+        )
+    return {
+        "peer": "c",
+        "count": args.count,
+        "window": args.window,
+        "runs": args.runs,
+        "rules": args.rules,
+        "store": args.store,
+        "sync": args.sync if args.store != "memory" else None,
+        "registered_delivery": 0,
+        "pinned": pinned,
+        "loadavg_before": round(load_before, 2),
+        "loadavg_after": round(load_after, 2),
+        "errors": sum(row.line.errors for rows in runs for row in rows),
+        "medians": {
+            path: {key: _round(value, 2) for key, value in values.items()}
+            for path, values in medians.items()
+        },
+        "runs_us_per_submit": [
+            {row.path: _round(row.us_per_submit, 2) for row in rows} for rows in runs
+        ],
+    }
+
+
 def _round(value: float | None, digits: int) -> float | None:
     """``value`` rounded; None for None and NaN (JSON has no NaN)."""
     return None if value is None or value != value else round(value, digits)
@@ -1348,7 +1572,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # A plain SIGTERM must still run the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    summary = benchmark(args)
+    if args.peer == "c":
+        why = fastpeer.missing()
+        if why:
+            print(f"relay benchmark --peer c: {why}: the C peers cannot be built; skipped")
+            return 0
+        summary = benchmark_c(args)
+    else:
+        summary = benchmark(args)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -1,13 +1,17 @@
 """Prometheus collectors the relay's metrics are read through at scrape time: plain integer
-counters for the hot path (`PlainCounter`), the store's state (`StoreCollector`), the link
-to Redis (`RedisCollector`) and what the shared rules could not write to it
-(`UnsentCollector`)."""
+counters for the hot path (`PlainCounter`, and `PlainCounters` and `PlainHistogram` in place of
+a prometheus_client Counter or Histogram with the same samples), the store's state
+(`StoreCollector`), the link to Redis (`RedisCollector`) and what the shared rules could not
+write to it (`UnsentCollector`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+import prometheus_client.metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -15,9 +19,14 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
+    "PlainCount",
     "PlainCounter",
+    "PlainCounters",
+    "PlainHistogram",
+    "PlainObservations",
     "RedisCollector",
     "RedisReading",
     "StoreCollector",
@@ -58,6 +67,147 @@ class PlainCounter(Collector):
         family = self._family()
         for key, count in self.counts.copy().items():
             family.add_metric(self.labels(key), count)
+        yield family
+
+
+def _created() -> bool:
+    # prometheus_client's own switch (PROMETHEUS_DISABLE_CREATED_SERIES,
+    # disable_created_metrics), so these families export `_created` exactly when its do.
+    return bool(getattr(prometheus_client.metrics, "_use_created", True))
+
+
+class PlainCount:
+    """One series of a `PlainCounters`: ``value`` is a plain number, ``inc`` takes no lock."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value: float = 0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class PlainCounters(Collector):
+    """A Counter family whose series are `PlainCount`s: the same samples (``_total`` and
+    ``_created``), names and help as a prometheus_client ``Counter``, and its ``labels`` and
+    ``inc`` (no lock: only the reactor thread counts; a scrape reads a copy of the series)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name[:-6] if name.endswith("_total") else name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.series: dict[tuple[str, ...], PlainCount] = {}
+        if not self.labelnames:
+            self.series[()] = PlainCount()
+
+    def labels(self, *values: Any) -> PlainCount:
+        series = self.series.get(values)
+        if series is None:
+            key = tuple(str(value) for value in values)
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values")
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = PlainCount()
+        return series
+
+    def inc(self, amount: float = 1) -> None:
+        self.series[()].inc(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self.name, self.documentation, "counter")
+
+    def collect(self) -> Iterator[Metric]:
+        family = Metric(self.name, self.documentation, "counter")
+        created = _created()
+        for values, series in self.series.copy().items():
+            labels = dict(zip(self.labelnames, values, strict=True))
+            family.add_sample(self.name + "_total", labels, series.value)
+            if created:
+                family.add_sample(self.name + "_created", labels, series.created)
+        yield family
+
+
+class PlainObservations:
+    """One series of a `PlainHistogram`: observations counted per bucket (not cumulative; the
+    last bucket is +Inf) in a local list, and their sum."""
+
+    __slots__ = ("bounds", "buckets", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose bound is at least ``amount``, as Histogram.observe picks it.
+        self.buckets[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class PlainHistogram(Collector):
+    """A Histogram family whose series are `PlainObservations`: the samples (``_bucket`` by
+    ``le``, ``_count``, ``_sum``, ``_created``), names and help of a prometheus_client
+    ``Histogram`` with these buckets, and its ``labels`` and ``observe``."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (),
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        bounds = [float(bound) for bound in buckets]
+        if bounds != sorted(bounds) or not bounds:
+            raise ValueError("Buckets not in sorted order")
+        if bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self.bounds = tuple(bounds)
+        self.les = [floatToGoString(bound) for bound in bounds]
+        self.series: dict[tuple[str, ...], PlainObservations] = {}
+        if not self.labelnames:
+            self.series[()] = PlainObservations(self.bounds)
+
+    def labels(self, *values: Any) -> PlainObservations:
+        series = self.series.get(values)
+        if series is None:
+            key = tuple(str(value) for value in values)
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values")
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = PlainObservations(self.bounds)
+        return series
+
+    def observe(self, amount: float) -> None:
+        self.series[()].observe(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self.name, self.documentation, "histogram")
+
+    def collect(self) -> Iterator[Metric]:
+        family = Metric(self.name, self.documentation, "histogram")
+        name = self.name
+        created = _created()
+        for values, series in self.series.copy().items():
+            labels = dict(zip(self.labelnames, values, strict=True))
+            total = 0.0
+            for le, count in zip(self.les, list(series.buckets), strict=True):
+                total += count
+                family.add_sample(name + "_bucket", {**labels, "le": le}, total)
+            family.add_sample(name + "_count", labels, total)
+            if self.bounds[0] >= 0:
+                family.add_sample(name + "_sum", labels, series.sum)
+            if created:
+                family.add_sample(name + "_created", labels, series.created)
         yield family
 
 

@@ -2,23 +2,31 @@
 
 Labels are accounts, sessions, commands, status names and reasons, never phone numbers or
 message ids, so the number of series stays bounded. Hot-path children are cached because
-``labels()`` costs about four times what ``inc()`` on a cached child does.
+``labels()`` costs about four times what ``inc()`` on a cached child does. The families a
+relayed submit or delivery updates keep plain numbers, exported at scrape time with the samples
+a prometheus_client Counter or Histogram would have (`PlainCounter`, `PlainCounters`,
+`PlainHistogram`): no lock is taken per submit.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
 from smpprelay import __version__
 from smpprelay.collectors import (
+    PlainCount,
     PlainCounter,
+    PlainCounters,
+    PlainHistogram,
+    PlainObservations,
     RedisCollector,
     RedisReading,
     StoreCollector,
@@ -51,6 +59,7 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+LATENCY_BOUNDS = (*LATENCY_BUCKETS, float("inf"))  # a PlainHistogram's bounds for them
 
 
 class Metrics:
@@ -116,12 +125,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.submits = Counter(
+        self.submits = PlainCounters(
             "smpprelay_submits_total",
             "submit_sm from apps, by account and the status they were answered.",
             ["account", "status"],
-            registry=r,
         )
+        r.register(self.submits)
         self._pdus = PlainCounter(
             "smpprelay_pdus",
             "PDUs read (in) and written (out), by side, direction and command "
@@ -130,20 +139,20 @@ class Metrics:
             _pdu_labels,
         )
         r.register(self._pdus)
-        self.submit_latency = Histogram(
+        self.submit_latency = PlainHistogram(
             "smpprelay_submit_latency_seconds",
             "From an app's submit_sm in to its submit_sm_resp out.",
             ["account"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.deliver_latency = Histogram(
+        r.register(self.submit_latency)
+        self.deliver_latency = PlainHistogram(
             "smpprelay_deliver_latency_seconds",
             "From a deliver_sm (receipt or MO) out to an app to its deliver_sm_resp, by account.",
             ["account"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
+        r.register(self.deliver_latency)
         self.certificate_expiry = Gauge(
             "smpprelay_tls_certificate_expiry_timestamp_seconds",
             "When a certificate the relay presents expires (Unix time): the apps' listener's "
@@ -223,23 +232,23 @@ class Metrics:
             ["session", "state"],
             registry=r,
         )
-        self.upstream_submits = Counter(
+        self.upstream_submits = PlainCounters(
             "smpprelay_upstream_submits_total",
             "submit_sm sent to the operators, by upstream and the status it answered.",
             ["upstream", "status"],
-            registry=r,
         )
-        self.upstream_throttled = Counter(
+        r.register(self.upstream_submits)
+        self.upstream_throttled = PlainCounters(
             "smpprelay_upstream_throttled_total",
             "submit_sm the operator answered ESME_RTHROTTLED.",
-            registry=r,
         )
-        self.upstream_round_trip = Histogram(
+        r.register(self.upstream_throttled)
+        self.upstream_round_trip = PlainHistogram(
             "smpprelay_upstream_round_trip_seconds",
             "From a submit_sm sent to the operator to its answer.",
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
+        r.register(self.upstream_round_trip)
         self.upstream_window_in_use = Gauge(
             "smpprelay_upstream_window_in_use",
             "Requests in flight on each upstream session (read when scraped).",
@@ -259,12 +268,12 @@ class Metrics:
             registry=r,
         )
         # Several upstreams (smpprelay.routing): which one each submit went to, and failovers.
-        self.upstream_routed = Counter(
+        self.upstream_routed = PlainCounters(
             "smpprelay_upstream_routed_total",
             "Submits handed to each upstream (before its answer).",
             ["upstream"],
-            registry=r,
         )
+        r.register(self.upstream_routed)
         self.upstream_failovers = Counter(
             "smpprelay_upstream_failovers_total",
             "Submits sent to a later candidate because the preferred upstream had no bound "
@@ -278,18 +287,18 @@ class Metrics:
             registry=r,
         )
         # receipts and MO
-        self.deliveries_received = Counter(
+        self.deliveries_received = PlainCounters(
             "smpprelay_deliveries_received_total",
             "deliver_sm from the operator, by kind (receipt, mo, unknown when unreadable).",
             ["kind"],
-            registry=r,
         )
-        self.deliveries = Counter(
+        r.register(self.deliveries_received)
+        self.deliveries = PlainCounters(
             "smpprelay_deliveries_total",
             "Receipts and MO from the operator, by kind and what became of them.",
             ["kind", "result"],
-            registry=r,
         )
+        r.register(self.deliveries)
         self.held = Gauge(
             "smpprelay_held_deliveries",
             "Receipts and MO waiting for an app to bind a receiver or to accept them.",
@@ -324,9 +333,8 @@ class Metrics:
         self.deliveries.labels("receipt", "unmatched")
         self.deliveries.labels("mo", "unroutable")
         self.session_timeouts.labels("upstream", "enquire_link")
-        self._submit_children: dict[tuple[str, int], Any] = {}
-        self._latency_children: dict[str, Any] = {}
-        self._upstream_children: dict[tuple[str, int], Any] = {}
+        self._submit_children: dict[tuple[str, int], tuple[PlainCount, PlainObservations]] = {}
+        self._upstream_children: dict[tuple[str, int], PlainCount] = {}
         # The pool's back-off from an operator that throttles (smpprelay.pool).
         self.upstream_window_effective = Gauge(
             "smpprelay_upstream_window_effective",
@@ -394,18 +402,20 @@ class Metrics:
     def count_submit(self, account: str, status: int, seconds: float) -> None:
         """An app's submit_sm was answered with ``status`` after ``seconds``."""
         children = self._submit_children
-        child = children.get((account, status))
-        if child is None:
-            child = self.submits.labels(account, self.status_label(status))
+        pair = children.get((account, status))
+        if pair is None:
+            pair = (
+                self.submits.labels(account, self.status_label(status)),
+                self.submit_latency.labels(account),
+            )
             # Cached under the status only while the cache is small: the operator picks the
-            # statuses, and one child per value it sends would grow without bound.
+            # statuses, and one entry per value it sends would grow without bound.
             if len(children) < _CACHE_MAX:
-                children[(account, status)] = child
-        child.inc()
-        hist = self._latency_children.get(account)
-        if hist is None:
-            hist = self._latency_children[account] = self.submit_latency.labels(account)
-        hist.observe(seconds)
+                children[(account, status)] = pair
+        count, latency = pair
+        count.value += 1  # plain numbers, exported at scrape time (PlainCounters)
+        latency.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        latency.sum += seconds
 
     def count_operation(self, account: str, command_id: int, status: int) -> None:
         """An app's query_sm, cancel_sm, replace_sm, submit_multi or data_sm was answered."""
@@ -420,7 +430,7 @@ class Metrics:
             child = self.upstream_submits.labels(upstream, self.status_label(status))
             if len(children) < _CACHE_MAX:
                 children[key] = child
-        child.inc()
+        child.value += 1
         if status == Status.ESME_RTHROTTLED:
             self.upstream_throttled.inc()
 

@@ -4,8 +4,6 @@ redelivered after a temporary refusal; claimed from an instance that died; expir
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -19,7 +17,7 @@ from smpprelay.store.redis_deliveries import RedisDeliveries
 from smpprelay.store.redis_link import RedisLink
 from smpprelay.store.tables import Held, HeldDeliveries, ReceiptRoutes
 from tests.fakes import FakeReceiver, make_router, mo
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, until
 
 PREFIX = "t:"
 
@@ -91,14 +89,6 @@ class Instance:
             "smpprelay_deliveries_total", {"kind": kind, "result": result}
         )
         return value or 0.0
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    waited = 0.0
-    while not condition():
-        await deferLater(reactor, 0.02)
-        waited += 0.02
-        assert waited < within, "condition not met in time"
 
 
 async def settle(seconds: float = 0.3) -> None:

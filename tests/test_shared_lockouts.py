@@ -15,16 +15,9 @@ from smpprelay.metrics import Metrics
 from smpprelay.store.redis_link import RedisLink
 from smpprelay.store.redis_lockouts import RedisLockouts
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import link_ready as _ready
 
 HOST = "203.0.113.7"
-
-
-async def _ready(link: RedisLink) -> None:
-    for _ in range(250):
-        if link.writable and link._connection() is not None:
-            return
-        await deferLater(reactor, 0.02)
-    raise AssertionError(link.problem)
 
 
 def _instance(server: RedisServer) -> tuple[Access, RedisLink]:

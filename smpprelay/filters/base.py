@@ -303,15 +303,20 @@ class FilterChain:
         child.inc(amount)  # type: ignore[attr-defined]
 
     def _log_rejection(self, name: str, message: Message, verdict: Verdict) -> None:
-        # Ids and lengths only: the message text never reaches the log.
-        self.log.info(
-            "{rule} rejected a submit from {account} to {destination} "
-            "({reason}, {length} octets, dc {dc}): {status}",
-            rule=name,
-            account=message.account,
-            destination=message.destination.decode("latin-1"),
-            reason=verdict.reason,
-            length=len(message.content),
-            dc=message.data_coding,
-            status=f"0x{verdict.status:02X}",
-        )
+        log_rejection(self.log, name, message, verdict)
+
+
+def log_rejection(log: Logger, name: str, message: Message, verdict: Verdict) -> None:
+    """The one line a rule's rejection of a submit gets (in one process or across instances)."""
+    # Ids and lengths only: the message text never reaches the log.
+    log.info(
+        "{rule} rejected a submit from {account} to {destination} "
+        "({reason}, {length} octets, dc {dc}): {status}",
+        rule=name,
+        account=message.account,
+        destination=message.destination.decode("latin-1"),
+        reason=verdict.reason,
+        length=len(message.content),
+        dc=message.data_coding,
+        status=f"0x{verdict.status:02X}",
+    )

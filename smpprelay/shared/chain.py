@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay.config import ConcatRule, Config, FiltersConfig
-from smpprelay.filters.base import Dropped, Filter, PartsOutcome
+from smpprelay.filters.base import Dropped, Filter, PartsOutcome, log_rejection
 from smpprelay.filters.encoding import EncodingFilter
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
@@ -145,18 +145,7 @@ class SharedChain:
             self._log_rejection(rule, message, verdict)
 
     def _log_rejection(self, name: str, message: Message, verdict: Verdict) -> None:
-        # Ids and lengths only: the message text never reaches the log.
-        self.log.info(
-            "{rule} rejected a submit from {account} to {destination} "
-            "({reason}, {length} octets, dc {dc}): {status}",
-            rule=name,
-            account=message.account,
-            destination=message.destination.decode("latin-1"),
-            reason=verdict.reason,
-            length=len(message.content),
-            dc=message.data_coding,
-            status=f"0x{verdict.status:02X}",
-        )
+        log_rejection(self.log, name, message, verdict)
 
     def reconfigure(self, filters: FiltersConfig) -> None:
         """Give each rule its reloaded values (a reload, `smpprelay.reload`). Which rules run

@@ -14,9 +14,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from smpprelay.store.redis_link import RedisLink
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -107,3 +112,19 @@ class RedisServer:
             )
             link.sendall(payload)
             return link.recv(1 << 20)
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """Let the reactor run until ``condition()`` holds; fail after ``within`` seconds."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what or 'condition'} not met within {within} s"
+        await deferLater(reactor, 0.02)
+
+
+async def link_ready(link: RedisLink, within: float = 5.0) -> None:
+    """Wait until ``link`` has a connection that answers."""
+    await until(lambda: link.writable and link._connection() is not None, within, "redis link up")

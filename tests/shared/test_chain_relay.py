@@ -30,7 +30,7 @@ from smpprelay.store.redis_link import RedisLink
 from smpprelay.store.tables import ReceiptRoutes
 from tests.fakes import FakePool, FakeReceiver, captured_logs, make_router, submit_sm
 from tests.fakes.redis_server import RedisServer
-from tests.shared.test_windows import ready
+from tests.fakes.redis_server import link_ready as ready
 
 ACCOUNT = "acme"
 

@@ -26,7 +26,7 @@ from smpprelay.store.redis import RedisStore
 from smpprelay.store.redis_link import RedisUnavailable
 from tests.fakes import submit_sm
 from tests.fakes.redis_server import RedisServer
-from tests.shared.test_windows import _until
+from tests.fakes.redis_server import until as _until
 
 UNSENT = "smpprelay_shared_outcomes_unsent_total"
 

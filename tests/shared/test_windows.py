@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,18 +21,11 @@ from smpprelay.shared.windows import SharedWindows
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from tests.fakes import submit_sm
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import link_ready as ready
+from tests.fakes.redis_server import until as _until
 
 SECRET = b"s" * 16
 PREFIX = "smpprelay:"
-
-
-async def ready(link: RedisLink, within: float = 5.0) -> None:
-    """Wait (bounded) until ``link`` has a connection that answers."""
-    waited = 0.0
-    while not link.writable or link._connection() is None:
-        await deferLater(reactor, 0.02)
-        waited += 0.02
-        assert waited < within, link.problem
 
 
 def message(text: bytes = b"hello", to: bytes = b"447700900001", account: str = "acme") -> Message:
@@ -261,14 +254,6 @@ async def test_outcomes_lost_in_an_outage_are_written_when_redis_answers_again(
     assert await a.claim(retried, now) is ACCEPT  # not "in_flight": the lost claim was released
     verdict = await a.claim(message(b"taken before the outage"), now)
     assert verdict.reason == "duplicate"  # the lost acceptance was written
-
-
-async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    waited = 0.0
-    while not condition():
-        await deferLater(reactor, 0.02)
-        waited += 0.02
-        assert waited < within
 
 
 @ensureDeferred

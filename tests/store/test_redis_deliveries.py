@@ -12,20 +12,13 @@ from smpprelay.store.redis_deliveries import RedisDeliveries, pack_id, unpack_id
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from smpprelay.store.tables import Held
 from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import link_ready as _ready
 
 
 def test_entry_ids_pack_into_ints() -> None:
     for entry_id in ("0-1", "1796309153753-0", "1796309153753-4294967295"):
         assert unpack_id(pack_id(entry_id)) == entry_id
     assert pack_id(b"5-0") < pack_id(b"5-1") < pack_id(b"6-0")
-
-
-async def _ready(link: RedisLink) -> None:
-    for _ in range(250):
-        if link.writable and link._connection() is not None:
-            return
-        await deferLater(reactor, 0.02)
-    raise AssertionError(link.problem)
 
 
 @ensureDeferred

@@ -11,14 +11,7 @@ from twisted.internet.task import deferLater
 from smpprelay.redis_url import parse_url
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable, Script
 from tests.fakes.redis_server import RedisServer
-
-
-async def _ready(link: RedisLink, within: float = 5.0) -> None:
-    waited = 0.0
-    while not link.writable or link._connection() is None:
-        await deferLater(reactor, 0.02)
-        waited += 0.02
-        assert waited < within, link.problem
+from tests.fakes.redis_server import link_ready as _ready
 
 
 async def _down(link: RedisLink, within: float = 5.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import attrs
@@ -155,3 +156,18 @@ def accept(replacement: Message) -> Verdict:
 def reject(status: int, reason: str) -> Verdict:
     """A rejection answered with ``status``."""
     return Verdict("reject", status, reason)
+
+
+def glue(
+    completing: Message,
+    parts: tuple[Message, ...],
+    contents: Sequence[bytes],
+    transcode: Callable[[Message], Message] | None,
+) -> Message:
+    """The glued message: ``completing`` (the part that completed it) carrying ``parts`` (in
+    sequence order) and their joined ``contents``, transcoded as a whole when the encoding rule
+    asks (the concatenation rule's ``transcode``; in one process and across instances)."""
+    glued = attrs.evolve(completing, parts=parts, content=b"".join(contents))
+    if transcode is not None:
+        glued = transcode(glued)
+    return glued

@@ -19,7 +19,6 @@ after a final receipt.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -37,6 +36,7 @@ from smpprelay.receipts import (
     receipt_is_final,
     replace_receipt_id,
 )
+from smpprelay.receivers import Receiver, SharedHeld
 from smpprelay.store import DEFAULT_UPSTREAM, Route, Store, StoreUnavailable
 from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries
 
@@ -44,39 +44,6 @@ from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries
 # binds (deps.md P14); one second look after this long catches that race
 # (receipts.second_look, this by default).
 UNMATCHED_RETRY = 1.0
-
-
-class Receiver(Protocol):
-    """A bound app session that can take deliver_sm."""
-
-    account: str
-
-    @property
-    def can_deliver(self) -> bool:
-        """Takes a fresh deliver_sm now (room in its window, and it answers)."""
-        ...
-
-    @property
-    def can_probe(self) -> bool:
-        """Deaf (a deliver_sm timed out), nothing in flight: may take one held delivery."""
-        ...
-
-    @property
-    def unanswered(self) -> int: ...
-
-    def deliver(self, frame: bytes) -> Deferred[bytes]: ...
-
-
-class SharedHeld(Protocol):
-    """Held deliveries kept where every instance sees them (`smpprelay.handover`)."""
-
-    def back(self, item: Held) -> None:
-        """``item``'s delivery failed: deliver it again later, on whichever instance."""
-        ...
-
-    def held(self, item: Held) -> None:
-        """``item`` was just held (the store has it)."""
-        ...
 
 
 class Router:

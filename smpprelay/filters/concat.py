@@ -55,7 +55,7 @@ import attrs
 
 from smpprelay.config import ConcatRule
 from smpprelay.filters.base import Dropped, PartsOutcome
-from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
+from smpprelay.message import ACCEPT, Message, Verdict, accept, glue, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.store import WindowEntry
@@ -483,21 +483,6 @@ class ConcatFilter:
         closed[entry.closed_key] = entry.first
         if len(closed) > self.max_closed:
             closed.popitem(last=False)
-
-
-def glue(
-    completing: Message,
-    parts: tuple[Message, ...],
-    contents: Sequence[bytes],
-    transcode: Callable[[Message], Message] | None,
-) -> Message:
-    """The glued message: ``completing`` (the part that completed it) carrying ``parts`` (in
-    sequence order) and their joined ``contents``, transcoded as a whole when the encoding rule
-    asks (`ConcatFilter.transcode`). Shared with `smpprelay.shared.concat`."""
-    glued = attrs.evolve(completing, parts=parts, content=b"".join(contents))
-    if transcode is not None:
-        glued = transcode(glued)
-    return glued
 
 
 def _slim(part: Message) -> Message:

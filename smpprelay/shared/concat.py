@@ -42,8 +42,7 @@ from twisted.python.failure import Failure
 from smpprelay import pdu
 from smpprelay.config import ConcatRule
 from smpprelay.filters.base import Dropped, PartsOutcome
-from smpprelay.filters.concat import glue
-from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
+from smpprelay.message import ACCEPT, Message, Verdict, accept, glue, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
 from smpprelay.shared.concat_scripts import CANCEL, CHECK, EXPIRE, FIND, REPLACE, SETTLE

@@ -39,8 +39,9 @@ from smpprelay.filters import build_chain
 from smpprelay.metrics import Metrics
 from smpprelay.operations import Operations
 from smpprelay.pdu import CommandId, ShortMessage, Status
+from smpprelay.receivers import Receiver
 from smpprelay.relay import Relay
-from smpprelay.router import Receiver, Router
+from smpprelay.router import Router
 from smpprelay.simulator import Simulator
 from smpprelay.store import Store
 from smpprelay.store.memory import MemoryStore

@@ -264,18 +264,22 @@ class UpstreamPool:
         sent = clock.seconds()
 
         def freed(result: bytes | Failure) -> None:
-            if isinstance(result, bytes):
-                self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
-                if result[8:12] in _BACK_OFF:
-                    self._back_off(lane)
-                    if self.pace is not None and result[8:12] == _THROTTLED:
-                        self.pace.throttled(sent)
-                elif lane.limit < self.window:
-                    self._recover(lane)
-            if lane.long is not None:
-                self._feed(lane)
-            if self._count:
-                self._drain()
+            try:
+                if isinstance(result, bytes):
+                    self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
+                    if result[8:12] in _BACK_OFF:
+                        self._back_off(lane)
+                        if self.pace is not None and result[8:12] == _THROTTLED:
+                            self.pace.throttled(sent)
+                    elif lane.limit < self.window:
+                        self._recover(lane)
+                if lane.long is not None:
+                    self._feed(lane)
+                if self._count:
+                    self._drain()
+            except Exception:
+                # As in a Deferred chain: a bug here becomes the submit's failure, answered.
+                result = Failure()
             outcome(result)  # after the window's bookkeeping, as a Deferred chain would
 
         lane.connection.send_request_cb(frame, freed)

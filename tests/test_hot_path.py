@@ -15,17 +15,19 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 
 from smpprelay import pdu
 from smpprelay.auth import make_portal
 from smpprelay.config import Account, FiltersConfig, UpstreamConfig
+from smpprelay.connection import SmppConnection
 from smpprelay.downstream import DownstreamSession, SessionRegistry
 from smpprelay.filters import build_chain
 from smpprelay.pdu import CommandId, Status
 from smpprelay.relay import Relay
 from smpprelay.routing import Member, UpstreamSet
 from tests.fakes import app_connection, make_router, submit_sm, take_frames
-from tests.fakes.operator import bound
+from tests.fakes.operator import OperatorTransport, bound
 
 # The route write of a submit the operator accepted: `MemoryStore.add_route` still answers
 # with a fired Deferred (the store's callback form, `add_route_cb`, is another change; once
@@ -47,7 +49,9 @@ def _made_by() -> tuple[str, str]:
     return path, frame.f_code.co_name
 
 
-def test_a_relayed_submit_makes_no_deferred(monkeypatch: pytest.MonkeyPatch) -> None:
+def _relay() -> tuple[SmppConnection, StringTransport, OperatorTransport]:
+    """A bound app in front of the relay with every rule on, the memory store and one bound
+    operator session: (the app's connection, its transport, the operator's transport)."""
     up, operator = bound()
     clock, metrics = up.clock, up.metrics
     config = UpstreamConfig(host="127.0.0.1", port=2775, system_id="relay", password="pw")
@@ -70,7 +74,11 @@ def test_a_relayed_submit_makes_no_deferred(monkeypatch: pytest.MonkeyPatch) -> 
     app, transport = app_connection(session, clock, metrics)
     app.dataReceived(pdu.bind_request("transceiver", 1, "app", "pw"))
     assert pdu.header(take_frames(transport)[0])[2] == Status.ESME_ROK
+    return app, transport, operator
 
+
+def test_a_relayed_submit_makes_no_deferred(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, transport, operator = _relay()
     made: list[tuple[str, str]] = []
     original = Deferred.__init__
 
@@ -89,3 +97,40 @@ def test_a_relayed_submit_makes_no_deferred(monkeypatch: pytest.MonkeyPatch) -> 
     assert pdu.message_id_of(answer) == b"OP1"
     assert [site for site in made if site != ROUTE_WRITE] == []
     assert len(made) <= 1
+
+
+def test_a_read_of_several_pdus_makes_one_write_each_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three submits read at once go to the operator in one call into its transport, and its
+    three answers read at once reach the app in one call: not a write per PDU."""
+    app, transport, operator = _relay()
+    calls: list[tuple[str, int]] = []
+    for name, wire in (("operator", operator), ("app", transport)):
+        write, write_sequence = wire.write, wire.writeSequence
+
+        def one(data: bytes, name: str = name, write: Any = write) -> None:
+            calls.append((name, 1))
+            write(data)
+
+        def several(data: list[bytes], name: str = name, write: Any = write_sequence) -> None:
+            calls.append((name, len(data)))
+            write(data)
+
+        monkeypatch.setattr(wire, "write", one)
+        monkeypatch.setattr(wire, "writeSequence", several)
+
+    app.dataReceived(
+        b"".join(submit_sm(sequence=10 + i, short_message=b"m%d" % i) for i in range(3))
+    )
+    assert calls == [("operator", 3)]
+    sent = operator.take()
+    assert len(sent) == 3
+    operator.send(
+        b"".join(
+            pdu.submit_sm_resp(pdu.sequence_of(frame), Status.ESME_ROK, b"OP%d" % i)
+            for i, frame in enumerate(sent)
+        )
+    )
+    assert calls == [("operator", 3), ("app", 3)]
+    answers = take_frames(transport)
+    assert [pdu.header(answer)[3] for answer in answers] == [10, 11, 12]
+    assert [pdu.message_id_of(answer) for answer in answers] == [b"OP0", b"OP1", b"OP2"]

@@ -400,8 +400,7 @@ class DownstreamSession(Receiving):
 
         def answer(resp: bytes | Failure) -> None:
             if isinstance(resp, Failure):
-                # The relay promises never to fail; if a bug makes it, the app still gets an
-                # answer.
+                # The relay never fails; if a bug makes it, the app still gets an answer.
                 self.log.failure("relaying a submit failed", resp)
                 resp = pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR)
             self._in_flight -= 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -28,6 +28,10 @@ from zope.interface import implementer
 from smpprelay import pdu
 from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, FramingError, Status
+from smpprelay.wire import CORK, Outcome, ResponseTimeout, firing
+
+# Where the layers above have always found them (`smpprelay.wire` holds them).
+__all__ = ["LATE_MAX", "LATE_MEMORY", "Outcome", "ResponseTimeout", "SmppConnection", "firing"]
 
 _CONNECTION_LOST = Failure(ConnectionLost())
 
@@ -36,23 +40,6 @@ _CONNECTION_LOST = Failure(ConnectionLost())
 # answer still reaches whoever sent it, and at most how many are remembered per connection.
 LATE_MEMORY = 10
 LATE_MAX = 10_000
-
-
-class ResponseTimeout(TimeoutError):
-    """The peer did not answer a request within the response timer.
-
-    The peer may still answer (the request is remembered for ``LATE_MEMORY`` response
-    timeouts): whoever handles this failure can ask for that late answer with `on_late`.
-    Made only when a request times out, so the normal path allocates nothing for it.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.late: Callable[[bytes], None] | None = None
-
-    def on_late(self, callback: Callable[[bytes], None]) -> None:
-        """Call ``callback`` with the response frame if the peer answers after all."""
-        self.late = callback
 
 
 class RequestHandler(TypingProtocol):
@@ -71,9 +58,11 @@ class RequestHandler(TypingProtocol):
 class SmppConnection(Protocol):
     """An SMPP session over one transport.
 
-    ``send_request`` returns a Deferred that fires with the response frame (a ``generic_nack``
-    answering the same sequence number counts as the response) or fails with
-    `ResponseTimeout` or the connection's loss. Every request sent gets exactly one outcome.
+    ``send_request_cb`` calls its `Outcome` with the response frame (a ``generic_nack``
+    answering the same sequence number counts as the response) or with the failure of
+    `ResponseTimeout` or the connection's loss; ``send_request`` is the same as a Deferred.
+    Every request sent gets exactly one outcome. (The submit path takes the callback form: a
+    Deferred per submit costs more than the rest of the hop's bookkeeping.)
 
     The connection is the producer of its own transport's writes: when the peer stops reading
     and the write buffer fills, the transport pauses it, and it stops reading the peer's
@@ -105,7 +94,7 @@ class SmppConnection(Protocol):
         self._framer = pdu.Framer(max_pdu)
         # Insertion order is deadline order (one timeout for every request), so expiring
         # requests only ever looks at the front of this dict and one timer suffices.
-        self._pending: dict[int, tuple[float, Deferred[bytes]]] = {}
+        self._pending: dict[int, tuple[float, Outcome]] = {}
         self._timer: IDelayedCall | None = None
         # Requests that timed out, by sequence: (until when, their ResponseTimeout), in order
         # of expiry; trimmed when one is added, so no timer is needed.
@@ -126,6 +115,7 @@ class SmppConnection(Protocol):
         self._paused_at = 0.0
         self._producing = False
         self.when_resumed: Callable[[], None] | None = None
+        self._held: list[bytes] = []  # written while a read is handled (`smpprelay.wire.Cork`)
 
     # --- Twisted hooks ------------------------------------------------------------------
 
@@ -153,6 +143,16 @@ class SmppConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return  # after a framing error or a close nothing more is read, let alone buffered
+        cork = CORK
+        cork.depth += 1
+        try:
+            self._read(data)
+        finally:
+            cork.depth -= 1
+            if not cork.depth and cork.dirty:
+                cork.flush()
+
+    def _read(self, data: bytes) -> None:
         if self._inactivity is not None:
             self._last_read = self.clock.seconds()
         framer = self._framer
@@ -242,8 +242,8 @@ class SmppConnection(Protocol):
         self._timer = self._keepalive = self._read_timer = self._idle_timer = None
         self._late.clear()  # the peer cannot answer them on another connection
         pending, self._pending = self._pending, {}
-        for _, deferred in pending.values():
-            deferred.errback(reason)
+        for _, outcome in pending.values():
+            self._tell(outcome, reason)
         self.handler.connection_lost(self, reason)
 
     # --- sending ------------------------------------------------------------------------
@@ -257,21 +257,47 @@ class SmppConnection(Protocol):
         """Write a PDU as it is (responses, or requests whose answer nobody waits for)."""
         if not self.closed:
             self.metrics.count_pdu(self.side, "out", frame)
-            self.transport.write(frame)  # type: ignore[union-attr]
+            self._write(frame)
 
     def send_request(self, frame: bytes) -> Deferred[bytes]:
         """Send a request under a fresh sequence number; the Deferred fires with the answer."""
         deferred: Deferred[bytes] = Deferred()
+        self.send_request_cb(frame, firing(deferred))
+        return deferred
+
+    def send_request_cb(self, frame: bytes, outcome: Outcome) -> None:
+        """Send a request under a fresh sequence number; ``outcome`` gets the answer (or the
+        failure standing for it), exactly once, and never before this returns unless the
+        connection is closed already."""
         if self.closed:
-            deferred.errback(ConnectionLost("connection closed"))
-            return deferred
+            outcome(Failure(ConnectionLost("connection closed")))
+            return
         sequence = self._next_sequence()
-        self._pending[sequence] = (self.clock.seconds() + self.response_timeout, deferred)
+        self._pending[sequence] = (self.clock.seconds() + self.response_timeout, outcome)
         if self._timer is None:
             self._timer = self.clock.callLater(self.response_timeout, self._expire)
         self.metrics.count_pdu(self.side, "out", frame)
-        self.transport.write(pdu.with_sequence(frame, sequence))  # type: ignore[union-attr]
-        return deferred
+        self._write(pdu.with_sequence(frame, sequence))
+
+    def _write(self, data: bytes) -> None:
+        """Write now, or at the end of the read being handled (`smpprelay.wire.Cork`)."""
+        if CORK.depth:
+            held = self._held
+            if not held:
+                CORK.dirty.append(self)
+            held.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        """Hand the transport what was held back while a read was handled."""
+        held = self._held
+        if held:
+            self._held = []
+            if len(held) == 1:
+                self.transport.write(held[0])  # type: ignore[union-attr]
+            else:
+                self.transport.writeSequence(held)  # type: ignore[union-attr]
 
     def respond(self, command_id: int, sequence: int, status: int, body: bytes = b"") -> None:
         """Answer a request."""
@@ -301,10 +327,30 @@ class SmppConnection(Protocol):
             self._keepalive.cancel()
         self._keepalive = None
         self.enquire_link_interval = None  # an enquire_link answered now does not re-arm
-        waits = [deferred for _, deferred in self._pending.values()]
-        # DeferredList passes each result on unchanged: the callers still see their outcomes.
-        done: Deferred[list[tuple[bool, bytes]]] = DeferredList(waits)
-        return done.addCallback(lambda _: None)
+        done: Deferred[None] = Deferred()
+        pending = self._pending
+        left = len(pending)
+        if not left:
+            done.callback(None)
+            return done
+
+        def counted(outcome: Outcome) -> Outcome:
+            # The caller hears its outcome first, then the drain counts it.
+            def tell(result: bytes | Failure) -> None:
+                nonlocal left
+                try:
+                    outcome(result)
+                finally:
+                    left -= 1
+                    if not left:
+                        done.callback(None)
+
+            return tell
+
+        # Replacing a key's value keeps its place: the deadline order stays.
+        for sequence, (deadline, outcome) in list(pending.items()):
+            pending[sequence] = (deadline, counted(outcome))
+        return done
 
     def start_keepalive(self, interval: float) -> None:
         """Send enquire_link every ``interval`` seconds; one left unanswered kills the link."""
@@ -334,6 +380,7 @@ class SmppConnection(Protocol):
     def close(self) -> None:
         """Close after what was written has been sent."""
         if not self.closed:
+            self.flush()  # what was written before the close goes before it
             self.closed = True
             # A registered producer would keep the connection open (Twisted waits for it).
             if self._producing:
@@ -344,6 +391,7 @@ class SmppConnection(Protocol):
     def abort(self) -> None:
         """Drop the connection now: the peer is gone or the stream is lost."""
         self.closed = True
+        self._held = []  # an abort throws away what is unsent anyway
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # --- internals ----------------------------------------------------------------------
@@ -364,7 +412,10 @@ class SmppConnection(Protocol):
         if command_id & pdu.RESPONSE_BIT:
             entry = self._pending.pop(sequence, None)
             if entry is not None:
-                entry[1].callback(frame)
+                try:  # `_tell`, inline: this is every answer's path
+                    entry[1](frame)
+                except Exception:
+                    self._outcome_failed()
             elif self._late and sequence in self._late:
                 self._late_answer(sequence, frame)
             else:
@@ -384,6 +435,21 @@ class SmppConnection(Protocol):
                 command=pdu.command_name(command_id),
             )
             self.send(pdu.generic_nack(sequence, Status.ESME_RSYSERR))
+
+    def _tell(self, outcome: Outcome, result: bytes | Failure) -> None:
+        """Give a request its outcome; a bug in whoever waits costs that request, not the
+        session (a Deferred would have caught it the same way)."""
+        try:
+            outcome(result)
+        except Exception:
+            self._outcome_failed()
+
+    def _outcome_failed(self) -> None:
+        self.log.failure(
+            "{side} {peer}: handling the outcome of a request failed",
+            side=self.side,
+            peer=self.peer,
+        )
 
     def _unexpected(self, command_id: int, sequence: int) -> None:
         # Never answer a response or a generic_nack: that is how nack loops start.
@@ -417,14 +483,14 @@ class SmppConnection(Protocol):
         now = self.clock.seconds()
         late = self._late
         while self._pending:
-            sequence, (deadline, deferred) = next(iter(self._pending.items()))
+            sequence, (deadline, outcome) = next(iter(self._pending.items()))
             if deadline > now:
                 self._timer = self.clock.callLater(deadline - now, self._expire)
                 break
             del self._pending[sequence]
             error = ResponseTimeout(f"no answer within {self.response_timeout} s")
             late[sequence] = (now + LATE_MEMORY * self.response_timeout, error)
-            deferred.errback(error)
+            self._tell(outcome, Failure(error))
         # Forget what can no longer be answered, or the oldest past LATE_MAX.
         while late:
             sequence, (until, _) = next(iter(late.items()))

@@ -29,16 +29,17 @@ The relay depends on this alone, not on how sessions bind.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from typing import Any, Final, cast
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smpprelay.connection import SmppConnection
+from smpprelay.connection import Outcome, SmppConnection, firing
 from smpprelay.metrics import Metrics
 from smpprelay.pace import Pace
 from smpprelay.pdu import Status
@@ -109,9 +110,15 @@ class _Long:
         for index in unsent:
             self.settle(Failure(reason), index)
 
+    def fail(self, result: bytes | Failure) -> None:
+        """It waited for room and never got it: every part fails with the same reason."""
+        assert isinstance(result, Failure)
+        self.done.callback([result] * len(self.frames))
 
-# A waiting submit: its deadline, the frame (or a long message's parts) and who waits for it.
-_Entry = tuple[float, "bytes | _Long", Deferred[Any]]
+
+# A waiting submit: its deadline, the frame (or a long message's parts) and who waits for it
+# (a long message's `_Long.fail` when it is one: only a failure is told through the entry).
+_Entry = tuple[float, "bytes | _Long", Outcome]
 
 
 class UpstreamPool:
@@ -203,16 +210,24 @@ class UpstreamPool:
 
     def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
         """Send a submit_sm upstream; fires with the operator's answer frame."""
+        deferred: Deferred[bytes] = Deferred()
+        self.submit_cb(frame, account, firing(deferred))
+        return deferred
+
+    def submit_cb(self, frame: bytes, account: str, outcome: Outcome) -> None:
+        """`submit` for the hot path: ``outcome`` gets the operator's answer frame, or the
+        failure that stands for it (`QueueFull`, `ResponseTimeout`, the session's loss)."""
         if not self._count:
             lane = self._with_room()
             if lane is not None:
                 pace = self.pace
                 if pace is None or pace.take(1):
-                    return self._send(lane, frame)
-                waiting = self._wait(account, frame, Deferred())
+                    self._send(lane, frame, outcome)
+                    return
+                self._wait(account, frame, outcome)
                 pace.wake(1, self._drain)
-                return waiting
-        return self._wait(account, frame, Deferred())
+                return
+        self._wait(account, frame, outcome)
 
     def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
         """Send the parts of one message, in order, on one session, within its window.
@@ -229,8 +244,8 @@ class UpstreamPool:
                     self._start(lane, long)
                     return long.done
                 pace.wake(count, self._drain)
-        waiting = self._wait(account, long, long.done)
-        return waiting.addErrback(lambda reason: [reason] * count)
+        self._wait(account, long, long.fail)
+        return long.done
 
     def _with_room(self) -> _Lane | None:
         lanes = self._lanes
@@ -244,26 +259,30 @@ class UpstreamPool:
                 return lane
         return None
 
-    def _send(self, lane: _Lane, frame: bytes) -> Deferred[bytes]:
+    def _send(self, lane: _Lane, frame: bytes, outcome: Outcome) -> None:
         clock = self.clock
         sent = clock.seconds()
 
-        def freed(result: Any) -> Any:
-            if isinstance(result, bytes):
-                self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
-                if result[8:12] in _BACK_OFF:
-                    self._back_off(lane)
-                    if self.pace is not None and result[8:12] == _THROTTLED:
-                        self.pace.throttled(sent)
-                elif lane.limit < self.window:
-                    self._recover(lane)
-            if lane.long is not None:
-                self._feed(lane)
-            if self._count:
-                self._drain()
-            return result
+        def freed(result: bytes | Failure) -> None:
+            try:
+                if isinstance(result, bytes):
+                    self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
+                    if result[8:12] in _BACK_OFF:
+                        self._back_off(lane)
+                        if self.pace is not None and result[8:12] == _THROTTLED:
+                            self.pace.throttled(sent)
+                    elif lane.limit < self.window:
+                        self._recover(lane)
+                if lane.long is not None:
+                    self._feed(lane)
+                if self._count:
+                    self._drain()
+            except Exception:
+                # As in a Deferred chain: a bug here becomes the submit's failure, answered.
+                result = Failure()
+            outcome(result)  # after the window's bookkeeping, as a Deferred chain would
 
-        return lane.connection.send_request(frame).addBoth(freed)
+        lane.connection.send_request_cb(frame, freed)
 
     # --- long messages ----------------------------------------------------------------------
 
@@ -285,7 +304,7 @@ class UpstreamPool:
         while long.sent < len(frames) and connection.in_flight < lane.limit:
             index = long.sent
             long.sent += 1
-            self._send(lane, frames[index]).addBoth(long.settle, index)
+            self._send(lane, frames[index], functools.partial(long.settle, index=index))
         if long.sent == len(frames):
             if lane.long is long:
                 lane.long = None
@@ -351,9 +370,10 @@ class UpstreamPool:
 
     # --- waiting ----------------------------------------------------------------------------
 
-    def _wait(self, account: str, item: bytes | _Long, waiting: Deferred[Any]) -> Deferred[Any]:
+    def _wait(self, account: str, item: bytes | _Long, waiting: Outcome) -> None:
         if self._count >= self.queue_max and not self._push_out(account):
-            return fail(QueueFull(f"{self.queue_max} submits already wait for upstream"))
+            waiting(Failure(QueueFull(f"{self.queue_max} submits already wait for upstream")))
+            return
         line = self._waiting.get(account)
         if line is None:
             line = self._waiting[account] = deque()
@@ -363,7 +383,6 @@ class UpstreamPool:
         self.metrics.upstream_queue.set(self._count)
         if self._timer is None:
             self._timer = self.clock.callLater(self.queue_timeout, self._expire)
-        return waiting
 
     def _push_out(self, account: str) -> bool:
         """Make room for ``account`` at the expense of the longest line, if it is longer."""
@@ -377,7 +396,7 @@ class UpstreamPool:
         self._count -= 1
         if not line:
             self._forget(longest)
-        waiting.errback(QueueFull(f"pushed out of the full queue: {longest} had the most waiting"))
+        waiting(Failure(QueueFull(f"pushed out of the full queue: {longest} had the most waiting")))
         return True
 
     def _forget(self, account: str) -> None:
@@ -408,7 +427,7 @@ class UpstreamPool:
                 turns.popleft()
                 del lines[account]
             if isinstance(item, bytes):
-                self._send(lane, item).chainDeferred(waiting)
+                self._send(lane, item, waiting)
             else:
                 self._start(lane, item)
         self.metrics.upstream_queue.set(self._count)
@@ -416,7 +435,7 @@ class UpstreamPool:
     def _expire(self) -> None:
         self._timer = None
         now = self.clock.seconds()
-        expired: list[Deferred[Any]] = []
+        expired: list[Outcome] = []
         soonest: float | None = None
         for account, line in list(self._waiting.items()):
             # One timeout for all: each line is in deadline order.
@@ -433,7 +452,7 @@ class UpstreamPool:
             self.pace.stop()  # nothing waits for a token any more
         self.metrics.upstream_queue.set(self._count)
         for waiting in expired:
-            waiting.errback(QueueFull(f"no upstream session free within {self.queue_timeout} s"))
+            waiting(Failure(QueueFull(f"no upstream session free within {self.queue_timeout} s")))
 
     def stop(self) -> None:
         """Fail whatever still waits (on shutdown)."""
@@ -449,7 +468,7 @@ class UpstreamPool:
         self.metrics.upstream_queue.set(0)
         for line in lines:
             for _, _, waiting in line:
-                waiting.errback(QueueFull("relay stopping"))
+                waiting(Failure(QueueFull("relay stopping")))
         for lane in self._lanes:
             if lane.timer is not None and lane.timer.active():
                 lane.timer.cancel()

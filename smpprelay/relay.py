@@ -28,13 +28,13 @@ import functools
 from collections.abc import Sequence
 from typing import TypeVar
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smpprelay import pdu
-from smpprelay.connection import ResponseTimeout
+from smpprelay.connection import Outcome, ResponseTimeout, firing
 from smpprelay.filters.base import Dropped, FilterChain
 from smpprelay.message import Message, Verdict, read_message
 from smpprelay.metrics import Metrics
@@ -98,6 +98,20 @@ class Relay:
     ) -> Deferred[bytes]:
         """Relay one submit_sm; fires with the submit_sm_resp to give the app (never fails).
 
+        The Deferred form of `submit_cb`, for the rare paths (operations) and tests.
+        """
+        deferred: Deferred[bytes] = Deferred()
+        self.submit_cb(account, frame, app_iso, firing(deferred), app_id=app_id)
+        return deferred
+
+    def submit_cb(
+        self, account: str, frame: bytes, app_iso: bool, outcome: Outcome, *, app_id: bytes = b""
+    ) -> None:
+        """Relay one submit_sm; ``outcome`` gets the submit_sm_resp to give the app, once.
+
+        The hot path: a single submit makes no Deferred on its way (but for the store's route
+        write). ``outcome`` gets a failure only through a bug (the app is answered all the same).
+
         The answer's sequence number is the caller's to set. A data_sm goes the same way: the
         operator's data_sm_resp is passed back, the relay's own answers are submit_sm_resp
         (`smpprelay.operations.data` makes them data_sm_resp). ``app_id``: the id the app was
@@ -115,39 +129,47 @@ class Relay:
                 error=str(error),
                 status=pdu.status_name(error.status),
             )
-            return succeed(pdu.submit_sm_resp(0, error.status))
+            outcome(pdu.submit_sm_resp(0, error.status))
+            return
         if not self.store.writable:
             # Its ESME_ROK would promise what the store cannot keep; the store logs the
             # outage once, the answer is counted with the other submits.
-            return succeed(pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL))
+            outcome(pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL))
+            return
         chain = self.chain
         if chain is None:
-            return self._send_one(message, None)
+            self._send_one(message, None, outcome)
+            return
         if message.concat is not None and chain.holds_parts:
             # Issued before any rule sees the part (nothing holds it yet): a held part is
             # answered with this id, and its receipts are rewritten to it.
             message.app_message_id = self.ids.issue()
         if isinstance(chain, SharedChain):
-            return self._check_shared(message, chain)
-        return self._dispatch(message, chain.check(message, self.clock.seconds()), chain)
+            self._check_shared(message, chain).addBoth(outcome)
+            return
+        self._dispatch(message, chain.check(message, self.clock.seconds()), chain, outcome)
 
-    def _dispatch(self, message: Message, verdict: Verdict, chain: Chain) -> Deferred[bytes]:
+    def _dispatch(self, message: Message, verdict: Verdict, chain: Chain, outcome: Outcome) -> None:
         """Act on the rules' verdict (the same for the in-process and the shared chain)."""
         if verdict.message is not None:
             message = verdict.message  # transcoded or glued by a rule
         action = verdict.action
         if action == "accept":
             if message.parts:
-                return self._send_glued(message, chain)
-            return self._send_one(message, chain)
+                self._send_glued(message, chain).addBoth(outcome)
+            else:
+                self._send_one(message, chain, outcome)
+            return
         if action == "hold":
-            return self._hold_part(message, chain)
+            self._hold_part(message, chain).addBoth(outcome)
+            return
         if action == "replay":
-            return succeed(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
+            outcome(pdu.submit_sm_resp(0, Status.ESME_ROK, verdict.message_id))
+            return
         if message.parts:
             # A whole message refused: its held parts were answered OK, so their receipts say so.
             self._receipts(held_parts(message), "REJECTD")
-        return succeed(pdu.submit_sm_resp(0, verdict.status))
+        outcome(pdu.submit_sm_resp(0, verdict.status))
 
     def _check_shared(self, message: Message, shared: SharedChain) -> Deferred[bytes]:
         """The rules decided in Redis, for every instance at once (`smpprelay.shared`)."""
@@ -159,7 +181,9 @@ class Relay:
             if verdict.action == "hold":
                 # The part is in Redis already (as durable as what it holds): answered now.
                 return pdu.submit_sm_resp(0, Status.ESME_ROK, message.app_message_id)
-            return self._dispatch(message, verdict, shared)
+            dispatched: Deferred[bytes] = Deferred()
+            self._dispatch(message, verdict, shared, firing(dispatched))
+            return dispatched
 
         def unchecked(reason: Failure) -> bytes:
             # Never accepted unchecked: the app retries ESME_RMSGQFUL. Logged once an outage.
@@ -178,7 +202,7 @@ class Relay:
 
     # --- one message, one submit ------------------------------------------------------------
 
-    def _send_one(self, message: Message, chain: Chain | None) -> Deferred[bytes]:
+    def _send_one(self, message: Message, chain: Chain | None, outcome: Outcome) -> None:
         account = message.account
 
         def answered(resp: bytes) -> bytes | Deferred[bytes]:
@@ -213,7 +237,20 @@ class Relay:
             )
             return pdu.submit_sm_resp(0, status)
 
-        return self.pool.submit(message.frame, account).addCallbacks(answered, failed)
+        def settled(result: bytes | Failure) -> None:
+            # What a Deferred chain did for free: a bug above still answers the app (through
+            # ``outcome``'s failure path) instead of leaving it waiting.
+            try:
+                answer = failed(result) if isinstance(result, Failure) else answered(result)
+            except Exception:
+                outcome(Failure())
+                return
+            if isinstance(answer, Deferred):
+                answer.addBoth(outcome)
+            else:
+                outcome(answer)
+
+        self.pool.submit_cb(message.frame, account, settled)
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
         """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""

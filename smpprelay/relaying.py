@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -33,6 +34,12 @@ class Upstream(Protocol):
 
     def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
         """Send one submit_sm; fires with the operator's answer, fails when there is none."""
+        ...
+
+    def submit_cb(
+        self, frame: bytes, account: str, outcome: Callable[[bytes | Failure], None]
+    ) -> None:
+        """`submit` for the hot path: ``outcome`` gets the answer or the failure, once."""
         ...
 
     def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:

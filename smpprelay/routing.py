@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from smpprelay.config import UpstreamConfig
-from smpprelay.connection import ResponseTimeout, SmppConnection
+from smpprelay.connection import Outcome, ResponseTimeout, SmppConnection, firing
 from smpprelay.metrics import Metrics
 from smpprelay.pool import UpstreamPool
 from smpprelay.upstream import UpstreamService, UpstreamSession, build_upstream
@@ -323,17 +323,30 @@ class UpstreamSet(MultiService):
 
     def submit(self, frame: bytes, account: str = "") -> Deferred[bytes]:
         """Send a submit upstream on the upstream `pick` chooses."""
+        sent: Deferred[bytes] = Deferred()
+        self.submit_cb(frame, account, firing(sent))
+        return sent
+
+    def submit_cb(self, frame: bytes, account: str, outcome: Outcome) -> None:
+        """`submit` for the hot path: ``outcome`` gets the answer (tagged with the upstream
+        that carried it when there are several) or the failure."""
         member = self.pick(frame, account)
         if member is None:
-            return _no_route(account)
+            outcome(Failure(NoRoute(f"no upstream takes this submit from {account!r}")))
+            return
         member.routed.inc()
-        sent = member.pool.submit(frame, account)
         if len(self.members) == 1:
-            return sent
+            member.pool.submit_cb(frame, account, outcome)
+            return
         name = member.name
-        return sent.addCallbacks(
-            Carried, _carried_failure, callbackArgs=(name,), errbackArgs=(name,)
-        )
+
+        def carried(result: bytes | Failure) -> None:
+            if isinstance(result, Failure):
+                outcome(_carried_failure(result, name))
+            else:
+                outcome(Carried(result, name))
+
+        member.pool.submit_cb(frame, account, carried)
 
     def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
         """Send a long message's parts, in order, on one session of one upstream."""

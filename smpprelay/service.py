@@ -382,6 +382,7 @@ def build(
             inactivity=limits.inactivity,
             access=access,
             operate=operations.handle,
+            relay_submit_cb=relay.submit_cb,
         )
 
     def make_connection(session: DownstreamSession) -> SmppConnection:

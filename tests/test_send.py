@@ -162,6 +162,10 @@ class _Wire(StringTransport):
         for frame in self.framer.feed(data):
             self.relay.received(frame)
 
+    def writeSequence(self, data: list[bytes]) -> None:
+        # A connection writes what one read made in one call (`smpprelay.wire.Cork`).
+        self.write(b"".join(data))
+
 
 class FakeRelay:
     """Answers binds, submits (each a new id, with a receipt of ``stat`` unless None) and

@@ -231,6 +231,11 @@ class FakePool:
         self.answers.append(answer)
         return answer
 
+    def submit_cb(
+        self, frame: bytes, account: str, outcome: Callable[[bytes | Failure], None]
+    ) -> None:
+        self.submit(frame, account).addBoth(outcome)
+
     def submit_all(self, frames: list[bytes], account: str = "") -> Deferred[list[bytes | Failure]]:
         self.batches.append(frames)
         self.accounts.append(account)
@@ -343,6 +348,7 @@ class Relayed:
             10.0,
             100,
             operate=operations.handle,
+            relay_submit_cb=relay.submit_cb,
         )
         self.connection, self.transport = app_connection(
             self.session, self.clock, self.metrics, max_pdu=max_pdu, pdu_read=10.0

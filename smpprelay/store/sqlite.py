@@ -2,12 +2,11 @@
 
 The reactor thread only appends each call to a list (waking the writer if it is idle) and, for
 the asynchronous calls, hands back a `Deferred`. The writer takes everything queued at that
-moment, runs the batch's writes in one transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, one
-``executemany`` per kind), then its reads, and hands every result back with one
-``reactor.callFromThread``, which fires the Deferreds (and calls `add_route_cb`'s callbacks)
-in order. While a commit (an fsync with
-``sync: full``) runs, new calls gather for the next batch: the busier the relay, the more writes
-per commit.
+moment, runs the batch's writes in one transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``; routes in
+multi-row INSERTs, the other kinds one ``executemany`` each), then its reads, and hands every
+result back with one ``reactor.callFromThread``, which fires the Deferreds and calls the
+`add_route_cb` callbacks in call order. While a commit (an fsync with ``sync: full``) runs, new
+calls gather for the next batch: the busier the relay, the more writes per commit.
 
 Within a batch, writes run kind by kind in a fixed order (routes added, routes cut back, held
 deliveries written then forgotten, parts written then forgotten, windows, expiry): a key written

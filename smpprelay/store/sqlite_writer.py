@@ -1,7 +1,8 @@
 """The sqlite store's writer thread: takes what is queued, writes it in one transaction, reads.
 
-No Twisted here: what each call waits on (a Deferred) rides along as an opaque object, and each
-batch's outcome goes back through ``done`` (the store hops to the reactor thread with it).
+No Twisted here: what each call waits on (a Deferred, or an `add_route_cb` callback) rides along
+as an opaque object, and each batch's outcome goes back through ``done`` (the store hops to the
+reactor thread with it).
 """
 
 from __future__ import annotations

@@ -217,8 +217,7 @@ class Relay:
             if message_id is not None:
                 # Stored before the app hears ESME_ROK, so its receipt always has a route (and
                 # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-                stored = self.router.remember(message_id, account, message.app_id, carrier(resp))
-                return self._after(stored, resp, account)
+                return self._stored_then(message_id, account, message.app_id, resp)
             return resp
 
         def failed(reason: Failure) -> bytes:
@@ -251,6 +250,38 @@ class Relay:
                 outcome(answer)
 
         self.pool.submit_cb(message.frame, account, settled)
+
+    def _stored_then(
+        self, message_id: bytes, account: str, app_id: bytes | None, resp: bytes
+    ) -> bytes | Deferred[bytes]:
+        """Store the route, then ``resp`` (ESME_RMSGQFUL if it could not be stored): at once
+        when the store answers at once (memory), else by a Deferred the store's callback fires
+        (`Router.remember_cb`: no Deferred, nor one per callback, in the store)."""
+        answer: bytes | Exception | None = None
+        waiting: Deferred[bytes] | None = None
+
+        def done(error: Exception | None) -> None:
+            nonlocal answer
+            if error is None:
+                result: bytes | Exception = resp
+            elif isinstance(error, StoreUnavailable):
+                result = self._not_stored(Failure(error), resp, account)
+            else:  # a bug, not an outage: fails the submit as a failed Deferred would
+                result = error
+            if waiting is None:
+                answer = result
+            elif isinstance(result, Exception):
+                waiting.errback(result)
+            else:
+                waiting.callback(result)
+
+        self.router.remember_cb(message_id, account, app_id, carrier(resp), done)
+        if answer is None:
+            waiting = Deferred()
+            return waiting
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
         """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""

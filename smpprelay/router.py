@@ -37,7 +37,7 @@ from smpprelay.receipts import (
     replace_receipt_id,
 )
 from smpprelay.receivers import Receiver, SharedHeld
-from smpprelay.store import DEFAULT_UPSTREAM, Route, Store, StoreUnavailable
+from smpprelay.store import DEFAULT_UPSTREAM, Route, RouteDone, Store, StoreUnavailable
 from smpprelay.store.tables import DeliveryKind, Held, HeldDeliveries
 
 # A receipt can overtake its own submit_sm_resp when the operator sends them on different
@@ -120,6 +120,30 @@ class Router:
             app_message_id,
             self.clock.seconds(),
             None if exact == key else exact,
+        )
+
+    def remember_cb(
+        self,
+        message_id: bytes,
+        account: str,
+        app_message_id: bytes | None,
+        upstream: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`remember`, reporting to ``done`` (`Store.add_route_cb`): ``done(None)`` once the
+        route is stored, ``done(error)`` when not; maybe before this returns. No Deferred: the
+        relay's submit path takes this one."""
+        upstream = upstream or self.upstream
+        key = self.key_of(message_id, upstream)
+        exact = message_id.decode("latin-1")
+        self.store.add_route_cb(
+            upstream,
+            key,
+            account,
+            app_message_id,
+            self.clock.seconds(),
+            None if exact == key else exact,
+            done,
         )
 
     def key_of(self, message_id: bytes, upstream: str | None = None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
+from twisted.python.failure import Failure
 
 from smpprelay import pdu
 from smpprelay.config import ConcatRule, FiltersConfig
@@ -18,7 +19,7 @@ from smpprelay.message import read_message
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
 from smpprelay.relay import Relay
-from smpprelay.store import HeldPart, Loaded
+from smpprelay.store import HeldPart, Loaded, RouteDone
 from tests.fakes import FakePool, FakeReceiver, captured_logs, make_router, outcome, submit_sm
 from tests.fakes.store import ManualStore
 
@@ -79,6 +80,61 @@ def test_a_route_the_store_cannot_keep_means_no_ok() -> None:
         h.store.fail()
     assert pdu.header(answer[0])[2] == Status.ESME_RMSGQFUL
     assert any("OP1" in formatEvent(event) for event in events)
+
+
+def test_a_route_refused_at_once_is_answered_at_once() -> None:
+    """The store stopped writing while the submit was out: its route is refused before the
+    write is queued (`Store.add_route_cb` reports at once), and the app hears ESME_RMSGQFUL
+    in the same turn."""
+    h = Harness()
+    answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1)))
+    h.store.break_down()
+    with captured_logs() as events:
+        h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+    assert pdu.header(answer[0])[2] == Status.ESME_RMSGQFUL
+    assert h.store.pending == []
+    assert any("OP1" in formatEvent(event) for event in events)
+
+
+class BuggyStore(ManualStore):
+    """Reports a route write with an error that is not an outage (a bug)."""
+
+    def __init__(self, at_once: bool) -> None:
+        super().__init__()
+        self.at_once = at_once
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        if self.at_once:
+            done(RuntimeError("a bug"))
+        else:
+            super().add_route_cb(
+                upstream, message_id, account, app_message_id, now, operator_id, done
+            )
+
+
+def test_a_route_write_failing_with_a_bug_fails_the_submit() -> None:
+    """Not an outage: the submit's Deferred fails with the error (as it did when the route
+    write was a Deferred), whether the store reports at once or later."""
+    for at_once in (True, False):
+        h = Harness(store=BuggyStore(at_once))
+        answer = outcome(h.relay.submit(ACCOUNT, submit_sm(registered_delivery=1)))
+        h.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"OP1"))
+        if not at_once:
+            assert answer == []
+            pending, h.store.pending = h.store.pending, []
+            pending[0][0].errback(RuntimeError("a bug"))
+        [failed] = answer
+        assert isinstance(failed, Failure)
+        assert failed.check(RuntimeError)
 
 
 def test_while_the_store_cannot_write_submits_are_refused_unsent() -> None:

@@ -8,7 +8,7 @@ share one store). What a store keeps, and when it must have it:
 ========================  ===========================================  ==========================
 state                     written                                      call
 ========================  ===========================================  ==========================
-receipt route (id map)    before the app gets ``ESME_ROK``             `Store.add_route`
+receipt route (id map)    before the app gets ``ESME_ROK``             `Store.add_route_cb`
 held receipt / MO         before the operator's ``deliver_sm`` is      `Store.hold_delivery`
                           answered ``ESME_ROK``
 held concatenated part    before the part's ``ESME_ROK``               `Store.hold_part`
@@ -24,8 +24,9 @@ app id: a submit_multi's messages share the relay's id).
 
 **Asynchronous** (a remote store must answer them; each returns a `Deferred` that fires once the
 write is durable, or fails with `StoreUnavailable`, and the acknowledgement that depends on it
-is sent only then): `add_route`, `find_route`, `find_app_id`, `hold_delivery`, `hold_part`,
-`replace_part`, `save_windows`, `close`.
+is sent only then): `add_route` (and `add_route_cb`, the same write reporting to a callback: no
+`Deferred` per route on the relay's hot path), `find_route`, `find_app_id`, `hold_delivery`,
+`hold_part`, `replace_part`, `save_windows`, `close`.
 
 **Synchronous** (only this instance needs them, or they may be lost at a crash without breaking a
 promise): `start`, `load` (once, at start, before the app listener opens: what the last run left),
@@ -44,7 +45,7 @@ the backends use Twisted's `Deferred` and the reactor's threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 import attrs
@@ -59,6 +60,7 @@ __all__ = [
     "Loaded",
     "Mapped",
     "Route",
+    "RouteDone",
     "Store",
     "StoreCorrupt",
     "StoreStats",
@@ -68,6 +70,11 @@ __all__ = [
 ]
 
 WindowRule = Literal["dedup", "flood"]
+
+# What `Store.add_route_cb` calls once the route is durable (None) or could not be written (the
+# error, a `StoreUnavailable`). It may be called before add_route_cb returns (a memory store, or
+# one that knows already that it cannot write), and must not raise.
+RouteDone = Callable[[Exception | None], None]
 
 # The upstream a route belongs to while there is only one (operator ids are per upstream).
 DEFAULT_UPSTREAM = "default"
@@ -183,6 +190,20 @@ class Store(Protocol):
     ) -> Deferred[None]:
         """Route receipts for operator ``message_id`` (normalised) on ``upstream``;
         ``operator_id`` is the operator's id as it gave it, when not ``message_id``."""
+        ...
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`add_route`, reporting to ``done``: ``done(None)`` once the route is durable,
+        ``done(StoreUnavailable(...))`` when it is not (calls made in one order report in it)."""
         ...
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, succeed
 
-from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Loaded, Mapped, StoreStats, WindowEntry
+from smpprelay.store import (
+    DEFAULT_UPSTREAM,
+    HeldPart,
+    Loaded,
+    Mapped,
+    RouteDone,
+    StoreStats,
+    WindowEntry,
+)
 from smpprelay.store.tables import Held, ReceiptRoutes, Route
 
 
@@ -77,6 +85,20 @@ class MemoryStore:
         key = self._key(upstream, message_id)
         self.routes.add(key, account, now, app_message_id, operator_id)
         return succeed(None)
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`add_route`; ``done(None)`` at once (memory holds it as soon as it is added)."""
+        self.routes.add(self._key(upstream, message_id), account, now, app_message_id, operator_id)
+        done(None)
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
         """The route, if known and not expired."""

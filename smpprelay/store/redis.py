@@ -44,7 +44,15 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smpprelay.store import HeldPart, Loaded, Mapped, StoreStats, WindowEntry
+from smpprelay.store import (
+    HeldPart,
+    Loaded,
+    Mapped,
+    RouteDone,
+    StoreStats,
+    StoreUnavailable,
+    WindowEntry,
+)
 from smpprelay.store.redis_deliveries import RedisDeliveries
 from smpprelay.store.redis_link import RedisLink, Script
 from smpprelay.store.tables import Held, Route
@@ -331,6 +339,25 @@ class RedisStore:
             keys.append(self._key(b"a:" + app_message_id))
             args.append(repr(now))
         return self.link.run(ADD_ROUTE, keys, args).addCallback(lambda _: None)
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`add_route`, reporting to ``done`` (the link answers in call order)."""
+
+        def failed(reason: Failure) -> None:
+            error = reason.value
+            done(error if isinstance(error, Exception) else StoreUnavailable(str(error)))
+
+        written = self.add_route(upstream, message_id, account, app_message_id, now, operator_id)
+        written.addCallbacks(lambda _: done(None), failed)
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
         """The route, if Redis has it and it has not expired by ``now``."""

@@ -2,11 +2,11 @@
 
 The reactor thread only appends each call to a list (waking the writer if it is idle) and, for
 the asynchronous calls, hands back a `Deferred`. The writer takes everything queued at that
-moment, runs the batch's writes in one transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``, one
-``executemany`` per kind), then its reads, and hands every result back with one
-``reactor.callFromThread``, which fires the Deferreds in order. While a commit (an fsync with
-``sync: full``) runs, new calls gather for the next batch: the busier the relay, the more writes
-per commit.
+moment, runs the batch's writes in one transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``; routes in
+multi-row INSERTs, the other kinds one ``executemany`` each), then its reads, and hands every
+result back with one ``reactor.callFromThread``, which fires the Deferreds and calls the
+`add_route_cb` callbacks in call order. While a commit (an fsync with ``sync: full``) runs, new
+calls gather for the next batch: the busier the relay, the more writes per commit.
 
 Within a batch, writes run kind by kind in a fixed order (routes added, routes cut back, held
 deliveries written then forgotten, parts written then forgotten, windows, expiry): a key written
@@ -48,6 +48,7 @@ from smpprelay.store import (
     HeldPart,
     Loaded,
     Mapped,
+    RouteDone,
     StoreCorrupt,
     StoreStats,
     StoreUnavailable,
@@ -199,11 +200,46 @@ class SqliteStore:
         operator_id: str | None = None,
     ) -> Deferred[None]:
         """Route receipts for ``message_id`` on ``upstream`` (a route for the same id replaces
-        the older one); fires once written."""
-        return self._write(
-            ADD,
-            (upstream, message_id, account, app_message_id, now + self.route_ttl, operator_id),
+        the older one); fires once written (`add_route_cb` behind a Deferred)."""
+        d: Deferred[None] = Deferred()
+        self.add_route_cb(
+            upstream, message_id, account, app_message_id, now, operator_id, _firing(d)
         )
+        return d
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`add_route`, reporting to ``done``: the row and ``done`` are queued together, the
+        writer commits them with its batch, and the batch's one hop back to the reactor thread
+        calls every ``done`` in call order (no Deferred per route). Closed, or known not to
+        write: ``done`` is called at once with `StoreUnavailable`."""
+        if self._closed is not None:
+            done(StoreUnavailable("the store is closed"))
+        elif not self._writable:  # no thread hop: the answer is known
+            done(StoreUnavailable(self._problem))
+        else:
+            self._writer.put(
+                (
+                    ADD,
+                    (
+                        upstream,
+                        message_id,
+                        account,
+                        app_message_id,
+                        now + self.route_ttl,
+                        operator_id,
+                    ),
+                    done,
+                )
+            )
 
     def find_route(self, upstream: str, message_id: str, now: float) -> Deferred[Route | None]:
         """The route, if known and not expired (also while the store cannot write)."""
@@ -310,11 +346,18 @@ class SqliteStore:
         self._set_state(batch.ok, batch.problem)
         if not self._writable and not batch.last:
             self._schedule_probe()  # before the callbacks, which may look at the state
-        for d, outcome in batch.results:
-            if isinstance(outcome, Exception):
-                d.errback(outcome)
+        for waiter, outcome in batch.results:
+            if not isinstance(waiter, Deferred):  # an add_route_cb's done: None or the error
+                try:
+                    waiter(outcome)
+                except Exception:  # its own bug: the batch's other callers still hear
+                    self.log.failure(
+                        "store {path}: a route write's callback failed", path=self.path
+                    )
+            elif isinstance(outcome, Exception):
+                waiter.errback(outcome)
             else:
-                d.callback(outcome)
+                waiter.callback(outcome)
         if batch.last and self._closed is not None:
             if self._thread is not None:
                 self._thread.join(5)  # it has closed its connection and is returning
@@ -350,6 +393,18 @@ class SqliteStore:
             if self._probe_call.active():
                 self._probe_call.cancel()
             self._probe_call = None
+
+
+def _firing(d: Deferred[None]) -> RouteDone:
+    """A `RouteDone` that fires ``d`` (`SqliteStore.add_route`, the Deferred form)."""
+
+    def done(error: Exception | None) -> None:
+        if error is None:
+            d.callback(None)
+        else:
+            d.errback(error)
+
+    return done
 
 
 def _chain(d: Deferred[None]) -> Deferred[None]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, fail
 
-from smpprelay.store import HeldPart, Loaded, StoreUnavailable, WindowEntry
+from smpprelay.store import HeldPart, Loaded, RouteDone, StoreUnavailable, WindowEntry
 from smpprelay.store.memory import MemoryStore
 from smpprelay.store.tables import Held, ReceiptRoutes
 
@@ -91,6 +91,20 @@ class ManualStore(MemoryStore):
         return self._write(
             ("route", upstream, message_id, account, app_message_id, now, operator_id)
         )
+
+    def add_route_cb(
+        self,
+        upstream: str,
+        message_id: str,
+        account: str,
+        app_message_id: bytes | None,
+        now: float,
+        operator_id: str | None,
+        done: RouteDone,
+    ) -> None:
+        """`add_route`, reporting to ``done`` when the test commits or fails the write."""
+        written = self.add_route(upstream, message_id, account, app_message_id, now, operator_id)
+        written.addCallbacks(lambda _: done(None), lambda reason: done(reason.value))
 
     def route_final(self, upstream: str, message_id: str, now: float) -> None:
         self.finals.append(message_id)

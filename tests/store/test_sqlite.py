@@ -123,6 +123,34 @@ async def test_calls_made_in_one_turn_share_few_commits(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_batch_of_routes_in_multi_row_inserts_keeps_the_last_write(
+    tmp_path: Path,
+) -> None:
+    """301 routes in one batch (queued before the writer starts) go in statements of 128,
+    128, 32, 8, 4 and 1 rows; a key written twice in the batch ends with its last write, and
+    counts once."""
+    path = tmp_path / "s.db"
+    store = make(path)
+    store.load()
+    added = [
+        store.add_route(DEFAULT_UPSTREAM, f"id{n}", "alice", b"A%d" % n, NOW) for n in range(300)
+    ]
+    added.append(store.add_route(DEFAULT_UPSTREAM, "id7", "bob", None, NOW + 1, "ID7"))
+    store.start()
+    await gatherResults(added)
+    stats = store.stats()
+    assert (stats.commits, stats.writes, stats.routes) == (1, 301, 300)
+    assert rows(path, "SELECT count(*) FROM routes") == [(300,)]
+    assert await store.find_route(DEFAULT_UPSTREAM, "id7", NOW) == Route(
+        "bob", None, NOW + 101, "ID7"
+    )
+    assert await store.find_route(DEFAULT_UPSTREAM, "id299", NOW) == Route(
+        "alice", b"A299", NOW + 100
+    )
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_deferred_fires_only_once_its_write_is_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = make(path)

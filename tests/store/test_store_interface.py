@@ -9,15 +9,27 @@ made-up ``now``: those two row counts are not asserted for it (a find still hono
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from smpprelay.store import DEFAULT_UPSTREAM, HeldPart, Mapped, Store, StoreStats, WindowEntry
+from smpprelay.store import (
+    DEFAULT_UPSTREAM,
+    HeldPart,
+    Mapped,
+    Store,
+    StoreStats,
+    StoreUnavailable,
+    WindowEntry,
+)
 from smpprelay.store.memory import MemoryStore
 from smpprelay.store.redis import RedisStore
 from smpprelay.store.redis_link import RedisLink
@@ -39,7 +51,7 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     made: list[Store] = []
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
 
-    def factory(map_max: int = 1000) -> Store:
+    def factory(map_max: int = 1000, max_size: int | None = None) -> Store:
         store: Store
         if request.param == "memory":
             store = MemoryStore(ReceiptRoutes(TTL, map_max), GRACE)
@@ -53,6 +65,7 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                 route_ttl=TTL,
                 final_grace=GRACE,
                 map_max=map_max,
+                max_size=max_size,
             )
         made.append(store)
         return store
@@ -167,6 +180,176 @@ async def test_the_other_calls_succeed_and_stats_count_routes(make: Make) -> Non
     assert store.writable
     assert store.problem == ""
     assert len(store.secret) >= 16
+
+
+# --- add_route_cb: the route write without a Deferred -----------------------------------------
+
+
+async def until(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll ``check`` on the real reactor until it holds."""
+    from twisted.internet import reactor
+
+    for _ in range(int(within / 0.01)):
+        if check():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError(f"not within {within:.0f} s")
+
+
+def readable_elsewhere(store: Store, message_id: str) -> bool | None:
+    """Whether another reader sees the route now (None: a remote store, not readable without
+    waiting: the test reads it through a second store afterwards)."""
+    if isinstance(store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM routes WHERE message_id = ?", (message_id,)
+            ).fetchone()
+        return bool(row[0])
+    if isinstance(store, MemoryStore):
+        return store.routes.get(message_id, 1.0) is not None
+    return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_route_cb_reports_once_another_connection_can_read_the_route(
+    make: Make,
+) -> None:
+    store = await started(make())
+    reported: list[tuple[Exception | None, bool | None]] = []
+
+    def done(error: Exception | None) -> None:
+        # Read at the very moment the store reports: the row must be there for others already.
+        reported.append((error, readable_elsewhere(store, "cb1")))
+
+    store.add_route_cb(DEFAULT_UPSTREAM, "cb1", "alice", b"A1", 0.0, "Cb1", done)
+    await until(lambda: bool(reported))
+    assert reported[0][0] is None
+    assert reported[0][1] is not False
+    if isinstance(store, RedisStore):  # another connection, after Redis answered the write
+        other = await started(make())
+        assert await other.find_route(DEFAULT_UPSTREAM, "cb1", 1.0) == Route(
+            "alice", b"A1", TTL, "Cb1"
+        )
+    assert await store.find_route(DEFAULT_UPSTREAM, "cb1", 1.0) == Route("alice", b"A1", TTL, "Cb1")
+    assert await store.find_app_id(b"A1", 1.0) == [
+        Mapped(DEFAULT_UPSTREAM, "Cb1", Route("alice", b"A1", TTL, "Cb1"))
+    ]
+    from twisted.internet import reactor
+
+    await deferLater(reactor, 0.05)
+    assert len(reported) == 1  # once
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_route_cb_reports_in_call_order_with_add_route(make: Make) -> None:
+    store = await started(make())
+    order: list[int] = []
+
+    def report(n: int) -> Callable[[Exception | None], None]:
+        def done(error: Exception | None) -> None:
+            assert error is None
+            order.append(n)
+
+        return done
+
+    for n in range(200):
+        if n % 10 == 5:  # the Deferred form, queued among them, keeps its place
+            added = store.add_route(DEFAULT_UPSTREAM, f"o{n}", "alice", None, 0.0)
+            added.addCallback(report(n))
+        else:
+            store.add_route_cb(DEFAULT_UPSTREAM, f"o{n}", "alice", None, 0.0, None, report(n))
+    await until(lambda: len(order) == 200)
+    assert order == list(range(200))
+    assert (await stats_of(store)).routes == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_route_cb_reports_a_write_failure(
+    make: Make, request: pytest.FixtureRequest
+) -> None:
+    store = await started(make(max_size=160 * 1024))
+    if isinstance(store, MemoryStore):
+        pytest.skip("memory cannot fail to write")
+    reported: list[tuple[str, Exception | None]] = []
+
+    def add(message_id: str) -> Deferred[Exception | None]:
+        reported_now: Deferred[Exception | None] = Deferred()
+
+        def done(error: Exception | None) -> None:
+            reported.append((message_id, error))
+            reported_now.callback(error)
+
+        store.add_route_cb(DEFAULT_UPSTREAM, message_id, "alice", b"x" * 1000, 0.0, None, done)
+        return reported_now
+
+    if isinstance(store, RedisStore):
+        # Killed: the write (sent, or refused once the link knows) is reported failed.
+        request.getfixturevalue("redis_server").stop(kill=True)
+        add("lost")
+    else:
+        # Past max_size the commit fails ("database or disk is full") and is rolled back.
+        for n in range(1000):
+            if await add(f"fill{n}") is not None:
+                break
+    await until(lambda: bool(reported) and reported[-1][1] is not None)
+    failed, error = reported[-1]
+    assert isinstance(error, StoreUnavailable)
+    assert all(error is None for _, error in reported[:-1])
+    await until(lambda: not store.writable)
+    if isinstance(store, SqliteStore):
+        assert await store.find_route(DEFAULT_UPSTREAM, failed, 0.0) is None  # rolled back
+        assert readable_elsewhere(store, failed) is False
+    # Known not to write: reported at once, before the call returns.
+    reported.clear()
+    add("refused")
+    assert len(reported) == 1
+    assert isinstance(reported[0][1], StoreUnavailable)
+
+
+@pytest.mark.logs_errors  # the raising callback is logged, as it must be
+@pytest_twisted.ensureDeferred
+async def test_add_route_cb_one_hop_to_the_reactor_per_batch(
+    make: Make, logged_errors: list[Any]
+) -> None:
+    """sqlite: the writer's batch comes back with one callFromThread, which calls every
+    ``done`` in call order; one that raises is logged and the others still hear."""
+    store = make()
+    if not isinstance(store, SqliteStore):
+        pytest.skip("the writer thread is sqlite's")
+    real = store.reactor
+    hops: list[Any] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def callFromThread(self, f: Any, *args: Any) -> None:
+            hops.append(f)
+            real.callFromThread(f, *args)
+
+    store.reactor = Counting()
+    store.load()
+    order: list[int] = []
+
+    def report(n: int) -> Callable[[Exception | None], None]:
+        def done(error: Exception | None) -> None:
+            assert error is None
+            order.append(n)
+            if n == 3:
+                raise RuntimeError("a caller's bug")
+
+        return done
+
+    # Queued before the writer starts: it takes them all in its first batch.
+    for n in range(50):
+        store.add_route_cb(DEFAULT_UPSTREAM, f"b{n}", "alice", None, 0.0, None, report(n))
+    store.start()
+    await until(lambda: len(order) == 50)
+    assert order == list(range(50))
+    assert len(hops) == 1
+    assert [event["log_failure"].value.args for event in logged_errors] == [("a caller's bug",)]
+    stats = store.stats()
+    assert (stats.commits, stats.writes, stats.routes) == (1, 50, 50)
 
 
 # --- the id map of query_sm, cancel_sm, replace_sm ---------------------------------------------

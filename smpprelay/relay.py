@@ -205,7 +205,7 @@ class Relay:
     def _send_one(self, message: Message, chain: Chain | None, outcome: Outcome) -> None:
         account = message.account
 
-        def answered(resp: bytes) -> bytes | Deferred[bytes]:
+        def answered(resp: bytes) -> bytes | None:
             _, command_id, status, _ = pdu.header(resp)
             self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
             message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
@@ -217,7 +217,8 @@ class Relay:
             if message_id is not None:
                 # Stored before the app hears ESME_ROK, so its receipt always has a route (and
                 # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-                return self._stored_then(message_id, account, message.app_id, resp)
+                self._store_then_answer(message_id, account, message.app_id, resp, outcome)
+                return None  # the store's callback answers
             return resp
 
         def failed(reason: Failure) -> bytes:
@@ -244,44 +245,27 @@ class Relay:
             except Exception:
                 outcome(Failure())
                 return
-            if isinstance(answer, Deferred):
-                answer.addBoth(outcome)
-            else:
+            if answer is not None:
                 outcome(answer)
 
         self.pool.submit_cb(message.frame, account, settled)
 
-    def _stored_then(
-        self, message_id: bytes, account: str, app_id: bytes | None, resp: bytes
-    ) -> bytes | Deferred[bytes]:
-        """Store the route, then ``resp`` (ESME_RMSGQFUL if it could not be stored): at once
-        when the store answers at once (memory), else by a Deferred the store's callback fires
-        (`Router.remember_cb`: no Deferred, nor one per callback, in the store)."""
-        answer: bytes | Exception | None = None
-        waiting: Deferred[bytes] | None = None
+    def _store_then_answer(
+        self, message_id: bytes, account: str, app_id: bytes | None, resp: bytes, outcome: Outcome
+    ) -> None:
+        """Store the route, then answer ``resp`` (ESME_RMSGQFUL if it could not be stored):
+        from the store's callback (`Router.remember_cb`), at once when the store answers at once
+        (memory), with no Deferred either way."""
 
         def done(error: Exception | None) -> None:
-            nonlocal answer
             if error is None:
-                result: bytes | Exception = resp
+                outcome(resp)
             elif isinstance(error, StoreUnavailable):
-                result = self._not_stored(Failure(error), resp, account)
+                outcome(self._not_stored(Failure(error), resp, account))
             else:  # a bug, not an outage: fails the submit as a failed Deferred would
-                result = error
-            if waiting is None:
-                answer = result
-            elif isinstance(result, Exception):
-                waiting.errback(result)
-            else:
-                waiting.callback(result)
+                outcome(Failure(error))
 
         self.router.remember_cb(message_id, account, app_id, carrier(resp), done)
-        if answer is None:
-            waiting = Deferred()
-            return waiting
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
         """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -151,10 +152,14 @@ def measure(
     redis_pid: int | None,
     count: int,
     window: int,
+    smsc_pid: int,
 ) -> dict[str, Any]:
     pids = [process.pid for process, _ in running]
     before = [cpu_seconds(pid) for pid in pids]
     redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
+    smsc_before = cpu_seconds(smsc_pid)
+    # The C load clients are waited for inside: their CPU lands in this process's children.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     ports = [config["listen"]["port"] for _, config in running]
     answers, wall = fastpeer_peers.run_loads(binary, ports, count, window, ACCOUNT, PASSWORD)
     rate = sum(answer.rate for answer in answers)
@@ -162,6 +167,9 @@ def measure(
     total = count * len(ports)
     relay_cpu = sum(cpu_seconds(pid) for pid in pids) - sum(before)
     redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else 0.0
+    smsc_cpu = cpu_seconds(smsc_pid) - smsc_before
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     ok = sum(answer.ok for answer in answers)
     return {
         "instances": len(ports),
@@ -172,6 +180,9 @@ def measure(
         "redis_us_per_submit": round(redis_cpu / total * 1e6, 1),
         "relay_cores_busy": round(relay_cpu / wall, 2),
         "redis_cores_busy": round(redis_cpu / wall, 2),
+        # What the C peers take: the load generator and the SMSC, in cores while it ran.
+        "load_clients_cores_busy": round(load_cpu / wall, 2),
+        "smsc_cores_busy": round(smsc_cpu / wall, 2),
         "clients": lines,
     }
 
@@ -226,11 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for count in (int(n) for n in args.instances.split(",")):
                 with relays(workdir, count, smsc_port, store, args.window) as running:
-                    rows.append(measure(fastpeer, running, redis.pid, args.count, args.window))
+                    rows.append(
+                        measure(fastpeer, running, redis.pid, args.count, args.window, smsc.pid)
+                    )
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "clients"}))
             results["redis"] = rows
             with relays(workdir, 1, smsc_port, {"backend": "memory"}, args.window) as running:
-                memory = measure(fastpeer, running, None, args.count, args.window)
+                memory = measure(fastpeer, running, None, args.count, args.window, smsc.pid)
                 print(json.dumps({k: v for k, v in memory.items() if k != "clients"}))
                 results["memory_one"] = memory
                 port = running[0][1]["listen"]["port"]

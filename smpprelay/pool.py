@@ -43,6 +43,7 @@ from smpprelay.connection import Outcome, SmppConnection, firing
 from smpprelay.metrics import Metrics
 from smpprelay.pace import Pace
 from smpprelay.pdu import Status
+from smpprelay.wire import tell
 
 # The command_status bytes of answers that mean "slow down" (read straight from the header:
 # this check runs on every answer).
@@ -280,7 +281,7 @@ class UpstreamPool:
             except Exception:
                 # As in a Deferred chain: a bug here becomes the submit's failure, answered.
                 result = Failure()
-            outcome(result)  # after the window's bookkeeping, as a Deferred chain would
+            tell(outcome, result)  # after the window's bookkeeping, as a Deferred chain would
 
         lane.connection.send_request_cb(frame, freed)
 
@@ -372,7 +373,7 @@ class UpstreamPool:
 
     def _wait(self, account: str, item: bytes | _Long, waiting: Outcome) -> None:
         if self._count >= self.queue_max and not self._push_out(account):
-            waiting(Failure(QueueFull(f"{self.queue_max} submits already wait for upstream")))
+            tell(waiting, Failure(QueueFull(f"{self.queue_max} submits already wait for upstream")))
             return
         line = self._waiting.get(account)
         if line is None:
@@ -396,7 +397,8 @@ class UpstreamPool:
         self._count -= 1
         if not line:
             self._forget(longest)
-        waiting(Failure(QueueFull(f"pushed out of the full queue: {longest} had the most waiting")))
+        why = f"pushed out of the full queue: {longest} had the most waiting"
+        tell(waiting, Failure(QueueFull(why)))
         return True
 
     def _forget(self, account: str) -> None:
@@ -452,7 +454,8 @@ class UpstreamPool:
             self.pace.stop()  # nothing waits for a token any more
         self.metrics.upstream_queue.set(self._count)
         for waiting in expired:
-            waiting(Failure(QueueFull(f"no upstream session free within {self.queue_timeout} s")))
+            why = f"no upstream session free within {self.queue_timeout} s"
+            tell(waiting, Failure(QueueFull(why)))
 
     def stop(self) -> None:
         """Fail whatever still waits (on shutdown)."""
@@ -468,7 +471,7 @@ class UpstreamPool:
         self.metrics.upstream_queue.set(0)
         for line in lines:
             for _, _, waiting in line:
-                waiting(Failure(QueueFull("relay stopping")))
+                tell(waiting, Failure(QueueFull("relay stopping")))
         for lane in self._lanes:
             if lane.timer is not None and lane.timer.active():
                 lane.timer.cancel()

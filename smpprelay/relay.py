@@ -50,6 +50,7 @@ from smpprelay.router import Router
 from smpprelay.routing import carrier
 from smpprelay.shared.chain import SharedChain
 from smpprelay.store import HeldPart, Store, StoreUnavailable, WindowEntry
+from smpprelay.wire import tell
 
 T = TypeVar("T")
 
@@ -229,13 +230,13 @@ class Relay(RelayUpkeep):
         def settled(result: bytes | Failure) -> None:
             # What a Deferred chain did for free: a bug above still answers the app (through
             # ``outcome``'s failure path) instead of leaving it waiting.
+            answer: bytes | Failure | None
             try:
                 answer = failed(result) if isinstance(result, Failure) else answered(result)
             except Exception:
-                outcome(Failure())
-                return
+                answer = Failure()
             if answer is not None:
-                outcome(answer)
+                tell(outcome, answer)  # once: a bug in it must not answer the app twice
 
         self.pool.submit_cb(message.frame, account, settled)
 
@@ -246,15 +247,26 @@ class Relay(RelayUpkeep):
         from the store's callback (`Router.remember_cb`), at once when the store answers at once
         (memory), with no Deferred either way."""
 
-        def done(error: Exception | None) -> None:
-            if error is None:
-                outcome(resp)
-            elif isinstance(error, StoreUnavailable):
-                outcome(self._not_stored(Failure(error), resp, account))
-            else:  # a bug, not an outage: fails the submit as a failed Deferred would
-                outcome(Failure(error))
+        given = False
 
-        self.router.remember_cb(message_id, account, app_id, carrier(resp), done)
+        def done(error: Exception | None) -> None:
+            nonlocal given
+            given = True
+            if error is None:
+                answer: bytes | Failure = resp
+            elif isinstance(error, StoreUnavailable):
+                answer = self._not_stored(Failure(error), resp, account)
+            else:  # a bug, not an outage: fails the submit as a failed Deferred would
+                answer = Failure(error)
+            # A store's callback must not raise (`RouteDone`): a bug in the answer stays here.
+            tell(outcome, answer)
+
+        try:
+            self.router.remember_cb(message_id, account, app_id, carrier(resp), done)
+        except Exception:
+            if not given:
+                raise  # not answered yet: the caller answers the app with the failure
+            self.log.failure("{account}: the route write failed after it answered", account=account)
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
         """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""

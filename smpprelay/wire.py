@@ -1,6 +1,7 @@
 """What `smpprelay.connection.SmppConnection` shares with the layers above it and across
 connections: the outcome of a request (`Outcome`, `firing`, `ResponseTimeout`) and the cork
-that gathers the writes of one read (`Cork`)."""
+that gathers the writes of one read (`Cork`), and `tell`, which gives an outcome without
+letting a bug in it reach the next one."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def firing(deferred: Deferred[bytes]) -> Outcome:
             deferred.callback(result)
 
     return fire
+
+
+_log = Logger()
+
+
+def tell(outcome: Outcome, result: bytes | Failure) -> None:
+    """Give a request its outcome; a bug in whoever waits is logged and costs that request
+    alone, as a Deferred would have contained it (the caller goes on with the others)."""
+    try:
+        outcome(result)
+    except Exception:
+        _log.failure("handling the outcome of a request failed")
 
 
 class Flushable(Protocol):

@@ -6,6 +6,7 @@ by reading what was written and answering it.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.error import ConnectionLost
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
@@ -382,3 +383,27 @@ def test_pool_stop_cancels_a_pause() -> None:
     assert any("_resume" in repr(c) for c in clock.getDelayedCalls())
     pool.stop()
     assert not any("_resume" in repr(c) for c in clock.getDelayedCalls())
+
+
+@pytest.mark.logs_errors
+def test_a_bug_in_one_waiting_submits_answer_costs_that_submit_alone() -> None:
+    """Plain callbacks, not Deferreds: one that raises as the queue times out is logged and the
+    next waiting submit still gets its answer (a Deferred's errback never raised)."""
+    pool, clock, _ = make_pool(window=1, queue_timeout=5.0)
+    calls: list[str] = []
+
+    def bad(result: bytes | Failure) -> None:
+        calls.append("bad")
+        raise RuntimeError("a bug in the answer")
+
+    def good(result: bytes | Failure) -> None:
+        assert isinstance(result, Failure)
+        assert result.check(QueueFull)
+        calls.append("good")
+
+    pool.submit_cb(submit_sm(), "a", bad)  # no session: both wait
+    pool.submit_cb(submit_sm(), "a", good)
+    with captured_logs(lambda event: "log_failure" in event) as logged:
+        clock.advance(6)
+    assert calls == ["bad", "good"]
+    assert len(logged) == 1

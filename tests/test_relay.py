@@ -218,3 +218,21 @@ def test_the_relay_takes_its_tlv_cap_from_limits() -> None:
     assert pdu.header(result_of(refused))[2] == Status.ESME_RINVOPTPARSTREAM
     relay.submit(ACCOUNT, submit_sm(tlvs=((0x1403, b""),) * 2))
     assert len(h.pool.frames) == 1
+
+
+@pytest.mark.logs_errors
+def test_a_bug_in_the_apps_answer_does_not_answer_it_twice() -> None:
+    """The route is stored at once (memory store) and the answer raises: the app is answered
+    once, and the exception does not escape into the store's callback."""
+    harness = Harness()
+    calls: list[bytes | Failure] = []
+
+    def outcome(result: bytes | Failure) -> None:
+        calls.append(result)
+        raise RuntimeError("a bug on the answer's way to the app")
+
+    harness.relay.submit_cb(ACCOUNT, submit_sm(registered_delivery=1), False, outcome)
+    harness.pool.answers[0].callback(pdu.submit_sm_resp(5, Status.ESME_ROK, b"abc"))
+    assert len(calls) == 1
+    assert isinstance(calls[0], bytes)
+    assert pdu.header(calls[0])[2] == Status.ESME_ROK

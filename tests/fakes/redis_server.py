@@ -128,3 +128,11 @@ async def until(condition: Callable[[], bool], within: float = 5.0, what: str = 
 async def link_ready(link: RedisLink, within: float = 5.0) -> None:
     """Wait until ``link`` has a connection that answers."""
     await until(lambda: link.writable and link._connection() is not None, within, "redis link up")
+
+
+async def drained(link: RedisLink) -> None:
+    """Wait until what ``link`` sent so far has run in Redis: a PING comes back after every
+    command sent before it. Twice, because a script Redis did not know is sent again (whole)
+    when its NOSCRIPT reply arrives, which is before the first PING's answer."""
+    await link.call("PING")
+    await link.call("PING")

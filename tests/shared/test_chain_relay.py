@@ -29,7 +29,7 @@ from smpprelay.store.memory import MemoryStore
 from smpprelay.store.redis_link import RedisLink
 from smpprelay.store.tables import ReceiptRoutes
 from tests.fakes import FakePool, FakeReceiver, captured_logs, make_router, submit_sm
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, drained
 from tests.fakes.redis_server import link_ready as ready
 
 ACCOUNT = "acme"
@@ -87,7 +87,7 @@ class Harness:
         self.pool.answers[index].callback(pdu.submit_sm_resp(9, Status.ESME_ROK, message_id))
 
     async def settled(self) -> None:
-        await self.windows.link.call("PING")  # after every settle sent before it
+        await drained(self.windows.link)  # after every settle sent before it
 
     def decisions(self, rule: str, action: str, reason: str) -> float:
         self.chain.flush_counts()

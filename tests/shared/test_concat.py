@@ -23,7 +23,7 @@ from smpprelay.shared.concat import SharedConcat
 from smpprelay.shared.concat_scripts import CANCEL, CHECK, EXPIRE, FIND, REPLACE, SETTLE
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from tests.fakes import submit_sm
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, drained
 
 HOLD = Verdict("hold")
 LATE = reject(0x45, "late")
@@ -70,7 +70,7 @@ class Instance:
         """`parts_settled`, then a PING on the same connection: Redis answers in order, so the
         outcome is written when the PING is answered."""
         self.rule.parts_settled(message, now, outcome)
-        await self.link.call("PING")
+        await drained(self.link)
 
     def decisions(self, action: str, reason: str) -> float:
         value = self.registry.get_sample_value(

@@ -25,7 +25,7 @@ from smpprelay.shared.concat import SharedConcat
 from smpprelay.store.redis import RedisStore
 from smpprelay.store.redis_link import RedisUnavailable
 from tests.fakes import submit_sm
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, drained
 from tests.fakes.redis_server import until as _until
 
 UNSENT = "smpprelay_shared_outcomes_unsent_total"
@@ -102,7 +102,7 @@ async def test_a_reload_in_redis_mode_reaches_the_shared_windows_and_concat(
     first, message = await built.claim(b"one")
     assert first is ACCEPT
     windows.settle(message, now, b"OP-1")
-    await windows.link.call("PING")  # the settle is written before the PING's answer
+    await drained(windows.link)  # the settle is written before the PINGs' answers
 
     built.write(flood=1, window=1.0)
     assert built.reloader.reload()

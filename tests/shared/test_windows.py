@@ -20,7 +20,7 @@ from smpprelay.metrics import Metrics
 from smpprelay.shared.windows import SharedWindows
 from smpprelay.store.redis_link import RedisLink, RedisUnavailable
 from tests.fakes import submit_sm
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, drained
 from tests.fakes.redis_server import link_ready as ready
 from tests.fakes.redis_server import until as _until
 
@@ -73,9 +73,8 @@ def decisions(metrics: Metrics, rule: str, action: str, reason: str) -> float:
 
 
 async def settled(windows: SharedWindows) -> None:
-    """Settles are not waited for: a PING after them on the same connection comes back after
-    they were run."""
-    await windows.link.call("PING")
+    """Settles are not waited for: wait until Redis has run them."""
+    await drained(windows.link)
 
 
 @ensureDeferred

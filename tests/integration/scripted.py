@@ -18,7 +18,8 @@ import re
 import signal
 import subprocess
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -296,3 +297,31 @@ class RelayProcess:
             assert time.monotonic() < deadline, f"relay did not stop in {timeout} s:\n{self.log}"
             await task.deferLater(self.reactor, 0.02, lambda: None)
         return process.returncode, self.log
+
+
+class Tags:
+    """Test messages told apart by a tag in their text (``pattern``), whatever the relay did to
+    their header: how often each reached the operator, which ones an app had accepted."""
+
+    def __init__(self, pattern: bytes) -> None:
+        self.pattern = re.compile(pattern)
+
+    def of(self, short_message: bytes) -> bytes:
+        """The tag ``short_message`` carries."""
+        found = self.pattern.search(short_message)
+        assert found is not None, short_message
+        return found[0]
+
+    def at_operator(self, smsc: ScriptedSmsc) -> Counter[bytes]:
+        """How many times each tagged message reached the operator."""
+        return Counter(
+            self.of(pdu.read_short_message(frame).short_message) for frame in smsc.submitted
+        )
+
+    def accepted(self, results: Iterable[tuple[Any, Any | None]]) -> dict[bytes, bytes]:
+        """Tag -> the message id the app was given, for each submit answered ESME_ROK."""
+        return {
+            self.of(request.short_message): resp.message_id
+            for request, resp in results
+            if resp is not None and resp.status == Status.ESME_ROK
+        }

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,13 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
-from smpprelay import pdu
 from smpprelay.pdu import Status
 from tests.integration.apps import http_get_at, message
 from tests.integration.conftest import Esme, Harness
 from tests.integration.scripted import (
     RelayProcess,
     ScriptedSmsc,
+    Tags,
     is_receipt,
     relay_settings,
     scripted_smsc,
@@ -49,7 +48,8 @@ CONCATS = 100  # messages of PARTS parts each: 1600 + 400 = 2000 submits
 PARTS = 4
 KILL_AFTER = 1000  # answers the app has read when the relay is killed
 WINDOW = 50  # the app's unanswered submits at most (the relay allows limits.window: 100)
-MARKER = re.compile(rb"crash-[a-z0-9-]+")
+TAGS = Tags(rb"crash-[a-z0-9-]+")
+marker_of, at_operator, accepted = TAGS.of, TAGS.at_operator, TAGS.accepted
 MO_TEXT = b"mo-held-across-the-crash"
 APP2_NUMBER = b"791100001"  # app2 owns the MO numbers starting 7911
 
@@ -75,29 +75,6 @@ def part(tag: str, destination: str, reference: int, seq: int, total: int) -> di
     udh = bytes((5, 0, 3, reference % 256, total, seq))
     text = f"crash-{tag}-p{seq}".encode()
     return message(udh + text, destination=destination, esm_class=0x40, registered_delivery=1)
-
-
-def marker_of(short_message: bytes) -> bytes:
-    """The tag a test message carries, whatever the relay did to its header."""
-    found = MARKER.search(short_message)
-    assert found is not None, short_message
-    return found[0]
-
-
-def at_operator(smsc: ScriptedSmsc) -> Counter[bytes]:
-    """How many times each tagged message reached the operator (both runs of the relay)."""
-    return Counter(
-        marker_of(pdu.read_short_message(frame).short_message) for frame in smsc.submitted
-    )
-
-
-def accepted(results: Iterable[tuple[Any, Any | None]]) -> dict[bytes, bytes]:
-    """Tag -> the message id the app was given, for each submit answered ESME_ROK."""
-    return {
-        marker_of(request.short_message): resp.message_id
-        for request, resp in results
-        if resp is not None and resp.status == Status.ESME_ROK
-    }
 
 
 def receipted(app: Esme) -> set[bytes]:

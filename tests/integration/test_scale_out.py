@@ -18,7 +18,6 @@ every instance at once:
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections import Counter
@@ -35,10 +34,16 @@ from smpprelay.pdu import Status
 from tests.fakes.redis_server import RedisServer
 from tests.integration.apps import http_get_at, message
 from tests.integration.conftest import Esme, Harness
-from tests.integration.scripted import RelayProcess, ScriptedSmsc, relay_settings, scripted_smsc
+from tests.integration.scripted import (
+    RelayProcess,
+    Tags,
+    relay_settings,
+    scripted_smsc,
+)
 
 REFUSED = 0x45  # the flood and dedup rules' default status
-MARKER = re.compile(rb"scale-[a-z0-9-]+")
+TAGS = Tags(rb"scale-[a-z0-9-]+")
+marker_of, at_operator, accepted = TAGS.of, TAGS.at_operator, TAGS.accepted
 
 
 def cluster_settings(smsc_port: int, redis: RedisServer) -> dict[str, Any]:
@@ -79,30 +84,8 @@ def tagged(tag: str, destination: str, **fields: Any) -> dict[str, Any]:
     return message(f"scale-{tag}".encode(), destination=destination, **fields)
 
 
-def marker_of(short_message: bytes) -> bytes:
-    found = MARKER.search(short_message)
-    assert found is not None, short_message
-    return found[0]
-
-
-def at_operator(smsc: ScriptedSmsc) -> Counter[bytes]:
-    """How many times each tagged message reached the operator."""
-    return Counter(
-        marker_of(pdu.read_short_message(frame).short_message) for frame in smsc.submitted
-    )
-
-
 def statuses(results: Iterable[tuple[Any, Any | None]]) -> Counter[int | None]:
     return Counter(resp.status if resp is not None else None for _, resp in results)
-
-
-def accepted(results: Iterable[tuple[Any, Any | None]]) -> dict[bytes, bytes]:
-    """Tag -> the id the app was given, for each submit answered ESME_ROK."""
-    return {
-        marker_of(request.short_message): resp.message_id
-        for request, resp in results
-        if resp is not None and resp.status == Status.ESME_ROK
-    }
 
 
 async def bound_apps(harness: Harness, relays: list[RelayProcess], kind: str) -> list[Esme]:

@@ -109,18 +109,18 @@ class Router:
         """Route receipts for operator ``message_id`` to ``account``; fires once it is stored
         (fails with `StoreUnavailable` when it could not be). The route is also the id map of
         query_sm, cancel_sm and replace_sm: it keeps the operator's exact id when its key is
-        not that id. ``upstream``: the one that answered with this id (None: the only one)."""
-        upstream = upstream or self.upstream
-        key = self.key_of(message_id, upstream)
-        exact = message_id.decode("latin-1")
-        return self.store.add_route(
-            upstream,
-            key,
-            account,
-            app_message_id,
-            self.clock.seconds(),
-            None if exact == key else exact,
-        )
+        not that id. ``upstream``: the one that answered with this id (None: the only one).
+        The Deferred form of `remember_cb`."""
+        stored: Deferred[None] = Deferred()
+
+        def done(error: Exception | None) -> None:
+            if error is None:
+                stored.callback(None)
+            else:
+                stored.errback(error)
+
+        self.remember_cb(message_id, account, app_message_id, upstream, done)
+        return stored
 
     def remember_cb(
         self,

@@ -7,6 +7,7 @@ It is never subclassed per side: downstream and upstream differ only in their ha
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
@@ -34,6 +35,10 @@ from smpprelay.wire import CORK, Outcome, ResponseTimeout, firing
 __all__ = ["LATE_MAX", "LATE_MEMORY", "Outcome", "ResponseTimeout", "SmppConnection", "firing"]
 
 _CONNECTION_LOST = Failure(ConnectionLost())
+_MAX_SEQUENCE = pdu.MAX_SEQUENCE
+_pack_u32 = struct.Struct(">I").pack
+_unpack_header = pdu.HEADER.unpack_from
+_RESPONSE_BIT = pdu.RESPONSE_BIT
 
 
 # How long, in response timeouts, a request that timed out is remembered so that its late
@@ -272,12 +277,27 @@ class SmppConnection(Protocol):
         if self.closed:
             outcome(Failure(ConnectionLost("connection closed")))
             return
-        sequence = self._next_sequence()
-        self._pending[sequence] = (self.clock.seconds() + self.response_timeout, outcome)
+        pending = self._pending
+        late = self._late
+        # `_next_sequence` and `with_sequence` inline for the common case (the next number is
+        # free): this runs once per relayed submit.
+        sequence = self._last_sequence + 1
+        if sequence > _MAX_SEQUENCE or sequence in pending or (late and sequence in late):
+            sequence = self._next_sequence()
+        else:
+            self._last_sequence = sequence
+        pending[sequence] = (self.clock.seconds() + self.response_timeout, outcome)
         if self._timer is None:
             self._timer = self.clock.callLater(self.response_timeout, self._expire)
         self.metrics.count_pdu(self.side, "out", frame)
-        self._write(pdu.with_sequence(frame, sequence))
+        data = frame[:12] + _pack_u32(sequence) + frame[16:]
+        if CORK.depth:  # `_write`, inline
+            held = self._held
+            if not held:
+                CORK.dirty.append(self)
+            held.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _write(self, data: bytes) -> None:
         """Write now, or at the end of the read being handled (`smpprelay.wire.Cork`)."""
@@ -407,9 +427,9 @@ class SmppConnection(Protocol):
                 return sequence
 
     def _dispatch(self, frame: bytes) -> None:
-        _, command_id, _, sequence = pdu.HEADER.unpack_from(frame, 0)
+        _, command_id, _, sequence = _unpack_header(frame, 0)
         self.metrics.count_pdu(self.side, "in", frame)
-        if command_id & pdu.RESPONSE_BIT:
+        if command_id & _RESPONSE_BIT:
             entry = self._pending.pop(sequence, None)
             if entry is not None:
                 try:  # `_tell`, inline: this is every answer's path

@@ -140,6 +140,8 @@ class UpstreamPool:
         self.clock = clock
         self.pace = pace  # None: no cap
         self.metrics = metrics
+        # The series itself (the family has no labels): observed once per answer.
+        self._round_trip = metrics.upstream_round_trip.labels()
         self.window = window
         self.queue_timeout = queue_timeout
         self.queue_max = queue_max
@@ -263,14 +265,16 @@ class UpstreamPool:
     def _send(self, lane: _Lane, frame: bytes, outcome: Outcome) -> None:
         clock = self.clock
         sent = clock.seconds()
+        round_trip = self._round_trip
 
         def freed(result: bytes | Failure) -> None:
             try:
                 if isinstance(result, bytes):
-                    self.metrics.upstream_round_trip.observe(clock.seconds() - sent)
-                    if result[8:12] in _BACK_OFF:
+                    round_trip.observe(clock.seconds() - sent)
+                    status = result[8:12]
+                    if status in _BACK_OFF:
                         self._back_off(lane)
-                        if self.pace is not None and result[8:12] == _THROTTLED:
+                        if self.pace is not None and status == _THROTTLED:
                             self.pace.throttled(sent)
                     elif lane.limit < self.window:
                         self._recover(lane)

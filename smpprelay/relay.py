@@ -54,6 +54,8 @@ from smpprelay.wire import tell
 
 T = TypeVar("T")
 
+_unpack_header = pdu.HEADER.unpack_from
+
 
 class Relay(RelayUpkeep):
     """Carries submits through the rules to the operator and answers the app."""
@@ -193,55 +195,72 @@ class Relay(RelayUpkeep):
     # --- one message, one submit ------------------------------------------------------------
 
     def _send_one(self, message: Message, chain: Chain | None, outcome: Outcome) -> None:
-        account = message.account
-
-        def answered(resp: bytes) -> bytes | None:
-            _, command_id, status, _ = pdu.header(resp)
-            self.metrics.count_upstream_submit(status, carrier(resp) or self.router.upstream)
-            message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
-            if chain is not None:
-                chain.settle(message, self.clock.seconds(), message_id)
-            if command_id not in ACCEPTING:
-                # A generic_nack answers for the submit: the app gets its status.
-                return pdu.submit_sm_resp(0, status)
-            if message_id is not None:
-                # Stored before the app hears ESME_ROK, so its receipt always has a route (and
-                # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-                self._store_then_answer(message_id, account, message.app_id, resp, outcome)
-                return None  # the store's callback answers
-            return resp
-
-        def failed(reason: Failure) -> bytes:
-            if chain is not None:
-                chain.settle(message, self.clock.seconds(), None)
-            if isinstance(reason.value, ResponseTimeout):
-                # The app is told ESME_RSYSERR now; should the operator answer after all,
-                # the message was delivered: its receipt and the rules must know.
-                reason.value.on_late(lambda resp: self._late_answer(message, chain, resp))
-            status = status_of(reason)
-            self.log.info(
-                "{account}: submit answered {status} ({why})",
-                account=account,
-                status=pdu.status_name(status),
-                why=reason.getErrorMessage(),
-            )
-            return pdu.submit_sm_resp(0, status)
-
+        # One closure per submit: what it does with the answer are methods (a closure for
+        # each would be made on every submit).
         def settled(result: bytes | Failure) -> None:
-            # What a Deferred chain did for free: a bug above still answers the app (through
+            # What a Deferred chain did for free: a bug below still answers the app (through
             # ``outcome``'s failure path) instead of leaving it waiting.
             answer: bytes | Failure | None
             try:
-                answer = failed(result) if isinstance(result, Failure) else answered(result)
+                if isinstance(result, Failure):
+                    answer = self._failed(message, chain, result)
+                else:
+                    answer = self._answered(message, chain, result, outcome)
             except Exception:
                 answer = Failure()
             if answer is not None:
                 tell(outcome, answer)  # once: a bug in it must not answer the app twice
 
-        self.pool.submit_cb(message.frame, account, settled)
+        self.pool.submit_cb(message.frame, message.account, settled)
+
+    def _answered(
+        self, message: Message, chain: Chain | None, resp: bytes, outcome: Outcome
+    ) -> bytes | None:
+        """The operator's answer to `_send_one`'s submit: what to give the app, or None when
+        the store's callback gives it."""
+        _, command_id, status, _ = _unpack_header(resp, 0)
+        upstream = carrier(resp)
+        self.metrics.count_upstream_submit(status, upstream or self.router.upstream)
+        message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
+        if chain is not None:
+            chain.settle(message, self.clock.seconds(), message_id)
+        if command_id not in ACCEPTING:
+            # A generic_nack answers for the submit: the app gets its status.
+            return pdu.submit_sm_resp(0, status)
+        if message_id is not None:
+            # Stored before the app hears ESME_ROK, so its receipt always has a route (and
+            # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
+            self._store_then_answer(
+                message_id, message.account, message.app_id, resp, outcome, upstream
+            )
+            return None  # the store's callback answers
+        return resp
+
+    def _failed(self, message: Message, chain: Chain | None, reason: Failure) -> bytes:
+        """No answer from the operator for `_send_one`'s submit: what to give the app."""
+        if chain is not None:
+            chain.settle(message, self.clock.seconds(), None)
+        if isinstance(reason.value, ResponseTimeout):
+            # The app is told ESME_RSYSERR now; should the operator answer after all,
+            # the message was delivered: its receipt and the rules must know.
+            reason.value.on_late(functools.partial(self._late_answer, message, chain))
+        status = status_of(reason)
+        self.log.info(
+            "{account}: submit answered {status} ({why})",
+            account=message.account,
+            status=pdu.status_name(status),
+            why=reason.getErrorMessage(),
+        )
+        return pdu.submit_sm_resp(0, status)
 
     def _store_then_answer(
-        self, message_id: bytes, account: str, app_id: bytes | None, resp: bytes, outcome: Outcome
+        self,
+        message_id: bytes,
+        account: str,
+        app_id: bytes | None,
+        resp: bytes,
+        outcome: Outcome,
+        upstream: str | None,
     ) -> None:
         """Store the route, then answer ``resp`` (ESME_RMSGQFUL if it could not be stored):
         from the store's callback (`Router.remember_cb`), at once when the store answers at once
@@ -262,7 +281,7 @@ class Relay(RelayUpkeep):
             tell(outcome, answer)
 
         try:
-            self.router.remember_cb(message_id, account, app_id, carrier(resp), done)
+            self.router.remember_cb(message_id, account, app_id, upstream, done)
         except Exception:
             if not given:
                 raise  # not answered yet: the caller answers the app with the failure

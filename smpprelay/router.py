@@ -134,7 +134,8 @@ class Router:
         route is stored, ``done(error)`` when not; maybe before this returns. No Deferred: the
         relay's submit path takes this one."""
         upstream = upstream or self.upstream
-        key = self.key_of(message_id, upstream)
+        bases = self._bases.get(upstream)  # `key_of`, inline: once per submit
+        key = normalise_message_id(message_id, self._resp_base if bases is None else bases[0])
         exact = message_id.decode("latin-1")
         self.store.add_route_cb(
             upstream,

@@ -27,6 +27,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from smpprelay import pdu
+from smpprelay.liveness import Liveness
 from smpprelay.metrics import Metrics, Side
 from smpprelay.pdu import CommandId, FramingError, Status
 from smpprelay.wire import CORK, Outcome, ResponseTimeout, firing
@@ -60,7 +61,7 @@ class RequestHandler(TypingProtocol):
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class SmppConnection(Protocol):
+class SmppConnection(Liveness, Protocol):
     """An SMPP session over one transport.
 
     ``send_request_cb`` calls its `Outcome` with the response frame (a ``generic_nack``
@@ -68,6 +69,8 @@ class SmppConnection(Protocol):
     `ResponseTimeout` or the connection's loss; ``send_request`` is the same as a Deferred.
     Every request sent gets exactly one outcome. (The submit path takes the callback form: a
     Deferred per submit costs more than the rest of the hop's bookkeeping.)
+
+    Keepalive and inactivity are `smpprelay.liveness.Liveness`'s.
 
     The connection is the producer of its own transport's writes: when the peer stops reading
     and the write buffer fills, the transport pauses it, and it stops reading the peer's
@@ -372,31 +375,6 @@ class SmppConnection(Protocol):
             pending[sequence] = (deadline, counted(outcome))
         return done
 
-    def start_keepalive(self, interval: float) -> None:
-        """Send enquire_link every ``interval`` seconds; one left unanswered kills the link."""
-        self.enquire_link_interval = interval
-        if self._keepalive is None and not self.closed:
-            self._keepalive = self.clock.callLater(interval, self._send_keepalive)
-
-    def start_inactivity(self, seconds: float, on_idle: Callable[[], None]) -> None:
-        """Call ``on_idle`` once nothing has been read from the peer for ``seconds``."""
-        self._inactivity = seconds
-        self._on_idle = on_idle
-        self._last_read = self.clock.seconds()
-        if self._idle_timer is None and not self.closed:
-            self._idle_timer = self.clock.callLater(seconds, self._idle_check)
-
-    def _idle_check(self) -> None:
-        self._idle_timer = None
-        if self.closed or self._inactivity is None or self._on_idle is None or self.paused:
-            return  # paused: the peer's requests wait unread; resumeProducing re-arms it
-        due = self._last_read + self._inactivity - self.clock.seconds()
-        if due > 0:
-            self._idle_timer = self.clock.callLater(due, self._idle_check)
-            return
-        self._inactivity = None  # once: the handler decides what follows
-        self._on_idle()
-
     def close(self) -> None:
         """Close after what was written has been sent."""
         if not self.closed:
@@ -517,26 +495,3 @@ class SmppConnection(Protocol):
             if until > now and len(late) <= LATE_MAX:
                 break
             del late[sequence]
-
-    def _send_keepalive(self) -> None:
-        self._keepalive = None
-        if self.closed:
-            return
-
-        def answered(_: bytes) -> None:
-            if not self.closed and self.enquire_link_interval:
-                self._keepalive = self.clock.callLater(
-                    self.enquire_link_interval, self._send_keepalive
-                )
-
-        def unanswered(reason: Failure) -> None:
-            if reason.check(ResponseTimeout):
-                self.log.warn(
-                    "{side} {peer}: enquire_link unanswered; declaring the link dead",
-                    side=self.side,
-                    peer=self.peer,
-                )
-                self.metrics.session_timeouts.labels(self.side, "enquire_link").inc()
-                self.abort()
-
-        self.send_request(pdu.build(CommandId.enquire_link, 0)).addCallbacks(answered, unanswered)

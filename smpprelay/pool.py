@@ -253,24 +253,23 @@ class UpstreamPool:
     def _with_room(self) -> _Lane | None:
         lanes = self._lanes
         count = len(lanes)
-        for i in range(count):
-            index = (self._next + i) % count
-            lane = lanes[index]
+        start = self._next
+        for i in range(start, start + count):
+            lane = lanes[i % count]
             connection = lane.connection
             if connection.in_flight < lane.limit and lane.long is None and not connection.closed:
-                self._next = index + 1
+                self._next = i % count + 1
                 return lane
         return None
 
     def _send(self, lane: _Lane, frame: bytes, outcome: Outcome) -> None:
-        clock = self.clock
-        sent = clock.seconds()
-        round_trip = self._round_trip
+        sent = self.clock.seconds()
 
+        # Closes over no more than it must: each cell is one more object per submit.
         def freed(result: bytes | Failure) -> None:
             try:
                 if isinstance(result, bytes):
-                    round_trip.observe(clock.seconds() - sent)
+                    self._round_trip.observe(self.clock.seconds() - sent)
                     status = result[8:12]
                     if status in _BACK_OFF:
                         self._back_off(lane)

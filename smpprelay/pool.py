@@ -117,6 +117,44 @@ class _Long:
         self.done.callback([result] * len(self.frames))
 
 
+class _Sent:
+    """A request the pool sent on a lane, told its answer: the window's bookkeeping (round
+    trip, throttling), what waits for room goes, and then whoever sent it hears.
+
+    One object per submit (a closure made a function and a cell per variable it shared).
+    """
+
+    __slots__ = ("lane", "outcome", "pool", "sent")
+
+    def __init__(self, pool: UpstreamPool, lane: _Lane, outcome: Outcome, sent: float) -> None:
+        self.pool = pool
+        self.lane = lane
+        self.outcome = outcome
+        self.sent = sent
+
+    def __call__(self, result: bytes | Failure) -> None:
+        pool = self.pool
+        lane = self.lane
+        try:
+            if isinstance(result, bytes):
+                pool._round_trip.observe(pool.clock.seconds() - self.sent)
+                status = result[8:12]
+                if status in _BACK_OFF:
+                    pool._back_off(lane)
+                    if pool.pace is not None and status == _THROTTLED:
+                        pool.pace.throttled(self.sent)
+                elif lane.limit < pool.window:
+                    pool._recover(lane)
+            if lane.long is not None:
+                pool._feed(lane)
+            if pool._count:
+                pool._drain()
+        except Exception:
+            # As in a Deferred chain: a bug here becomes the submit's failure, answered.
+            result = Failure()
+        tell(self.outcome, result)  # after the window's bookkeeping, as a Deferred chain would
+
+
 # A waiting submit: its deadline, the frame (or a long message's parts) and who waits for it
 # (a long message's `_Long.fail` when it is one: only a failure is told through the entry).
 _Entry = tuple[float, "bytes | _Long", Outcome]
@@ -263,30 +301,7 @@ class UpstreamPool:
         return None
 
     def _send(self, lane: _Lane, frame: bytes, outcome: Outcome) -> None:
-        sent = self.clock.seconds()
-
-        # Closes over no more than it must: each cell is one more object per submit.
-        def freed(result: bytes | Failure) -> None:
-            try:
-                if isinstance(result, bytes):
-                    self._round_trip.observe(self.clock.seconds() - sent)
-                    status = result[8:12]
-                    if status in _BACK_OFF:
-                        self._back_off(lane)
-                        if self.pace is not None and status == _THROTTLED:
-                            self.pace.throttled(sent)
-                    elif lane.limit < self.window:
-                        self._recover(lane)
-                if lane.long is not None:
-                    self._feed(lane)
-                if self._count:
-                    self._drain()
-            except Exception:
-                # As in a Deferred chain: a bug here becomes the submit's failure, answered.
-                result = Failure()
-            tell(outcome, result)  # after the window's bookkeeping, as a Deferred chain would
-
-        lane.connection.send_request_cb(frame, freed)
+        lane.connection.send_request_cb(frame, _Sent(self, lane, outcome, self.clock.seconds()))
 
     # --- long messages ----------------------------------------------------------------------
 

@@ -195,44 +195,25 @@ class Relay(RelayUpkeep):
     # --- one message, one submit ------------------------------------------------------------
 
     def _send_one(self, message: Message, chain: Chain | None, outcome: Outcome) -> None:
-        # One closure per submit: what it does with the answer are methods (a closure for
-        # each would be made on every submit).
-        def settled(result: bytes | Failure) -> None:
-            # What a Deferred chain did for free: a bug below still answers the app (through
-            # ``outcome``'s failure path) instead of leaving it waiting.
-            answer: bytes | Failure | None
-            try:
-                if isinstance(result, Failure):
-                    answer = self._failed(message, chain, result)
-                else:
-                    answer = self._answered(message, chain, result, outcome)
-            except Exception:
-                answer = Failure()
-            if answer is not None:
-                tell(outcome, answer)  # once: a bug in it must not answer the app twice
+        self.pool.submit_cb(message.frame, message.account, _Submit(self, message, chain, outcome))
 
-        self.pool.submit_cb(message.frame, message.account, settled)
-
-    def _answered(
-        self, message: Message, chain: Chain | None, resp: bytes, outcome: Outcome
-    ) -> bytes | None:
+    def _answered(self, submit: _Submit, resp: bytes) -> bytes | None:
         """The operator's answer to `_send_one`'s submit: what to give the app, or None when
         the store's callback gives it."""
         _, command_id, status, _ = _unpack_header(resp, 0)
         upstream = carrier(resp)
         self.metrics.count_upstream_submit(status, upstream or self.router.upstream)
         message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
+        chain = submit.chain
         if chain is not None:
-            chain.settle(message, self.clock.seconds(), message_id)
+            chain.settle(submit.message, self.clock.seconds(), message_id)
         if command_id not in ACCEPTING:
             # A generic_nack answers for the submit: the app gets its status.
             return pdu.submit_sm_resp(0, status)
         if message_id is not None:
             # Stored before the app hears ESME_ROK, so its receipt always has a route (and
             # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-            self._store_then_answer(
-                message_id, message.account, message.app_id, resp, outcome, upstream
-            )
+            self._store_then_answer(submit, message_id, resp, upstream)
             return None  # the store's callback answers
         return resp
 
@@ -254,36 +235,18 @@ class Relay(RelayUpkeep):
         return pdu.submit_sm_resp(0, status)
 
     def _store_then_answer(
-        self,
-        message_id: bytes,
-        account: str,
-        app_id: bytes | None,
-        resp: bytes,
-        outcome: Outcome,
-        upstream: str | None,
+        self, submit: _Submit, message_id: bytes, resp: bytes, upstream: str | None
     ) -> None:
         """Store the route, then answer ``resp`` (ESME_RMSGQFUL if it could not be stored):
-        from the store's callback (`Router.remember_cb`), at once when the store answers at once
-        (memory), with no Deferred either way."""
-
-        given = False
-
-        def done(error: Exception | None) -> None:
-            nonlocal given
-            given = True
-            if error is None:
-                answer: bytes | Failure = resp
-            elif isinstance(error, StoreUnavailable):
-                answer = self._not_stored(Failure(error), resp, account)
-            else:  # a bug, not an outage: fails the submit as a failed Deferred would
-                answer = Failure(error)
-            # A store's callback must not raise (`RouteDone`): a bug in the answer stays here.
-            tell(outcome, answer)
-
+        from the store's callback (`Router.remember_cb`, to `_Submit.stored`), at once when the
+        store answers at once (memory), with no Deferred either way."""
+        submit.resp = resp
+        message = submit.message
+        account = message.account
         try:
-            self.router.remember_cb(message_id, account, app_id, upstream, done)
+            self.router.remember_cb(message_id, account, message.app_id, upstream, submit.stored)
         except Exception:
-            if not given:
+            if not submit.given:
                 raise  # not answered yet: the caller answers the app with the failure
             self.log.failure("{account}: the route write failed after it answered", account=account)
 
@@ -439,6 +402,54 @@ class Relay(RelayUpkeep):
             message_id = pdu.message_id_of(resp)
             stored = self.router.remember(message_id, part.account, part.app_id, carrier(resp))
             self._remembered(stored, part.account)
+
+
+class _Submit:
+    """One submit on its way to the operator and back (`Relay._send_one`).
+
+    Called with the pool's outcome; `stored` is the store's callback for its route. One object
+    per submit where closures made a function and a cell per variable they shared: on the hot
+    path each of those is allocated, and tracked by the garbage collector, every time.
+    """
+
+    __slots__ = ("chain", "given", "message", "outcome", "relay", "resp")
+
+    def __init__(
+        self, relay: Relay, message: Message, chain: Chain | None, outcome: Outcome
+    ) -> None:
+        self.relay = relay
+        self.message = message
+        self.chain = chain
+        self.outcome = outcome
+        self.resp = b""  # the operator's answer, once it is being stored
+        self.given = False  # the app has its answer (from `stored`)
+
+    def __call__(self, result: bytes | Failure) -> None:
+        # What a Deferred chain did for free: a bug below still answers the app (through
+        # ``outcome``'s failure path) instead of leaving it waiting.
+        answer: bytes | Failure | None
+        try:
+            if isinstance(result, Failure):
+                answer = self.relay._failed(self.message, self.chain, result)
+            else:
+                answer = self.relay._answered(self, result)
+        except Exception:
+            answer = Failure()
+        if answer is not None:
+            tell(self.outcome, answer)  # once: a bug in it must not answer the app twice
+
+    def stored(self, error: Exception | None) -> None:
+        """The store wrote the route (``error`` None) or could not (`RouteDone`)."""
+        self.given = True
+        answer: bytes | Failure
+        if error is None:
+            answer = self.resp
+        elif isinstance(error, StoreUnavailable):
+            answer = self.relay._not_stored(Failure(error), self.resp, self.message.account)
+        else:  # a bug, not an outage: fails the submit as a failed Deferred would
+            answer = Failure(error)
+        # A store's callback must not raise (`RouteDone`): a bug in the answer stays here.
+        tell(self.outcome, answer)
 
 
 def _answer(_: None, resp: bytes) -> bytes:

@@ -263,7 +263,8 @@ class UpstreamPool:
             if lane is not None:
                 pace = self.pace
                 if pace is None or pace.take(1):
-                    self._send(lane, frame, outcome)
+                    sent = _Sent(self, lane, outcome, self.clock.seconds())  # `_send`, inline
+                    lane.connection.send_request_cb(frame, sent)
                     return
                 self._wait(account, frame, outcome)
                 pace.wake(1, self._drain)

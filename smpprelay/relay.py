@@ -129,8 +129,8 @@ class Relay(RelayUpkeep):
             outcome(pdu.submit_sm_resp(0, Status.ESME_RMSGQFUL))
             return
         chain = self.chain
-        if chain is None:
-            self._send_one(message, None, outcome)
+        if chain is None:  # `_send_one`, inline
+            self.pool.submit_cb(message.frame, account, _Submit(self, message, None, outcome))
             return
         if message.concat is not None and chain.holds_parts:
             # Issued before any rule sees the part (nothing holds it yet): a held part is

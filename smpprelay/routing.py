@@ -333,7 +333,7 @@ class UpstreamSet(MultiService):
         member = self._only  # `pick`'s first test, inline: most relays have one upstream
         if member is not None:
             member.routed.value += 1  # a `PlainCount`: its `inc`, inline
-            member.pool.submit_cb(frame, account, outcome)
+            member.service.pool.submit_cb(frame, account, outcome)
             return
         member = self.pick(frame, account)
         if member is None:

@@ -43,7 +43,7 @@ from smpprelay.connection import Outcome, SmppConnection, firing
 from smpprelay.metrics import Metrics
 from smpprelay.pace import Pace
 from smpprelay.pdu import Status
-from smpprelay.wire import tell
+from smpprelay.wire import TELL_FAILED, tell, tell_log
 
 # The command_status bytes of answers that mean "slow down" (read straight from the header:
 # this check runs on every answer).
@@ -118,11 +118,8 @@ class _Long:
 
 
 class _Sent:
-    """A request the pool sent on a lane, told its answer: the window's bookkeeping (round
-    trip, throttling), what waits for room goes, and then whoever sent it hears.
-
-    One object per submit (a closure made a function and a cell per variable it shared).
-    """
+    """A request sent on a lane, told its answer: the window's bookkeeping, then the sender
+    hears. One object per submit (a closure made a function and a cell per shared variable)."""
 
     __slots__ = ("lane", "outcome", "pool", "sent")
 
@@ -133,8 +130,7 @@ class _Sent:
         self.sent = sent
 
     def __call__(self, result: bytes | Failure) -> None:
-        pool = self.pool
-        lane = self.lane
+        pool, lane = self.pool, self.lane
         try:
             if isinstance(result, bytes):
                 pool._round_trip.observe(pool.clock.seconds() - self.sent)
@@ -152,7 +148,10 @@ class _Sent:
         except Exception:
             # As in a Deferred chain: a bug here becomes the submit's failure, answered.
             result = Failure()
-        tell(self.outcome, result)  # after the window's bookkeeping, as a Deferred chain would
+        try:  # `tell`, inline; after the window's bookkeeping, as a Deferred chain would
+            self.outcome(result)
+        except Exception:
+            tell_log.failure(TELL_FAILED)
 
 
 # A waiting submit: its deadline, the frame (or a long message's parts) and who waits for it

@@ -50,7 +50,7 @@ from smpprelay.router import Router
 from smpprelay.routing import carrier
 from smpprelay.shared.chain import SharedChain
 from smpprelay.store import HeldPart, Store, StoreUnavailable, WindowEntry
-from smpprelay.wire import tell
+from smpprelay.wire import TELL_FAILED, tell, tell_log
 
 T = TypeVar("T")
 
@@ -448,8 +448,12 @@ class _Submit:
             answer = self.relay._not_stored(Failure(error), self.resp, self.message.account)
         else:  # a bug, not an outage: fails the submit as a failed Deferred would
             answer = Failure(error)
-        # A store's callback must not raise (`RouteDone`): a bug in the answer stays here.
-        tell(self.outcome, answer)
+        # A store's callback must not raise (`RouteDone`): a bug in the answer stays here
+        # (`tell`, inline).
+        try:
+            self.outcome(answer)
+        except Exception:
+            tell_log.failure(TELL_FAILED)
 
 
 def _answer(_: None, resp: bytes) -> bytes:

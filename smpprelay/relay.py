@@ -199,23 +199,33 @@ class Relay(RelayUpkeep):
 
     def _answered(self, submit: _Submit, resp: bytes) -> bytes | None:
         """The operator's answer to `_send_one`'s submit: what to give the app, or None when
-        the store's callback gives it."""
+        the store's callback (`_Submit.stored`) gives it."""
         _, command_id, status, _ = _unpack_header(resp, 0)
         upstream = carrier(resp)
         self.metrics.count_upstream_submit(status, upstream or self.router.upstream)
         message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
+        message = submit.message
         chain = submit.chain
         if chain is not None:
-            chain.settle(submit.message, self.clock.seconds(), message_id)
+            chain.settle(message, self.clock.seconds(), message_id)
         if command_id not in ACCEPTING:
             # A generic_nack answers for the submit: the app gets its status.
             return pdu.submit_sm_resp(0, status)
-        if message_id is not None:
-            # Stored before the app hears ESME_ROK, so its receipt always has a route (and
-            # query_sm, cancel_sm, replace_sm find the message: every one gets a route).
-            self._store_then_answer(submit, message_id, resp, upstream)
-            return None  # the store's callback answers
-        return resp
+        if message_id is None:
+            return resp
+        # Stored before the app hears ESME_ROK, so its receipt always has a route (and
+        # query_sm, cancel_sm, replace_sm find the message: every one gets a route): answered
+        # from the store's callback, at once when the store answers at once (memory), and
+        # ESME_RMSGQFUL if it could not be stored; no Deferred either way.
+        submit.resp = resp
+        account = message.account
+        try:
+            self.router.remember_cb(message_id, account, message.app_id, upstream, submit.stored)
+        except Exception:
+            if not submit.given:
+                raise  # not answered yet: the caller answers the app with the failure
+            self.log.failure("{account}: the route write failed after it answered", account=account)
+        return None
 
     def _failed(self, message: Message, chain: Chain | None, reason: Failure) -> bytes:
         """No answer from the operator for `_send_one`'s submit: what to give the app."""
@@ -233,22 +243,6 @@ class Relay(RelayUpkeep):
             why=reason.getErrorMessage(),
         )
         return pdu.submit_sm_resp(0, status)
-
-    def _store_then_answer(
-        self, submit: _Submit, message_id: bytes, resp: bytes, upstream: str | None
-    ) -> None:
-        """Store the route, then answer ``resp`` (ESME_RMSGQFUL if it could not be stored):
-        from the store's callback (`Router.remember_cb`, to `_Submit.stored`), at once when the
-        store answers at once (memory), with no Deferred either way."""
-        submit.resp = resp
-        message = submit.message
-        account = message.account
-        try:
-            self.router.remember_cb(message_id, account, message.app_id, upstream, submit.stored)
-        except Exception:
-            if not submit.given:
-                raise  # not answered yet: the caller answers the app with the failure
-            self.log.failure("{account}: the route write failed after it answered", account=account)
 
     def _after(self, stored: Deferred[None], resp: bytes, account: str) -> Deferred[bytes]:
         """``resp`` once ``stored`` is, else ESME_RMSGQFUL (no closure: once per submit)."""

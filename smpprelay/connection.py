@@ -265,7 +265,13 @@ class SmppConnection(Liveness, Protocol):
         """Write a PDU as it is (responses, or requests whose answer nobody waits for)."""
         if not self.closed:
             self.metrics.count_pdu(self.side, "out", frame)
-            self._write(frame)
+            if CORK.depth:  # held while a read is handled (`smpprelay.wire.Cork`)
+                held = self._held
+                if not held:
+                    CORK.dirty.append(self)
+                held.append(frame)
+            else:
+                self.transport.write(frame)  # type: ignore[union-attr]
 
     def send_request(self, frame: bytes) -> Deferred[bytes]:
         """Send a request under a fresh sequence number; the Deferred fires with the answer."""
@@ -294,17 +300,7 @@ class SmppConnection(Liveness, Protocol):
             self._timer = self.clock.callLater(self.response_timeout, self._expire)
         self.metrics.count_pdu(self.side, "out", frame)
         data = frame[:12] + _pack_u32(sequence) + frame[16:]
-        if CORK.depth:  # `_write`, inline
-            held = self._held
-            if not held:
-                CORK.dirty.append(self)
-            held.append(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
-
-    def _write(self, data: bytes) -> None:
-        """Write now, or at the end of the read being handled (`smpprelay.wire.Cork`)."""
-        if CORK.depth:
+        if CORK.depth:  # as in `send`
             held = self._held
             if not held:
                 CORK.dirty.append(self)

@@ -201,7 +201,8 @@ class Relay(RelayUpkeep):
         """The operator's answer to `_send_one`'s submit: what to give the app, or None when
         the store's callback (`_Submit.stored`) gives it."""
         _, command_id, status, _ = _unpack_header(resp, 0)
-        upstream = carrier(resp)
+        # Plain bytes come from the only upstream (a `Carried` names one of several).
+        upstream = None if type(resp) is bytes else carrier(resp)
         self.metrics.count_upstream_submit(status, upstream or self.router.upstream)
         message_id = pdu.message_id_of(resp) if status == Status.ESME_ROK else None
         message = submit.message

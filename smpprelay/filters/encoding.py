@@ -297,13 +297,14 @@ class EncodingFilter(HoldsNothing):
         elif message.concat is not None:
             self._bill(message.data_coding, 1)
         else:
-            dc = message.data_coding
+            dc = message.fields.data_coding
             content = message.content
             if len(content) <= _ONE_SMS_OCTETS and not (dc == GSM and self.upstream_iso):
                 parts = 1  # the common case, without the call: fits one SMS in any coding
             else:
                 parts = billed_parts(dc, content, latin1=self.upstream_iso)
-            self._bill(dc, parts)
+            billed = self._billed  # `_bill` written out: this runs per accepted submit
+            billed[dc] = billed.get(dc, 0) + parts
 
     # --- transcoding --------------------------------------------------------------------
 

@@ -234,9 +234,7 @@ class FilterChain:
                 try:
                     verdict = checks[index](message, now)
                 except Exception:
-                    self.log.failure(
-                        "rule {rule} failed; rejecting", rule=self.filters[index].name
-                    )
+                    self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
                     verdict = reject(Status.ESME_RSYSERR, "rule_error")
                 continue
             rule = self.filters[index]
@@ -319,15 +317,13 @@ class FilterChain:
             for settle in self._settles:
                 settle(message, now, message_id)
         except Exception:
-            index = self._settles.index(settle)
-            self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
-            for index in range(index + 1, len(self._settles)):
+            failed = self._settles.index(settle)
+            self.log.failure("rule {rule} failed to settle", rule=self._settled[failed].name)
+            for index in range(failed + 1, len(self._settles)):
                 try:
                     self._settles[index](message, now, message_id)
                 except Exception:
-                    self.log.failure(
-                        "rule {rule} failed to settle", rule=self._settled[index].name
-                    )
+                    self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
 
     def settle_parts(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         """Tell the rules that hold parts what became of a glued message (after `settle`)."""

@@ -52,6 +52,8 @@ class Filter(Protocol):
     # True: the rule may answer ``hold`` for a concatenated part, so the relay gives each part
     # its own id (`Message.app_message_id`) before the rules see it.
     holds_parts: ClassVar[bool]
+    # Optional, False if absent: ``passes_plain`` True says `check` answers `ACCEPT` for every
+    # message whose ``concat`` is None, so the chain does not call it for one.
 
     def check(self, message: Message, now: float) -> Verdict:
         """Decide about ``message``; a rule that accepts may reserve state for it.
@@ -176,6 +178,11 @@ class FilterChain:
         self._accepted = dict.fromkeys((rule.name for rule in filters), 0)
         self._passed = 0
         self._checks = tuple(rule.check for rule in filters)
+        # Most submits are plain (unconcatenated): the rules that accept every plain message
+        # without looking at it (`Filter.passes_plain`) are not called for one.
+        self._plain_checks = tuple(
+            rule.check for rule in filters if not getattr(rule, "passes_plain", False)
+        )
         # Rules whose state does not depend on the operator's answer are not told it.
         self._settled = [rule for rule in filters if rule.settles]
         self._settles = tuple(rule.settle for rule in self._settled)
@@ -190,21 +197,45 @@ class FilterChain:
         Rules that reserve state by the message's identity (dedup) come after the rules that
         replace it (`smpprelay.filters.build_chain`), so they see, and settle, the same object.
         """
-        passed_on = ACCEPT
-        for index, check in enumerate(self._checks):
-            try:
+        # The common case, every rule accepting as it is, in a loop with no index and no
+        # try per rule (an exception costs nothing until one is raised).
+        check = None
+        try:
+            for check in self._plain_checks if message.concat is None else self._checks:
                 verdict = check(message, now)
-            except Exception:
-                self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
-                verdict = reject(Status.ESME_RSYSERR, "rule_error")
+                if verdict is not ACCEPT:
+                    break
+            else:
+                self._passed += 1
+                return ACCEPT
+        except Exception:
+            index = self._checks.index(check)  # bound methods compare by rule and function
+            self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
+            verdict = reject(Status.ESME_RSYSERR, "rule_error")
+        else:
+            index = self._checks.index(check)
+        return self._decide(message, now, index, verdict)
+
+    def _decide(self, message: Message, now: float, index: int, verdict: Verdict) -> Verdict:
+        """The chain's verdict from rule ``index`` on, that rule having answered ``verdict``
+        and every rule before it accepted ``message`` as it is."""
+        passed_on = ACCEPT
+        checks = self._checks
+        while True:
             # The identity test is the fast path; the action decides, so an equal
             # Verdict("accept") is an accept too.
-            if verdict is ACCEPT:
-                continue
-            if verdict.action == "accept":
+            if verdict is ACCEPT or verdict.action == "accept":
                 if verdict.message is not None:
                     message = verdict.message
                     passed_on = verdict
+                index += 1
+                if index == len(checks):
+                    break
+                try:
+                    verdict = checks[index](message, now)
+                except Exception:
+                    self.log.failure("rule {rule} failed; rejecting", rule=self.filters[index].name)
+                    verdict = reject(Status.ESME_RSYSERR, "rule_error")
                 continue
             rule = self.filters[index]
             self._count(rule.name, verdict)
@@ -280,11 +311,19 @@ class FilterChain:
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Tell every rule what became of a message the chain accepted."""
-        for index, settle in enumerate(self._settles):
-            try:
+        # One try for the common case; a rule that raises is logged and the rest still told.
+        settle = None
+        try:
+            for settle in self._settles:
                 settle(message, now, message_id)
-            except Exception:
-                self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
+        except Exception:
+            failed = self._settles.index(settle)
+            self.log.failure("rule {rule} failed to settle", rule=self._settled[failed].name)
+            for index in range(failed + 1, len(self._settles)):
+                try:
+                    self._settles[index](message, now, message_id)
+                except Exception:
+                    self.log.failure("rule {rule} failed to settle", rule=self._settled[index].name)
 
     def settle_parts(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         """Tell the rules that hold parts what became of a glued message (after `settle`)."""

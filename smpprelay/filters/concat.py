@@ -118,6 +118,7 @@ class ConcatFilter:
     # `parts_settled` (called for the rules that hold parts), so `settle` is never called.
     settles: ClassVar[bool] = False
     holds_parts: ClassVar[bool] = True
+    passes_plain: ClassVar[bool] = True  # `check` accepts a message with no concat as it is
 
     def __init__(
         self,

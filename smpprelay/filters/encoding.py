@@ -297,13 +297,17 @@ class EncodingFilter(HoldsNothing):
         elif message.concat is not None:
             self._bill(message.data_coding, 1)
         else:
-            dc = message.data_coding
-            content = message.content
-            if len(content) <= _ONE_SMS_OCTETS and not (dc == GSM and self.upstream_iso):
-                parts = 1  # the common case, without the call: fits one SMS in any coding
+            dc = message.fields.data_coding
+            size = len(message.content)
+            # The common cases, without the call: GSM septets (an escape is two octets of
+            # ``content`` already) within one SMS, or 140 octets in any other coding.
+            if dc == GSM:
+                one = size <= _GSM_PARTS[0] and not self.upstream_iso
             else:
-                parts = billed_parts(dc, content, latin1=self.upstream_iso)
-            self._bill(dc, parts)
+                one = size <= _ONE_SMS_OCTETS
+            parts = 1 if one else billed_parts(dc, message.content, latin1=self.upstream_iso)
+            billed = self._billed  # `_bill` written out: this runs per accepted submit
+            billed[dc] = billed.get(dc, 0) + parts
 
     # --- transcoding --------------------------------------------------------------------
 

@@ -78,13 +78,18 @@ class FloodFilter(HoldsNothing):
 
     def check(self, message: Message, now: float) -> Verdict:
         """Reject a message that would exceed the streak; otherwise count it as in flight."""
-        if self.streaks.claim(self.key(message), now, self.max_messages):
+        key = message.fields.destination_addr  # `key` written out: this runs per submit
+        if self.per_client:
+            key = message.account.encode() + b"\0" + key
+        if self.streaks.claim(key, now, self.max_messages):
             return ACCEPT
         return self._flood
 
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Count an accepted message in its streak at ``now``, or release one that was not."""
-        key = self.key(message)
+        key = message.fields.destination_addr  # `key` written out: this runs per submit
+        if self.per_client:
+            key = message.account.encode() + b"\0" + key
         if message_id is None:
             self.streaks.release(key)
         else:

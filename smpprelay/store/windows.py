@@ -331,11 +331,10 @@ class DedupWindow(RecordTable):
         """The operator accepted the message with this key at ``now``."""
         pending = self._pending
         young = self._young
-        if key in pending:
-            # Reserved: claim found no live entry for it, and none can have come since.
-            del pending[key]
-        elif young.pop(key, None) is None and self._count:
-            # Not reserved (accepted before): the old entry goes, the new one to the back.
+        # Reserved (its value is None: one dict operation to test and remove): claim found no
+        # live entry for it, and none can have come since. Otherwise accepted before: the old
+        # entry goes, the new one to the back.
+        if pending.pop(key, 0) is not None and young.pop(key, None) is None and self._count:
             bucket = self._buckets[hash(key) & self._mask]
             at = self._find(bucket, key)
             if at >= 0:

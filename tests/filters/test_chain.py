@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
+import pytest
 from prometheus_client import CollectorRegistry
 
 from smpprelay.config import ConcatRule, DedupRule
@@ -13,7 +15,7 @@ from smpprelay.filters.concat import ConcatFilter
 from smpprelay.filters.dedup import DedupFilter
 from smpprelay.message import ACCEPT, Message, Verdict, accept, read_message, reject
 from smpprelay.metrics import Metrics
-from tests.fakes import submit_sm
+from tests.fakes import captured_logs, is_error, submit_sm
 from tests.fakes.rules import ScriptedRule
 
 
@@ -105,3 +107,106 @@ def test_expire_and_drop_all_collect_what_the_rules_give_up() -> None:
         ([second.frame], "shutdown")
     ]
     assert len(concat) == 0
+
+
+class Plain(ScriptedRule):
+    """A rule that accepts every unconcatenated message unseen (as the concat rule does)."""
+
+    name: ClassVar[str] = "plain"
+    settles: ClassVar[bool] = False
+    holds_parts: ClassVar[bool] = False
+    passes_plain: ClassVar[bool] = True
+
+
+class Settling(ScriptedRule):
+    """A rule that settles (and may fail to) but holds no parts."""
+
+    name: ClassVar[str] = "settling"
+    holds_parts: ClassVar[bool] = False
+
+    def __init__(self, decide: Callable[[Message], Verdict], fails: bool = False) -> None:
+        super().__init__(decide)
+        self.fails = fails
+
+    def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
+        super().settle(message, now, message_id)
+        if self.fails:
+            raise RuntimeError("settle bug")
+
+
+def decisions(metrics: Metrics, rule: str, action: str, reason: str = "") -> float:
+    labels = {"filter": rule, "action": action, "reason": reason}
+    value = metrics.registry.get_sample_value("smpprelay_filter_decisions_total", labels)
+    return value or 0.0
+
+
+def test_a_rule_that_passes_plain_messages_is_not_called_for_one_but_counted() -> None:
+    """passes_plain: a plain message skips the rule (still counted as its accept); a part
+    does not; a later rejection counts the skipped rule's accept too."""
+    metrics = Metrics(CollectorRegistry())
+    plain = Plain(lambda m: ACCEPT)
+    verdicts = [ACCEPT, reject(0x45, "flood")]
+    chain = FilterChain([plain, Rule(lambda m: verdicts.pop(0))], metrics)
+    assert chain.check(message(), 0.0) is ACCEPT
+    assert plain.checked == []
+    assert chain.check(message(), 0.0).reason == "flood"
+    assert plain.checked == []
+    chain.flush_counts()
+    assert decisions(metrics, "plain", "accept") == 2
+    verdicts.append(ACCEPT)
+    first = part(1)
+    assert chain.check(first, 0.0) is ACCEPT
+    assert plain.checked == [first]
+
+
+@pytest.mark.logs_errors
+def test_a_failing_rule_rejects_and_the_rules_before_it_release() -> None:
+    """A rule that raises in check: ESME_RSYSERR (rule_error), logged, and the rules before it
+    are told the message did not get through."""
+    metrics = Metrics(CollectorRegistry())
+    earlier = Settling(lambda m: ACCEPT)
+
+    def broken(m: Message) -> Verdict:
+        raise RuntimeError("check bug")
+
+    chain = FilterChain([earlier, Rule(broken)], metrics)
+    checked = message()
+    with captured_logs(is_error) as failures:
+        verdict = chain.check(checked, 0.0)
+    assert (verdict.action, verdict.status, verdict.reason) == ("reject", 0x08, "rule_error")
+    assert earlier.settled == [(checked, None)]
+    assert decisions(metrics, "scripted", "reject", "rule_error") == 1
+    assert [(str(event["log_failure"].value), event["rule"]) for event in failures] == [
+        ("check bug", "scripted")
+    ]
+
+
+@pytest.mark.logs_errors
+def test_a_failing_rule_after_a_replacement_rejects_with_the_replacement() -> None:
+    """The slow path too: a replacement, then a rule that raises."""
+    metrics = Metrics(CollectorRegistry())
+    replaced = attrs.evolve(message(), content=b"glued")
+
+    def broken(m: Message) -> Verdict:
+        raise RuntimeError("check bug")
+
+    chain = FilterChain([Rule(lambda m: accept(replaced)), Rule(broken)], metrics)
+    with captured_logs(is_error) as failures:
+        verdict = chain.check(message(), 0.0)
+    assert (verdict.action, verdict.reason, verdict.message) == ("reject", "rule_error", replaced)
+    assert len(failures) == 1
+
+
+@pytest.mark.logs_errors
+def test_a_rule_failing_to_settle_is_logged_and_the_next_ones_still_settle() -> None:
+    metrics = Metrics(CollectorRegistry())
+    rules = [Settling(lambda m: ACCEPT, fails=index == 1) for index in range(3)]
+    chain = FilterChain(list(rules), metrics)
+    settled = message()
+    assert chain.check(settled, 0.0) is ACCEPT
+    with captured_logs(is_error) as failures:
+        chain.settle(settled, 1.0, b"OP1")
+    assert [rule.settled for rule in rules] == [[(settled, b"OP1")]] * 3
+    assert [(str(event["log_failure"].value), event["rule"]) for event in failures] == [
+        ("settle bug", "settling")
+    ]

@@ -514,6 +514,32 @@ def test_settle_counts_billed_parts_of_an_accepted_message() -> None:
     assert rule.billed(0) == 2
 
 
+@pytest.mark.parametrize("upstream_iso", [False, True])
+@pytest.mark.parametrize(
+    ("data_coding", "content"),
+    [
+        (0, b"a" * 160),
+        (0, b"a" * 161),
+        (0, b"\x1be" * 80),
+        (0, b"a" * 159 + b"\x1be"),
+        (0, b"[" * 80),
+        (0, b"[" * 81),
+        (8, b"\x04\x16" * 70),
+        (8, b"\x04\x16" * 71),
+        (4, b"\xff" * 140),
+        (4, b"\xff" * 141),
+    ],
+)
+def test_settle_bills_as_billed_parts_at_the_edges_of_one_sms(
+    upstream_iso: bool, data_coding: int, content: bytes
+) -> None:
+    """settle's shortcut for one SMS agrees with `billed_parts` on either side of its bound."""
+    rule = Rule(upstream_iso)
+    message = make(data_coding=data_coding, short_message=content)
+    rule.filter.settle(message, 1.0, b"op-1")
+    assert rule.billed(data_coding) == billed_parts(data_coding, content, latin1=upstream_iso)
+
+
 def test_settle_counts_nothing_for_a_message_not_accepted() -> None:
     """No message id: the operator did not take it, nothing is billed."""
     rule = Rule()

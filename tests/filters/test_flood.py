@@ -200,6 +200,21 @@ def test_client_scope_counts_each_app_apart() -> None:
     assert rule.check(2.0, account="app2")
 
 
+@pytest.mark.parametrize("scope", ["upstream", "client"])
+def test_check_and_settle_keep_the_streak_under_key(scope: str) -> None:
+    """check and settle (which write `key` out) reserve, count and release under `key`."""
+    rule = Rule(max_messages=5, scope=scope)
+    accepted, released = make(account="app1"), make(account="app1")
+    key = rule.filter.key(accepted)
+    assert rule.filter.check(accepted, 0.0) == ACCEPT
+    assert rule.filter.check(released, 0.0) == ACCEPT
+    assert rule.filter.streaks.count(key, 0.0) == 2  # both in flight under key
+    rule.filter.settle(accepted, 1.0, b"op")
+    rule.filter.settle(released, 1.0, None)
+    assert rule.filter.streaks.streak(key) == (1.0, 1)
+    assert rule.filter.streaks.count(key, 1.0) == 1  # nothing left in flight
+
+
 # --- bounds and expiry ----------------------------------------------------------------------
 
 

@@ -75,6 +75,7 @@ class Writer:
         self._retry_rows = 0
         self._ids: dict[str, int] = {}  # upstream and account names -> their number
         self._names: dict[int, str] = {}
+        self._rows_max = _ROWS_MAX  # routes per INSERT, as this sqlite allows (`_open`)
 
     def put(self, op: Op) -> None:
         """Queue ``op`` (reactor thread): an append, and a wake-up only if the writer sleeps."""
@@ -134,6 +135,9 @@ class Writer:
             conn.close()
             raise
         self._names = {number: name for name, number in self._ids.items()}
+        # sqlite before 3.32 takes 999 parameters in a statement (since then 32,766).
+        most = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _ROUTE_WIDTH
+        self._rows_max = max(_ROWS_STEP, min(_ROWS_MAX, most // _ROWS_STEP * _ROWS_STEP))
         return conn
 
     # --- one batch --------------------------------------------------------------------------
@@ -176,14 +180,12 @@ class Writer:
 
     def _transaction(self, conn: sqlite3.Connection, by_kind: dict[int, list[Op]]) -> str | None:
         """Run the batch's writes in one transaction; None, or what went wrong."""
-        if (ops := by_kind.get(ADD)) and not any(
-            kind != ADD and kind not in LOOKUPS for kind in by_kind
-        ):
-            rows = self._known_rows(ops)
-            if rows is not None and len(rows) <= _ROWS_MAX:
-                return self._routes_alone(conn, rows)
+        alone = self._routes_alone(by_kind)
         added: list[str] = []
         try:
+            if alone is not None:
+                self._add_alone(conn, alone)
+                return None
             conn.execute("BEGIN IMMEDIATE")
             deltas, written, evicted = self._apply(conn, by_kind, added)
             conn.execute("COMMIT")
@@ -200,8 +202,16 @@ class Writer:
         self.evicted += evicted
         return None
 
-    def _known_rows(self, ops: list[Op]) -> list[_RouteRow] | None:
-        """The routes' rows, or None if one names an upstream or account not numbered yet."""
+    def _routes_alone(self, by_kind: dict[int, list[Op]]) -> list[_RouteRow] | None:
+        """The rows of a batch that only adds routes (the usual one under load), if their names
+        are numbered already and they fit in one statement: they go in one INSERT, a transaction
+        of its own (`_add_alone`), where BEGIN, INSERT and COMMIT would each drop the GIL and
+        take it back from the reactor thread (on the relay's one core, a switch each way)."""
+        ops = by_kind.get(ADD)
+        if not ops or len(ops) > self._rows_max:
+            return None
+        if any(kind != ADD and kind not in LOOKUPS for kind in by_kind):
+            return None
         ids = self._ids
         rows: list[_RouteRow] = []
         append = rows.append
@@ -212,34 +222,19 @@ class Writer:
             append((upstream, mid, account, app, exp, exact))
         return rows
 
-    def _routes_alone(self, conn: sqlite3.Connection, rows: list[_RouteRow]) -> str | None:
-        """A batch that only adds routes (the usual one under load): one INSERT outside
-        ``BEGIN`` .. ``COMMIT``, a transaction and a commit of its own.
-
-        Every sqlite call drops the GIL and must take it back from the reactor thread (on the
-        relay's one core, a switch each way): one statement instead of three or more (BEGIN,
-        the INSERTs, COMMIT) is that many fewer hand-offs per batch. A key that was there
-        already is updated in a second transaction before anything is answered; were that one
-        to fail, the new rows stay written (routes nobody was told of yet, as after a crash
-        between a commit and its answers) and the batch fails.
-        """
-        try:
-            new = _insert_one(conn, _ROUTES_INSERT, rows)
-            self.counts["routes"] += new
+    def _add_alone(self, conn: sqlite3.Connection, rows: list[_RouteRow]) -> None:
+        """Write `_routes_alone`'s rows. A key there already is updated in a second transaction
+        before anything is answered; should that one fail, the new rows stay (routes nobody was
+        told of, as after a crash between a commit and its answers) and the batch fails."""
+        new = _insert_one(conn, _ROUTES_INSERT, rows)
+        self.counts["routes"] += new
+        self.commits += 1
+        if new < len(rows):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_ROUTES_UPDATE, rows)  # in call order: a key's last write wins
+            conn.execute("COMMIT")
             self.commits += 1
-            if new < len(rows):
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_ROUTES_UPDATE, rows)  # in call order: a key's last write wins
-                conn.execute("COMMIT")
-                self.commits += 1
-        except (sqlite3.Error, OSError) as error:
-            self._rollback(conn, [])
-            return _problem(error)
-        except Exception as error:  # a bug: fail the batch rather than the thread
-            self._rollback(conn, [])
-            return f"{type(error).__name__}: {error}"
         self.writes += len(rows)
-        return None
 
     def _rollback(self, conn: sqlite3.Connection, added: list[str]) -> None:
         for name in added:
@@ -358,15 +353,14 @@ class Writer:
             conn.execute("DELETE FROM meta WHERE name = 'probe'")
         return deltas, written, evicted
 
-    @staticmethod
-    def _upsert(conn: sqlite3.Connection, insert: str, update: str, rows: list[Any]) -> int:
+    def _upsert(self, conn: sqlite3.Connection, insert: str, update: str, rows: list[Any]) -> int:
         """Insert ``rows`` (``insert`` ends at ``VALUES``), replacing the keys already there;
         how many were new.
 
         Inserting first and updating only when some key was there keeps the row counts exact
         (an upsert or a REPLACE counts one change either way) at no cost in the usual case.
         """
-        new = _insert_many(conn, insert, rows)
+        new = _insert_many(conn, insert, rows, self._rows_max)
         if new < len(rows):
             conn.executemany(update, rows)  # in call order: a key's last write wins
         return new
@@ -459,8 +453,9 @@ _ROUTES_UPDATE = (
 
 # Rows per multi-row INSERT: a batch's rows go in statements of _ROWS_MAX and one of the rest,
 # padded to a multiple of _ROWS_STEP, so that a batch of routes is one statement (one sqlite
-# step, one GIL hand-off) and the statements stay few enough for the connection's cache
-# (sqlite_file.connect). 512 routes are 3,072 parameters: sqlite allows 32,766 since 3.32.
+# step, one GIL hand-off) and its statements are few (32 sizes of the 128 that Python's sqlite3
+# keeps prepared per connection). 512 routes are 3,072 parameters.
+_ROUTE_WIDTH = 6
 _ROWS_STEP = 16
 _ROWS_MAX = 512
 
@@ -473,15 +468,13 @@ def _values(insert: str, width: int, rows: int) -> str:
 
 
 def _insert_one(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> int:
-    """Insert up to `_ROWS_MAX` ``rows`` in call order in one statement (``insert`` ends at
-    ``VALUES`` and ignores a key that is there); how many were inserted.
+    """Insert ``rows`` in call order in one statement (``insert`` ends at ``VALUES`` and
+    ignores a key that is there; sqlite must take their parameters); how many were inserted.
 
     One statement runs one sqlite step, where ``executemany`` runs one per row, each binding
     its row and dropping and taking back the GIL (which the reactor thread then waits for):
     measured with ``sync: full`` and 40 routes a commit, 3.8 instead of 5.0 us of CPU a route.
-    The padding repeats the last row, which the statement has just written (or found): it is
-    ignored and counts nothing.
-    """
+    The padding repeats the last row, just written (or found): it is ignored, counts nothing."""
     count = len(rows)
     size = -(-count // _ROWS_STEP) * _ROWS_STEP
     params = [value for row in rows for value in row]
@@ -490,11 +483,13 @@ def _insert_one(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[A
     return int(conn.execute(_values(insert, len(rows[0]), size), params).rowcount)
 
 
-def _insert_many(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> int:
-    """`_insert_one` for any number of ``rows``: in statements of `_ROWS_MAX` and the rest."""
+def _insert_many(
+    conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]], most: int
+) -> int:
+    """`_insert_one` for any number of ``rows``: in statements of ``most`` and the rest."""
     new = 0
-    for at in range(0, len(rows), _ROWS_MAX):
-        new += _insert_one(conn, insert, rows[at : at + _ROWS_MAX])
+    for at in range(0, len(rows), most):
+        new += _insert_one(conn, insert, rows[at : at + most])
     return new
 
 

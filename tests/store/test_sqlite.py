@@ -561,3 +561,18 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert await store.find_route("default", "NEW", 2.0) == Route("alice", None, 101.0, "new")
     finally:
         await store.close()
+
+
+def test_nulls_and_blobs_are_bound_without_a_lookup_for_an_adapter() -> None:
+    """The store registers identity adapters for None and bytes (sqlite_file): without one,
+    Python's sqlite3 fails two attribute lookups per NULL or blob bound; with them the values
+    are stored as before."""
+    for kind in (type(None), bytes):
+        assert (kind, sqlite3.PrepareProtocol) in sqlite3.adapters
+    conn = sqlite3.connect(":memory:")
+    assert conn.execute("SELECT typeof(?), typeof(?), ?", (None, b"ab", b"ab")).fetchone() == (
+        "null",
+        "blob",
+        b"ab",
+    )
+    conn.close()

@@ -54,6 +54,7 @@ _DIGEST_SIZE = DEDUP_KEY_SIZE - _LENGTH.size
 # Accepted keys noted for `window_entries` and not collected yet, at most: a relay that does
 # not write its windows behind (or stalls) must not grow this without end. The oldest go.
 UNCOLLECTED_MAX = 1 << 17
+_new = tuple.__new__
 
 
 def _digest_key(secret: bytes) -> bytes:
@@ -77,17 +78,13 @@ def stable_key(keyed: hashlib.blake2b, per_client: bool, message: Message) -> by
     account = message.account.encode() if per_client else b""
     source, destination = fields.source_addr, fields.destination_addr
     digest = keyed.copy()
-    digest.update(
-        b"".join(
-            (
-                _LENGTHS.pack(len(account), len(source), len(destination), fields.data_coding),
-                account,
-                source,
-                destination,
-                content,
-            )
-        )
-    )
+    # Fed piece by piece: the same digest as of the pieces joined, without copying them.
+    update = digest.update
+    update(_LENGTHS.pack(len(account), len(source), len(destination), fields.data_coding))
+    update(account)
+    update(source)
+    update(destination)
+    update(content)
     return digest.digest() + _LENGTH.pack(len(content))
 
 
@@ -190,8 +187,10 @@ class DedupFilter(HoldsNothing):
         span = self.window.window
         # As noted when accepted: one evicted since is written anyway (the next start is then
         # stricter about it for the rest of its window).
+        # tuple.__new__ makes each entry in C: 0.16 instead of 0.28 us (the named tuple's own
+        # __new__ is Python), two entries per accepted message.
         return [
-            WindowEntry("dedup", key, at, at + span, 0, message_id)
+            _new(WindowEntry, ("dedup", key, at, at + span, 0, message_id))
             for key, (at, message_id) in noted.items()
         ]
 

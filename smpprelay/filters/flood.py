@@ -32,6 +32,7 @@ from smpprelay.store.streaks import FloodStreaks
 # Keys whose streak changed and that `window_entries` has not collected yet, at most: a relay
 # that does not write its windows behind (or stalls) must not grow them without end.
 UNCOLLECTED_MAX = 1 << 17
+_new = tuple.__new__
 
 
 class FloodFilter(HoldsNothing):
@@ -103,8 +104,9 @@ class FloodFilter(HoldsNothing):
         gap = self.streaks.gap
         # As noted when accepted: a streak evicted since is written anyway (it only ever
         # makes the next start stricter for the rest of its gap).
+        # Made in C by tuple.__new__ (see DedupFilter.window_entries).
         return [
-            WindowEntry("flood", key, last, last + gap, length)
+            _new(WindowEntry, ("flood", key, last, last + gap, length, None))
             for key, (last, length) in noted.items()
         ]
 

@@ -3,7 +3,8 @@
 The reactor thread only appends each call to a list (waking the writer if it is idle) and, for
 the asynchronous calls, hands back a `Deferred`. The writer takes everything queued at that
 moment, runs the batch's writes in one transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``; routes in
-multi-row INSERTs, the other kinds one ``executemany`` each), then its reads, and hands every
+multi-row INSERTs, the other kinds one ``executemany`` each; a batch of routes alone, the usual
+one under load, is one INSERT and a transaction of its own), then its reads, and hands every
 result back with one ``reactor.callFromThread``, which fires the Deferreds and calls the
 `add_route_cb` callbacks in call order. While a commit (an fsync with ``sync: full``) runs, new
 calls gather for the next batch: the busier the relay, the more writes per commit.

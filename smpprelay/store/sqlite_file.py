@@ -20,6 +20,13 @@ HEADER = b"SQLite format 3\x00"
 
 Sync = Literal["full", "normal"]
 
+# Python's sqlite3 binds int, float, str and bytearray as they are, but looks for an adapter for
+# anything else, None and bytes included: two attribute lookups that fail and format an
+# AttributeError each time, for every NULL and blob bound (two per route: its app id and its
+# operator id are mostly NULL). Registered adapters are found first, and these change nothing.
+sqlite3.register_adapter(type(None), lambda value: value)
+sqlite3.register_adapter(bytes, bytes)
+
 # Routes are the bulk of the file (millions of rows), so they carry numbers for the upstream and
 # the account (`names`) rather than their text, and no rowid (the key is the primary key).
 SCHEMA = (

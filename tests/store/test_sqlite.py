@@ -126,9 +126,9 @@ async def test_calls_made_in_one_turn_share_few_commits(tmp_path: Path) -> None:
 async def test_one_batch_of_routes_in_multi_row_inserts_keeps_the_last_write(
     tmp_path: Path,
 ) -> None:
-    """301 routes in one batch (queued before the writer starts) go in statements of 128,
-    128, 32, 8, 4 and 1 rows; a key written twice in the batch ends with its last write, and
-    counts once."""
+    """301 routes in one batch (queued before the writer starts) go in multi-row INSERTs
+    (512 rows at most, the last padded with its last row); a key written twice in the batch
+    ends with its last write, and counts once."""
     path = tmp_path / "s.db"
     store = make(path)
     store.load()
@@ -148,6 +148,105 @@ async def test_one_batch_of_routes_in_multi_row_inserts_keeps_the_last_write(
         "alice", b"A299", NOW + 100
     )
     await store.close()
+
+
+async def names_known(path: Path) -> None:
+    """A store file that has numbered "alice" and "bob" already, and one route "id0"."""
+    store = make(path)
+    store.start()
+    await store.add_route(DEFAULT_UPSTREAM, "id0", "alice", None, NOW)
+    await store.add_route(DEFAULT_UPSTREAM, "seed", "bob", None, NOW)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_routes_alone_is_one_statement_and_its_own_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routes whose names are numbered already, and nothing else: one INSERT, without BEGIN
+    and COMMIT (one sqlite step: one GIL hand-off), and durable once answered."""
+    path = tmp_path / "s.db"
+    await names_known(path)
+    statements: list[str] = []
+    connect = sf.connect
+
+    def traced(*args: Any) -> sqlite3.Connection:
+        conn = connect(*args)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sf, "connect", traced)
+    store = make(path)
+    store.load()
+    added = [
+        store.add_route(DEFAULT_UPSTREAM, f"new{n}", "alice", b"A%d" % n, NOW, None)
+        for n in range(21)
+    ]
+    store.start()
+    await gatherResults(added)
+    writes = [sql for sql in statements if not sql.startswith(("PRAGMA", "SELECT"))]
+    assert [sql.split(" (")[0] for sql in writes] == ["INSERT OR IGNORE INTO routes"]
+    assert rows(path, "SELECT count(*) FROM routes WHERE message_id LIKE 'new%'") == [(21,)]
+    stats = store.stats()
+    assert (stats.commits, stats.writes, stats.routes) == (1, 21, 23)
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_go_in_as_many_statements_as_sqlite_takes_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sqlite's old limit of 999 parameters, 301 routes take two INSERTs (160 rows, and
+    141 padded to 144), the same as in one."""
+    statements: list[str] = []
+    connect = sf.connect
+
+    def limited(*args: Any) -> sqlite3.Connection:
+        conn = connect(*args)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sf, "connect", limited)
+    path = tmp_path / "s.db"
+    store = make(path)
+    store.load()
+    added = [store.add_route(DEFAULT_UPSTREAM, f"id{n}", "alice", None, NOW) for n in range(300)]
+    added.append(store.add_route(DEFAULT_UPSTREAM, "id7", "bob", None, NOW + 1, "ID7"))
+    store.start()
+    await gatherResults(added)
+    inserts = [sql for sql in statements if sql.startswith("INSERT OR IGNORE INTO routes")]
+    assert [sql.count("),") + 1 for sql in inserts] == [160, 144]
+    stats = store.stats()
+    assert (stats.commits, stats.writes, stats.routes) == (1, 301, 300)
+    assert await store.find_route(DEFAULT_UPSTREAM, "id7", NOW) == Route(
+        "bob", None, NOW + 101, "ID7"
+    )
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_routes_alone_updates_the_keys_already_there(tmp_path: Path) -> None:
+    """A key there before the batch, and one written twice in it: the last write wins (in a
+    second transaction), each key counts once."""
+    path = tmp_path / "s.db"
+    await names_known(path)
+    store = make(path)
+    store.load()
+    added = [
+        store.add_route(DEFAULT_UPSTREAM, f"id{n}", "alice", b"A%d" % n, NOW) for n in range(40)
+    ]
+    added.append(store.add_route(DEFAULT_UPSTREAM, "id7", "bob", None, NOW + 1, "ID7"))
+    store.start()
+    await gatherResults(added)
+    stats = store.stats()
+    assert (stats.commits, stats.writes, stats.routes) == (2, 41, 41)
+    assert await store.find_route(DEFAULT_UPSTREAM, "id0", NOW) == Route("alice", b"A0", NOW + 100)
+    assert await store.find_route(DEFAULT_UPSTREAM, "id7", NOW) == Route(
+        "bob", None, NOW + 101, "ID7"
+    )
+    await store.close()
+    assert rows(path, "SELECT count(*) FROM routes") == [(41,)]
 
 
 @pytest_twisted.ensureDeferred
@@ -462,3 +561,18 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert await store.find_route("default", "NEW", 2.0) == Route("alice", None, 101.0, "new")
     finally:
         await store.close()
+
+
+def test_nulls_and_blobs_are_bound_without_a_lookup_for_an_adapter() -> None:
+    """The store registers identity adapters for None and bytes (sqlite_file): without one,
+    Python's sqlite3 fails two attribute lookups per NULL or blob bound; with them the values
+    are stored as before."""
+    for kind in (type(None), bytes):
+        assert (kind, sqlite3.PrepareProtocol) in sqlite3.adapters
+    conn = sqlite3.connect(":memory:")
+    assert conn.execute("SELECT typeof(?), typeof(?), ?", (None, b"ab", b"ab")).fetchone() == (
+        "null",
+        "blob",
+        b"ab",
+    )
+    conn.close()

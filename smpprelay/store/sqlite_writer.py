@@ -180,12 +180,8 @@ class Writer:
 
     def _transaction(self, conn: sqlite3.Connection, by_kind: dict[int, list[Op]]) -> str | None:
         """Run the batch's writes in one transaction; None, or what went wrong."""
-        alone = self._routes_alone(by_kind)
         added: list[str] = []
         try:
-            if alone is not None:
-                self._add_alone(conn, alone)
-                return None
             conn.execute("BEGIN IMMEDIATE")
             deltas, written, evicted = self._apply(conn, by_kind, added)
             conn.execute("COMMIT")
@@ -201,40 +197,6 @@ class Writer:
         self.writes += written
         self.evicted += evicted
         return None
-
-    def _routes_alone(self, by_kind: dict[int, list[Op]]) -> list[_RouteRow] | None:
-        """The rows of a batch that only adds routes (the usual one under load), if their names
-        are numbered already and they fit in one statement: they go in one INSERT, a transaction
-        of its own (`_add_alone`), where BEGIN, INSERT and COMMIT would each drop the GIL and
-        take it back from the reactor thread (on the relay's one core, a switch each way)."""
-        ops = by_kind.get(ADD)
-        if not ops or len(ops) > self._rows_max:
-            return None
-        if any(kind != ADD and kind not in LOOKUPS for kind in by_kind):
-            return None
-        ids = self._ids
-        rows: list[_RouteRow] = []
-        append = rows.append
-        for up, mid, acc, app, exp, exact in (op[1] for op in ops):
-            upstream, account = ids.get(up), ids.get(acc)
-            if upstream is None or account is None:
-                return None
-            append((upstream, mid, account, app, exp, exact))
-        return rows
-
-    def _add_alone(self, conn: sqlite3.Connection, rows: list[_RouteRow]) -> None:
-        """Write `_routes_alone`'s rows. A key there already is updated in a second transaction
-        before anything is answered; should that one fail, the new rows stay (routes nobody was
-        told of, as after a crash between a commit and its answers) and the batch fails."""
-        new = _insert_one(conn, _ROUTES_INSERT, rows)
-        self.counts["routes"] += new
-        self.commits += 1
-        if new < len(rows):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_ROUTES_UPDATE, rows)  # in call order: a key's last write wins
-            conn.execute("COMMIT")
-            self.commits += 1
-        self.writes += len(rows)
 
     def _rollback(self, conn: sqlite3.Connection, added: list[str]) -> None:
         for name in added:
@@ -440,8 +402,6 @@ class Writer:
         ]
 
 
-# (upstream, message_id, account, app_message_id, expires, operator_id) as the table has them.
-_RouteRow = tuple[int, str, int, bytes | None, float, str | None]
 _ROUTES_INSERT = (
     "INSERT OR IGNORE INTO routes (upstream, message_id, account, app_message_id, expires,"
     " operator_id) VALUES "

@@ -184,6 +184,7 @@ _CHECKED: Final = re.compile(
     re.DOTALL,
 )
 _match_checked = _CHECKED.match
+_new_message = tuple.__new__
 
 
 def read_checked_submit(frame: bytes, max_tlvs: int) -> ShortMessage | None:
@@ -195,35 +196,37 @@ def read_checked_submit(frame: bytes, max_tlvs: int) -> ShortMessage | None:
     if m is None:
         return None
     service_type, source, dest, sched, valid = m.groups()
-    p = 17 + len(service_type)
-    s_ton, s_npi = frame[p : p + 2]
-    p += 3 + len(source)
-    d_ton, d_npi = frame[p : p + 2]
-    p += 3 + len(dest)
-    esm, pid, prio = frame[p : p + 3]
+    # Where each address's TON, and esm_class, sit; sm_length is the match's last octet.
+    s = 17 + len(service_type)
+    d = s + 3 + len(source)
+    e = d + 3 + len(dest)
     p = m.end()
-    regd, repl, dc, sm_id, sm_len = frame[p - 5 : p]
-    p_end = p + sm_len
+    p_end = p + frame[p - 1]
     limit = len(frame)
     if p_end > limit:
         return None
-    return ShortMessage(
-        service_type,
-        s_ton,
-        s_npi,
-        source,
-        d_ton,
-        d_npi,
-        dest,
-        esm,
-        pid,
-        prio,
-        sched,
-        valid,
-        regd,
-        repl,
-        dc,
-        sm_id,
-        frame[p:p_end],
-        _read_tlvs(frame, p_end, max_tlvs) if p_end < limit else (),
+    # Indexing, and tuple.__new__ (what ShortMessage() calls after a Python-level frame), halve
+    # the cost of taking the octets out: this runs for every submit.
+    return _new_message(
+        ShortMessage,
+        (
+            service_type,
+            frame[s],
+            frame[s + 1],
+            source,
+            frame[d],
+            frame[d + 1],
+            dest,
+            frame[e],
+            frame[e + 1],
+            frame[e + 2],
+            sched,
+            valid,
+            frame[p - 5],
+            frame[p - 4],
+            frame[p - 3],
+            frame[p - 2],
+            frame[p:p_end],
+            _read_tlvs(frame, p_end, max_tlvs) if p_end < limit else (),
+        ),
     )

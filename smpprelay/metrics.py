@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
-from prometheus_client.metrics_core import Metric
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 
@@ -34,7 +33,8 @@ from smpprelay.collectors import (
     StoreReading,
     UnsentCollector,
 )
-from smpprelay.pdu import CommandId, Status, command_label
+from smpprelay.pdu import Status, command_label
+from smpprelay.pdu_counts import PduCounter
 from smpprelay.smpp.constants import status_label
 
 # Which connections a PDU count is about: the apps' (downstream), ours to the operator
@@ -132,16 +132,15 @@ class Metrics:
             ["account", "status"],
         )
         r.register(self.submits)
-        self._pdus = _PduCounter(
+        self._pdus = PduCounter(
             "smpprelay_pdus",
             "PDUs read (in) and written (out), by side, direction and command "
             "(commands not in SMPP 3.4 count as other).",
             ["side", "direction", "command"],
-            _pdu_labels,
         )
         r.register(self._pdus)
         # side -> direction -> the frame's raw command_id bytes -> PDUs: the hot path counts
-        # without building a key tuple or decoding the id; `_PduCounter` folds these into the
+        # without building a key tuple or decoding the id; `PduCounter` folds these into the
         # same series at scrape time.
         self._pdu_tables = self._pdus.tables
         self.submit_latency = PlainHistogram(
@@ -450,58 +449,10 @@ class Metrics:
             counts[key] = n + 1
 
 
-_COMMANDS = frozenset(CommandId)
 # Cached label children per (account, status) or status; past this, lookups go to `labels`.
 _CACHE_MAX = 4096
-_OTHER = -1
-_OTHER_KEY = b""  # never a frame's command_id bytes (always 4)
 # An IntEnum member's lookup costs four times a global int's; this one is read per submit.
 _THROTTLED = int(Status.ESME_RTHROTTLED)
-
-
-class _PduCounter(PlainCounter):
-    """`PlainCounter` of the PDUs, counted per side and direction under the frame's raw
-    command_id bytes (`Metrics.count_pdu`) and exported as (side, direction, command_id) keys,
-    in the order each was first counted, as when the hot path counted under those keys."""
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: list[str],
-        labels: Callable[[Any], list[str]],
-    ) -> None:
-        super().__init__(name, documentation, labelnames, labels)
-        sides: tuple[Side, ...] = ("downstream", "upstream", "simulator")
-        self.tables: dict[str, dict[str, dict[bytes, int]]] = {
-            side: {"in": {}, "out": {}} for side in sides
-        }
-        # (table, raw key, export key) in the order first counted.
-        self._order: list[tuple[dict[bytes, int], bytes, tuple[str, str, int]]] = []
-
-    def first(self, counts: dict[bytes, int], side: str, direction: str, raw: bytes) -> None:
-        """Count a command_id not yet counted in ``counts`` (or one not in SMPP 3.4)."""
-        command_id = int.from_bytes(raw)
-        if command_id not in _COMMANDS:
-            # One label for all of them keeps the series bounded.
-            command_id, raw = _OTHER, _OTHER_KEY
-            if raw in counts:
-                counts[raw] += 1
-                return
-        counts[raw] = 1
-        self._order.append((counts, raw, (side, direction, command_id)))
-
-    def collect(self) -> Iterator[Metric]:
-        # The scrape runs in a thread: the list copy and each read are one step under the GIL.
-        family = self._family()
-        for counts, raw, key in self._order.copy():
-            family.add_metric(self.labels(key), counts[raw])
-        yield family
-
-
-def _pdu_labels(key: tuple[str, str, int]) -> list[str]:
-    side, direction, command_id = key
-    return [side, direction, command_label(command_id)]
 
 
 def metrics_resource(metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Resource:

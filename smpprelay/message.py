@@ -86,6 +86,27 @@ def read_message(
         fields = pdu.read_data_sm(frame, max_tlvs)
     else:
         fields = pdu.read_short_message(frame, max_tlvs)
+    return _message(account, frame, fields, app_iso)
+
+
+def read_submit(
+    account: str, frame: bytes, app_iso: bool = False, max_tlvs: int = pdu.DEFAULT_MAX_TLVS
+) -> Message:
+    """`read_message` and `pdu.check_submit`: what the relay takes from an app. Raises
+    `DecodeError` with the status (and detail) those two, one after the other, would."""
+    fields = None if frame[4:8] == pdu.DATA_SM_ID else pdu.read_checked_submit(frame, max_tlvs)
+    if fields is None:
+        # A data_sm, or a field to refuse: the slow way finds which, with its status.
+        message = read_message(account, frame, app_iso, max_tlvs)
+        pdu.check_submit(message.fields)
+        return message
+    message = _message(account, frame, fields, app_iso)
+    if fields.tlvs:
+        pdu.check_tlvs(fields)  # the mandatory fields were checked as they were read
+    return message
+
+
+def _message(account: str, frame: bytes, fields: ShortMessage, app_iso: bool) -> Message:
     data = fields.text
     udh = b""
     concat = None
@@ -95,7 +116,7 @@ def read_message(
         udh = data[: data[0] + 1]
         data = data[data[0] + 1 :]
         concat = _udh_concat(udh)
-    if concat is None:
+    if concat is None and fields.tlvs:
         concat = _sar_concat(fields)
     return Message(account, frame, fields, udh, data, concat, app_iso)
 

@@ -96,7 +96,14 @@ from smpprelay.smpp.short_message import (
     encode_short_message,
     read_short_message,
 )
-from smpprelay.smpp.validation import MAX_SHORT_MESSAGE, TLV_LENGTHS, check_submit, time_ok
+from smpprelay.smpp.validation import (
+    MAX_SHORT_MESSAGE,
+    TLV_LENGTHS,
+    check_submit,
+    check_tlvs,
+    read_checked_submit,
+    time_ok,
+)
 
 __all__ = [
     "BIND_KINDS",
@@ -138,6 +145,7 @@ __all__ = [
     "build",
     "cancel_sm",
     "check_submit",
+    "check_tlvs",
     "command_label",
     "command_name",
     "data_sm_resp",
@@ -157,6 +165,7 @@ __all__ = [
     "query_sm_resp",
     "read_bind",
     "read_cancel_sm",
+    "read_checked_submit",
     "read_data_sm",
     "read_query_sm",
     "read_query_sm_resp",

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 
 from smpprelay import pdu
 from smpprelay.connection import Outcome, ResponseTimeout, firing
-from smpprelay.message import Message, Verdict, read_message
+from smpprelay.message import Message, Verdict, read_submit
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import DecodeError, Status
 from smpprelay.relay_upkeep import Chain, RelayUpkeep
@@ -111,9 +111,8 @@ class Relay(RelayUpkeep):
         its receipts are rewritten to it.
         """
         try:
-            message = read_message(account, frame, app_iso, self.max_tlvs)
+            message = read_submit(account, frame, app_iso, self.max_tlvs)
             message.receipt_as = app_id
-            pdu.check_submit(message.fields)
         except DecodeError as error:
             self.log.info(
                 "{account}: submit_sm unreadable ({error}), answered {status}",

@@ -57,6 +57,32 @@ def test_pdus_counted_by_side_direction_and_command() -> None:
     assert count("out", "generic_nack") == 2
 
 
+def test_pdu_series_come_out_in_the_order_first_counted() -> None:
+    """The counts kept per side and direction export as one family, each series in the order
+    it was first counted (unknown commands as one "other" series per side and direction)."""
+    metrics = Metrics(CollectorRegistry())
+    for side, direction, command_id in [
+        ("upstream", "out", CommandId.submit_sm),
+        ("downstream", "in", 0x777),
+        ("downstream", "in", CommandId.submit_sm),
+        ("upstream", "out", CommandId.submit_sm),
+        ("downstream", "in", 0x778),
+        ("simulator", "in", CommandId.bind_transceiver),
+    ]:
+        metrics.count_pdu(side, direction, pdu.build(command_id, 1))  # type: ignore[arg-type]
+    (family,) = (f for f in metrics.registry.collect() if f.name == "smpprelay_pdus")
+    series = [
+        (s.labels["side"], s.labels["direction"], s.labels["command"], s.value)
+        for s in family.samples
+    ]
+    assert series == [
+        ("upstream", "out", "submit_sm", 2),
+        ("downstream", "in", "other", 2),
+        ("downstream", "in", "submit_sm", 1),
+        ("simulator", "in", "bind_transceiver", 1),
+    ]
+
+
 def test_upstream_window_in_use_follows_the_session_and_size_is_the_config() -> None:
     """window_in_use is read from the bound connection when scraped; window_size is config."""
     up, transport = bound(window=7)

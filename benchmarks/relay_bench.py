@@ -645,6 +645,7 @@ def _start_simulator(reactor: Any) -> Callable[[], int]:
 
 def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], str]:
     from smpprelay.config import parse_config
+    from smpprelay.gc_tuning import tune_collector
     from smpprelay.malloc import fix_mmap_threshold
     from smpprelay.service import build
 
@@ -676,7 +677,7 @@ def _start_relay(reactor: Any, args: argparse.Namespace) -> Callable[[], str]:
     fix_mmap_threshold()  # as `twistd smpprelay` does at start
     service = build(config, reactor)
     service.startService()
-    reactor.callWhenRunning(gc.freeze)  # as `twistd smpprelay` does once running
+    reactor.callWhenRunning(tune_collector)  # as `twistd smpprelay` does once running
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     def ready() -> str:

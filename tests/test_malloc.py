@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 
 from smpprelay import malloc, service, tap
+from smpprelay.gc_tuning import THRESHOLDS, tune_collector
 from smpprelay.reload import ReloadService
 
 
@@ -43,11 +44,11 @@ def test_twistd_smpprelay_fixes_it_before_building(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(service, "build", build)
     options = tap.Options()  # type: ignore[no-untyped-call]
     options.parseOptions([])  # type: ignore[no-untyped-call]
-    # A fake reactor: makeService registers process-wide hooks (gc.freeze once running, the
-    # exit status after a stop) that must not land on the test runner's reactor.
+    # A fake reactor: makeService registers process-wide hooks (the collector's tuning once
+    # running, the exit status after a stop) that must not land on the test runner's reactor.
     reactor = MemoryReactorClock()
     assert tap.makeService(options, reactor) is built
-    assert [call[0] for call in reactor.whenRunningHooks] == [gc.freeze]
+    assert [call[0] for call in reactor.whenRunningHooks] == [tune_collector]
     assert len(reactor.triggers["after"]["shutdown"]) == 1
     assert events == ["fixed", "built"]
     assert [type(child) for child in built] == [ReloadService]
@@ -76,3 +77,14 @@ def test_a_refusal_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctypes, "CDLL", Refusing)
     assert malloc.fix_mmap_threshold(4096) is False
     assert calls == [(malloc.M_MMAP_THRESHOLD, 4096)]
+
+
+def test_the_collector_is_frozen_and_its_thresholds_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process-wide state: the real calls are recorded, not made (the test runner's collector
+    keeps its own settings)."""
+    calls: list[object] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *values: calls.append(values))
+    tune_collector()
+    assert calls == ["freeze", THRESHOLDS]
+    assert THRESHOLDS[0] > gc.get_threshold()[0]  # fewer young collections than the default

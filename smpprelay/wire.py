@@ -84,6 +84,18 @@ class Cork:
         self.depth = 0  # reads being handled (nested when a test feeds one from another)
         self.dirty: list[Flushable] = []  # connections holding writes, in first-write order
 
+    def held(self, work: Callable[[], None]) -> None:
+        """Run ``work`` with the writes it causes held, and write them at its end (one call per
+        connection): for what answers many requests at once outside a connection's read, such
+        as a store's batch of committed routes."""
+        self.depth += 1
+        try:
+            work()
+        finally:
+            self.depth -= 1
+            if not self.depth and self.dirty:
+                self.flush()
+
     def flush(self) -> None:
         """The read is handled: every connection written to meanwhile writes what it held."""
         dirty, self.dirty = self.dirty, []

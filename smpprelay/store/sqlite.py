@@ -34,6 +34,7 @@ connection; `close` lets it write what is queued, close its connection and end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import struct
@@ -73,6 +74,7 @@ from smpprelay.store.sqlite_writer import (
     Writer,
 )
 from smpprelay.store.tables import Held, Route
+from smpprelay.wire import CORK
 
 RETRY_MAX = 100_000  # forgetting calls kept while the store cannot write
 
@@ -347,7 +349,17 @@ class SqliteStore:
         self._set_state(batch.ok, batch.problem)
         if not self._writable and not batch.last:
             self._schedule_probe()  # before the callbacks, which may look at the state
-        for waiter, outcome in batch.results:
+        if batch.results:
+            # The answers these results cause leave in one write per connection.
+            CORK.held(functools.partial(self._tell, batch.results))
+        if batch.last and self._closed is not None:
+            if self._thread is not None:
+                self._thread.join(5)  # it has closed its connection and is returning
+            self._closed.callback(None)
+
+    def _tell(self, results: list[tuple[Any, object]]) -> None:
+        """Give each waiter its outcome, in call order."""
+        for waiter, outcome in results:
             if not isinstance(waiter, Deferred):  # an add_route_cb's done: None or the error
                 try:
                     waiter(outcome)
@@ -359,10 +371,6 @@ class SqliteStore:
                 waiter.errback(outcome)
             else:
                 waiter.callback(outcome)
-        if batch.last and self._closed is not None:
-            if self._thread is not None:
-                self._thread.join(5)  # it has closed its connection and is returning
-            self._closed.callback(None)
 
     def _set_state(self, ok: bool, problem: str) -> None:
         if ok == self._writable:

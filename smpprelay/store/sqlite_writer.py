@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,7 +66,7 @@ class Writer:
         self.dropped = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: list[Op] = []
+        self._queue: deque[Op] = deque()
         self._idle = False
         self._stopping = False
         self._ok = True
@@ -78,12 +78,17 @@ class Writer:
         self._rows_max = _ROWS_MAX  # routes per INSERT, as this sqlite allows (`_open`)
 
     def put(self, op: Op) -> None:
-        """Queue ``op`` (reactor thread): an append, and a wake-up only if the writer sleeps."""
-        with self._lock:
-            self._queue.append(op)
-            if self._idle:
-                self._idle = False
-                self._wake.notify()
+        """Queue ``op`` (reactor thread): an append, and a wake-up only if the writer sleeps.
+
+        Once per route, so no lock for the append (a deque's is atomic): the writer says it is
+        idle before it looks at the queue, so an op appended after its look finds it idle and
+        wakes it (the lock then waits until it sleeps)."""
+        self._queue.append(op)
+        if self._idle:
+            with self._lock:
+                if self._idle:
+                    self._idle = False
+                    self._wake.notify()
 
     def stop(self) -> None:
         """Write what is queued, then stop and close the connection."""
@@ -96,13 +101,17 @@ class Writer:
         waits for its last batch)."""
         conn: sqlite3.Connection | None = None
         while True:
+            queue = self._queue
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._idle = True
+                while True:
+                    self._idle = True  # before the look: see `put`
+                    if queue or self._stopping:
+                        break
                     self._wake.wait()
                 self._idle = False
-                batch, self._queue = self._queue, []
                 last = self._stopping
+            # What `put` appends meanwhile waits for the next batch.
+            batch = [queue.popleft() for _ in range(len(queue))]
             if last and self._retry and not self._ok:
                 batch.append((PROBE, None, None))  # one last try for what is kept
             try:

@@ -170,10 +170,49 @@ class DownstreamSession(Binding, Receiving):
     def request_received(
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
     ) -> None:
+        if command_id != _SUBMIT_SM or self.state not in TRANSMITTING:
+            self._request(connection, command_id, sequence, frame)
+            return
+        # A submit_sm, handled here rather than in a method of its own: once per relayed submit.
+        clock = self.clock
+        started = clock.seconds()
+        account = self.account
+        metrics = self.metrics
+        # A full window, or (taking a token only when the window has room) over the rate.
+        if self._in_flight >= self.window or not self.access.may_submit(account):
+            metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
+            connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
+            return
+        self._in_flight += 1
+
+        # A closure: cheaper to make and call than a slotted record's __call__ or a partial of
+        # a bound method (measured on 3.11).
+        def answer(resp: bytes | Failure) -> None:
+            if isinstance(resp, Failure):
+                # The relay never fails; if a bug makes it, the app still gets an answer.
+                self.log.failure("relaying a submit failed", resp)
+                resp = pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR)
+            in_flight = self._in_flight - 1
+            self._in_flight = in_flight
+            # command_status, and the answer under the app's sequence_number (`pdu.header`
+            # and `pdu.with_sequence`, inline).
+            metrics.count_submit(account, _unpack_u32(resp, 8)[0], clock.seconds() - started)
+            connection.send(resp[:12] + _pack_u32(sequence) + resp[16:])
+            if in_flight == 0 and self._drained:
+                self._notify_drained()
+
+        submit_cb = self._relay_submit_cb
+        if submit_cb is not None:
+            submit_cb(account, frame, self.app_iso, answer)
+        else:
+            self._relay_submit(account, frame, self.app_iso).addBoth(answer)
+
+    def _request(
+        self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes
+    ) -> None:
+        # Every request but a submit_sm in a transmitting state.
         state = self.state
-        if command_id == _SUBMIT_SM and state in TRANSMITTING:
-            self._submit(connection, sequence, frame)
-        elif command_id in pdu.BIND_KINDS:
+        if command_id in pdu.BIND_KINDS:
             if state is State.OPEN:
                 self._bind(connection, command_id, sequence, frame)
             else:
@@ -233,40 +272,6 @@ class DownstreamSession(Binding, Receiving):
             self.registry.receiver_ready(self.account)
 
     # --- submit and unbind ------------------------------------------------------------------
-
-    def _submit(self, connection: SmppConnection, sequence: int, frame: bytes) -> None:
-        clock = self.clock
-        started = clock.seconds()
-        account = self.account
-        metrics = self.metrics
-        # A full window, or (taking a token only when the window has room) over the rate.
-        if self._in_flight >= self.window or not self.access.may_submit(account):
-            metrics.count_submit(account, Status.ESME_RTHROTTLED, 0.0)
-            connection.send(pdu.submit_sm_resp(sequence, Status.ESME_RTHROTTLED))
-            return
-        self._in_flight += 1
-
-        # A closure: cheaper to make and call than a slotted record's __call__ or a partial of
-        # a bound method (measured on 3.11).
-        def answer(resp: bytes | Failure) -> None:
-            if isinstance(resp, Failure):
-                # The relay never fails; if a bug makes it, the app still gets an answer.
-                self.log.failure("relaying a submit failed", resp)
-                resp = pdu.submit_sm_resp(sequence, Status.ESME_RSYSERR)
-            in_flight = self._in_flight - 1
-            self._in_flight = in_flight
-            # command_status, and the answer under the app's sequence_number (`pdu.header`
-            # and `pdu.with_sequence`, inline).
-            metrics.count_submit(account, _unpack_u32(resp, 8)[0], clock.seconds() - started)
-            connection.send(resp[:12] + _pack_u32(sequence) + resp[16:])
-            if in_flight == 0 and self._drained:
-                self._notify_drained()
-
-        submit_cb = self._relay_submit_cb
-        if submit_cb is not None:
-            submit_cb(account, frame, self.app_iso, answer)
-        else:
-            self._relay_submit(account, frame, self.app_iso).addBoth(answer)
 
     def _operation(
         self, connection: SmppConnection, command_id: int, sequence: int, frame: bytes

@@ -352,6 +352,23 @@ def test_submit_error_status_passed_through() -> None:
     assert h.sample("smpprelay_submits_total", account="app", status="ESME_RSUBMITFAIL") == 1
 
 
+@pytest.mark.logs_errors
+def test_a_relay_failure_is_answered_rsyserr_and_logged() -> None:
+    """Only a bug makes the relay fail a submit: the app still gets ESME_RSYSERR under its
+    sequence, the answer is counted, the failure logged, and the window is free again."""
+    h = Harness(window=1)
+    h.bind()
+    h.send(submit_frame(21))
+    with captured_logs() as events:
+        h.submit.pending[0].errback(RuntimeError("a bug"))
+    assert h.written() == resp_header(0x80000004, Status.ESME_RSYSERR, 21)
+    assert h.sample("smpprelay_submits_total", account="app", status="ESME_RSYSERR") == 1
+    assert any(formatEvent(e) == "relaying a submit failed" for e in events)
+    h.send(submit_frame(22))
+    assert h.written() == b""
+    assert len(h.submit.calls) == 2
+
+
 def test_submits_answered_out_of_order_keep_their_sequences() -> None:
     """Two submits answered in reverse order each get their own sequence number."""
     h = Harness()

@@ -111,16 +111,23 @@ class Filter(Protocol):
 
 
 def bound_uncollected(
-    uncollected: dict[bytes, Any], limit: int, log: Logger, what: str, dropped: int
+    uncollected: dict[bytes, Any],
+    limit: int,
+    in_step: dict[bytes, Any],
+    log: Logger,
+    what: str,
+    dropped: int,
 ) -> int:
     """Drop the oldest entries a rule noted for write-behind past ``limit`` (nobody collects
     them: the relay calls `FilterChain.window_segment` ten times a second with a durable
-    store); say so; return how many were dropped in all."""
+    store), from ``uncollected`` and from ``in_step``, the dict kept in step with it; say so;
+    return how many were dropped in all."""
     excess = len(uncollected) - limit
     if excess <= 0:
         return dropped
     for key in list(islice(uncollected, excess)):
         del uncollected[key]
+        del in_step[key]
     dropped += excess
     log.warn(
         "{what}: {n} not written behind ({total} so far): window_entries is not called "

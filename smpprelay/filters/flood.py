@@ -50,10 +50,12 @@ class FloodFilter(HoldsNothing):
         self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
-        # Keys whose streak changed since the last `window_segment` -> (last accepted, length)
-        # then, in that order (noted only when a durable store collects them).
+        # Keys whose streak changed since the last `window_segment` -> its length, and -> its
+        # last acceptance, in that order (noted only when a durable store collects them). Two
+        # dicts in step, as DedupFilter's.
         self.write_behind = write_behind
-        self._uncollected: dict[bytes, tuple[float, int]] = {}
+        self._uncollected: dict[bytes, int] = {}
+        self._uncollected_at: dict[bytes, float] = {}
         self._uncollected_dropped = 0
 
     def __len__(self) -> int:
@@ -96,19 +98,22 @@ class FloodFilter(HoldsNothing):
         else:
             length = self.streaks.accept(key, now)
             if self.write_behind:
-                self._uncollected[key] = (now, length)
+                self._uncollected[key] = length
+                self._uncollected_at[key] = now
 
     def window_segment(self) -> bytes:
         """The streaks changed since the last call, as they were noted, packed to be written
         behind (one `window_segments.section`; b"" when there are none)."""
         noted, self._uncollected = self._uncollected, {}
+        noted_at, self._uncollected_at = self._uncollected_at, {}
         if not noted:
             return b""
         # As noted when accepted: a streak evicted since is written anyway (it only ever
         # makes the next start stricter for the rest of its gap). Columns made in C (see
         # DedupFilter.window_segment).
-        lasts, lengths = zip(*noted.values(), strict=True)
-        return window_segments.section("flood", self.streaks.gap, noted, lasts, lengths)
+        return window_segments.section(
+            "flood", self.streaks.gap, noted, noted_at.values(), noted.values()
+        )
 
     def window_entries(self) -> list[WindowEntry]:
         """The streaks changed since the last call, as entries (`window_segment`, read)."""
@@ -150,6 +155,7 @@ class FloodFilter(HoldsNothing):
         self._uncollected_dropped = bound_uncollected(
             self._uncollected,
             UNCOLLECTED_MAX,
+            self._uncollected_at,
             self.log,
             "flood: streaks",
             self._uncollected_dropped,

@@ -35,12 +35,14 @@ _RULES: tuple[WindowRule, WindowRule] = ("dedup", "flood")
 _RULE_NUMBER = {"dedup": 0, "flood": 1}
 NO_ID = 255
 
-# SECTION, rule, entries, bytes after this head, span, the latest ``at``; then the columns:
-# key lengths (H), keys, at (d), streaks (I), id lengths (H, SECTION_NO_ID: none), ids.
+# SECTION, rule, key size (0: keys of any length, then a column of their lengths), widths
+# (WIDE_KEYS: key lengths are H, else B; WIDE_IDS: id lengths are H, else B), entries, bytes
+# after this head, span, the latest ``at``; then the columns: key lengths (unless the key size),
+# keys, at (d), streaks (I), id lengths (all ones: no id), ids.
 SECTION = 2
-_SECTION = struct.Struct("<BBIIdd")
-SECTION_NO_ID = 0xFFFF
-_NO_IDS = struct.pack("<H", SECTION_NO_ID)
+_SECTION = struct.Struct("<BBHBIIdd")
+WIDE_KEYS = 1
+WIDE_IDS = 2
 # The columns are written little-endian, as the heads are (a file may move between machines).
 _SWAP = sys.byteorder != "little"
 
@@ -62,32 +64,49 @@ def pack(entries: Sequence[WindowEntry]) -> bytes:
     return b"".join(out)
 
 
+def _lengths(items: Iterable[bytes]) -> tuple[bytes | array[int], bool]:
+    """The lengths of ``items`` as a column: a byte each while they fit below 255 (the no-id
+    mark), else two; and whether two."""
+    try:
+        lengths = bytes(map(len, items))  # C speed; a length past 255 raises
+        if b"\xff" not in lengths:
+            return lengths, False
+    except ValueError:
+        pass
+    return array("H", map(len, items)), True
+
+
 def section(
     rule: WindowRule,
     span: float,
     keys: Collection[bytes],
-    ats: Iterable[float],
+    ats: Collection[float],
     streaks: Iterable[int] | None = None,
     message_ids: Collection[bytes] | None = None,
+    key_size: int = 0,
 ) -> bytes:
-    """One section of ``rule``'s entries: ``keys`` in order, each accepted at its ``ats`` and
-    expiring ``span`` later, with its streak (0 when None) and message id (None when None).
-    Empty when ``keys`` is."""
+    """One section of ``rule``'s entries: ``keys`` in order (each ``key_size`` long when that
+    is given), each accepted at its ``ats`` and expiring ``span`` later, with its streak (0
+    when None) and message id (None when None). Empty when ``keys`` is."""
     count = len(keys)
     if not count:
         return b""
-    key_lengths = array("H", map(len, keys))
-    times = array("d", ats)
-    columns: list[bytes | array[int] | array[float]] = [key_lengths, b"".join(keys), times]
-    if streaks is None:
-        columns.append(bytes(4 * count))
-    else:
-        columns.append(array("I", streaks))
+    joined = b"".join(keys)
+    widths = 0
+    columns: list[bytes | array[int] | array[float]] = []
+    if not key_size or len(joined) != key_size * count:
+        key_size = 0
+        key_lengths, wide = _lengths(keys)
+        columns.append(key_lengths)
+        widths |= WIDE_KEYS if wide else 0
+    columns += [joined, array("d", ats)]
+    columns.append(bytes(4 * count) if streaks is None else array("I", streaks))
     if message_ids is None:
-        columns.append(_NO_IDS * count)
+        columns.append(b"\xff" * count)
     else:
-        columns.append(array("H", map(len, message_ids)))
-        columns.append(b"".join(message_ids))
+        id_lengths, wide = _lengths(message_ids)
+        columns += [id_lengths, b"".join(message_ids)]
+        widths |= WIDE_IDS if wide else 0
     if _SWAP:
         for column in columns:
             if isinstance(column, array):
@@ -95,7 +114,8 @@ def section(
     size = sum(
         len(column) * (column.itemsize if isinstance(column, array) else 1) for column in columns
     )
-    head = _SECTION.pack(SECTION, _RULE_NUMBER[rule], count, size, span, max(times))
+    rule_number = _RULE_NUMBER[rule]
+    head = _SECTION.pack(SECTION, rule_number, key_size, widths, count, size, span, max(ats))
     return b"".join([head, *columns])
 
 
@@ -109,21 +129,30 @@ def _column(kind: str, data: memoryview) -> array:  # type: ignore[type-arg]
 
 def _unpack_section(blob: bytes, at_byte: int) -> list[WindowEntry]:
     """The entries of the section at ``at_byte``."""
-    _, number, count, size, span, _ = _SECTION.unpack_from(blob, at_byte)
+    _, number, key_size, widths, count, size, span, _ = _SECTION.unpack_from(blob, at_byte)
     start = at_byte + _SECTION.size
     end = start + size
     if end > len(blob):
         raise ValueError("a window segment ends inside an entry")
     view = memoryview(blob)
-    cut = start + 2 * count
-    key_lengths = _column("H", view[start:cut])
+    if key_size:
+        key_lengths: Sequence[int] = [key_size] * count
+        cut = start
+    else:
+        kind = "H" if widths & WIDE_KEYS else "B"
+        cut = start + count * (2 if kind == "H" else 1)
+        key_lengths = _column(kind, view[start:cut])
     keys_end = cut + sum(key_lengths)
     times_end = keys_end + 8 * count
     times = _column("d", view[keys_end:times_end])
     streaks_end = times_end + 4 * count
     streaks = _column("I", view[times_end:streaks_end])
-    ids_start = streaks_end + 2 * count
-    id_lengths = _column("H", view[streaks_end:ids_start])
+    id_kind = "H" if widths & WIDE_IDS else "B"
+    no_id = 0xFFFF if widths & WIDE_IDS else 0xFF
+    ids_start = streaks_end + count * (2 if widths & WIDE_IDS else 1)
+    id_lengths = _column(id_kind, view[streaks_end:ids_start])
+    if len(key_lengths) != count or len(id_lengths) != count or ids_start > end:
+        raise ValueError("a window segment ends inside an entry")
     rule = _RULES[number]
     entries: list[WindowEntry] = []
     append = entries.append
@@ -135,12 +164,12 @@ def _unpack_section(blob: bytes, at_byte: int) -> list[WindowEntry]:
         key_at += key_length
         message_id = None
         id_length = id_lengths[index]
-        if id_length != SECTION_NO_ID:
+        if id_length != no_id:
             message_id = blob[id_at : id_at + id_length]
             id_at += id_length
         at = times[index]
         append(WindowEntry(rule, key, at, at + span, streaks[index], message_id))
-    if id_at != end or len(times) != count or len(id_lengths) != count:
+    if id_at != end:
         raise ValueError("a window segment ends inside an entry")
     return entries
 
@@ -155,7 +184,7 @@ def _records(blob: bytes) -> Iterator[tuple[int, int, int, float]]:
         if blob[at_byte] == SECTION:
             if at_byte + section_size > end:
                 raise ValueError("a window segment ends inside an entry")
-            _, _, count, size, span, latest = _SECTION.unpack_from(blob, at_byte)
+            _, _, _, _, count, size, span, latest = _SECTION.unpack_from(blob, at_byte)
             record_end = at_byte + section_size + size
             expires = latest + span
         else:
@@ -180,7 +209,7 @@ def unpack(blob: bytes) -> list[WindowEntry]:
     while at_byte < end:
         if blob[at_byte] == SECTION:
             entries.extend(_unpack_section(blob, at_byte))
-            _, _, _, section_size, _, _ = _SECTION.unpack_from(blob, at_byte)
+            section_size = _SECTION.unpack_from(blob, at_byte)[5]
             at_byte += _SECTION.size + section_size
             continue
         if at_byte + size > end:

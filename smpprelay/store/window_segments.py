@@ -129,6 +129,8 @@ def _column(kind: str, data: memoryview) -> array:  # type: ignore[type-arg]
 
 def _unpack_section(blob: bytes, at_byte: int) -> list[WindowEntry]:
     """The entries of the section at ``at_byte``."""
+    if at_byte + _SECTION.size > len(blob):
+        raise ValueError("a window segment ends inside an entry")
     _, number, key_size, widths, count, size, span, _ = _SECTION.unpack_from(blob, at_byte)
     start = at_byte + _SECTION.size
     end = start + size

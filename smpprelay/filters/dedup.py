@@ -21,7 +21,7 @@ through. The key of a message in flight is kept with the message (by identity) u
 settled, so a message is hashed once. A message released because the operator did not answer
 in time and then accepted by its late answer is settled again with its id and recorded then.
 
-Write-behind: every acceptance also notes its key and id in a dict (one store per accepted
+Write-behind: every acceptance also notes its key, id and time (two dict stores per accepted
 message); `window_segment`, called ten times a second, packs the noted keys with the time the
 window holds for them into one section (`smpprelay.store.window_segments`), and
 `restore_windows` puts entries loaded at start back into the window.

@@ -10,7 +10,7 @@ account.
 A message that passes is counted as in flight toward its streak until ``settle`` says whether
 the operator accepted it, so that many concurrent submits to one number cannot all pass.
 
-Write-behind: an acceptance notes its key and streak (one dict store); `window_segment`,
+Write-behind: an acceptance notes its key, streak and time (two dict stores); `window_segment`,
 called ten times a second, packs them into one section (`smpprelay.store.window_segments`),
 and `restore_windows` puts streaks loaded at start back, so that a streak goes on across a
 restart.

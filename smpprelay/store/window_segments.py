@@ -85,9 +85,10 @@ def section(
     message_ids: Collection[bytes] | None = None,
     key_size: int = 0,
 ) -> bytes:
-    """One section of ``rule``'s entries: ``keys`` in order (each ``key_size`` long when that
-    is given), each accepted at its ``ats`` and expiring ``span`` later, with its streak (0
-    when None) and message id (None when None). Empty when ``keys`` is."""
+    """One section of ``rule``'s entries: ``keys`` in order, each accepted at its ``ats`` and
+    expiring ``span`` later, with its streak (0 when None) and message id (None when None).
+    Empty when ``keys`` is. ``key_size``: the caller's promise that every key has that size
+    (no length column then; keys whose total does not fit get one anyway)."""
     count = len(keys)
     if not count:
         return b""
@@ -99,7 +100,10 @@ def section(
         key_lengths, wide = _lengths(keys)
         columns.append(key_lengths)
         widths |= WIDE_KEYS if wide else 0
-    columns += [joined, array("d", ats)]
+    times = array("d", ats)
+    if len(times) != count:
+        raise ValueError("a window section needs one time per key")
+    columns += [joined, times]
     columns.append(bytes(4 * count) if streaks is None else array("I", streaks))
     if message_ids is None:
         columns.append(b"\xff" * count)

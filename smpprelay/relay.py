@@ -49,7 +49,7 @@ from smpprelay.relaying import (
 from smpprelay.router import Router
 from smpprelay.routing import carrier
 from smpprelay.shared.chain import SharedChain
-from smpprelay.store import HeldPart, Store, StoreUnavailable, WindowEntry
+from smpprelay.store import HeldPart, Store, StoreUnavailable
 from smpprelay.wire import TELL_FAILED, tell, tell_log
 
 T = TypeVar("T")
@@ -83,7 +83,7 @@ class Relay(RelayUpkeep):
         self.chain = chain if self.shared is not None or (chain and chain.filters) else None
         self._unchecked = 0  # submits the shared rules could not decide, this outage
         self.ids = MessageIds()
-        self._pending_windows: list[WindowEntry] = []
+        self._pending_windows = b""  # packed (smpprelay.store.window_segments)
 
     def submit(
         self, account: str, frame: bytes, app_iso: bool = False, *, app_id: bytes = b""

@@ -18,7 +18,7 @@ from smpprelay.receipts import delivery_receipt
 from smpprelay.relaying import wants_receipt
 from smpprelay.router import Router
 from smpprelay.shared.chain import SharedChain
-from smpprelay.store import Loaded, Store, StoreUnavailable, WindowEntry
+from smpprelay.store import Loaded, Store, StoreUnavailable, window_segments
 
 Chain = FilterChain | SharedChain
 
@@ -39,7 +39,7 @@ class RelayUpkeep:
     router: Router
     clock: IReactorTime
     max_tlvs: int
-    _pending_windows: list[WindowEntry]
+    _pending_windows: bytes  # packed entries a failed write left for the next
 
     def _receipts(self, parts: Sequence[Message], stat: str) -> None:
         """Tell the app about held parts that will never reach the operator."""
@@ -79,17 +79,20 @@ class RelayUpkeep:
         (and what the write itself had not committed)."""
         if self.chain is None or not self.store.durable:
             return
-        entries = self._pending_windows + self.chain.window_entries()
-        self._pending_windows = []
-        if not entries:
+        # Packed: a failed write's entries and the new ones are one blob, joined.
+        packed = self._pending_windows + self.chain.window_segment()
+        self._pending_windows = b""
+        if not packed:
             return
 
         def failed(reason: Failure) -> None:
             reason.trap(StoreUnavailable)
             # Kept for the next write; the newest win when there are too many.
-            self._pending_windows = (entries + self._pending_windows)[-MAX_PENDING_WINDOWS:]
+            self._pending_windows = window_segments.newest(
+                packed + self._pending_windows, MAX_PENDING_WINDOWS
+            )
 
-        self.store.save_windows(entries).addErrback(failed)
+        self.store.save_windows(packed).addErrback(failed)
 
     def restore(self, loaded: Loaded, now: float) -> tuple[int, int]:
         """Put back the rules' windows and held parts the store kept (at start, before any

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
-from smpprelay import pdu
+from smpprelay import pdu, relay_upkeep
 from smpprelay.config import ConcatRule, FiltersConfig
 from smpprelay.filters import build_chain
 from smpprelay.filters.base import FilterChain
@@ -286,3 +287,38 @@ def test_a_held_part_of_a_submit_multi_keeps_its_receipt_id_across_a_restart() -
         route = h.store.routes.get(operator_id.decode(), h.clock.seconds())
         assert route is not None
         assert route.app_message_id == b"MULTI1"
+
+
+def test_window_entries_a_failed_write_behind_kept_go_with_the_next_newest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write-behind the store refused is kept for the next, at most MAX_PENDING_WINDOWS
+    entries: the newest."""
+    monkeypatch.setattr(relay_upkeep, "MAX_PENDING_WINDOWS", 3)
+    h = Harness()
+    chain = build_chain(FiltersConfig(), False, Metrics(CollectorRegistry()), b"k" * 16)
+    h.relay.chain = chain
+
+    def accepted(destination: bytes, now: float) -> None:
+        message = read_message(ACCOUNT, submit_sm(destination_addr=destination))
+        assert chain.check(message, now).action == "accept"
+        chain.settle(message, now, b"OP" + destination)
+
+    h.store.break_down()
+    accepted(b"447700900001", 1000.0)
+    h.relay.write_behind()
+    accepted(b"447700900002", 1001.0)
+    h.relay.write_behind()
+    h.store.recover()
+    h.relay.write_behind()
+    h.store.commit()
+    windows = h.store.windows
+    assert [(entry.rule, entry.at, entry.streak) for entry in windows] == [
+        ("flood", 1000.0, 1),  # the first message's dedup entry, the oldest, went
+        ("dedup", 1001.0, 0),
+        ("flood", 1001.0, 1),
+    ]
+    assert (windows[0].key, windows[2].key) == (b"447700900001", b"447700900002")
+    assert windows[1].message_id == b"OP447700900002"
+    h.relay.write_behind()
+    assert h.store.pending == []  # nothing left to write

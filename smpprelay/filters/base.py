@@ -7,8 +7,8 @@ enter the dedup and flood windows (a retry after a temporary failure is no dupli
 ``expire`` and ``drop_all`` hand back the held parts a rule gives up, so that the relay can
 send their receipts: the parts were answered ESME_ROK when they were held.
 
-A restart keeps the rules' state through the store (`smpprelay.store`): `window_entries` hands
-the dedup and flood windows' new entries to be written behind (about once a second), and
+A restart keeps the rules' state through the store (`smpprelay.store`): `window_segment` hands
+the dedup and flood windows' new entries, packed, to be written behind (ten times a second), and
 `restore_windows` puts them back at start; `restore_part` puts back a held part at start, and
 `release_part` undoes a hold whose write to the store failed.
 """
@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
-from smpprelay.store import WindowEntry
+from smpprelay.store import WindowEntry, window_segments
 
 
 class Dropped(NamedTuple):
@@ -85,6 +85,11 @@ class Filter(Protocol):
         """Give up every held message (the relay is stopping) and return them."""
         ...
 
+    def window_segment(self) -> bytes:
+        """The window entries accepted or changed since the last call, packed to be written
+        behind (`smpprelay.store.window_segments`; b"" when there are none)."""
+        ...
+
     def window_entries(self) -> list[WindowEntry]:
         """The window entries accepted or changed since the last call, to be written behind."""
         ...
@@ -106,16 +111,23 @@ class Filter(Protocol):
 
 
 def bound_uncollected(
-    uncollected: dict[bytes, Any], limit: int, log: Logger, what: str, dropped: int
+    uncollected: dict[bytes, Any],
+    limit: int,
+    in_step: dict[bytes, Any],
+    log: Logger,
+    what: str,
+    dropped: int,
 ) -> int:
     """Drop the oldest entries a rule noted for write-behind past ``limit`` (nobody collects
-    them: the relay calls `FilterChain.window_entries` ten times a second with a durable
-    store); say so; return how many were dropped in all."""
+    them: the relay calls `FilterChain.window_segment` ten times a second with a durable
+    store), from ``uncollected`` and from ``in_step``, the dict kept in step with it; say so;
+    return how many were dropped in all."""
     excess = len(uncollected) - limit
     if excess <= 0:
         return dropped
     for key in list(islice(uncollected, excess)):
         del uncollected[key]
+        del in_step[key]
     dropped += excess
     log.warn(
         "{what}: {n} not written behind ({total} so far): window_entries is not called "
@@ -147,6 +159,11 @@ class HoldsNothing:
 
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         """Never called: this rule holds no parts."""
+
+    def window_segment(self) -> bytes:
+        """`window_entries` packed (a rule that keeps a window packs its own, faster)."""
+        entries = self.window_entries()
+        return window_segments.pack(entries) if entries else b""
 
     def window_entries(self) -> list[WindowEntry]:
         """Nothing to write behind, unless the rule keeps a window."""
@@ -272,13 +289,15 @@ class FilterChain:
             dropped.extend(rule.drop_all())
         return dropped
 
+    def window_segment(self) -> bytes:
+        """Every rule's window entries accepted or changed since the last call, packed to be
+        written behind (`smpprelay.store.Store.save_windows`); call ten times a second."""
+        # A window changes only when a message settles. Packed records concatenate.
+        return b"".join([rule.window_segment() for rule in self._settled])
+
     def window_entries(self) -> list[WindowEntry]:
-        """Every rule's window entries accepted or changed since the last call, to be written
-        behind (`smpprelay.store.Store.save_windows`); call about once a second."""
-        entries: list[WindowEntry] = []
-        for rule in self._settled:  # a window changes only when a message settles
-            entries.extend(rule.window_entries())
-        return entries
+        """`window_segment`, read back as entries."""
+        return window_segments.unpack(self.window_segment())
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the windows loaded at start (`smpprelay.store.Loaded.windows`), before any

@@ -269,6 +269,10 @@ class ConcatFilter:
     def settle(self, message: Message, now: float, message_id: bytes | None) -> None:
         """Never called (``settles`` is False): a glued message's fate comes to `parts_settled`."""
 
+    def window_segment(self) -> bytes:
+        """Nothing (see `window_entries`)."""
+        return b""
+
     def window_entries(self) -> list[WindowEntry]:
         """Nothing: this rule's state is its held parts, each written before its answer."""
         return []

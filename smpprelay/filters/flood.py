@@ -10,9 +10,10 @@ account.
 A message that passes is counted as in flight toward its streak until ``settle`` says whether
 the operator accepted it, so that many concurrent submits to one number cannot all pass.
 
-Write-behind: an acceptance notes its key (one dict store); `window_entries`, called about
-once a second, reads each noted key's streak as it is then, and `restore_windows` puts streaks
-loaded at start back, so that a streak goes on across a restart.
+Write-behind: an acceptance notes its key, streak and time (two dict stores); `window_segment`,
+called ten times a second, packs them into one section (`smpprelay.store.window_segments`),
+and `restore_windows` puts streaks loaded at start back, so that a streak goes on across a
+restart.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from smpprelay.config import FloodRule
 from smpprelay.filters.base import HoldsNothing, bound_uncollected
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
-from smpprelay.store import WindowEntry
+from smpprelay.store import WindowEntry, window_segments
 from smpprelay.store.streaks import FloodStreaks
 
-# Keys whose streak changed and that `window_entries` has not collected yet, at most: a relay
+# Keys whose streak changed and that `window_segment` has not collected yet, at most: a relay
 # that does not write its windows behind (or stalls) must not grow them without end.
 UNCOLLECTED_MAX = 1 << 17
-_new = tuple.__new__
 
 
 class FloodFilter(HoldsNothing):
@@ -50,10 +50,12 @@ class FloodFilter(HoldsNothing):
         self.streaks = FloodStreaks(config.gap, config.max_entries, config.fast_entries)
         self._flood = reject(config.status, "flood")
         self._evictions_logged = 0
-        # Keys whose streak changed since the last `window_entries` -> (last accepted, length)
-        # then, in that order (noted only when a durable store collects them).
+        # Keys whose streak changed since the last `window_segment` -> its length, and -> its
+        # last acceptance, in that order (noted only when a durable store collects them). Two
+        # dicts in step, as DedupFilter's.
         self.write_behind = write_behind
-        self._uncollected: dict[bytes, tuple[float, int]] = {}
+        self._uncollected: dict[bytes, int] = {}
+        self._uncollected_at: dict[bytes, float] = {}
         self._uncollected_dropped = 0
 
     def __len__(self) -> int:
@@ -96,19 +98,26 @@ class FloodFilter(HoldsNothing):
         else:
             length = self.streaks.accept(key, now)
             if self.write_behind:
-                self._uncollected[key] = (now, length)
+                self._uncollected[key] = length
+                self._uncollected_at[key] = now
+
+    def window_segment(self) -> bytes:
+        """The streaks changed since the last call, as they were noted, packed to be written
+        behind (one `window_segments.section`; b"" when there are none)."""
+        noted, self._uncollected = self._uncollected, {}
+        noted_at, self._uncollected_at = self._uncollected_at, {}
+        if not noted:
+            return b""
+        # As noted when accepted: a streak evicted since is written anyway (it only ever
+        # makes the next start stricter for the rest of its gap). Columns made in C (see
+        # DedupFilter.window_segment).
+        return window_segments.section(
+            "flood", self.streaks.gap, noted, noted_at.values(), noted.values()
+        )
 
     def window_entries(self) -> list[WindowEntry]:
-        """The streaks changed since the last call, as they are now, to be written behind."""
-        noted, self._uncollected = self._uncollected, {}
-        gap = self.streaks.gap
-        # As noted when accepted: a streak evicted since is written anyway (it only ever
-        # makes the next start stricter for the rest of its gap).
-        # Made in C by tuple.__new__ (see DedupFilter.window_entries).
-        return [
-            _new(WindowEntry, ("flood", key, last, last + gap, length, None))
-            for key, (last, length) in noted.items()
-        ]
+        """The streaks changed since the last call, as entries (`window_segment`, read)."""
+        return window_segments.unpack(self.window_segment())
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the streaks still going at ``now`` (by the gap they were written with and by
@@ -146,6 +155,7 @@ class FloodFilter(HoldsNothing):
         self._uncollected_dropped = bound_uncollected(
             self._uncollected,
             UNCOLLECTED_MAX,
+            self._uncollected_at,
             self.log,
             "flood: streaks",
             self._uncollected_dropped,

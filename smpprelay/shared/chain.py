@@ -191,6 +191,10 @@ class SharedChain:
         """Nothing: held parts stay in Redis for the other instances (or the next start)."""
         return []
 
+    def window_segment(self) -> bytes:
+        """Nothing to write behind: the windows are in Redis."""
+        return b""
+
     def window_entries(self) -> list[WindowEntry]:
         """Nothing to write behind: the windows are in Redis."""
         return []

@@ -239,8 +239,9 @@ class Store(Protocol):
         """These parts went to the operator or were given up: forget them."""
         ...
 
-    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
-        """Write the rules' newest window entries (replacing a flood key's older streak)."""
+    def save_windows(self, entries: Sequence[WindowEntry] | bytes) -> Deferred[None]:
+        """Write the rules' newest window entries (replacing a flood key's older streak), as
+        tuples or packed (`smpprelay.store.window_segments`: what the relay hands)."""
         ...
 
     def expire(self, now: float) -> None:

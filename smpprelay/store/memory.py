@@ -134,7 +134,7 @@ class MemoryStore:
     def parts_done(self, app_message_ids: Sequence[bytes]) -> None:
         """Nothing kept here."""
 
-    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
+    def save_windows(self, entries: Sequence[WindowEntry] | bytes) -> Deferred[None]:
         """The rules' own tables are the only copy."""
         return succeed(None)
 

@@ -438,7 +438,7 @@ class RedisStore:
             lambda reason: self.log.warn("redis: held parts not forgotten ({why})", why=reason)
         )
 
-    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
+    def save_windows(self, entries: Sequence[WindowEntry] | bytes) -> Deferred[None]:
         """The shared rules keep their windows in Redis already: nothing to write."""
         return succeed(None)
 

@@ -290,11 +290,12 @@ class SqliteStore:
         if app_message_ids:
             self._forget(DONE, tuple(app_message_ids))
 
-    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
+    def save_windows(self, entries: Sequence[WindowEntry] | bytes) -> Deferred[None]:
         """Write the rules' newest window entries (a key's newer entry replaces its older)."""
         if not entries:
             return succeed(None)
-        return self._write(WINDOWS, tuple(entries))
+        # Tuples are packed by the writer, off the reactor.
+        return self._write(WINDOWS, entries if isinstance(entries, bytes) else tuple(entries))
 
     def expire(self, now: float) -> None:
         """Remove up to ``expire_batch`` expired rows per table, and routes past ``map_max``."""

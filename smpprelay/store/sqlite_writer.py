@@ -18,7 +18,7 @@ import attrs
 
 from smpprelay.store import HeldPart, Mapped, StoreUnavailable
 from smpprelay.store.tables import Route
-from smpprelay.store.window_segments import pack
+from smpprelay.store.window_segments import pack, summary
 
 # What a call asks of the writer; writes run in this order within a batch (see sqlite.py).
 ADD, FINAL, HOLD, DELIVERED, PART, DONE, WINDOWS, EXPIRE, PROBE, FIND = range(10)
@@ -303,10 +303,12 @@ class Writer:
         if ops := by_kind.get(WINDOWS):
             # One row per write-behind (smpprelay.store.window_segments): routes committed in
             # the same transaction do not wait behind thousands of index inserts.
-            segments = [
-                (max(entry.expires for entry in entries), len(entries), pack(entries))
-                for entries in (op[1] for op in ops)
-            ]
+            # The relay hands them packed already; tuples (tests, tools) are packed here.
+            blobs = [op[1] if isinstance(op[1], bytes) else pack(op[1]) for op in ops]
+            segments = []
+            for blob in blobs:
+                entries, expires = summary(blob)
+                segments.append((expires, entries, blob))
             conn.executemany(
                 "INSERT INTO windows (expires, entries, data) VALUES (?, ?, ?)", segments
             )

@@ -39,6 +39,9 @@ class ScriptedRule:
     def parts_settled(self, message: Message, now: float, outcome: PartsOutcome) -> None:
         self.parts_outcomes.append((message, outcome))
 
+    def window_segment(self) -> bytes:
+        return b""
+
     def window_entries(self) -> list[WindowEntry]:
         return []
 

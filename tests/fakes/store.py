@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, fail
 from smpprelay.store import HeldPart, Loaded, RouteDone, StoreUnavailable, WindowEntry
 from smpprelay.store.memory import MemoryStore
 from smpprelay.store.tables import Held, ReceiptRoutes
+from smpprelay.store.window_segments import unpack
 
 
 class ManualStore(MemoryStore):
@@ -134,7 +135,9 @@ class ManualStore(MemoryStore):
         for app_id in app_message_ids:
             self.parts.pop(app_id, None)
 
-    def save_windows(self, entries: Sequence[WindowEntry]) -> Deferred[None]:
-        written = self._write(list(entries))
-        written.addCallback(lambda _: self.windows.extend(entries))
+    def save_windows(self, entries: Sequence[WindowEntry] | bytes) -> Deferred[None]:
+        # The relay hands them packed: kept as tuples, as the tests read them.
+        unpacked = unpack(entries) if isinstance(entries, bytes) else list(entries)
+        written = self._write(unpacked)
+        written.addCallback(lambda _: self.windows.extend(unpacked))
         return written

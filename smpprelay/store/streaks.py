@@ -83,23 +83,10 @@ class FloodStreaks(RecordTable):
 
     def claim(self, key: bytes, now: float, limit: int) -> bool:
         """Count a message at ``now`` in flight, if fewer than ``limit`` precede it; True if so."""
-        # `count` written out (this runs per submit), its in-flight count read once for both.
-        pending = self._pending
-        waiting = pending.get(key, 0)
-        count = waiting
-        streak = self._young.get(key)
-        if streak is not None:
-            if now - streak.real < self.gap:
-                count += int(streak.imag)
-        elif self._count:
-            bucket, at = self._streak_record(key)
-            if at >= 0:
-                last, length = _unpack_streak(bucket, at + _FLOOD_KEY.size)
-                if now - last < self.gap:
-                    count += length
-        if count >= limit:
+        if self.count(key, now) >= limit:
             return False
-        pending[key] = waiting + 1
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
         return True
 
     def release(self, key: bytes) -> None:

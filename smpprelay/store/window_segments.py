@@ -257,8 +257,23 @@ def newest(blob: bytes, limit: int) -> bytes:
             continue
         if not excess:
             return blob[start:]
-        # The oldest record kept only in part: its newest entries, one record each.
-        return pack(_unpack_section(blob, start)[excess:]) + blob[end:]
+        # The oldest record kept only in part (a section: a record is one entry): its newest
+        # entries as a section again, which takes ids and keys of any length as the first did.
+        _, rule, key_size, _, _, _, span, _ = _SECTION.unpack_from(blob, start)
+        kept = _unpack_section(blob, start)[excess:]
+        ids = [entry.message_id for entry in kept if entry.message_id is not None]
+        return (
+            section(
+                _RULES[rule],
+                span,
+                [entry.key for entry in kept],
+                [entry.at for entry in kept],
+                [entry.streak for entry in kept],
+                ids if len(ids) == len(kept) else None,
+                key_size,
+            )
+            + blob[end:]
+        )
     return b""
 
 

@@ -109,6 +109,20 @@ def test_newest_keeps_exactly_the_newest_entries(sections: list[Any], limit: int
     assert unpack(newest(blob, limit)) == entries[max(0, len(entries) - limit) :]
 
 
+def test_newest_keeps_long_ids_and_keys_of_a_section_cut_in_part() -> None:
+    """Ids of 255 octets and more (the per-entry records' "no id" mark and past a byte) survive
+    a section kept only in part: it is written as a section again."""
+    ids = [b"i" * 255, b"j" * 300, b"k" * 2]
+    keys = [b"a" * 300, b"b" * 12, b"c" * 12]
+    blob = section("dedup", 60.0, keys, [1.0, 2.0, 3.0], None, ids)
+    assert unpack(newest(blob, 2)) == [
+        WindowEntry("dedup", b"b" * 12, 2.0, 62.0, 0, b"j" * 300),
+        WindowEntry("dedup", b"c" * 12, 3.0, 63.0, 0, b"k" * 2),
+    ]
+    streaks = section("flood", 30.0, keys, [1.0, 2.0, 3.0], [4, 5, 6])
+    assert unpack(newest(streaks, 1)) == [WindowEntry("flood", b"c" * 12, 3.0, 33.0, 6, None)]
+
+
 def test_dedup_keys_of_their_fixed_size_are_packed_without_lengths() -> None:
     keys = [b"a" * 12, b"b" * 12]
     fixed = section("dedup", 60.0, keys, [1.0, 2.0], None, [b"m1", b"m2"], key_size=12)

@@ -96,6 +96,8 @@ class SmppConnection(Liveness, Protocol):
         self.clock = clock
         self.metrics = metrics
         self.side = side
+        self._pdus_in = metrics.pdu_table(side, "in")  # counted in place per PDU
+        self._pdus_out = metrics.pdu_table(side, "out")
         self.response_timeout = response_timeout
         self.enquire_link_interval: float | None = None
         self.peer = "?"
@@ -265,7 +267,13 @@ class SmppConnection(Liveness, Protocol):
     def send(self, frame: bytes) -> None:
         """Write a PDU as it is (responses, or requests whose answer nobody waits for)."""
         if not self.closed:
-            self.metrics.count_pdu(self.side, "out", frame)
+            counts = self._pdus_out
+            key = frame[4:8]
+            n = counts.get(key)
+            if n is None:
+                self.metrics.count_pdu(self.side, "out", frame)
+            else:
+                counts[key] = n + 1
             if CORK.depth:  # held while a read is handled (`smpprelay.wire.Cork`)
                 held = self._held
                 if not held:
@@ -299,15 +307,7 @@ class SmppConnection(Liveness, Protocol):
         pending[sequence] = (self.clock.seconds() + self.response_timeout, outcome)
         if self._timer is None:
             self._timer = self.clock.callLater(self.response_timeout, self._expire)
-        self.metrics.count_pdu(self.side, "out", frame)
-        data = frame[:12] + _pack_u32(sequence) + frame[16:]
-        if CORK.depth:  # as in `send`
-            held = self._held
-            if not held:
-                CORK.dirty.append(self)
-            held.append(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
+        self.send(frame[:12] + _pack_u32(sequence) + frame[16:])
 
     def flush(self) -> None:
         """Hand the transport what was held back while a read was handled."""
@@ -403,7 +403,13 @@ class SmppConnection(Liveness, Protocol):
 
     def _dispatch(self, frame: bytes) -> None:
         _, command_id, _, sequence = _unpack_header(frame, 0)
-        self.metrics.count_pdu(self.side, "in", frame)
+        counts = self._pdus_in  # `Metrics.pdu_table`
+        key = frame[4:8]
+        n = counts.get(key)
+        if n is None:
+            self.metrics.count_pdu(self.side, "in", frame)
+        else:
+            counts[key] = n + 1
         if command_id & _RESPONSE_BIT:
             entry = self._pending.pop(sequence, None)
             if entry is not None:

@@ -438,6 +438,12 @@ class Metrics:
         if status == _THROTTLED:
             self.upstream_throttled.inc()
 
+    def pdu_table(self, side: Side, direction: Direction) -> dict[bytes, int]:
+        """The counts `count_pdu` keeps for ``side`` and ``direction``, by the frame's
+        command_id bytes: a connection may add 1 to a key already there itself (once per PDU,
+        no call), and calls `count_pdu` for a key that is not."""
+        return self._pdu_tables[side][direction]
+
     def count_pdu(self, side: Side, direction: Direction, frame: bytes) -> None:
         """A PDU went ``direction`` ("in" or "out") on a connection of ``side``."""
         counts = self._pdu_tables[side][direction]

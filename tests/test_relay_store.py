@@ -22,6 +22,7 @@ from smpprelay.pdu import Status
 from smpprelay.relay import Relay
 from smpprelay.store import HeldPart, Loaded, RouteDone
 from tests.fakes import FakePool, FakeReceiver, captured_logs, make_router, outcome, submit_sm
+from tests.fakes.rules import written_behind
 from tests.fakes.store import ManualStore
 
 ACCOUNT = "acme"
@@ -261,8 +262,8 @@ def test_with_the_memory_store_the_rules_note_nothing_to_write_behind() -> None:
         message = read_message(ACCOUNT, submit_sm(registered_delivery=0))
         assert chain.check(message, 1000.0).action == "accept"
         chain.settle(message, 1000.0, b"OP1")
-    assert memory_chain.window_entries() == []
-    assert sorted(entry.rule for entry in durable_chain.window_entries()) == ["dedup", "flood"]
+    assert written_behind(memory_chain) == []
+    assert sorted(entry.rule for entry in written_behind(durable_chain)) == ["dedup", "flood"]
 
 
 def test_a_held_part_of_a_submit_multi_keeps_its_receipt_id_across_a_restart() -> None:
@@ -289,7 +290,7 @@ def test_a_held_part_of_a_submit_multi_keeps_its_receipt_id_across_a_restart() -
         assert route.app_message_id == b"MULTI1"
 
 
-def test_window_entries_a_failed_write_behind_kept_go_with_the_next_newest_first(
+def test_window_segments_a_failed_write_behind_kept_go_with_the_next_newest_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A write-behind the store refused is kept for the next, at most MAX_PENDING_WINDOWS

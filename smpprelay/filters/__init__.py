@@ -18,7 +18,7 @@ def build_chain(
 
     ``secret`` (`smpprelay.store.Store.secret` of a durable store) keys the dedup rule's digest,
     so that its window means the same to the next process, and makes the dedup and flood rules
-    note what they accept for `FilterChain.window_entries`; without it (the memory store) the
+    note what they accept for `FilterChain.window_segment`; without it (the memory store) the
     dedup rule keys by the interpreter's faster hash and nothing is noted.
     """
     write_behind = secret is not None

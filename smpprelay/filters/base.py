@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from smpprelay.message import ACCEPT, Message, Verdict, reject
 from smpprelay.metrics import Metrics
 from smpprelay.pdu import Status
-from smpprelay.store import WindowEntry, window_segments
+from smpprelay.store import WindowEntry
 
 
 class Dropped(NamedTuple):
@@ -90,10 +90,6 @@ class Filter(Protocol):
         behind (`smpprelay.store.window_segments`; b"" when there are none)."""
         ...
 
-    def window_entries(self) -> list[WindowEntry]:
-        """The window entries accepted or changed since the last call, to be written behind."""
-        ...
-
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the entries of ``entries`` for this rule (``rule`` its name) still live at
         ``now``; return how many. Once, at start, before any traffic."""
@@ -130,7 +126,7 @@ def bound_uncollected(
         del in_step[key]
     dropped += excess
     log.warn(
-        "{what}: {n} not written behind ({total} so far): window_entries is not called "
+        "{what}: {n} not written behind ({total} so far): window_segment is not called "
         "often enough",
         what=what,
         n=excess,
@@ -161,13 +157,8 @@ class HoldsNothing:
         """Never called: this rule holds no parts."""
 
     def window_segment(self) -> bytes:
-        """`window_entries` packed (a rule that keeps a window packs its own, faster)."""
-        entries = self.window_entries()
-        return window_segments.pack(entries) if entries else b""
-
-    def window_entries(self) -> list[WindowEntry]:
-        """Nothing to write behind, unless the rule keeps a window."""
-        return []
+        """Nothing to write behind, unless the rule keeps a window (it packs its own)."""
+        return b""
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Nothing to put back, unless the rule keeps a window."""
@@ -294,10 +285,6 @@ class FilterChain:
         written behind (`smpprelay.store.Store.save_windows`); call ten times a second."""
         # A window changes only when a message settles. Packed records concatenate.
         return b"".join([rule.window_segment() for rule in self._settled])
-
-    def window_entries(self) -> list[WindowEntry]:
-        """`window_segment`, read back as entries."""
-        return window_segments.unpack(self.window_segment())
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the windows loaded at start (`smpprelay.store.Loaded.windows`), before any

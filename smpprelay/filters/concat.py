@@ -270,12 +270,8 @@ class ConcatFilter:
         """Never called (``settles`` is False): a glued message's fate comes to `parts_settled`."""
 
     def window_segment(self) -> bytes:
-        """Nothing (see `window_entries`)."""
-        return b""
-
-    def window_entries(self) -> list[WindowEntry]:
         """Nothing: this rule's state is its held parts, each written before its answer."""
-        return []
+        return b""
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Nothing to put back: this rule keeps no window."""

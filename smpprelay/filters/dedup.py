@@ -198,10 +198,6 @@ class DedupFilter(HoldsNothing):
             "dedup", self.window.window, noted, noted_at.values(), None, noted.values(), KEY_SIZE
         )
 
-    def window_entries(self) -> list[WindowEntry]:
-        """The messages accepted since the last call, as entries (`window_segment`, read)."""
-        return window_segments.unpack(self.window_segment())
-
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the dedup entries still live at ``now`` (by the window they were written
         with and by this one); return how many. Once, at start, before any traffic."""

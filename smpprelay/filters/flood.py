@@ -115,10 +115,6 @@ class FloodFilter(HoldsNothing):
             "flood", self.streaks.gap, noted, noted_at.values(), noted.values()
         )
 
-    def window_entries(self) -> list[WindowEntry]:
-        """The streaks changed since the last call, as entries (`window_segment`, read)."""
-        return window_segments.unpack(self.window_segment())
-
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Put back the streaks still going at ``now`` (by the gap they were written with and by
         this one); return how many. Once, at start, before any traffic."""

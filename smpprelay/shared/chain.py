@@ -195,10 +195,6 @@ class SharedChain:
         """Nothing to write behind: the windows are in Redis."""
         return b""
 
-    def window_entries(self) -> list[WindowEntry]:
-        """Nothing to write behind: the windows are in Redis."""
-        return []
-
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         """Nothing to put back: the windows are in Redis."""
         return 0

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from smpprelay.filters.base import Dropped, PartsOutcome
 from smpprelay.message import Message, Verdict
-from smpprelay.store import WindowEntry
+from smpprelay.store import WindowEntry, window_segments
+
+
+def written_behind(rule: Any) -> list[WindowEntry]:
+    """What a rule (or a chain) writes behind now (its `window_segment`), read back."""
+    return window_segments.unpack(rule.window_segment())
 
 
 class ScriptedRule:
@@ -41,9 +46,6 @@ class ScriptedRule:
 
     def window_segment(self) -> bytes:
         return b""
-
-    def window_entries(self) -> list[WindowEntry]:
-        return []
 
     def restore_windows(self, entries: Sequence[WindowEntry], now: float) -> int:
         return 0

@@ -1,4 +1,4 @@
-"""The dedup and flood windows across a restart: written behind (`window_entries`), put back
+"""The dedup and flood windows across a restart: written behind (`window_segment`), put back
 (`restore_windows`), and the dedup key that means the same in every process."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from smpprelay.message import ACCEPT, Message, Verdict, read_message, reject
 from smpprelay.metrics import Metrics
 from smpprelay.store import WindowEntry
 from tests.fakes import captured_logs, submit_sm
+from tests.fakes.rules import written_behind
 
 DUPLICATE = reject(0x45, "duplicate")
 FLOOD = reject(0x45, "flood")
@@ -67,7 +68,7 @@ def test_a_restored_dedup_window_rejects_the_duplicate(fast_entries: int) -> Non
     first = dedup_rule(fast_entries=fast_entries)
     message = make()
     accepted(first, message, 100.0, b"op-1")
-    entries = first.window_entries()
+    entries = written_behind(first)
     assert entries == [WindowEntry("dedup", first.key(message), 100.0, 160.0, message_id=b"op-1")]
     second = dedup_rule(fast_entries=fast_entries)
     assert second.restore_windows(entries, 101.0) == 1
@@ -82,7 +83,7 @@ def test_a_restored_window_replays_the_id_the_app_was_given(fast_entries: int) -
     message.app_message_id = b"relay-7"
     accepted(first, message, 100.0, b"op-1")
     second = dedup_rule(fast_entries=fast_entries, action="replay")
-    assert second.restore_windows(first.window_entries(), 101.0) == 1
+    assert second.restore_windows(written_behind(first), 101.0) == 1
     assert second.check(make(), 120.0) == Verdict("replay", message_id=b"relay-7")
 
 
@@ -90,7 +91,7 @@ def test_another_secret_does_not_match() -> None:
     first = dedup_rule()
     accepted(first, make(), 100.0, b"op-1")
     other = dedup_rule(secret=b"another secret")
-    assert other.restore_windows(first.window_entries(), 101.0) == 1
+    assert other.restore_windows(written_behind(first), 101.0) == 1
     assert other.check(make(), 102.0) == ACCEPT
 
 
@@ -126,17 +127,17 @@ def test_entries_are_drained() -> None:
     """Each call gives only what was accepted since the last; released messages never."""
     rule = dedup_rule()
     accepted(rule, make(b"one"), 1.0, b"op-1")
-    assert len(rule.window_entries()) == 1
-    assert rule.window_entries() == []
+    assert len(written_behind(rule)) == 1
+    assert written_behind(rule) == []
     released = make(b"two")
     assert rule.check(released, 2.0) == ACCEPT
     rule.settle(released, 2.0, None)
     accepted(rule, make(b"three"), 3.0, b"op-3")
-    assert [entry.at for entry in rule.window_entries()] == [3.0]
+    assert [entry.at for entry in written_behind(rule)] == [3.0]
 
 
 def test_uncollected_entries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nobody calling `window_entries` costs at most ``UNCOLLECTED_MAX`` keys: the oldest go."""
+    """Nobody calling `window_segment` costs at most ``UNCOLLECTED_MAX`` keys: the oldest go."""
     monkeypatch.setattr(dedup, "UNCOLLECTED_MAX", 2)
     rule = dedup_rule()
     for n in range(4):
@@ -144,7 +145,7 @@ def test_uncollected_entries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     with captured_logs(lambda event: True) as events:
         rule.forget(4.0)
     assert any("not written behind" in event.get("log_format", "") for event in events)
-    assert [entry.at for entry in rule.window_entries()] == [2.0, 3.0]
+    assert [entry.at for entry in written_behind(rule)] == [2.0, 3.0]
 
 
 def test_the_keyed_digest_keeps_fields_apart() -> None:
@@ -224,7 +225,7 @@ def test_a_restored_streak_continues(fast_entries: int) -> None:
     for n in range(50):
         accepted(first, make(), 100.0 + n / 10, b"op")
     assert first.check(make(), 105.0) == FLOOD
-    entries = first.window_entries()
+    entries = written_behind(first)
     assert entries == [WindowEntry("flood", NUMBER, 104.9, 134.9, streak=50)]
     second = flood_rule(fast_entries)
     assert second.restore_windows(entries, 110.0) == 1
@@ -236,10 +237,10 @@ def test_flood_entries_are_drained_and_keyed_per_account_under_scope_client() ->
     rule = flood_rule(scope="client")
     accepted(rule, make(account="app1"), 1.0, b"op")
     accepted(rule, make(account="app1"), 2.0, b"op")
-    assert rule.window_entries() == [WindowEntry("flood", b"app1\0" + NUMBER, 2.0, 32.0, streak=2)]
-    assert rule.window_entries() == []
+    assert written_behind(rule) == [WindowEntry("flood", b"app1\0" + NUMBER, 2.0, 32.0, streak=2)]
+    assert written_behind(rule) == []
     accepted(rule, make(account="app2"), 3.0, b"op")
-    assert [entry.key for entry in rule.window_entries()] == [b"app2\0" + NUMBER]
+    assert [entry.key for entry in written_behind(rule)] == [b"app2\0" + NUMBER]
 
 
 def test_ended_streaks_are_skipped() -> None:
@@ -264,9 +265,9 @@ def test_the_chain_writes_behind_and_restores_every_rule() -> None:
     message = make()
     assert chain.check(message, 10.0) == ACCEPT
     chain.settle(message, 10.0, b"op-1")
-    entries = chain.window_entries()
+    entries = written_behind(chain)
     assert sorted(entry.rule for entry in entries) == ["dedup", "flood"]
-    assert chain.window_entries() == []
+    assert written_behind(chain) == []
     fresh = build_chain(config, False, Metrics(CollectorRegistry()), SECRET)
     assert fresh.restore_windows(entries, 11.0) == 2
     assert fresh.check(make(), 12.0) == DUPLICATE
@@ -324,7 +325,7 @@ def test_decisions_survive_a_round_trip(
 
     def collect() -> None:
         for rule in original:
-            for entry in rule.window_entries():
+            for entry in written_behind(rule):
                 store[entry.rule, entry.key] = entry
 
     now = 1000.0

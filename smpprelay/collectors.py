@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client.core import (
@@ -76,6 +76,38 @@ def _created() -> bool:
     return bool(getattr(prometheus_client.metrics, "_use_created", True))
 
 
+_Series = TypeVar("_Series")
+
+
+class _PlainFamily(Collector, Generic[_Series]):
+    """What the plain families share: their series by label values, made by `_new_series`,
+    and prometheus_client's ``labels`` (values turned to text, their number checked)."""
+
+    name: str
+    labelnames: tuple[str, ...]
+    series: dict[tuple[str, ...], _Series]
+
+    def _new_series(self) -> _Series:
+        raise NotImplementedError
+
+    def _start_series(self) -> None:
+        # A family without labels is its one series, as a prometheus_client metric is.
+        self.series = {}
+        if not self.labelnames:
+            self.series[()] = self._new_series()
+
+    def labels(self, *values: Any) -> _Series:
+        series = self.series.get(values)
+        if series is None:
+            key = tuple(str(value) for value in values)
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values")
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = self._new_series()
+        return series
+
+
 class PlainCount:
     """One series of a `PlainCounters`: ``value`` is a plain number, ``inc`` takes no lock."""
 
@@ -91,7 +123,7 @@ class PlainCount:
         self.value += amount
 
 
-class PlainCounters(Collector):
+class PlainCounters(_PlainFamily[PlainCount]):
     """A Counter family whose series are `PlainCount`s: the same samples (``_total`` and
     ``_created``), names and help as a prometheus_client ``Counter``, and its ``labels`` and
     ``inc`` (no lock: only the reactor thread counts; a scrape reads a copy of the series)."""
@@ -100,20 +132,10 @@ class PlainCounters(Collector):
         self.name = name[:-6] if name.endswith("_total") else name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.series: dict[tuple[str, ...], PlainCount] = {}
-        if not self.labelnames:
-            self.series[()] = PlainCount()
+        self._start_series()
 
-    def labels(self, *values: Any) -> PlainCount:
-        series = self.series.get(values)
-        if series is None:
-            key = tuple(str(value) for value in values)
-            if len(key) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values")
-            series = self.series.get(key)
-            if series is None:
-                series = self.series[key] = PlainCount()
-        return series
+    def _new_series(self) -> PlainCount:
+        return PlainCount()
 
     def inc(self, amount: float = 1) -> None:
         self.series[()].inc(amount)
@@ -150,7 +172,7 @@ class PlainObservations:
         self.sum += amount
 
 
-class PlainHistogram(Collector):
+class PlainHistogram(_PlainFamily[PlainObservations]):
     """A Histogram family whose series are `PlainObservations`: the samples (``_bucket`` by
     ``le``, ``_count``, ``_sum``, ``_created``), names and help of a prometheus_client
     ``Histogram`` with these buckets, and its ``labels`` and ``observe``."""
@@ -172,20 +194,10 @@ class PlainHistogram(Collector):
             bounds.append(float("inf"))
         self.bounds = tuple(bounds)
         self.les = [floatToGoString(bound) for bound in bounds]
-        self.series: dict[tuple[str, ...], PlainObservations] = {}
-        if not self.labelnames:
-            self.series[()] = PlainObservations(self.bounds)
+        self._start_series()
 
-    def labels(self, *values: Any) -> PlainObservations:
-        series = self.series.get(values)
-        if series is None:
-            key = tuple(str(value) for value in values)
-            if len(key) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values")
-            series = self.series.get(key)
-            if series is None:
-                series = self.series[key] = PlainObservations(self.bounds)
-        return series
+    def _new_series(self) -> PlainObservations:
+        return PlainObservations(self.bounds)
 
     def observe(self, amount: float) -> None:
         self.series[()].observe(amount)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import yaml
 from smpprelay.config import LimitsConfig, UpstreamConfig, load_config
 from smpprelay.redis_url import parse_url
 from smpprelay.workers import STOP_GRACE
+from tests.test_systemd_unit import verify_unit
 
 ROOT = Path(__file__).parent.parent
 ETC = ROOT / "etc"
@@ -28,8 +28,6 @@ HAPROXY = ETC / "haproxy.cfg"
 COMPOSE = ETC / "docker-compose.yml"
 TEMPLATE = ETC / "smpprelay@.service"
 RELAY_CONFIG = ETC / "smpprelay-redis.yaml"
-INSTALLED_TWISTD = "/opt/smpprelay/bin/twistd"
-VENV_TWISTD = Path(sys.executable).parent / "twistd"
 
 
 def _haproxy_sections() -> dict[str, list[str]]:
@@ -166,23 +164,7 @@ def test_compose_refers_only_to_files_that_exist() -> None:
 def test_the_template_passes_systemd_analyze_verify_for_an_instance(tmp_path: Path) -> None:
     """As tests/test_systemd_unit.py does for the single unit, on an instance ("a") of the
     template so that %i is expanded too."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
-    text = TEMPLATE.read_text()
-    assert INSTALLED_TWISTD in text
-    unit = tmp_path / "smpprelay@a.service"
-    unit.write_text(text.replace(INSTALLED_TWISTD, str(VENV_TWISTD)))
-    result = subprocess.run(
-        [analyze, "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert [line for line in output.splitlines() if "smpprelay" in line] == [], output
+    verify_unit(TEMPLATE, "smpprelay@a.service", tmp_path)
 
 
 def test_the_template_runs_one_config_per_instance_and_lets_workers_stop_in_order() -> None:

@@ -50,18 +50,18 @@ def _seconds(span: str) -> float:
     return total
 
 
-def test_systemd_analyze_verify_finds_nothing_wrong(tmp_path: Path) -> None:
-    """`systemd-analyze verify` reports unknown keys, bad values and a missing ExecStart binary
-    (as warnings, still exiting 0 for the first two), so the output must not mention our unit at
-    all. verify insists the binary exists: the copy it checks runs this venv's real twistd
-    instead of the /opt/smpprelay one the unit assumes."""
+def verify_unit(template: Path, unit_name: str, tmp_path: Path) -> None:
+    """Run `systemd-analyze verify` on ``template`` copied to ``tmp_path`` as ``unit_name``,
+    with this venv's real twistd for the /opt/smpprelay one (verify insists the binary exists),
+    and fail on anything it says of our unit: unknown keys and bad values are only warnings,
+    exiting 0. Skipped where systemd-analyze is not installed."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
-    text = UNIT.read_text()
+    text = template.read_text()
     assert INSTALLED_TWISTD in text
     assert VENV_TWISTD.exists(), VENV_TWISTD
-    unit = tmp_path / "smpprelay.service"
+    unit = tmp_path / unit_name
     unit.write_text(text.replace(INSTALLED_TWISTD, str(VENV_TWISTD)))
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)],
@@ -75,6 +75,11 @@ def test_systemd_analyze_verify_finds_nothing_wrong(tmp_path: Path) -> None:
     # Lines about other units (the host's own, pulled in by After=) are not ours to judge.
     ours = [line for line in output.splitlines() if "smpprelay" in line]
     assert ours == [], output
+
+
+def test_systemd_analyze_verify_finds_nothing_wrong(tmp_path: Path) -> None:
+    """`systemd-analyze verify` finds nothing wrong with the unit (`verify_unit`)."""
+    verify_unit(UNIT, "smpprelay.service", tmp_path)
 
 
 def test_unit_runs_twistd_in_the_foreground_without_a_pidfile_and_with_the_config() -> None:
